@@ -1,0 +1,270 @@
+"""`Batch`: the one column-major in-memory batch type, on the host (numpy) or a device (torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import BackendUnavailable, DataError, SchemaError
+from .schema import SCORE_SUFFIX, SCORED, Schema
+
+__all__ = ["Batch", "KeyedJagged"]
+
+
+@dataclass
+class KeyedJagged:
+    """Sparse features of a batch, in torchrec's KeyedJaggedTensor layout.
+
+    For F keys and N rows::
+
+        keys     [F]                   feature names
+        lengths  int32   [F * N]       rows 0..N-1 of key 0, then rows 0..N-1 of key 1, ...
+        values   int64   [sum(lengths)] the ids, in the same key-major order
+        weights  float32 [sum(lengths)] or None: scores of scored features, 1.0 for the ids
+                                        of unscored ones; None when no key is scored
+
+    Key-major order means one kernel launch can walk every feature: key k's rows are
+    lengths[k*N:(k+1)*N] and its values start at sum(lengths[:k*N]).
+    """
+
+    keys: tuple[str, ...]
+    lengths: object
+    values: object
+    weights: object = None
+
+    def feature(self, name: str):
+        """(lengths, values, weights) of one key, as views; weights is None when unweighted."""
+        k = self.keys.index(name)
+        n = len(self.lengths) // len(self.keys)
+        starts = _cumsum0(self.lengths)
+        lo, hi = int(starts[k * n]), int(starts[(k + 1) * n])
+        weights = None if self.weights is None else self.weights[lo:hi]
+        return self.lengths[k * n : (k + 1) * n], self.values[lo:hi], weights
+
+
+@dataclass
+class Batch:
+    """A batch of rows, column-major and contiguous per kind.
+
+    Layout, for N rows::
+
+        dense_keys  [F_dense]        names of the dense features
+        dense       float32 [F_dense, N]  feature-major; NaN = missing. A model takes dense.T
+        sparse      KeyedJagged      sparse and scored features (see its docstring)
+        labels      float32 [N], [L, N] for L labels, or None
+        extras      {name: array}    pass-through columns (row ids, timestamps), untouched
+        inverse     int32 [N] or None  de-duplicated batches: row -> request index
+
+    Arrays are numpy on the host and torch tensors after `to_torch()` / `to(device)`. Host
+    batches built by `from_arrow` may be read-only views of Arrow buffers: copy before writing.
+    """
+
+    num_rows: int
+    dense_keys: tuple[str, ...]
+    dense: object
+    sparse: KeyedJagged
+    labels: object = None
+    extras: dict = field(default_factory=dict)
+    inverse: object = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_arrow(cls, table: pa.Table | pa.RecordBatch, schema: Schema, source: str = "<table>"):
+        """Build a host batch from a flattened Arrow table holding `schema`'s columns.
+
+        Each Arrow buffer is viewed, not converted. A kind with a single feature and no nulls
+        is not copied at all; otherwise the one copy is the gather into the contiguous layout.
+
+        Raises:
+            SchemaError: a column is missing or its type does not fit the feature's kind.
+            DataError: a null id inside a list, or a scored feature whose ids and scores differ
+                in length; the message names `source`, the feature and the row.
+        """
+        n = table.num_rows
+        columns = {name: _column(table, name, source) for name in schema.column_names()}
+
+        dense_features = schema.dense
+        if len(dense_features) == 1 and columns[dense_features[0].name].null_count == 0:
+            dense = _float32(columns[dense_features[0].name], dense_features[0].name, source)[None]
+        else:
+            dense = np.empty((len(dense_features), n), np.float32)
+            for i, f in enumerate(dense_features):
+                dense[i] = _float32(columns[f.name], f.name, source)
+
+        lengths, values, weights = [], [], []
+        any_scored = any(f.kind == SCORED for f in schema.sparse)
+        for f in schema.sparse:
+            ln, vals = _ids(columns[f.name], f.name, source)
+            lengths.append(ln)
+            values.append(vals)
+            if f.kind == SCORED:
+                score_name = f.name + SCORE_SUFFIX
+                score_lengths, scores = _scores(columns[score_name], score_name, source)
+                if not np.array_equal(ln, score_lengths):
+                    row = int(np.flatnonzero(ln != score_lengths)[0])
+                    raise DataError(
+                        f"{source}: scored feature {f.name!r} row {row} has {ln[row]} ids but "
+                        f"{score_lengths[row]} scores; every id needs exactly one score"
+                    )
+                weights.append(scores)
+            elif any_scored:
+                weights.append(np.ones(len(vals), np.float32))
+        sparse = KeyedJagged(
+            tuple(f.name for f in schema.sparse),
+            _concat(lengths, np.int32),
+            _concat(values, np.int64),
+            _concat(weights, np.float32) if any_scored else None,
+        )
+
+        labels = None
+        if schema.labels:
+            rows = [_float32(columns[name], name, source) for name in schema.labels]
+            labels = rows[0] if len(rows) == 1 else np.stack(rows)
+        extras = {name: _extra(columns[name]) for name in schema.extras}
+        return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras)
+
+    # -- conversion ---------------------------------------------------------------------------
+    def map_arrays(self, fn) -> Batch:
+        """A new batch with `fn` applied to every numeric array (dense, sparse, labels, ...)."""
+
+        def apply(x):
+            return fn(x) if _is_array(x) else x
+
+        sparse = KeyedJagged(
+            self.sparse.keys,
+            apply(self.sparse.lengths),
+            apply(self.sparse.values),
+            apply(self.sparse.weights),
+        )
+        return replace(
+            self,
+            dense=apply(self.dense),
+            sparse=sparse,
+            labels=apply(self.labels),
+            extras={k: apply(v) for k, v in self.extras.items()},
+            inverse=apply(self.inverse),
+        )
+
+    def to_torch(self) -> Batch:
+        """The same batch as torch tensors sharing memory with this one (DLPack, no copies)."""
+        import torch
+
+        return self.map_arrays(lambda x: x if isinstance(x, torch.Tensor) else torch.from_dlpack(x))
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        """Copy to `device` (torchrec's Pipelineable interface)."""
+        return self.to_torch().map_arrays(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        return self.to_torch().map_arrays(lambda t: t.pin_memory())
+
+    def record_stream(self, stream) -> None:
+        """Mark every tensor as in use on `stream`, so the caching allocator keeps it alive."""
+        self.map_arrays(lambda t: t.record_stream(stream))
+
+    def to_torchrec(self):
+        """The sparse part as a torchrec `KeyedJaggedTensor` (no copies of values)."""
+        try:
+            from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+        except ImportError as e:
+            raise BackendUnavailable(
+                f"to_torchrec() needs torchrec ({e}); install it with `pip install torchrec`"
+            ) from e
+        t = self.to_torch().sparse
+        return KeyedJaggedTensor(keys=list(t.keys), values=t.values, lengths=t.lengths, weights=t.weights)
+
+    def __repr__(self) -> str:
+        return (
+            f"Batch(num_rows={self.num_rows}, dense={len(self.dense_keys)}, "
+            f"sparse={len(self.sparse.keys)}, values={len(self.sparse.values)}, "
+            f"labels={None if self.labels is None else tuple(self.labels.shape)}, "
+            f"extras={list(self.extras)}, dedup={self.inverse is not None})"
+        )
+
+
+def _column(table, name: str, source: str) -> pa.Array:
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        raise SchemaError(f"{source}: column {name!r} is missing; the schema names it")
+    col = table.column(index)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _float32(arr: pa.Array, name: str, source: str) -> np.ndarray:
+    t = arr.type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+        raise SchemaError(
+            f"{source}: {name!r} must be a number column (dense feature or label), found {t}; "
+            "declare it with another kind or leave it out of the projection"
+        )
+    if arr.null_count and not pa.types.is_floating(t):
+        arr = arr.cast(pa.float32())  # so that nulls become NaN
+    return arr.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+
+
+def _ids(arr: pa.Array, name: str, source: str):
+    """(lengths int32 [N], values int64) of an id-list column or a scalar id column."""
+    t = arr.type
+    if pa.types.is_integer(t):
+        if arr.null_count:  # a missing scalar id is an empty list
+            lengths = arr.is_valid().to_numpy(zero_copy_only=False).astype(np.int32)
+            arr = arr.drop_null()
+        else:
+            lengths = np.ones(len(arr), np.int32)
+        return lengths, arr.to_numpy().astype(np.int64, copy=False)
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):
+        raise SchemaError(
+            f"{source}: sparse feature {name!r} must be list<int64> (or an integer column), found "
+            f"{t}; hash strings to ids before writing (gp.storage importers do this)"
+        )
+    lengths, flat = _list_parts(arr)
+    if flat.null_count:
+        raise DataError(
+            f"{source}: sparse feature {name!r} holds {flat.null_count} null ids inside its lists; "
+            "drop them or replace them with a real id before writing"
+        )
+    return lengths, flat.to_numpy().astype(np.int64, copy=False)
+
+
+def _scores(arr: pa.Array, name: str, source: str):
+    t = arr.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_floating(t.value_type):
+        raise SchemaError(f"{source}: score column {name!r} must be list<float32>, found {t}")
+    lengths, flat = _list_parts(arr)
+    return lengths, flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+
+
+def _list_parts(arr: pa.Array):
+    if arr.null_count:  # a null list counts as empty, whatever its offsets say
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy()
+        return lengths.astype(np.int32, copy=False), pc.list_flatten(arr)
+    return np.diff(arr.offsets.to_numpy()).astype(np.int32, copy=False), arr.flatten()
+
+
+def _extra(arr: pa.Array):
+    t = arr.type
+    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    if numeric and arr.null_count == 0:
+        return arr.to_numpy(zero_copy_only=False)
+    return arr
+
+
+def _concat(parts, dtype):
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
+def _cumsum0(lengths):
+    out = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(np.asarray(lengths), out=out[1:])
+    return out
+
+
+def _is_array(x) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype")

@@ -1,0 +1,195 @@
+"""`Dataset`: flattened Parquet files, read a work unit at a time with feature projection."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..batch import Batch
+from ..errors import DataError, SchemaError
+from ..schema import Schema, unknown_message
+from .units import WorkUnit, shard
+
+__all__ = ["Dataset"]
+
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+class Dataset:
+    """A set of flattened Parquet files, read with projection.
+
+    Args:
+        path: a file, a directory (every Parquet file under it, recursively), or a list of files;
+            a URI (s3://...) picks its filesystem.
+        features: the projection, a list of feature names; None reads every feature.
+        filesystem: any `pyarrow.fs.FileSystem` (default: from the URI, or local).
+        label: label column(s); None uses the stored schema's (a plain file's `label` column);
+            () reads none.
+        passthrough: columns delivered untouched in `Batch.extras` (row ids, timestamps).
+
+    Raises:
+        DataError: a path does not exist, a file is not readable Parquet, a row group is empty.
+        SchemaError: a projected feature does not exist, has an unsupported type, or files
+            disagree on the type of a projected column.
+    """
+
+    def __init__(self, path, features=None, filesystem=None, label=None, passthrough=()):
+        self.filesystem, self.paths = _resolve(path, filesystem)
+        self._metadata = {p: _open_metadata(self.filesystem, p) for p in self.paths}
+        first = self.paths[0]
+        arrow_schema = self._metadata[first].schema.to_arrow_schema()
+        passthrough = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
+        features = [features] if isinstance(features, str) else features
+        full = Schema.from_arrow(arrow_schema, first, columns=features, extras=passthrough)
+        labels = full.labels if label is None else ((label,) if isinstance(label, str) else tuple(label))
+        for name in labels + passthrough:
+            if arrow_schema.get_field_index(name) < 0:
+                raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
+        projected = full if features is None else full.select(features)
+        self.schema = Schema(projected.features, labels, passthrough)
+        self.full_schema = full
+        self.columns = self.schema.column_names()
+        expected = {c: arrow_schema.field(c).type for c in self.columns}
+        self._units = []
+        for p in self.paths:
+            self._check_file(p, expected)
+
+    def _check_file(self, path: str, expected: dict) -> None:
+        md = self._metadata[path]
+        arrow_schema = md.schema.to_arrow_schema()
+        for column, dtype in expected.items():
+            index = arrow_schema.get_field_index(column)
+            if index < 0:
+                raise SchemaError(
+                    f"{path}: column {column!r} is missing but {self.paths[0]} has it; every file of a "
+                    "dataset needs the projected columns (drop the file or the feature)"
+                )
+            if arrow_schema.field(index).type != dtype:
+                raise SchemaError(
+                    f"{path}: column {column!r} has type {arrow_schema.field(index).type} but "
+                    f"{self.paths[0]} has {dtype}; rewrite the file with gp.storage.write_table"
+                )
+        for rg in range(md.num_row_groups):
+            rows = md.row_group(rg).num_rows
+            if rows == 0:
+                raise DataError(
+                    f"{path}: row group {rg} has zero rows; rewrite the file with "
+                    "gp.storage.write_table (it never writes empty row groups)"
+                )
+            self._units.append(WorkUnit(path, rg, rows))
+
+    # -- public -------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return sum(u.num_rows for u in self._units)
+
+    def units(self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1, seed=None):
+        """Work units [WorkUnit(path, row_group, num_rows)]; all of them by default, else one share."""
+        if (rank, world_size, worker, num_workers, seed) == (0, 1, 0, 1, None):
+            return list(self._units)
+        return shard(self._units, rank, world_size, worker, num_workers, seed)
+
+    def read(self, unit: WorkUnit) -> Batch:
+        """One unit as a host `Batch`, reading only the projected columns.
+
+        Raises:
+            DataError: the row group cannot be decoded (names the file and row group).
+        """
+        return Batch.from_arrow(self.read_arrow(unit), self.schema, source=str(unit))
+
+    def read_arrow(self, unit: WorkUnit) -> pa.Table:
+        """One unit's projected columns as an Arrow table."""
+        try:
+            with self.filesystem.open_input_file(unit.path) as f:
+                pf = pq.ParquetFile(f, metadata=self._metadata[unit.path])
+                return pf.read_row_group(unit.row_group, columns=self.columns)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
+
+    def bytes_per_column(self) -> dict[str, tuple[int, int]]:
+        """{top-level column: (compressed, uncompressed) bytes} over all files."""
+        totals: dict[str, list[int]] = {}
+        for md in self._metadata.values():
+            owners = _leaf_owners(md.schema.to_arrow_schema())
+            for rg in range(md.num_row_groups):
+                group = md.row_group(rg)
+                for leaf in range(group.num_columns):
+                    chunk = group.column(leaf)
+                    t = totals.setdefault(owners[leaf], [0, 0])
+                    t[0] += chunk.total_compressed_size
+                    t[1] += chunk.total_uncompressed_size
+        return {k: (v[0], v[1]) for k, v in totals.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({len(self.paths)} files, {len(self._units)} units, {self.num_rows} rows, "
+            f"{len(self.schema)} of {len(self.full_schema)} features projected)"
+        )
+
+
+def _resolve(path, filesystem):
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        raise DataError("Dataset got an empty list of paths; pass a file, a directory or a list of files")
+    paths = [os.fspath(p) for p in paths]
+    if filesystem is None:
+        if "://" in paths[0]:
+            filesystem, _ = pafs.FileSystem.from_uri(paths[0])
+            paths = [pafs.FileSystem.from_uri(p)[1] for p in paths]
+        else:
+            filesystem = pafs.LocalFileSystem()
+            paths = [os.path.abspath(p) for p in paths]
+    files = []
+    for p, info in zip(paths, filesystem.get_file_info(paths)):
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{p} does not exist; check the dataset path")
+        if info.type == pafs.FileType.Directory:
+            found = filesystem.get_file_info(pafs.FileSelector(p, recursive=True))
+            inside = sorted(
+                i.path
+                for i in found
+                if i.type == pafs.FileType.File
+                and i.base_name.endswith(PARQUET_SUFFIXES)
+                and not i.base_name.startswith(("_", "."))
+            )
+            if not inside:
+                raise DataError(f"{p} holds no Parquet files (*{', *'.join(PARQUET_SUFFIXES)})")
+            files.extend(inside)
+        else:
+            files.append(p)
+    return filesystem, files
+
+
+def _open_metadata(filesystem, path: str) -> pq.FileMetaData:
+    try:
+        with filesystem.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(
+            f"{path} is not a readable Parquet file ({e}); it may be truncated or of another "
+            "format: rewrite it, or remove it from the dataset"
+        ) from e
+
+
+def _leaf_owners(arrow_schema: pa.Schema) -> list[str]:
+    """The top-level column that owns each Parquet leaf column, in leaf order."""
+    owners = []
+    for fld in arrow_schema:
+        owners.extend([fld.name] * _count_leaves(fld.type))
+    return owners
+
+
+def _count_leaves(t: pa.DataType) -> int:
+    if pa.types.is_map(t):
+        return _count_leaves(t.key_type) + _count_leaves(t.item_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _count_leaves(t.value_type)
+    if pa.types.is_struct(t):
+        return sum(_count_leaves(t.field(i).type) for i in range(t.num_fields))
+    return 1
+
+
+

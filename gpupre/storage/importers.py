@@ -1,0 +1,206 @@
+"""Importers for public recommendation datasets: text in, flattened Parquet out, streaming.
+
+Each keeps the source's meaning: numeric columns stay dense, ids become sparse features with one
+id per row (missing -> empty list), separated id lists become list features, and free-text
+categories become stable hashed ids (`strings_to_ids`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DataError
+from ..schema import DENSE, SPARSE, Feature, Schema
+from ._convert import hex_to_ids, split_to_ids, strings_to_ids
+from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
+
+__all__ = ["Column", "CRITEO_COLUMNS", "import_criteo", "import_csv", "import_movielens", "import_taobao"]
+
+# how a source column is read: its arrow type in the text, and what it becomes
+_READ_TYPES = {
+    "label": pa.float64(),
+    "dense": pa.float64(),
+    "id": pa.int64(),
+    "hex": pa.string(),
+    "name": pa.string(),
+    "ids": pa.string(),
+    "names": pa.string(),
+    "time": pa.timestamp("s"),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """What one text column becomes.
+
+    role: "label"; "dense" (a number); "id" (an integer id); "hex" (a hexadecimal id); "name" (a
+    string hashed to an id); "ids" / "names" (a `separator`-separated list of integer ids or of
+    names); "time" (a timestamp kept as int64 seconds in extras); "extra" (kept as it is).
+    """
+
+    role: str
+    group: str | None = None
+    separator: str | None = None
+    arrow_type: pa.DataType = pa.string()  # for role "extra"
+
+    def __post_init__(self):
+        if self.role not in (*_READ_TYPES, "extra"):
+            raise ConfigError(f"Column role {self.role!r} is not one of {sorted((*_READ_TYPES, 'extra'))}")
+        if self.role in ("ids", "names") and not self.separator:
+            raise ConfigError(f"Column role {self.role!r} needs a separator")
+
+    @property
+    def kind(self):
+        return DENSE if self.role == "dense" else SPARSE
+
+
+def import_csv(
+    src,
+    dst,
+    columns: dict[str, Column],
+    delimiter: str = ",",
+    column_names=None,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    block_size: int = 16 << 20,
+    progress: bool = True,
+) -> Schema:
+    """Stream a delimited text file into a flattened Parquet file.
+
+    Args:
+        columns: every column to keep, by name; other columns are not read.
+        column_names: the names of the columns when the file has no header line.
+    Returns the schema written.
+    Raises:
+        DataError: the text cannot be parsed (names the file and what the parser said).
+    """
+    features = tuple(
+        Feature(name, c.kind, c.group) for name, c in columns.items() if c.role not in ("label", "time", "extra")
+    )
+    labels = tuple(name for name, c in columns.items() if c.role == "label")
+    extras = tuple(name for name, c in columns.items() if c.role in ("time", "extra"))
+    schema = Schema(features, labels, extras)
+    extra_types = {n: pa.int64() if columns[n].role == "time" else columns[n].arrow_type for n in extras}
+    read_types = {n: _READ_TYPES.get(c.role, c.arrow_type) for n, c in columns.items()}
+    size = os.path.getsize(src)
+    with open(src, "rb") as f, TableWriter(dst, schema, extra_types, row_group_rows) as writer, tqdm(
+        total=size, desc=f"importing {os.path.basename(src)}", unit="B", unit_scale=True, disable=not progress
+    ) as bar:
+        try:
+            reader = pacsv.open_csv(
+                f,
+                read_options=pacsv.ReadOptions(block_size=block_size, column_names=column_names),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=read_types, include_columns=list(columns), strings_can_be_null=True
+                ),
+            )
+            row = 0
+            for block in reader:
+                table = pa.Table.from_batches([block])
+                writer.write(_convert(table, columns, f"{src} rows {row}..{row + table.num_rows - 1}"))
+                row += table.num_rows
+                bar.update(f.tell() - bar.n)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise DataError(f"{src}: cannot parse as {', '.join(columns)} text: {e}; fix the file") from e
+    return schema
+
+
+def _convert(table: pa.Table, columns: dict[str, Column], source: str) -> pa.Table:
+    out = {}
+    for name, c in columns.items():
+        col = table.column(name).combine_chunks()
+        if c.role == "hex":
+            col = hex_to_ids(col, name, source)
+        elif c.role == "name":
+            col = strings_to_ids(col)
+        elif c.role in ("ids", "names"):
+            try:
+                col = split_to_ids(col, c.separator, numeric=c.role == "ids")
+            except pa.ArrowInvalid as e:
+                raise DataError(f"{source}: column {name!r} holds a non-integer id: {e}") from e
+        elif c.role == "time":
+            col = col.cast(pa.int64())
+        out[name] = col
+    return pa.table(out)
+
+
+CRITEO_COLUMNS = {
+    "label": Column("label"),
+    **{f"I{i}": Column("dense") for i in range(1, 14)},
+    **{f"C{i}": Column("hex") for i in range(1, 27)},
+}
+
+
+def import_criteo(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progress: bool = True) -> Schema:
+    """Criteo display-ads text (label, I1..I13 counts, C1..C26 hex ids) -> flattened dataset.
+
+    Reads the original tab-separated files (no header) and comma-separated files with a header
+    line. I columns become dense features (empty -> missing); C columns sparse features whose id
+    is the hex string read as a base-16 integer (empty -> empty list).
+    """
+    with open(src, "rb") as f:
+        first = f.readline().decode("utf-8", "replace")
+    delimiter = "\t" if "\t" in first else ","
+    header = first.split(delimiter)[0].strip() == "label"
+    names = None if header else list(CRITEO_COLUMNS)
+    return import_csv(src, dst, CRITEO_COLUMNS, delimiter, names, row_group_rows, progress=progress)
+
+
+TAOBAO_COLUMNS = {
+    "clk": Column("label"),
+    "time_stamp": Column("time"),
+    "userid": Column("id", "user"),
+    "adgroup_id": Column("id", "item"),
+    "pid": Column("name", "context"),
+    "cate_id": Column("id", "item"),
+    "campaign_id": Column("id", "item"),
+    "customer": Column("id", "item"),
+    "brand": Column("id", "item"),
+    "price": Column("dense", "item"),
+    **{
+        name: Column("id", "user")
+        for name in (
+            "cms_segid",
+            "cms_group_id",
+            "final_gender_code",
+            "age_level",
+            "pvalue_level",
+            "shopping_level",
+            "occupation",
+            "new_user_class_level",
+        )
+    },
+    "click_sequence": Column("ids", "user", "^"),
+}
+
+
+def import_taobao(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progress: bool = True) -> Schema:
+    """Taobao ad-click CSV (clk, ids, user profile, price, ^-separated click_sequence) -> flattened."""
+    return import_csv(src, dst, TAOBAO_COLUMNS, ",", None, row_group_rows, progress=progress)
+
+
+MOVIELENS_COLUMNS = {
+    "user_id": Column("id", "user"),
+    "movie_id": Column("id", "item"),
+    "rating": Column("label"),
+    "timestamp": Column("extra", arrow_type=pa.int64()),
+    "title": Column("extra"),
+    "genres": Column("names", "item", "|"),
+    "gender": Column("name", "user"),
+    "age": Column("id", "user"),
+    "occupation": Column("id", "user"),
+    "zip": Column("name", "user"),
+}
+
+
+def import_movielens(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progress: bool = True) -> Schema:
+    """MovieLens CSV (user_id, movie_id, rating, timestamp, title, genres a|b, gender, age, ...).
+
+    The rating is the label; genres become a list of hashed genre ids; gender and zip hashed ids.
+    """
+    return import_csv(src, dst, MOVIELENS_COLUMNS, ",", None, row_group_rows, progress=progress)

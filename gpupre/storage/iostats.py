@@ -1,0 +1,127 @@
+"""I/O accounting: a `pyarrow.fs` filesystem that counts read requests and bytes."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+__all__ = ["CountingFileSystem"]
+
+
+class _CountingHandler(pafs.FileSystemHandler):
+    def __init__(self, base: pafs.FileSystem):
+        self.base = base
+        self.lock = threading.Lock()
+        self.read_requests = 0
+        self.bytes_read = 0
+
+    def count(self, nbytes: int) -> None:
+        with self.lock:
+            self.read_requests += 1
+            self.bytes_read += nbytes
+
+    def open_input_file(self, path):
+        return pa.PythonFile(_CountingFile(self.base.open_input_file(path), self), mode="r")
+
+    def open_input_stream(self, path):
+        return pa.PythonFile(_CountingFile(self.base.open_input_stream(path), self), mode="r")
+
+    # everything else is the base filesystem's
+    def get_type_name(self):
+        return "counting+" + self.base.type_name
+
+    def normalize_path(self, path):
+        return self.base.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.base.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.base.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.base.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.base.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.base.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        self.base.delete_dir_contents("/", accept_root_dir=True)
+
+    def delete_file(self, path):
+        self.base.delete_file(path)
+
+    def move(self, src, dest):
+        self.base.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.base.copy_file(src, dest)
+
+    def open_output_stream(self, path, metadata):
+        return self.base.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.base.open_append_stream(path, metadata=metadata)
+
+
+class _CountingFile:
+    """The file-object side of a counted file: every read is one request."""
+
+    def __init__(self, raw, handler: _CountingHandler):
+        self.raw, self.handler = raw, handler
+        self.closed = False
+
+    def read(self, nbytes=-1):
+        data = self.raw.read(nbytes)
+        self.handler.count(len(data))
+        return data
+
+    def seek(self, offset, whence=0):
+        return self.raw.seek(offset, whence)
+
+    def tell(self):
+        return self.raw.tell()
+
+    def size(self):
+        return self.raw.size()
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return self.raw.seekable()
+
+    def close(self):
+        self.closed = True
+        self.raw.close()
+
+
+class CountingFileSystem(pafs.PyFileSystem):
+    """Wraps any `pyarrow.fs.FileSystem` and counts read requests and bytes read through it.
+
+    Usage::
+
+        fs = CountingFileSystem()            # local files
+        ds = gp.Dataset(path, features=..., filesystem=fs)
+        ...; fs.bytes_read, fs.read_requests; fs.reset()
+    """
+
+    def __init__(self, base: pafs.FileSystem | None = None):
+        super().__init__(_CountingHandler(base or pafs.LocalFileSystem()))
+
+    @property
+    def bytes_read(self) -> int:
+        return self.handler.bytes_read
+
+    @property
+    def read_requests(self) -> int:
+        return self.handler.read_requests
+
+    def reset(self) -> None:
+        with self.handler.lock:
+            self.handler.bytes_read = self.handler.read_requests = 0

@@ -1,0 +1,154 @@
+"""Writing flattened tables: one Parquet column per feature, the schema in the file's metadata."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import ConfigError, SchemaError
+from ..schema import Schema
+
+__all__ = ["DEFAULT_ROW_GROUP_ROWS", "TableWriter", "to_flat_table", "write_table"]
+
+DEFAULT_ROW_GROUP_ROWS = 65_536
+
+
+def to_flat_table(table: pa.Table, schema: Schema) -> pa.Table:
+    """`table` with `schema`'s columns in the canonical flattened types, schema in the metadata.
+
+    dense -> float32; sparse -> list<int64> (an integer column becomes lists of one id, null ->
+    empty list); scored -> list<int64> ids and list<float32> scores; labels -> float32.
+    """
+    target = schema.to_arrow({name: _get(table, name).type for name in schema.extras})
+    arrays = [_canonical(_get(table, fld.name), fld.type, fld.name) for fld in target]
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+def _get(table: pa.Table, name: str) -> pa.Array:
+    if table.schema.get_field_index(name) < 0:
+        raise SchemaError(
+            f"column {name!r} named by the schema is not in the table "
+            f"(columns: {table.column_names[:8]}{'...' if table.num_columns > 8 else ''})"
+        )
+    return table.column(name).combine_chunks()
+
+
+def _canonical(arr: pa.Array, target: pa.DataType, name: str) -> pa.Array:
+    if arr.type == target:
+        return arr
+    if pa.types.is_list(target) and pa.types.is_integer(arr.type):
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        offsets = np.zeros(len(arr) + 1, np.int32)
+        np.cumsum(valid, out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets), arr.drop_null().cast(pa.int64()))
+    try:
+        return arr.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SchemaError(
+            f"column {name!r} of type {arr.type} cannot be stored as {target} ({e}); convert it "
+            "or declare another kind in the schema"
+        ) from e
+
+
+class TableWriter:
+    """Streams tables into one flattened Parquet file with row groups of exactly `row_group_rows`.
+
+    Buffers what it is given until a whole row group is ready, so that streaming writers produce
+    the same file as one big write. Use as a context manager; `close()` writes the last group.
+    """
+
+    def __init__(
+        self,
+        path,
+        schema: Schema,
+        extra_types: dict | None = None,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        compression: str = "zstd",
+        write_statistics: bool = True,
+        write_page_index: bool = False,
+        metadata: dict | None = None,
+    ):
+        if not isinstance(row_group_rows, int) or row_group_rows <= 0:
+            raise ConfigError(f"{row_group_rows=} must be a positive integer")
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows_written = 0
+        arrow_schema = schema.to_arrow(extra_types)
+        if metadata:
+            arrow_schema = arrow_schema.with_metadata({**arrow_schema.metadata, **metadata})
+        self._arrow_schema = arrow_schema
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._writer = pq.ParquetWriter(
+            path,
+            arrow_schema,
+            compression=compression,
+            write_statistics=write_statistics,
+            write_page_index=write_page_index,
+        )
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = to_flat_table(table, self.schema).replace_schema_metadata(self._arrow_schema.metadata)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        merged = pa.concat_tables(self._pending)
+        self._writer.write_table(merged.slice(0, rows), row_group_size=rows)
+        rest = merged.slice(rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        self.rows_written += rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        self._writer.close()
+        self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_table(
+    table: pa.Table,
+    path,
+    schema: Schema | None = None,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    compression: str = "zstd",
+    write_statistics: bool = True,
+    write_page_index: bool = False,
+) -> Schema:
+    """Write `table` as a flattened Parquet file and return the schema that was stored.
+
+    Args:
+        schema: kinds and groups of the features; None infers them from the column types
+            (see `gpupre.schema`).
+        row_group_rows: rows per row group, the unit of parallel reading.
+        compression, write_statistics, write_page_index: passed to Parquet.
+    """
+    if schema is None:
+        schema = Schema.from_arrow(table.schema)
+    with TableWriter(
+        path,
+        schema,
+        {name: table.schema.field(name).type for name in schema.extras},
+        row_group_rows,
+        compression,
+        write_statistics,
+        write_page_index,
+    ) as writer:
+        writer.write(table)
+    return schema
+

@@ -131,13 +131,11 @@ def _extract(arr: pa.MapArray, kind: str, names, keys, source):
         counts = np.where(arr.is_valid().to_numpy(zero_copy_only=False), counts, 0)
     entries = _ranges(offsets[:-1], counts)  # indexes into the (unsliced) key and item children
     rows = np.repeat(np.arange(n), counts)
-    entry_keys = arr.keys.to_numpy()[entries]
-
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = np.asarray(keys, np.int64)[order]
-    pos = np.minimum(np.searchsorted(sorted_keys, entry_keys), len(keys) - 1)
-    hit = sorted_keys[pos] == entry_keys
-    slot = order[pos[hit]]
+    # slot of each entry's key among the wanted keys (-1: not wanted), by hash lookup
+    slots = pc.index_in(arr.keys, value_set=pa.array(keys, arr.type.key_type))
+    slots = pc.fill_null(slots, -1).to_numpy()[entries]
+    hit = slots >= 0
+    slot = slots[hit]
     rows, entries = rows[hit], entries[hit]
     if len(slot) and np.bincount(slot * n + rows, minlength=len(keys) * n).max() > 1:
         dup = np.flatnonzero(np.bincount(slot * n + rows) > 1)[0]

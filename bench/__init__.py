@@ -1,0 +1,1 @@
+"""gpupre benchmarks: `python -m bench <name>`; results go to bench/results/*.json."""

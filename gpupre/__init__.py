@@ -1,26 +1,65 @@
 """gpupre: GPU-centric preprocessing and tensor ingestion for recommendation-model training."""
 
-from . import reader, storage
+from . import reader, storage, transforms
 from .batch import Batch, KeyedJagged
 from .errors import BackendUnavailable, ConfigError, DataError, GpupreError, KernelError, SchemaError
 from .reader import Dataset, WorkUnit
 from .schema import Feature, Schema
+from .transforms import (
+    Bucketize,
+    Clamp,
+    Cross,
+    FillMissing,
+    Hash,
+    Intersect,
+    Log1p,
+    MinMax,
+    Modulo,
+    NGram,
+    Normalize,
+    OverlapCount,
+    Pipeline,
+    Plan,
+    SortByScore,
+    Truncate,
+    Union,
+    compile,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
     "Batch",
+    "Bucketize",
+    "Clamp",
     "ConfigError",
+    "Cross",
     "DataError",
     "Dataset",
     "Feature",
+    "FillMissing",
     "GpupreError",
+    "Hash",
+    "Intersect",
     "KernelError",
     "KeyedJagged",
+    "Log1p",
+    "MinMax",
+    "Modulo",
+    "NGram",
+    "Normalize",
+    "OverlapCount",
+    "Pipeline",
+    "Plan",
     "Schema",
     "SchemaError",
+    "SortByScore",
+    "Truncate",
+    "Union",
     "WorkUnit",
+    "compile",
     "reader",
     "storage",
+    "transforms",
 ]

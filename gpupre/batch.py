@@ -57,6 +57,7 @@ class Batch:
         labels      float32 [N], [L, N] for L labels, or None
         extras      {name: array}    pass-through columns (row ids, timestamps), untouched
         inverse     int32 [N] or None  de-duplicated batches: row -> request index
+        schema      the Schema of the features (kinds and groups), or None
 
     Arrays are numpy on the host and torch tensors after `to_torch()` / `to(device)`. Host
     batches built by `from_arrow` may be read-only views of Arrow buffers: copy before writing.
@@ -69,6 +70,7 @@ class Batch:
     labels: object = None
     extras: dict = field(default_factory=dict)
     inverse: object = None
+    schema: Schema | None = field(default=None, repr=False, compare=False)  # kinds of the keys
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -124,7 +126,7 @@ class Batch:
             rows = [_float32(columns[name], name, source) for name in schema.labels]
             labels = rows[0] if len(rows) == 1 else np.stack(rows)
         extras = {name: _extra(columns[name]) for name in schema.extras}
-        return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras)
+        return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras, schema=schema)
 
     # -- conversion ---------------------------------------------------------------------------
     def map_arrays(self, fn) -> Batch:

@@ -67,7 +67,7 @@ class MapLayout:
         A legacy file without gpupre metadata is scanned once for its keys (a full decode of the
         maps); features are named `float_<key>`, `id_list_<key>` and `id_score_list_<key>`.
         """
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
         metadata = pf.schema_arrow.metadata or {}
         if LAYOUT_KEY in metadata:
             return cls.from_json(metadata[LAYOUT_KEY])
@@ -94,6 +94,14 @@ class MapLayout:
         labels = tuple(n for n in plain if n == "label")
         extras = tuple(n for n in plain if n != "label")
         return cls(Schema(tuple(features), labels, extras), tuple(keys))
+
+
+def open_parquet(path) -> pq.ParquetFile:
+    """`pq.ParquetFile(path)`, with a DataError naming the file when it cannot be opened."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path} cannot be opened as Parquet ({e}); check the path and the file") from e
 
 
 def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str = "<table>") -> pa.Table:
@@ -264,7 +272,7 @@ def flatten(
     """
     layout = MapLayout.of_file(src, progress=progress)
     schema = layout.schema if features is None else layout.schema.select(features)
-    pf = pq.ParquetFile(src)
+    pf = open_parquet(src)
     extra_types = {n: pf.schema_arrow.field(n).type for n in schema.extras}
     if row_group_rows is None:
         row_group_rows = pf.metadata.row_group(0).num_rows if pf.num_row_groups else DEFAULT_ROW_GROUP_ROWS

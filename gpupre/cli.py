@@ -1,0 +1,123 @@
+"""The `gpupre` command: import, synth, flatten, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import storage
+from .errors import GpupreError
+from .reader import Dataset
+
+IMPORTERS = {
+    "criteo": storage.import_criteo,
+    "taobao": storage.import_taobao,
+    "movielens": storage.import_movielens,
+}
+
+
+def _import(args) -> None:
+    schema = IMPORTERS[args.format](args.src, args.dst, row_group_rows=args.row_group_rows)
+    print(f"wrote {args.dst}: {len(schema)} features, labels {list(schema.labels)}")
+
+
+def _synth(args) -> None:
+    spec = storage.SynthSpec(
+        rows=args.rows,
+        num_dense=args.dense,
+        num_sparse=args.sparse,
+        num_scored=args.scored,
+        num_planted=min(args.planted, args.dense + args.sparse + args.scored),
+        items_per_request=args.items_per_request,
+        row_group_rows=args.row_group_rows,
+        num_files=args.files,
+        seed=args.seed,
+    )
+    schema = storage.synthesize(args.dst, spec, layout=args.layout)
+    print(f"wrote {args.dst}: {spec.rows:,} rows, {len(schema)} features ({args.layout} layout)")
+
+
+def _flatten(args) -> None:
+    features = args.features.split(",") if args.features else None
+    schema = storage.flatten(args.src, args.dst, features=features, row_group_rows=args.row_group_rows)
+    print(f"wrote {args.dst}: {len(schema)} features")
+
+
+def inspect_text(path, features=None) -> str:
+    """A dataset's files, rows, row groups, and schema with bytes on disk per feature."""
+    ds = Dataset(path, features=features)
+    sizes = ds.bytes_per_column()
+    rows = ds.num_rows
+    lines = [
+        f"{path}: {len(ds.paths)} file(s), {rows:,} rows, {len(ds.units())} row groups",
+        f"labels: {', '.join(ds.schema.labels) or '-'}",
+        "",
+        f"{'feature':<32} {'kind':<7} {'group':<8} {'compressed':>12} {'raw':>12} {'bytes/row':>10}",
+    ]
+    for f in ds.schema:
+        packed = sum(sizes.get(c, (0, 0))[0] for c in f.columns)
+        raw = sum(sizes.get(c, (0, 0))[1] for c in f.columns)
+        lines.append(
+            f"{f.name:<32} {f.kind:<7} {f.group or '-':<8} {packed:>12,} {raw:>12,} {packed / max(rows, 1):>10.2f}"
+        )
+    total = sum(v[0] for v in sizes.values())
+    lines.append(f"{'all columns':<49} {total:>12,}")
+    return "\n".join(lines)
+
+
+def _inspect(args) -> None:
+    print(inspect_text(args.path, args.features.split(",") if args.features else None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpupre", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import", help="import a public dataset's text into a flattened dataset")
+    p.add_argument("format", choices=sorted(IMPORTERS))
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--row-group-rows", type=int, default=storage.write.DEFAULT_ROW_GROUP_ROWS)
+    p.set_defaults(run=_import)
+
+    p = sub.add_parser("synth", help="generate synthetic recommendation data")
+    p.add_argument("dst")
+    defaults = storage.SynthSpec()
+    p.add_argument("--rows", type=int, default=defaults.rows)
+    p.add_argument("--dense", type=int, default=defaults.num_dense)
+    p.add_argument("--sparse", type=int, default=defaults.num_sparse)
+    p.add_argument("--scored", type=int, default=defaults.num_scored)
+    p.add_argument("--planted", type=int, default=defaults.num_planted, help="features the label depends on")
+    p.add_argument("--items-per-request", type=int, default=defaults.items_per_request)
+    p.add_argument("--row-group-rows", type=int, default=defaults.row_group_rows)
+    p.add_argument("--files", type=int, default=1)
+    p.add_argument("--layout", choices=("flat", "map"), default="flat")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_synth)
+
+    p = sub.add_parser("flatten", help="convert a map-layout table to the flattened layout")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--features", help="comma-separated names to keep (default: all)")
+    p.add_argument("--row-group-rows", type=int, default=None)
+    p.set_defaults(run=_flatten)
+
+    p = sub.add_parser("inspect", help="schema, rows, row groups and bytes per feature")
+    p.add_argument("path")
+    p.add_argument("--features", help="comma-separated projection (default: all)")
+    p.set_defaults(run=_inspect)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except GpupreError as e:
+        print(f"gpupre {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

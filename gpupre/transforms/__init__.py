@@ -1,0 +1,45 @@
+"""Last-mile transforms: op specs, fitting, the plan, the numpy oracle and the executors."""
+
+from .ops import (
+    Bucketize,
+    Clamp,
+    Cross,
+    FillMissing,
+    Hash,
+    Intersect,
+    Log1p,
+    MinMax,
+    Modulo,
+    NGram,
+    Normalize,
+    Op,
+    OverlapCount,
+    SortByScore,
+    Truncate,
+    Union,
+)
+from .pipeline import Pipeline, output_schema
+from .plan import Plan, compile
+
+__all__ = [
+    "Bucketize",
+    "Clamp",
+    "Cross",
+    "FillMissing",
+    "Hash",
+    "Intersect",
+    "Log1p",
+    "MinMax",
+    "Modulo",
+    "NGram",
+    "Normalize",
+    "Op",
+    "OverlapCount",
+    "Pipeline",
+    "Plan",
+    "SortByScore",
+    "Truncate",
+    "Union",
+    "compile",
+    "output_schema",
+]

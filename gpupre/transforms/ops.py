@@ -1,0 +1,409 @@
+"""Op specs: frozen dataclasses naming inputs, output and parameters, validated on construction.
+
+Single-input ops take a feature name or a list of names and write in place unless `out=` names
+the output(s). Multi-input ops (Cross, Intersect, Union, OverlapCount) take two names and `out=`.
+Building an op touches no data; `Pipeline.fit` fills in the statistics of fitted ops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from ..errors import ConfigError
+from ..schema import DENSE, SCORED, SPARSE
+
+__all__ = [
+    "Bucketize",
+    "Clamp",
+    "Cross",
+    "FillMissing",
+    "Hash",
+    "Intersect",
+    "Log1p",
+    "MinMax",
+    "Modulo",
+    "NGram",
+    "Normalize",
+    "OVERLAP_OPS",
+    "Op",
+    "OverlapCount",
+    "SortByScore",
+    "Truncate",
+    "Union",
+    "op_from_dict",
+]
+
+ANY = (DENSE, SPARSE, SCORED)
+LISTS = (SPARSE, SCORED)
+
+
+def _names(value, what: str, op: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value) if value is not None else ()
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{op}: {what} must be a feature name or a non-empty list of names, got {value!r}")
+    return names
+
+
+def _positive_int(value, what: str, op: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{op}: {what}={value!r} must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base of every op. `features` are the inputs; `out` the outputs (None: in place)."""
+
+    features: tuple[str, ...]
+    out: tuple[str, ...] | None = field(default=None, kw_only=True)
+
+    accepts = ANY  # input kinds the op takes
+    arity = 1  # inputs per application
+
+    def __post_init__(self):
+        name = type(self).__name__
+        object.__setattr__(self, "features", _names(self.features, "features", name))
+        if self.out is not None:
+            object.__setattr__(self, "out", _names(self.out, "out", name))
+        if self.arity == 2:
+            if len(self.features) != 2:
+                raise ConfigError(f"{name} takes exactly two features, got {self.features}")
+            if self.out is None or len(self.out) != 1:
+                raise ConfigError(f"{name}({self.features[0]!r}, {self.features[1]!r}) needs out='<name>'")
+        elif self.out is not None and len(self.out) != len(self.features):
+            raise ConfigError(
+                f"{name}: out={self.out} must name one output per feature ({len(self.features)} features)"
+            )
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameters; raise ConfigError naming the op and the value."""
+
+    def applications(self) -> list[tuple[tuple[str, ...], str]]:
+        """[(inputs, output)] this op applies: one per feature, or one for a two-input op."""
+        if self.arity == 2:
+            return [(self.features, self.out[0])]
+        outs = self.out or self.features
+        return [((f,), o) for f, o in zip(self.features, outs)]
+
+    def output_kind(self, kinds: tuple[str, ...]) -> str:
+        return kinds[0]
+
+    @property
+    def fitted(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["features"] = list(self.features)
+        data["out"] = list(self.out) if self.out else None
+        return {"op": type(self).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}}
+
+    def __str__(self) -> str:
+        params = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in ("features", "out")
+        )
+        out = f" -> {list(self.out)}" if self.out else ""
+        return f"{type(self).__name__}({list(self.features)}{', ' + params if params else ''}){out}"
+
+
+# -- dense ops: float in, float out ------------------------------------------------------------
+@dataclass(frozen=True)
+class FillMissing(Op):
+    """Missing (NaN) -> value."""
+
+    value: float = 0.0
+    accepts = (DENSE,)
+
+    def validate(self):
+        if not isinstance(self.value, (int, float)) or math.isnan(self.value):
+            raise ConfigError(f"FillMissing: value={self.value!r} must be a number (not NaN)")
+
+
+@dataclass(frozen=True)
+class Log1p(Op):
+    """log(1 + max(x, 0)); NaN stays NaN."""
+
+    accepts = (DENSE,)
+
+
+@dataclass(frozen=True)
+class Clamp(Op):
+    """min(max(x, lo), hi); NaN stays NaN."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    accepts = (DENSE,)
+
+    def validate(self):
+        if math.isnan(self.lo) or math.isnan(self.hi) or self.lo > self.hi:
+            raise ConfigError(f"Clamp: needs lo <= hi, got lo={self.lo!r}, hi={self.hi!r}")
+
+
+@dataclass(frozen=True)
+class Normalize(Op):
+    """(x - mean) / std; std == 0 -> x - mean. mean and std are fitted when None."""
+
+    mean: float | None = None
+    std: float | None = None
+    accepts = (DENSE,)
+
+    def validate(self):
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("Normalize: give both mean and std, or neither (to fit them)")
+        if self.std is not None and not (self.std >= 0 and math.isfinite(self.std) and math.isfinite(self.mean)):
+            raise ConfigError(f"Normalize: mean={self.mean!r} and std={self.std!r} must be finite, std >= 0")
+        if self.mean is not None and len(self.features) > 1:
+            raise ConfigError("Normalize: explicit mean/std apply to one feature; use one op per feature")
+
+    @property
+    def fitted(self):
+        return self.mean is not None
+
+
+@dataclass(frozen=True)
+class MinMax(Op):
+    """(x - min) / (max - min); max == min -> 0. min and max are fitted when None."""
+
+    min: float | None = None
+    max: float | None = None
+    accepts = (DENSE,)
+
+    def validate(self):
+        if (self.min is None) != (self.max is None):
+            raise ConfigError("MinMax: give both min and max, or neither (to fit them)")
+        if self.min is not None and not (math.isfinite(self.min) and math.isfinite(self.max) and self.min <= self.max):
+            raise ConfigError(f"MinMax: needs finite min <= max, got min={self.min!r}, max={self.max!r}")
+        if self.min is not None and len(self.features) > 1:
+            raise ConfigError("MinMax: explicit min/max apply to one feature; use one op per feature")
+
+    @property
+    def fitted(self):
+        return self.min is not None
+
+
+# -- ops that make ids -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bucketize(Op):
+    """torch.bucketize(x, boundaries, right=right) as one id per row; NaN -> len(boundaries) + 1.
+
+    Boundaries are float32, non-decreasing and non-empty. With boundaries=None and num_buckets=k,
+    `Pipeline.fit` computes k-1 equal-frequency boundaries (see `Bucketize.fit`).
+    """
+
+    boundaries: tuple[float, ...] | None = None
+    right: bool = False
+    num_buckets: int | None = None
+    accepts = (DENSE,)
+
+    @classmethod
+    def fit(cls, features, num_buckets: int, right: bool = False, out=None) -> Bucketize:
+        """A Bucketize whose num_buckets - 1 boundaries are fitted as equal-frequency quantiles."""
+        return cls(features, None, right, num_buckets, out=out)
+
+    def validate(self):
+        if self.boundaries is None:
+            _positive_int(self.num_buckets, "num_buckets", "Bucketize", minimum=2)
+            return
+        b = tuple(float(x) for x in self.boundaries)
+        object.__setattr__(self, "boundaries", b)
+        if not b:
+            raise ConfigError("Bucketize: boundaries must be non-empty")
+        if any(math.isnan(x) for x in b):
+            raise ConfigError(f"Bucketize: boundaries hold NaN: {b}")
+        bad = [i for i in range(1, len(b)) if b[i] < b[i - 1]]
+        if bad:
+            i = bad[0]
+            raise ConfigError(
+                f"Bucketize: boundaries must be non-decreasing; boundaries[{i - 1}]={b[i - 1]} > "
+                f"boundaries[{i}]={b[i]}; sort them"
+            )
+
+    def output_kind(self, kinds):
+        return SPARSE
+
+    @property
+    def fitted(self):
+        return self.boundaries is not None
+
+
+@dataclass(frozen=True)
+class Hash(Op):
+    """TorchArrow's sigrid_hash of each id into [0, num_buckets); a dense input is cast first."""
+
+    num_buckets: int = 0
+    salt: int = 0
+
+    def validate(self):
+        _positive_int(self.num_buckets, "num_buckets", "Hash")
+        _int64(self.salt, "salt", "Hash")
+
+    def output_kind(self, kinds):
+        return SCORED if kinds[0] == SCORED else SPARSE
+
+
+@dataclass(frozen=True)
+class Modulo(Op):
+    """x mod n, floor-mod so the result is in [0, n) (the DLRM Criteo recipe)."""
+
+    n: int = 0
+
+    def validate(self):
+        _positive_int(self.n, "n", "Modulo")
+
+    def output_kind(self, kinds):
+        return SCORED if kinds[0] == SCORED else SPARSE
+
+
+# -- list ops ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Truncate(Op):
+    """Keep the first (or last) max_len ids of each list (scores follow)."""
+
+    max_len: int = 0
+    keep: str = "first"
+    accepts = LISTS
+
+    def validate(self):
+        _positive_int(self.max_len, "max_len", "Truncate", minimum=0)
+        if self.keep not in ("first", "last"):
+            raise ConfigError(f"Truncate: keep={self.keep!r} must be 'first' or 'last'")
+
+
+@dataclass(frozen=True)
+class SortByScore(Op):
+    """Sort each list by score (stable; NaN scores last), then keep the top_k (None: all)."""
+
+    descending: bool = True
+    top_k: int | None = None
+    accepts = (SCORED,)
+
+    def validate(self):
+        if self.top_k is not None:
+            _positive_int(self.top_k, "top_k", "SortByScore", minimum=0)
+
+
+@dataclass(frozen=True)
+class NGram(Op):
+    """Hashed windows of n consecutive ids: a list of length L gives max(L - n + 1, 0) ids."""
+
+    n: int = 2
+    num_buckets: int = 0
+    salt: int = 0
+    accepts = LISTS
+
+    def validate(self):
+        _positive_int(self.n, "n", "NGram")
+        _positive_int(self.num_buckets, "num_buckets", "NGram")
+        _int64(self.salt, "salt", "NGram")
+
+    def output_kind(self, kinds):
+        return SPARSE
+
+
+# -- two-input ops -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cross(Op):
+    """Every (id_a, id_b) pair of a row, hash_128_to_64(id_a, id_b), then Hash(num_buckets, salt).
+
+    A dense input counts as a list of one id (its value cast to int64; NaN -> empty).
+    """
+
+    num_buckets: int = 0
+    salt: int = 0
+    arity = 2
+
+    def validate(self):
+        _positive_int(self.num_buckets, "num_buckets", "Cross")
+        _int64(self.salt, "salt", "Cross")
+
+    def output_kind(self, kinds):
+        return SPARSE
+
+    def __init__(self, a, b, num_buckets: int = 0, salt: int = 0, *, out=None):
+        object.__setattr__(self, "num_buckets", num_buckets)
+        object.__setattr__(self, "salt", salt)
+        object.__setattr__(self, "features", (a, b) if isinstance(a, str) else a)
+        object.__setattr__(self, "out", out)
+        self.__post_init__()
+
+
+@dataclass(frozen=True)
+class _Pair(Op):
+    arity = 2
+    accepts = LISTS
+
+    def __init__(self, a, b=None, *, out=None):
+        object.__setattr__(self, "features", (a, b) if isinstance(a, str) else a)
+        object.__setattr__(self, "out", out)
+        self.__post_init__()
+
+    def output_kind(self, kinds):
+        return SPARSE
+
+
+@dataclass(frozen=True, init=False)
+class Intersect(_Pair):
+    """The distinct ids of a that occur in b, in a's order of first occurrence."""
+
+
+@dataclass(frozen=True, init=False)
+class Union(_Pair):
+    """The distinct ids of a, then those of b not in a, in order of first occurrence."""
+
+
+@dataclass(frozen=True, init=False)
+class OverlapCount(_Pair):
+    """The number of ids of a (with repeats) that occur in b, as a dense feature."""
+
+    def output_kind(self, kinds):
+        return DENSE
+
+
+OVERLAP_OPS = (Intersect, Union, OverlapCount)
+OPS = {
+    cls.__name__: cls
+    for cls in (
+        FillMissing,
+        Log1p,
+        Clamp,
+        Normalize,
+        MinMax,
+        Bucketize,
+        Hash,
+        Modulo,
+        Truncate,
+        SortByScore,
+        NGram,
+        Cross,
+        Intersect,
+        Union,
+        OverlapCount,
+    )
+}
+
+
+def op_from_dict(data: dict) -> Op:
+    """The op saved by `Op.to_dict`."""
+    data = dict(data)
+    name = data.pop("op", None)
+    if name not in OPS:
+        raise ConfigError(f"unknown op {name!r}; known: {sorted(OPS)}")
+    cls = OPS[name]
+    features, out = data.pop("features"), data.pop("out", None)
+    if cls.arity == 2:
+        return cls(*features, **data, out=out)
+    for key, value in data.items():
+        if isinstance(value, list):
+            data[key] = tuple(value)
+    return cls(features, **data, out=out)
+
+
+def _int64(value, what: str, op: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{op}: {what}={value!r} must be an int64")
+
+
+def with_params(op: Op, **params) -> Op:
+    """A copy of `op` with fitted parameters filled in."""
+    return replace(op, **params)

@@ -1,0 +1,231 @@
+"""`Pipeline`: an ordered list of ops, fitted in a streaming pass, saved as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..batch import Batch
+from ..errors import ConfigError, SchemaError
+from ..schema import Feature, Schema, unknown_message
+from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, with_params
+
+__all__ = ["Pipeline", "output_schema"]
+
+
+def output_schema(ops, schema: Schema) -> Schema:
+    """The schema after `ops`: in-place outputs keep their position, new outputs are appended.
+
+    Raises:
+        SchemaError: an op names a feature that does not exist at that point.
+        ConfigError: an op is given a feature of a kind it does not take.
+    """
+    features = list(schema.features)
+    position = {f.name: i for i, f in enumerate(features)}
+    for op in ops:
+        for inputs, out in op.applications():
+            kinds = []
+            for name in inputs:
+                if name not in position:
+                    raise SchemaError(unknown_message(f"{op}: input feature", name, list(position)))
+                kind = features[position[name]].kind
+                if kind not in op.accepts:
+                    raise ConfigError(
+                        f"{op}: feature {name!r} is {kind}, but {type(op).__name__} takes "
+                        f"{' or '.join(op.accepts)} features; apply it to another feature or convert "
+                        "this one first"
+                    )
+                kinds.append(kind)
+            made = Feature(out, op.output_kind(tuple(kinds)), features[position[inputs[0]]].group)
+            if out in position:
+                features[position[out]] = made
+            else:
+                position[out] = len(features)
+                features.append(made)
+    return Schema(tuple(features), schema.labels, schema.extras)
+
+
+class Pipeline:
+    """An ordered list of ops.
+
+    `fit(dataset)` computes the statistics that ops need in a streaming pass and returns a fitted
+    pipeline; `compile(schema, device)` makes a `Plan`; `pipeline(batch)` runs eagerly on the host.
+    """
+
+    def __init__(self, ops, input_schema: Schema | None = None):
+        ops = list(ops)
+        for op in ops:
+            if not isinstance(op, Op):
+                raise ConfigError(f"Pipeline takes ops (gp.Hash(...), ...), got {op!r}")
+        self.ops: tuple[Op, ...] = tuple(ops)
+        self.input_schema = input_schema
+        self._plans: dict = {}
+
+    @property
+    def fitted(self) -> bool:
+        return all(op.fitted for op in self.ops)
+
+    def output_schema(self, schema: Schema | None = None) -> Schema:
+        return output_schema(self.ops, self._schema(schema))
+
+    def _schema(self, schema):
+        schema = schema or self.input_schema
+        if schema is None:
+            raise ConfigError("this pipeline has no input schema yet; pass one or fit it on a dataset first")
+        return schema
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, dataset, max_rows: int | None = None, sample_size: int = 200_000, seed: int = 0, progress=True):
+        """A fitted copy: Normalize mean/std (float64), MinMax min/max, Bucketize boundaries.
+
+        One streaming pass over `dataset` (at most max_rows rows) fits every op whose input does
+        not depend on another unfitted op; a chain of dependent unfitted ops takes one pass each.
+        Bucketize boundaries are equal-frequency quantiles of a uniform sample of sample_size values
+        (exact when the data are smaller).
+        """
+        schema = dataset.schema
+        output_schema(self.ops, schema)  # validate before reading anything
+        ops = [single for op in self.ops for single in _per_feature(op)]
+        rng = np.random.default_rng(seed)
+        while not all(op.fitted for op in ops):
+            first = next(i for i, op in enumerate(ops) if not op.fitted)
+            targets = _independent_unfitted(ops, first)
+            stats = {i: _Stats(sample_size if isinstance(ops[i], Bucketize) else 0) for i in targets}
+            prefix = Pipeline(ops[:first], schema) if first else None
+            rows = 0
+            bar = tqdm(total=max_rows or dataset.num_rows, desc=f"fitting {ops[first]}", unit="rows", disable=not progress)
+            for unit in dataset.units():
+                batch = dataset.read(unit)
+                if prefix is not None:
+                    batch = prefix(batch)
+                dense = {k: batch.dense[j] for j, k in enumerate(batch.dense_keys)}
+                take = batch.num_rows if max_rows is None else min(batch.num_rows, max_rows - rows)
+                for i, s in stats.items():
+                    s.add(dense[ops[i].features[0]][:take], rng)
+                rows += take
+                bar.update(take)
+                if max_rows is not None and rows >= max_rows:
+                    break
+            bar.close()
+            for i in targets:
+                ops[i] = _fitted(ops[i], stats[i])
+        return Pipeline(ops, schema)
+
+    # -- running ------------------------------------------------------------------------------
+    def compile(self, schema: Schema | None = None, device: str = "cpu"):
+        from .plan import compile
+
+        return compile(self, self._schema(schema), device)
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Run eagerly on a host batch with the CPU executor (plans are cached per schema)."""
+        schema = batch.schema if batch.schema is not None else self._schema(None)
+        key = schema.to_json()
+        if key not in self._plans:
+            self._plans[key] = self.compile(schema, "cpu")
+        return self._plans[key].run(batch)
+
+    # -- persistence --------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "ops": [op.to_dict() for op in self.ops],
+                "input_schema": json.loads(self.input_schema.to_json()) if self.input_schema else None,
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Pipeline:
+        data = json.loads(text)
+        schema = data.get("input_schema")
+        return cls([op_from_dict(d) for d in data["ops"]], Schema.from_json(json.dumps(schema)) if schema else None)
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, path) -> Pipeline:
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+    def __eq__(self, other):
+        return isinstance(other, Pipeline) and self.ops == other.ops
+
+    def __repr__(self) -> str:
+        return "Pipeline([\n" + "".join(f"  {op},\n" for op in self.ops) + "])"
+
+
+def _independent_unfitted(ops, first: int) -> list[int]:
+    """Unfitted ops whose inputs no op from `first` on has written before them."""
+    written: set[str] = set()
+    targets = []
+    for i in range(first, len(ops)):
+        op = ops[i]
+        if not op.fitted and not written.intersection(op.features):
+            targets.append(i)
+        for _, out in op.applications():
+            written.add(out)
+    return targets
+
+
+class _Stats:
+    """Streaming moments (float64, Chan's merge), min/max and a uniform sample, ignoring NaN."""
+
+    def __init__(self, sample_size: int):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.min, self.max = math.inf, -math.inf
+        self.sample_size = sample_size
+        self.sample = np.empty(0, np.float32)
+        self.keys = np.empty(0)
+
+    def add(self, x: np.ndarray, rng) -> None:
+        x = np.asarray(x)[~np.isnan(x)]
+        if not len(x):
+            return
+        x64 = x.astype(np.float64)
+        n, mean = len(x64), float(x64.mean())
+        m2 = float(((x64 - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+        self.min, self.max = min(self.min, float(x64.min())), max(self.max, float(x64.max()))
+        if self.sample_size:  # keep the sample_size values with the smallest random keys
+            keys = np.concatenate([self.keys, rng.random(n)])
+            values = np.concatenate([self.sample, x])
+            if len(values) > self.sample_size:
+                keep = np.argpartition(keys, self.sample_size)[: self.sample_size]
+                keys, values = keys[keep], values[keep]
+            self.keys, self.sample = keys, values
+
+
+def _per_feature(op: Op) -> list[Op]:
+    """An unfitted op over several features as one op per feature (each gets its own statistics)."""
+    if op.fitted or len(op.features) == 1:
+        return [op]
+    outs = op.out or op.features
+    return [with_params(op, features=(f,), out=None if op.out is None else (o,)) for f, o in zip(op.features, outs)]
+
+
+def _fitted(op: Op, s: _Stats) -> Op:
+    if s.count == 0:
+        raise ConfigError(
+            f"cannot fit {op}: feature {op.features[0]!r} has no non-missing values in the data read; "
+            "give the parameters explicitly or fit on more rows"
+        )
+    if isinstance(op, Normalize):
+        return with_params(op, mean=s.mean, std=math.sqrt(s.m2 / s.count))
+    if isinstance(op, MinMax):
+        return with_params(op, min=s.min, max=s.max)
+    if isinstance(op, Bucketize):
+        quantiles = np.arange(1, op.num_buckets) / op.num_buckets
+        boundaries = np.quantile(s.sample.astype(np.float64), quantiles, method="inverted_cdf")
+        return with_params(op, boundaries=tuple(float(b) for b in np.float32(boundaries)))
+    raise ConfigError(f"{op} has nothing to fit")
+

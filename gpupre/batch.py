@@ -191,8 +191,14 @@ def _column(table, name: str, source: str) -> pa.Array:
     index = table.schema.get_field_index(name)
     if index < 0:
         raise SchemaError(f"{source}: column {name!r} is missing; the schema names it")
-    col = table.column(index)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return one_array(table.column(index))
+
+
+def one_array(col) -> pa.Array:
+    """A column as one Array, without copying when it already is one chunk."""
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _float32(arr: pa.Array, name: str, source: str) -> np.ndarray:

@@ -161,13 +161,14 @@ class Schema:
 
     @classmethod
     def from_arrow(
-        cls, arrow_schema: pa.Schema, source: str = "<table>", columns=None, extras=()
+        cls, arrow_schema: pa.Schema, source: str = "<table>", columns=None, extras=(), labels=None
     ) -> Schema:
         """The schema stored in `arrow_schema`'s metadata, or one inferred from its column types.
 
         Args:
             columns: for inference only, the top-level columns to consider (None: all).
             extras: for inference only, columns to pass through untouched.
+            labels: for inference only, the label columns (None: a column named `label`).
 
         Raises:
             SchemaError: a considered column's type matches no feature kind (strings, ...).
@@ -183,25 +184,25 @@ class Schema:
                     "gp.storage.write_table"
                 )
             return schema
-        return cls._infer(arrow_schema, source, columns, tuple(extras))
+        return cls._infer(arrow_schema, source, columns, tuple(extras), labels)
 
     @classmethod
-    def _infer(cls, arrow_schema: pa.Schema, source: str, columns, extras) -> Schema:
+    def _infer(cls, arrow_schema: pa.Schema, source: str, columns, extras, labels) -> Schema:
         names = set(arrow_schema.names)
-        wanted = names if columns is None else set(columns) | {DEFAULT_LABEL}
-        features, labels = [], []
+        missing = [c for c in (*extras, *(labels or ())) if c not in names]
+        if missing:
+            raise SchemaError(unknown_message(f"{source}: column", missing[0], names))
+        if labels is None:
+            default = arrow_schema.get_field_index(DEFAULT_LABEL)
+            labels = (DEFAULT_LABEL,) if default >= 0 and _is_number(arrow_schema.field(default).type) else ()
+        wanted = names if columns is None else set(columns)
+        features = []
         for fld in arrow_schema:
-            if fld.name not in wanted or fld.name in extras:
+            if fld.name not in wanted or fld.name in extras or fld.name in labels:
                 continue
             if fld.name.endswith(SCORE_SUFFIX) and fld.name[: -len(SCORE_SUFFIX)] in names:
                 continue  # the score column of a scored feature, handled with its ids
-            if fld.name == DEFAULT_LABEL and _is_number(fld.type):
-                labels.append(fld.name)
-                continue
             features.append(Feature(fld.name, infer_kind(fld, names, source)))
-        missing = [e for e in extras if e not in names]
-        if missing:
-            raise SchemaError(unknown_message(f"{source}: pass-through column", missing[0], names))
         return cls(tuple(features), tuple(labels), extras)
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from ..batch import Batch
 from ..errors import DataError, SchemaError
-from ..schema import Schema, unknown_message
+from ..schema import METADATA_KEY, SCORE_SUFFIX, Schema, unknown_message
 from .units import WorkUnit, shard
 
 __all__ = ["Dataset"]
@@ -43,11 +43,17 @@ class Dataset:
         arrow_schema = self._metadata[first].schema.to_arrow_schema()
         passthrough = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
         features = [features] if isinstance(features, str) else features
-        full = Schema.from_arrow(arrow_schema, first, columns=features, extras=passthrough)
-        labels = full.labels if label is None else ((label,) if isinstance(label, str) else tuple(label))
-        for name in labels + passthrough:
+        labels = None if label is None else ((label,) if isinstance(label, str) else tuple(label))
+        for name in (labels or ()) + passthrough:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
+        full = Schema.from_arrow(arrow_schema, first, columns=features, extras=passthrough, labels=labels)
+        labels = full.labels if labels is None else labels
+        if features is not None:
+            known = full.names if METADATA_KEY in (arrow_schema.metadata or {}) else _feature_columns(arrow_schema)
+            for name in features:
+                if name not in known:
+                    raise SchemaError(unknown_message(f"{first}: projected feature", name, known))
         projected = full if features is None else full.select(features)
         self.schema = Schema(projected.features, labels, passthrough)
         self.full_schema = full
@@ -172,6 +178,12 @@ def _open_metadata(filesystem, path: str) -> pq.FileMetaData:
             f"{path} is not a readable Parquet file ({e}); it may be truncated or of another "
             "format: rewrite it, or remove it from the dataset"
         ) from e
+
+
+def _feature_columns(arrow_schema: pa.Schema) -> list[str]:
+    """The columns of a plain file that can be features (score columns belong to their ids)."""
+    names = set(arrow_schema.names)
+    return [n for n in arrow_schema.names if not (n.endswith(SCORE_SUFFIX) and n[: -len(SCORE_SUFFIX)] in names)]
 
 
 def _leaf_owners(arrow_schema: pa.Schema) -> list[str]:

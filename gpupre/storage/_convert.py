@@ -39,7 +39,7 @@ def _parse_hex(data, offsets, valid, out):
     return -1
 
 
-def hex_to_ids(arr: pa.Array, column: str, source: str) -> pa.Array:
+def hex_to_ids(arr: pa.Array, column: str, source: str, first_row: int = 0) -> pa.Array:
     """A string column of hex ids -> int64 ids; null or empty -> null (a missing id).
 
     Raises:
@@ -56,7 +56,7 @@ def hex_to_ids(arr: pa.Array, column: str, source: str) -> pa.Array:
     bad = _parse_hex(data, offsets, valid, out)
     if bad >= 0:
         raise DataError(
-            f"{source}: column {column!r} row {bad} holds {arr[bad].as_py()!r}, which is not a "
+            f"{source}: column {column!r} row {first_row + bad} holds {arr[bad].as_py()!r}, which is not a "
             "hexadecimal id of at most 16 digits; fix or drop the row"
         )
     return pa.array(out, mask=~valid)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..batch import one_array
 from ..errors import DataError, SchemaError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
 from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
@@ -82,7 +83,10 @@ class MapLayout:
         for i in range(pf.num_row_groups):
             table = pf.read_row_group(i, columns=[MAP_COLUMNS[k] for k in kinds])
             for kind in kinds:
-                found[kind].update(pc.unique(pc.map_keys(table.column(MAP_COLUMNS[kind])).combine_chunks().flatten()).to_pylist())
+                maps = one_array(table.column(MAP_COLUMNS[kind]))
+                offsets = maps.offsets.to_numpy()
+                keys = maps.keys.slice(offsets[0], offsets[-1] - offsets[0])
+                found[kind].update(pc.unique(keys).to_pylist())
             bar.update(table.num_rows)
         bar.close()
         features, keys = [], []

@@ -30,7 +30,7 @@ _READ_TYPES = {
     "name": pa.string(),
     "ids": pa.string(),
     "names": pa.string(),
-    "time": pa.timestamp("s"),
+    "time": pa.string(),
 }
 
 
@@ -40,7 +40,8 @@ class Column:
 
     role: "label"; "dense" (a number); "id" (an integer id); "hex" (a hexadecimal id); "name" (a
     string hashed to an id); "ids" / "names" (a `separator`-separated list of integer ids or of
-    names); "time" (a timestamp kept as int64 seconds in extras); "extra" (kept as it is).
+    names); "time" (epoch seconds or a date-time, kept as int64 seconds in extras); "extra" (kept
+    as it is).
     """
 
     role: str
@@ -102,7 +103,7 @@ def import_csv(
             row = 0
             for block in reader:
                 table = pa.Table.from_batches([block])
-                writer.write(_convert(table, columns, f"{src} rows {row}..{row + table.num_rows - 1}"))
+                writer.write(_convert(table, columns, str(src), row))
                 row += table.num_rows
                 bar.update(f.tell() - bar.n)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -110,23 +111,37 @@ def import_csv(
     return schema
 
 
-def _convert(table: pa.Table, columns: dict[str, Column], source: str) -> pa.Table:
+def _convert(table: pa.Table, columns: dict[str, Column], source: str, first_row: int) -> pa.Table:
     out = {}
     for name, c in columns.items():
         col = table.column(name).combine_chunks()
         if c.role == "hex":
-            col = hex_to_ids(col, name, source)
+            col = hex_to_ids(col, name, source, first_row)
         elif c.role == "name":
             col = strings_to_ids(col)
         elif c.role in ("ids", "names"):
             try:
                 col = split_to_ids(col, c.separator, numeric=c.role == "ids")
             except pa.ArrowInvalid as e:
-                raise DataError(f"{source}: column {name!r} holds a non-integer id: {e}") from e
+                raise DataError(f"{source} rows {first_row}+: column {name!r} holds a non-integer id: {e}") from e
         elif c.role == "time":
-            col = col.cast(pa.int64())
+            col = _seconds(col, name, source, first_row)
         out[name] = col
     return pa.table(out)
+
+
+def _seconds(col: pa.Array, name: str, source: str, first_row: int) -> pa.Array:
+    """Timestamps as int64 epoch seconds, from integers ("1494028800") or dates ("2017-05-06 00:00:00")."""
+    try:
+        return col.cast(pa.int64())
+    except pa.ArrowInvalid:
+        pass
+    try:
+        return col.cast(pa.timestamp("s")).cast(pa.int64())
+    except pa.ArrowInvalid as e:
+        raise DataError(
+            f"{source} rows {first_row}+: column {name!r} is neither epoch seconds nor a date-time ({e})"
+        ) from e
 
 
 CRITEO_COLUMNS = {

@@ -246,6 +246,9 @@ class _Builder:
             self.nodes[out] = _ListNode(_App(S_NGRAM, [(key, maps)], (op.n, op.num_buckets, op.salt)), [], False)
         else:  # two-input ops
             kind = PAIR_KINDS[type(op)]
+            # close the level before reading either input, so both reads see the same level
+            if any(isinstance(self.nodes[n], _ListNode) and isinstance(self.nodes[n].src, _App) for n in inputs):
+                self._close_level()
             args = [self._read(name) for name in inputs]
             params = (op.num_buckets, op.salt) if kind == S_CROSS else ()
             app = _App(kind, args, params)

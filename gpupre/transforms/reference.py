@@ -84,9 +84,10 @@ def run_ops(ops, schema, batch: Batch) -> Batch:
         scored = schema[name].kind == SCORED
         scores = [weights[starts[r] : starts[r + 1]].tolist() for r in range(len(lengths))] if scored else None
         state[name] = _Lists(rows, scores)
-    for op in ops:
-        for inputs, out in op.applications():
-            state[out] = _apply(op, [state[n] for n in inputs], batch.num_rows)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are results like any other
+        for op in ops:
+            for inputs, out in op.applications():
+                state[out] = _apply(op, [state[n] for n in inputs], batch.num_rows)
     return _assemble(output_schema(ops, schema), state, batch)
 
 
@@ -120,9 +121,9 @@ def _apply(op, args, n):
         k = op.max_len
 
         def cut(row):
-            return row[:k] if op.keep == "first" else (row[len(row) - k :] if k else [])
+            return row[:k] if op.keep == "first" else row[max(len(row) - k, 0) :]
 
-        return _Lists([cut(r) for r in x.rows], [cut(s) for s in x.scores] if x.scores else None)
+        return _Lists([cut(r) for r in x.rows], [cut(s) for s in x.scores] if x.scores is not None else None)
     if isinstance(op, O.SortByScore):
         rows, scores = [], []
         for ids, sc in zip(x.rows, x.scores):

@@ -1,0 +1,40 @@
+"""Shared fixtures: small synthetic datasets, written once per test session."""
+
+import pytest
+
+import gpupre as gp
+
+# Small enough to keep the suite fast, big enough for several row groups and long lists.
+SPEC = gp.storage.SynthSpec(
+    rows=600, num_dense=6, num_sparse=8, num_scored=2, num_planted=4, row_group_rows=200
+)
+
+
+@pytest.fixture(scope="session")
+def synth_spec() -> gp.storage.SynthSpec:
+    return SPEC
+
+
+@pytest.fixture(scope="session")
+def synth_file(tmp_path_factory) -> str:
+    """SPEC in the flattened layout: one file, 3 row groups of 200 rows."""
+    path = str(tmp_path_factory.mktemp("synth") / "flat.parquet")
+    gp.storage.synthesize(path, SPEC, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_map_file(tmp_path_factory) -> str:
+    """SPEC in the legacy map layout (with gpupre's layout metadata)."""
+    path = str(tmp_path_factory.mktemp("synth") / "map.parquet")
+    gp.storage.synthesize(path, SPEC, layout="map", progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> str:
+    """SPEC split over 3 files of 4 row groups of 50 rows each: 12 work units."""
+    path = str(tmp_path_factory.mktemp("synth") / "parts")
+    spec = gp.storage.SynthSpec(**{**SPEC.__dict__, "row_group_rows": 50, "num_files": 3})
+    gp.storage.synthesize(path, spec, progress=False)
+    return path

@@ -1,0 +1,265 @@
+"""Dataset: files and directories, units, projection (values and bytes), inference, bad input."""
+
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import gpupre as gp
+from gpupre.storage import CountingFileSystem
+
+INT64 = pa.list_(pa.int64())
+
+
+def test_directory_and_list_of_paths_give_the_same_units(synth_dir, tmp_path):
+    (tmp_path / "copy").mkdir()
+    for name in sorted(os.listdir(synth_dir)):
+        shutil.copy(os.path.join(synth_dir, name), tmp_path / "copy" / name)
+    # ignored: not Parquet, or hidden / marker files
+    (tmp_path / "copy" / "_SUCCESS").write_text("")
+    (tmp_path / "copy" / "notes.txt").write_text("not parquet")
+    shutil.copy(os.path.join(synth_dir, "part-00000.parquet"), tmp_path / "copy" / ".hidden.parquet")
+
+    by_dir = gp.Dataset(tmp_path / "copy")
+    files = [tmp_path / "copy" / f"part-0000{i}.parquet" for i in range(3)]
+    by_list = gp.Dataset(files)
+    assert by_dir.paths == by_list.paths == [str(f) for f in files]
+    assert by_dir.units() == by_list.units()
+    assert [(os.path.basename(u.path), u.row_group) for u in by_dir.units()][:5] == [
+        ("part-00000.parquet", 0),
+        ("part-00000.parquet", 1),
+        ("part-00000.parquet", 2),
+        ("part-00000.parquet", 3),
+        ("part-00001.parquet", 0),
+    ]
+    assert sum(u.num_rows for u in by_dir.units()) == by_dir.num_rows == 600
+
+
+def test_read_gives_the_stored_values(synth_file):
+    ds = gp.Dataset(synth_file, passthrough=("row_id",))
+    table = pq.read_table(synth_file)
+    unit = ds.units()[1]
+    b = ds.read(unit)
+    rows = slice(200, 400)
+    assert b.num_rows == 200
+    np.testing.assert_array_equal(b.extras["row_id"], np.arange(200, 400))
+    for i, name in enumerate(b.dense_keys):
+        np.testing.assert_array_equal(b.dense[i], table.column(name)[rows].to_numpy(zero_copy_only=False))
+    for name in ("sparse_007", "scored_001"):
+        lists = table.column(name)[rows].to_pylist()
+        lengths, values, weights = b.sparse.feature(name)
+        assert lengths.tolist() == [len(x) for x in lists]
+        assert values.tolist() == [v for x in lists for v in x]
+    scores = [s for x in table.column("scored_001.score")[rows].to_pylist() for s in x]
+    np.testing.assert_array_equal(b.sparse.feature("scored_001")[2], np.array(scores, np.float32))
+    np.testing.assert_array_equal(b.labels, table.column("label")[rows])
+
+
+def test_projection_reads_only_the_projected_features(synth_file):
+    ds = gp.Dataset(synth_file, features=["sparse_005", "dense_003", "scored_000"])
+    assert ds.schema.names == ("sparse_005", "dense_003", "scored_000")
+    assert ds.columns == ["sparse_005", "dense_003", "scored_000", "scored_000.score", "label"]
+    assert len(ds.full_schema) == 16
+    table = ds.read_arrow(ds.units()[0])
+    assert table.column_names == ds.columns
+    b = ds.read(ds.units()[0])
+    assert b.dense_keys == ("dense_003",) and b.dense.shape == (1, 200)
+    assert b.sparse.keys == ("sparse_005", "scored_000") and b.sparse.weights is not None
+    assert b.extras == {}
+
+
+def test_label_override_and_no_label(synth_file):
+    ds = gp.Dataset(synth_file, features="dense_000", label=())
+    assert ds.schema.labels == () and ds.read(ds.units()[0]).labels is None
+    ds = gp.Dataset(synth_file, features="dense_000", label="row_id")
+    np.testing.assert_array_equal(ds.read(ds.units()[0]).labels, np.arange(200, dtype=np.float32))
+
+
+def test_projection_reads_fewer_bytes(tmp_path):
+    spec = gp.storage.SynthSpec(
+        rows=2000, num_dense=10, num_sparse=10, num_scored=2, num_planted=2, row_group_rows=1000
+    )
+    path = str(tmp_path / "s.parquet")
+    gp.storage.synthesize(path, spec, progress=False)
+
+    def bytes_to_read_all(features):
+        fs = CountingFileSystem()
+        ds = gp.Dataset(path, features=features, filesystem=fs)
+        fs.reset()
+        for unit in ds.units():
+            ds.read(unit)
+        return fs.bytes_read
+
+    everything, one = bytes_to_read_all(None), bytes_to_read_all(["sparse_003"])  # an id-list feature
+    assert 0 < one < everything / 3
+
+
+def test_plain_parquet_is_read_by_inference(tmp_path):
+    table = pa.table(
+        {
+            "price": pa.array([1.5, None, 3.0], pa.float64()),
+            "user": pa.array([5, None, 7], pa.int32()),
+            "history": pa.array([[1, 2], [], None], pa.list_(pa.int32())),
+            "terms": pa.array([[9], [8, 7], []], INT64),
+            "terms.score": pa.array([[0.5], [0.25, 0.125], []], pa.list_(pa.float64())),
+            "label": pa.array([1, 0, 1], pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "plain.parquet")
+    ds = gp.Dataset(tmp_path / "plain.parquet")
+    assert [(f.name, f.kind) for f in ds.schema] == [
+        ("price", "dense"),
+        ("user", "sparse"),
+        ("history", "sparse"),
+        ("terms", "scored"),
+    ]
+    b = ds.read(ds.units()[0])
+    np.testing.assert_array_equal(b.dense, [[1.5, np.nan, 3.0]])
+    assert b.sparse.lengths.tolist() == [1, 0, 1, 2, 0, 0, 1, 2, 0]
+    assert b.sparse.values.tolist() == [5, 7, 1, 2, 9, 8, 7]
+    assert b.sparse.weights.tolist() == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+    np.testing.assert_array_equal(b.labels, [1, 0, 1])
+
+
+def test_plain_parquet_projection_skips_unsupported_columns(tmp_path):
+    table = pa.table({"price": [1.0, 2.0], "city": ["a", "b"], "label": [0.0, 1.0]})
+    pq.write_table(table, tmp_path / "plain.parquet")
+    ds = gp.Dataset(tmp_path / "plain.parquet", features=["price"], passthrough="city")
+    b = ds.read(ds.units()[0])
+    assert b.extras["city"].to_pylist() == ["a", "b"]
+    np.testing.assert_array_equal(b.dense, [[1.0, 2.0]])
+
+
+def test_label_override_on_a_plain_file(tmp_path):
+    pq.write_table(pa.table({"clk": [0.0, 1.0], "price": [1.0, 2.0]}), tmp_path / "plain.parquet")
+    ds = gp.Dataset(tmp_path / "plain.parquet", label="clk")
+    assert ds.schema.names == ("price",) and ds.schema.labels == ("clk",)
+
+
+# -- bad input --------------------------------------------------------------------------------------
+def test_a_path_that_does_not_exist(tmp_path):
+    with pytest.raises(gp.DataError, match=r"nowhere\.parquet does not exist"):
+        gp.Dataset(tmp_path / "nowhere.parquet")
+
+
+def test_a_directory_without_parquet(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(gp.DataError, match=rf"{tmp_path} holds no Parquet files"):
+        gp.Dataset(tmp_path)
+
+
+def test_an_empty_list_of_paths():
+    with pytest.raises(gp.DataError, match="empty list"):
+        gp.Dataset([])
+
+
+def test_a_truncated_file(synth_file, tmp_path):
+    data = open(synth_file, "rb").read()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(gp.DataError, match=r"cut\.parquet is not a readable Parquet file"):
+        gp.Dataset([synth_file, tmp_path / "cut.parquet"])
+
+
+def test_a_text_file(tmp_path):
+    (tmp_path / "data.parquet").write_text("label,price\n1,2.0\n")
+    with pytest.raises(gp.DataError, match=r"data\.parquet is not a readable Parquet file"):
+        gp.Dataset(tmp_path / "data.parquet")
+
+
+def test_a_corrupt_row_group_names_the_file_and_row_group(synth_file, tmp_path):
+    data = bytearray(open(synth_file, "rb").read())
+    offset = pq.ParquetFile(synth_file).metadata.row_group(1).column(0).data_page_offset
+    data[offset : offset + 32] = b"\xff" * 32  # the page header of row group 1's first column
+    (tmp_path / "bad.parquet").write_bytes(bytes(data))
+    ds = gp.Dataset(tmp_path / "bad.parquet")
+    assert ds.read(ds.units()[0]).num_rows == 200
+    with pytest.raises(gp.DataError, match=r"bad\.parquet row group 1: cannot be read"):
+        ds.read(ds.units()[1])
+
+
+def test_files_that_disagree_on_a_projected_column(tmp_path):
+    pq.write_table(pa.table({"x": [1.0, 2.0], "y": [1.0, 2.0]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"x": pa.array([[1], [2]], INT64), "y": [3.0, 4.0]}), tmp_path / "b.parquet")
+    with pytest.raises(
+        gp.SchemaError, match=r"b\.parquet: column 'x' has type list<.*but .*a\.parquet has double"
+    ):
+        gp.Dataset(tmp_path)
+    # not projected, the disagreement does not matter
+    assert gp.Dataset(tmp_path, features=["y"]).num_rows == 4
+
+
+def test_a_file_missing_a_projected_column(tmp_path):
+    pq.write_table(pa.table({"x": [1.0], "y": [1.0]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"y": [2.0]}), tmp_path / "b.parquet")
+    with pytest.raises(gp.SchemaError, match=r"b\.parquet: column 'x' is missing"):
+        gp.Dataset(tmp_path)
+
+
+def test_an_unknown_projected_feature_suggests_close_names(synth_file):
+    with pytest.raises(gp.SchemaError, match=r"'dense_0003' does not exist.*did you mean 'dense_003'"):
+        gp.Dataset(synth_file, features=["dense_001", "dense_0003"])
+
+
+def test_an_unknown_projected_feature_of_a_plain_file_suggests_close_names(tmp_path):
+    pq.write_table(pa.table({"price": [1.0], "brand": [3]}), tmp_path / "plain.parquet")
+    with pytest.raises(gp.SchemaError, match=r"plain\.parquet.*'pirce' does not exist.*did you mean 'price'"):
+        gp.Dataset(tmp_path / "plain.parquet", features=["pirce"])
+
+
+def test_a_list_of_strings_names_the_file_and_feature(tmp_path):
+    pq.write_table(pa.table({"x": [1.0], "tags": [["a", "b"]]}), tmp_path / "tags.parquet")
+    with pytest.raises(gp.SchemaError, match=r"tags\.parquet: column 'tags' has type list<"):
+        gp.Dataset(tmp_path / "tags.parquet")
+    assert gp.Dataset(tmp_path / "tags.parquet", features=["x"]).num_rows == 1
+
+
+def test_a_zero_row_row_group(tmp_path):
+    table = pa.table({"x": pa.array([1.0, 2.0], pa.float32())})
+    path = tmp_path / "empty_group.parquet"
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table)
+        writer.write_table(table.slice(0, 0))
+    md = pq.ParquetFile(path).metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [2, 0]
+    with pytest.raises(gp.DataError, match=r"empty_group\.parquet: row group 1 has zero rows"):
+        gp.Dataset(path)
+
+
+def test_a_null_id_inside_a_list_names_the_file_and_row_group(tmp_path):
+    table = pa.table({"ids": pa.array([[1], [2]] * 3 + [[3, None]], INT64)})
+    pq.write_table(table, tmp_path / "nulls.parquet", row_group_size=4)
+    ds = gp.Dataset(tmp_path / "nulls.parquet")
+    ds.read(ds.units()[0])
+    with pytest.raises(gp.DataError, match=r"nulls\.parquet row group 1: sparse feature 'ids' holds 1 null"):
+        ds.read(ds.units()[1])
+
+
+def test_a_scored_feature_with_ids_and_scores_of_different_lengths(tmp_path):
+    table = pa.table(
+        {
+            "sc": pa.array([[1], [2, 3], [4]], INT64),
+            "sc.score": pa.array([[0.5], [0.5, 0.5], [0.5, 0.5]], pa.list_(pa.float32())),
+        }
+    )
+    gp.storage.write_table(table, tmp_path / "scored.parquet", gp.Schema((gp.Feature("sc", "scored"),)))
+    ds = gp.Dataset(tmp_path / "scored.parquet")
+    with pytest.raises(
+        gp.DataError, match=r"scored\.parquet row group 0: scored feature 'sc' row 2 has 1 ids but 2"
+    ):
+        ds.read(ds.units()[0])
+
+
+def test_bytes_per_column(synth_file):
+    sizes = gp.Dataset(synth_file).bytes_per_column()
+    assert set(sizes) == set(pq.read_schema(synth_file).names)
+    md = pq.ParquetFile(synth_file).metadata
+    total = sum(
+        md.row_group(g).column(c).total_compressed_size
+        for g in range(md.num_row_groups)
+        for c in range(md.num_columns)
+    )
+    assert sum(c for c, _ in sizes.values()) == total
+    assert sizes["sparse_007"][0] > sizes["sparse_000"][0]  # a long-list feature against a one-id one

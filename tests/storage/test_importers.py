@@ -1,0 +1,243 @@
+"""Importers: Criteo text (CSV and TSV), Taobao and MovieLens CSV, and import_csv's errors."""
+
+import csv
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import gpupre as gp
+from gpupre.storage import Column, import_criteo, import_csv, import_movielens, import_taobao
+from gpupre.storage.importers import CRITEO_COLUMNS
+
+
+def read_all(path, **kwargs):
+    """The dataset at `path` and the batch of its only row group."""
+    ds = gp.Dataset(path, **kwargs)
+    (unit,) = ds.units()
+    return ds, ds.read(unit)
+
+
+def sparse_lists(batch, name):
+    lengths, values, _ = batch.sparse.feature(name)
+    ends = np.cumsum(lengths)
+    return [values[e - n : e].tolist() for n, e in zip(lengths, ends, strict=True)]
+
+
+# -- Criteo ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def criteo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("criteo")
+    gp.storage.write_criteo_text(d / "day.csv", rows=300, seed=1, header=True)
+    gp.storage.write_criteo_text(d / "day.tsv", rows=300, seed=1, header=False)
+    import_criteo(d / "day.csv", d / "csv.parquet", progress=False)
+    import_criteo(d / "day.tsv", d / "tsv.parquet", progress=False)
+    return d
+
+
+def test_criteo_csv_and_tsv_give_identical_data(criteo):
+    assert open(criteo / "day.csv").readline().startswith("label,I1,")
+    assert open(criteo / "day.tsv").readline().count("\t") == 39
+    csv_table, tsv_table = pq.read_table(criteo / "csv.parquet"), pq.read_table(criteo / "tsv.parquet")
+    assert csv_table.num_rows == 300
+    assert csv_table.equals(tsv_table, check_metadata=True)
+
+
+def test_criteo_values_match_the_text(criteo):
+    with open(criteo / "day.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ds, b = read_all(criteo / "csv.parquet")
+    assert ds.schema.names == tuple(f"I{i}" for i in range(1, 14)) + tuple(f"C{i}" for i in range(1, 27))
+    assert [f.kind for f in ds.schema.dense] == ["dense"] * 13 and len(ds.schema.sparse) == 26
+    np.testing.assert_array_equal(b.labels, [float(r["label"]) for r in rows])
+    for i in (1, 7, 13):
+        expected = [float(r[f"I{i}"]) if r[f"I{i}"] else np.nan for r in rows]
+        np.testing.assert_array_equal(b.dense[i - 1], expected)
+    assert np.isnan(b.dense).any()  # the generator leaves 20% of the counts empty
+    for i in (1, 14, 26):
+        expected = [[int(r[f"C{i}"], 16)] if r[f"C{i}"] else [] for r in rows]
+        assert sparse_lists(b, f"C{i}") == expected
+    assert (b.sparse.lengths == 0).any()
+
+
+def write_criteo_line(path, c1="0000000a", c2="ffffffff", c3="", i1="", i2="-1"):
+    dense = [i1, i2] + ["3"] * 11
+    sparse = [c1, c2, c3] + ["00ABCdef"] * 23
+    path.write_text("\t".join(["1"] + dense + sparse) + "\n")
+
+
+def test_criteo_hex_ids_and_empty_fields(tmp_path):
+    write_criteo_line(tmp_path / "one.tsv")
+    import_criteo(tmp_path / "one.tsv", tmp_path / "one.parquet", progress=False)
+    _, b = read_all(tmp_path / "one.parquet")
+    assert sparse_lists(b, "C1") == [[10]]
+    assert sparse_lists(b, "C2") == [[4294967295]]
+    assert sparse_lists(b, "C3") == [[]]
+    assert sparse_lists(b, "C4") == [[0xABCDEF]]
+    np.testing.assert_array_equal(b.dense[:2, 0], [np.nan, -1.0])
+
+
+def test_criteo_bad_hex_names_the_file_row_and_column(tmp_path):
+    lines = ["label," + ",".join([f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)])]
+    for r in range(5):
+        sparse = ["0000000a"] * 26
+        if r == 3:
+            sparse[4] = "12zz"
+        lines.append(",".join(["0"] + ["1"] * 13 + sparse))
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(gp.DataError, match=r"bad\.csv.*column 'C5' row 3 holds '12zz'"):
+        import_criteo(tmp_path / "bad.csv", tmp_path / "bad.parquet", progress=False)
+
+
+def test_bad_hex_row_is_the_row_of_the_file_in_any_block(criteo, tmp_path):
+    lines = (criteo / "day.csv").read_text().splitlines()
+    fields = lines[251].split(",")  # data row 250
+    fields[16] = "12zz"  # C3
+    lines[251] = ",".join(fields)
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(gp.DataError, match=r"column 'C3' row 250 holds '12zz'"):
+        import_csv(
+            tmp_path / "bad.csv", tmp_path / "bad.parquet", CRITEO_COLUMNS, block_size=4096, progress=False
+        )
+
+
+# -- Taobao ---------------------------------------------------------------------------------------
+TAOBAO_HEADER = (
+    "clk,time_stamp,userid,adgroup_id,pid,cate_id,campaign_id,customer,brand,price,cms_segid,cms_group_id,"
+    "final_gender_code,age_level,pvalue_level,shopping_level,occupation,new_user_class_level,click_sequence"
+)
+TAOBAO_ROWS = [
+    "0,2017-05-06 00:00:00,874257,172298,430548_1007,5443,160194,864,339907,3.9,0,3,2,3,,3,0,,170301^573514",
+    "1,2017-05-06 00:00:10,227368,519384,430539_1007,6261,137739,1210,,189.0,0,4,2,4,2,3,0,2,",
+    "0,2017-05-07 12:30:00,874257,11,430548_1007,1,2,3,4,0.5,5,6,1,1,1,1,1,1,680144",
+]
+
+
+def test_taobao(tmp_path):
+    (tmp_path / "taobao.csv").write_text("\n".join([TAOBAO_HEADER, *TAOBAO_ROWS]) + "\n")
+    import_taobao(tmp_path / "taobao.csv", tmp_path / "taobao.parquet", progress=False)
+    ds, b = read_all(tmp_path / "taobao.parquet", passthrough="time_stamp")
+    groups = {f.name: (f.kind, f.group) for f in ds.schema}
+    assert groups["userid"] == ("sparse", "user")
+    assert groups["adgroup_id"] == ("sparse", "item")
+    assert groups["pid"] == ("sparse", "context")
+    assert groups["price"] == ("dense", "item")
+    assert groups["pvalue_level"] == ("sparse", "user")
+    assert groups["click_sequence"] == ("sparse", "user")
+    assert ds.schema.labels == ("clk",) and "time_stamp" not in groups
+    np.testing.assert_array_equal(b.labels, [0, 1, 0])
+    np.testing.assert_array_equal(b.dense_keys, ["price"])
+    np.testing.assert_allclose(b.dense[0], [3.9, 189.0, 0.5], rtol=1e-6)
+    assert sparse_lists(b, "click_sequence") == [[170301, 573514], [], [680144]]
+    assert sparse_lists(b, "userid") == [[874257], [227368], [874257]]
+    assert sparse_lists(b, "pvalue_level") == [[], [2], [1]]  # empty -> empty list
+    assert sparse_lists(b, "brand") == [[339907], [], [4]]
+    pid = sparse_lists(b, "pid")
+    assert pid[0] == pid[2] != pid[1] and all(len(p) == 1 for p in pid)  # hashed strings
+    np.testing.assert_array_equal(b.extras["time_stamp"], [1494028800, 1494028810, 1494160200])
+
+
+def test_taobao_epoch_second_time_stamps(tmp_path):
+    rows = [r.replace("2017-05-06 00:00:00", "1494028800") for r in TAOBAO_ROWS[:1]]
+    (tmp_path / "taobao.csv").write_text("\n".join([TAOBAO_HEADER, *rows]) + "\n")
+    import_taobao(tmp_path / "taobao.csv", tmp_path / "taobao.parquet", progress=False)
+    assert pq.read_table(tmp_path / "taobao.parquet").column("time_stamp").to_pylist() == [1494028800]
+
+
+def test_taobao_non_integer_in_click_sequence_is_a_data_error(tmp_path):
+    bad = TAOBAO_ROWS[0].replace("170301^573514", "170301^abc")
+    (tmp_path / "taobao.csv").write_text("\n".join([TAOBAO_HEADER, bad]) + "\n")
+    with pytest.raises(gp.DataError, match=r"taobao\.csv.*'click_sequence' holds a non-integer id"):
+        import_taobao(tmp_path / "taobao.csv", tmp_path / "taobao.parquet", progress=False)
+
+
+# -- MovieLens ------------------------------------------------------------------------------------
+MOVIELENS = """user_id,movie_id,rating,timestamp,title,genres,gender,age,occupation,zip
+3299,235,4,968035345,Ed Wood (1994),Comedy|Drama,F,25,4,19119
+3630,3256,3,966536874,"Patriot Games, The (1992)",Action|Thriller,M,18,4,77005
+517,105,5,976203603,"Bridges of Madison County, The (1995)",Drama|Comedy,F,25,14,55408
+785,2115,2,975430389,Indiana Jones and the Temple of Doom (1984),Comedy|Drama,M,18,19,29307
+"""
+
+
+def import_ml(tmp_path, name, text):
+    (tmp_path / f"{name}.csv").write_text(text)
+    import_movielens(tmp_path / f"{name}.csv", tmp_path / f"{name}.parquet", progress=False)
+    return read_all(tmp_path / f"{name}.parquet", passthrough=("title", "timestamp"))
+
+
+def test_movielens(tmp_path):
+    ds, b = import_ml(tmp_path, "ml", MOVIELENS)
+    groups = {f.name: (f.kind, f.group) for f in ds.schema}
+    assert groups == {
+        "user_id": ("sparse", "user"),
+        "movie_id": ("sparse", "item"),
+        "genres": ("sparse", "item"),
+        "gender": ("sparse", "user"),
+        "age": ("sparse", "user"),
+        "occupation": ("sparse", "user"),
+        "zip": ("sparse", "user"),
+    }
+    np.testing.assert_array_equal(b.labels, [4, 3, 5, 2])
+    assert b.extras["title"].to_pylist()[1:3] == [
+        "Patriot Games, The (1992)",
+        "Bridges of Madison County, The (1995)",
+    ]
+    np.testing.assert_array_equal(b.extras["timestamp"], [968035345, 966536874, 976203603, 975430389])
+    assert sparse_lists(b, "movie_id") == [[235], [3256], [105], [2115]]
+    genres = sparse_lists(b, "genres")
+    assert [len(g) for g in genres] == [2, 2, 2, 2]
+    assert genres[0] == genres[3]  # equal strings, equal ids
+    assert genres[2] == genres[0][::-1]  # Drama|Comedy: the same ids, in the text's order
+    assert len({i for g in genres for i in g}) == 4  # Comedy, Drama, Action, Thriller
+    gender = sparse_lists(b, "gender")
+    assert gender[0] == gender[2] != gender[1] == gender[3]
+
+
+def test_movielens_hashed_ids_are_stable_across_imports(tmp_path):
+    _, first = import_ml(tmp_path, "a", MOVIELENS)
+    reordered = MOVIELENS.splitlines()
+    _, second = import_ml(tmp_path, "b", "\n".join([reordered[0], reordered[4], reordered[1]]) + "\n")
+    assert sparse_lists(second, "genres") == [sparse_lists(first, "genres")[i] for i in (3, 0)]
+    assert sparse_lists(second, "zip") == [sparse_lists(first, "zip")[i] for i in (3, 0)]
+
+
+# -- import_csv -----------------------------------------------------------------------------------
+def test_unparseable_number_is_a_data_error_naming_the_file(tmp_path):
+    (tmp_path / "x.csv").write_text("label,price\n1,2.5\n0,abc\n")
+    with pytest.raises(gp.DataError, match=r"x\.csv: cannot parse"):
+        import_csv(
+            tmp_path / "x.csv",
+            tmp_path / "x.parquet",
+            {"label": Column("label"), "price": Column("dense")},
+            progress=False,
+        )
+
+
+def test_import_csv_keeps_only_the_named_columns(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b,c\n1,x,2\n3,y,\n")
+    schema = import_csv(
+        tmp_path / "x.csv", tmp_path / "x.parquet", {"c": Column("id"), "a": Column("dense")}, progress=False
+    )
+    assert [(f.name, f.kind) for f in schema] == [("c", "sparse"), ("a", "dense")]
+    assert pq.read_table(tmp_path / "x.parquet").to_pydict() == {"c": [[2], []], "a": [1.0, 3.0]}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [({"role": "category"}, "'category'"), ({"role": "ids"}, "needs a separator")]
+)
+def test_column_rejects_bad_roles(kwargs, match):
+    with pytest.raises(gp.ConfigError, match=match):
+        Column(**kwargs)
+
+
+def test_extra_column_keeps_its_arrow_type(tmp_path):
+    (tmp_path / "x.csv").write_text("k,v\n1,0.25\n2,0.5\n")
+    import_csv(
+        tmp_path / "x.csv",
+        tmp_path / "x.parquet",
+        {"k": Column("id"), "v": Column("extra", arrow_type=pa.float64())},
+        progress=False,
+    )
+    assert pq.read_table(tmp_path / "x.parquet").schema.field("v").type == pa.float64()

@@ -1,0 +1,308 @@
+"""Batch and KeyedJagged: layout, zero-copy views, torch conversion, and malformed input."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpupre as gp
+from gpupre import Batch
+
+F = gp.Feature
+INT64 = pa.list_(pa.int64())
+FLOAT32 = pa.list_(pa.float32())
+
+
+def mixed_table():
+    """3 rows: two dense (one with a null), a sparse list, a scalar id column, a scored list."""
+    return pa.table(
+        {
+            "d0": pa.array([1.5, None, 3.0], pa.float32()),
+            "d1": pa.array([10.0, 20.0, 30.0], pa.float64()),
+            "ids": pa.array([[1, 2], [], None], INT64),
+            "one": pa.array([7, None, 9], pa.int32()),
+            "sc": pa.array([[5], [6, 7], []], INT64),
+            "sc.score": pa.array([[0.5], [0.25, 0.75], []], FLOAT32),
+            "label": pa.array([1, 0, 1], pa.int8()),
+            "rid": pa.array([100, 101, 102], pa.int64()),
+            "name": pa.array(["a", "b", None]),
+        }
+    )
+
+
+MIXED = gp.Schema(
+    (F("d0", "dense"), F("ids", "sparse"), F("d1", "dense"), F("one", "sparse"), F("sc", "scored")),
+    labels=("label",),
+    extras=("rid", "name"),
+)
+
+
+def test_layout_of_a_mixed_batch():
+    b = Batch.from_arrow(mixed_table(), MIXED)
+    assert b.num_rows == 3 and b.dense_keys == ("d0", "d1")
+    assert b.dense.dtype == np.float32 and b.dense.shape == (2, 3)
+    np.testing.assert_array_equal(b.dense, [[1.5, np.nan, 3.0], [10.0, 20.0, 30.0]])
+    assert b.sparse.keys == ("ids", "one", "sc")
+    assert b.sparse.lengths.dtype == np.int32 and b.sparse.values.dtype == np.int64
+    # key-major: all rows of "ids", then of "one" (null -> empty), then of "sc"
+    np.testing.assert_array_equal(b.sparse.lengths, [2, 0, 0, 1, 0, 1, 1, 2, 0])
+    np.testing.assert_array_equal(b.sparse.values, [1, 2, 7, 9, 5, 6, 7])
+    assert b.sparse.weights.dtype == np.float32
+    np.testing.assert_array_equal(b.sparse.weights, [1, 1, 1, 1, 0.5, 0.25, 0.75])
+    assert b.labels.dtype == np.float32
+    np.testing.assert_array_equal(b.labels, [1, 0, 1])
+    np.testing.assert_array_equal(b.extras["rid"], [100, 101, 102])
+    assert b.extras["name"].to_pylist() == ["a", "b", None]  # non-numeric extras stay Arrow
+    assert b.inverse is None
+
+
+def test_weights_are_none_without_a_scored_feature():
+    b = Batch.from_arrow(mixed_table(), MIXED.select(["ids", "one"]))
+    assert b.sparse.weights is None
+    assert b.dense.shape == (0, 3)
+
+
+def test_several_labels_stack_to_l_by_n():
+    table = mixed_table().append_column("label2", pa.array([0.5, 0.5, 0.0]))
+    b = Batch.from_arrow(table, gp.Schema((F("d1", "dense"),), labels=("label", "label2")))
+    assert b.labels.shape == (2, 3)
+    np.testing.assert_array_equal(b.labels[1], [0.5, 0.5, 0.0])
+
+
+def test_keyed_jagged_feature_returns_the_slices_of_one_key():
+    sparse = Batch.from_arrow(mixed_table(), MIXED).sparse
+    lengths, values, weights = sparse.feature("sc")
+    np.testing.assert_array_equal(lengths, [1, 2, 0])
+    np.testing.assert_array_equal(values, [5, 6, 7])
+    np.testing.assert_array_equal(weights, [0.5, 0.25, 0.75])
+    lengths, values, weights = sparse.feature("one")
+    np.testing.assert_array_equal(lengths, [1, 0, 1])
+    np.testing.assert_array_equal(values, [7, 9])
+    np.testing.assert_array_equal(weights, [1, 1])
+    unweighted = gp.KeyedJagged(("a", "b"), np.array([1, 0, 2, 1]), np.array([4, 5, 6, 7]))
+    assert unweighted.feature("b")[2] is None
+    np.testing.assert_array_equal(unweighted.feature("b")[1], [5, 6, 7])
+
+
+def test_null_list_is_empty_whatever_its_offsets_say():
+    # row 1 is null but its offsets span two values; they must not leak into the batch
+    arr = pa.ListArray.from_arrays(
+        pa.array([0, 2, 4, 5], pa.int32()),
+        pa.array([1, 2, 3, 4, 5], pa.int64()),
+        mask=pa.array([False, True, False]),
+    )
+    b = Batch.from_arrow(pa.table({"a": arr}), gp.Schema((F("a", "sparse"),)))
+    np.testing.assert_array_equal(b.sparse.lengths, [2, 0, 1])
+    np.testing.assert_array_equal(b.sparse.values, [1, 2, 5])
+
+
+def test_chunked_and_sliced_columns_read_like_contiguous_ones():
+    table = mixed_table()
+    expected = Batch.from_arrow(table.slice(1, 2), MIXED)
+    chunked = pa.concat_tables([table.slice(1, 1), table.slice(2, 1)])
+    assert chunked.column("ids").num_chunks == 2
+    got = Batch.from_arrow(chunked, MIXED)
+    np.testing.assert_array_equal(got.dense, expected.dense)
+    np.testing.assert_array_equal(got.sparse.lengths, [0, 0, 0, 1, 2, 0])
+    np.testing.assert_array_equal(got.sparse.values, expected.sparse.values)
+    np.testing.assert_array_equal(got.sparse.values, [9, 6, 7])
+
+
+# -- zero copy ------------------------------------------------------------------------------------
+def single_kind_batch():
+    return pa.record_batch(
+        {
+            "d": pa.array(np.arange(6, dtype=np.float32)),
+            "a": pa.array([[1, 2], [3], [], [4, 5, 6], [7], [8]], INT64),
+        }
+    )
+
+
+def arrow_values(arr: pa.Array, dtype) -> np.ndarray:
+    """The whole data buffer of a primitive Arrow array, as numpy."""
+    return np.frombuffer(arr.buffers()[1], dtype)
+
+
+def test_single_feature_kinds_are_views_of_arrow_buffers():
+    rb = single_kind_batch()
+    b = Batch.from_arrow(rb, gp.Schema((F("d", "dense"), F("a", "sparse"))))
+    assert np.shares_memory(b.dense, arrow_values(rb.column("d"), np.float32))
+    assert np.shares_memory(b.sparse.values, arrow_values(rb.column("a").values, np.int64))
+
+
+def test_single_feature_kinds_of_a_table_are_views_of_arrow_buffers():
+    table = pa.Table.from_batches([single_kind_batch()])
+    b = Batch.from_arrow(table, gp.Schema((F("d", "dense"), F("a", "sparse"))))
+    assert np.shares_memory(b.dense, arrow_values(table.column("d").chunk(0), np.float32))
+    assert np.shares_memory(b.sparse.values, arrow_values(table.column("a").chunk(0).values, np.int64))
+
+
+def test_several_features_are_gathered_into_one_contiguous_array():
+    table = mixed_table()
+    b = Batch.from_arrow(table, MIXED)
+    assert b.dense.flags.c_contiguous and b.sparse.values.flags.c_contiguous
+    assert not np.shares_memory(b.dense, arrow_values(table.column("d0").chunk(0), np.float32))
+
+
+# -- torch ----------------------------------------------------------------------------------------
+def test_to_torch_shares_memory_and_keeps_dtypes():
+    b = Batch.from_arrow(mixed_table(), MIXED)
+    t = b.to_torch()
+    pairs = [
+        (b.dense, t.dense, torch.float32),
+        (b.sparse.lengths, t.sparse.lengths, torch.int32),
+        (b.sparse.values, t.sparse.values, torch.int64),
+        (b.sparse.weights, t.sparse.weights, torch.float32),
+        (b.labels, t.labels, torch.float32),
+        (b.extras["rid"], t.extras["rid"], torch.int64),
+    ]
+    for array, tensor, dtype in pairs:
+        assert isinstance(tensor, torch.Tensor) and tensor.dtype == dtype
+        assert tensor.data_ptr() == array.ctypes.data
+        assert np.shares_memory(tensor.numpy(), array)
+    assert t.extras["name"] is b.extras["name"]
+    assert t.sparse.keys == b.sparse.keys and t.num_rows == 3
+
+
+def test_to_torch_of_a_zero_copy_arrow_view():
+    rb = single_kind_batch()
+    t = Batch.from_arrow(rb, gp.Schema((F("d", "dense"), F("a", "sparse")))).to_torch()
+    assert np.shares_memory(t.dense.numpy(), arrow_values(rb.column("d"), np.float32))
+    assert np.shares_memory(t.sparse.values.numpy(), arrow_values(rb.column("a").values, np.int64))
+
+
+def test_to_cpu_gives_equal_tensors():
+    b = Batch.from_arrow(mixed_table(), MIXED)
+    t = b.to("cpu")
+    assert t.dense.device.type == "cpu"
+    torch.testing.assert_close(t.dense, torch.tensor(b.dense), equal_nan=True)
+    assert t.sparse.values.tolist() == b.sparse.values.tolist()
+    assert t.sparse.weights.tolist() == b.sparse.weights.tolist()
+    assert t.labels.tolist() == b.labels.tolist()
+
+
+def test_map_arrays_applies_to_every_array_and_nothing_else():
+    b = Batch.from_arrow(mixed_table(), MIXED)
+    b.inverse = np.array([0, 0, 1], np.int32)
+    seen = []
+
+    def double(x):
+        seen.append(x)
+        return x * 2
+
+    out = b.map_arrays(double)
+    expected = [
+        b.dense,
+        b.sparse.lengths,
+        b.sparse.values,
+        b.sparse.weights,
+        b.labels,
+        b.extras["rid"],
+        b.inverse,
+    ]
+    assert sorted(map(id, seen)) == sorted(map(id, expected))
+    np.testing.assert_array_equal(out.sparse.values, b.sparse.values * 2)
+    np.testing.assert_array_equal(out.inverse, [0, 0, 2])
+    assert out.extras["name"] is b.extras["name"]
+    assert out.sparse.keys == b.sparse.keys and out.dense_keys == b.dense_keys
+    assert b.sparse.values[0] == 1  # the original batch is unchanged
+
+
+# -- malformed input ------------------------------------------------------------------------------
+def test_missing_column_is_a_schema_error_naming_it():
+    with pytest.raises(gp.SchemaError, match=r"f\.parquet row group 2: column 'nope' is missing"):
+        Batch.from_arrow(mixed_table(), gp.Schema((F("nope", "dense"),)), source="f.parquet row group 2")
+
+
+def test_list_of_strings_is_a_schema_error_naming_the_feature():
+    table = pa.table({"tags": pa.array([["x"], ["y", "z"]])})
+    with pytest.raises(gp.SchemaError, match=r"src: sparse feature 'tags'.*list<"):
+        Batch.from_arrow(table, gp.Schema((F("tags", "sparse"),)), source="src")
+
+
+def test_string_dense_column_is_a_schema_error():
+    table = pa.table({"city": pa.array(["x", "y"])})
+    with pytest.raises(gp.SchemaError, match="'city' must be a number column"):
+        Batch.from_arrow(table, gp.Schema((F("city", "dense"),)))
+
+
+def test_null_id_inside_a_list_is_a_data_error():
+    table = pa.table({"ids": pa.array([[1], [2, None]], INT64)})
+    with pytest.raises(gp.DataError, match=r"src: sparse feature 'ids' holds 1 null ids"):
+        Batch.from_arrow(table, gp.Schema((F("ids", "sparse"),)), source="src")
+
+
+def test_scored_feature_with_fewer_scores_than_ids_names_the_row():
+    table = pa.table(
+        {"sc": pa.array([[1], [2, 3], [4]], INT64), "sc.score": pa.array([[0.1], [0.2], [0.4]], FLOAT32)}
+    )
+    with pytest.raises(gp.DataError, match=r"src: scored feature 'sc' row 1 has 2 ids but 1 scores"):
+        Batch.from_arrow(table, gp.Schema((F("sc", "scored"),)), source="src")
+
+
+# -- hypothesis: jagged shapes against a plain-Python construction --------------------------------
+IDS = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([-(2**63), 2**63 - 1, 0, -1]))
+ROW = st.one_of(
+    st.none(),
+    st.lists(IDS, max_size=3),
+    st.lists(IDS, min_size=100, max_size=130),  # a long list
+)
+
+
+@st.composite
+def jagged_tables(draw):
+    num_rows = draw(st.integers(0, 6))
+    kinds = draw(st.lists(st.sampled_from(["sparse", "scored", "scalar"]), min_size=1, max_size=3))
+    columns, features, per_feature = {}, [], []
+    for i, kind in enumerate(kinds):
+        name = f"f{i}"
+        if kind == "scalar":
+            rows = draw(st.lists(st.one_of(st.none(), IDS), min_size=num_rows, max_size=num_rows))
+            columns[name] = pa.array(rows, pa.int64())
+            lists = [[] if r is None else [r] for r in rows]
+        else:
+            rows = draw(st.lists(ROW, min_size=num_rows, max_size=num_rows))
+            columns[name] = pa.array(rows, INT64)
+            lists = [r or [] for r in rows]
+        scores = None
+        if kind == "scored":  # score j of a row is j / 4 (exact in float32); a null list has null scores
+            columns[name + ".score"] = pa.array(
+                [None if r is None else [j / 4 for j in range(len(r))] for r in rows], FLOAT32
+            )
+            scores = [[j / 4 for j in range(len(r))] for r in lists]
+        features.append(F(name, "scored" if kind == "scored" else "sparse"))
+        per_feature.append((lists, scores))
+    table = pa.table(columns)
+    split = draw(st.integers(0, num_rows))  # several chunks, as a reader may produce
+    table = pa.concat_tables([table.slice(0, split), table.slice(split)])
+    return table, gp.Schema(tuple(features)), per_feature
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jagged_tables())
+def test_from_arrow_matches_a_plain_python_construction(case):
+    table, schema, per_feature = case
+    b = Batch.from_arrow(table, schema)
+    any_scored = any(scores is not None for _, scores in per_feature)
+    lengths = [len(r) for lists, _ in per_feature for r in lists]
+    values = [v for lists, _ in per_feature for r in lists for v in r]
+    weights = [
+        w
+        for lists, scores in per_feature
+        for i, r in enumerate(lists)
+        for w in (scores[i] if scores else [1.0] * len(r))
+    ]
+    assert b.num_rows == table.num_rows
+    assert b.sparse.lengths.dtype == np.int32 and b.sparse.values.dtype == np.int64
+    assert b.sparse.lengths.tolist() == lengths
+    assert b.sparse.values.tolist() == values
+    if any_scored:
+        assert b.sparse.weights.dtype == np.float32 and b.sparse.weights.tolist() == weights
+    else:
+        assert b.sparse.weights is None
+    for k, (lists, _) in enumerate(per_feature):
+        ln, vals, _ = b.sparse.feature(f"f{k}")
+        assert ln.tolist() == [len(r) for r in lists]
+        assert vals.tolist() == [v for r in lists for v in r]

@@ -1,0 +1,117 @@
+"""The numba executor equals the oracle on random jagged batches and random pipelines."""
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpupre as gp
+
+from .helpers import assert_same, make_batch
+
+INT64 = st.one_of(
+    st.integers(0, 20),  # small ids, so that intersections and unions overlap
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([-(2**63), 2**63 - 1, -1, 0]),
+)
+FLOATS = st.one_of(
+    st.floats(-1e6, 1e6, width=32),
+    st.sampled_from([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 3e38, -3e38, 1e-30]),
+)
+
+
+@st.composite
+def jagged_batches(draw):
+    n = draw(st.integers(0, 12))
+    lists = lambda: st.lists(st.lists(INT64, max_size=draw(st.sampled_from([0, 3, 8, 40]))), min_size=n, max_size=n)  # noqa: E731
+    dense = {f"d{i}": draw(st.lists(FLOATS, min_size=n, max_size=n)) for i in range(draw(st.integers(0, 3)))}
+    sparse = {f"s{i}": draw(lists()) for i in range(draw(st.integers(1, 3)))}
+    scored = {}
+    for i in range(draw(st.integers(0, 2))):
+        rows = draw(lists())
+        scores = [[draw(FLOATS) for _ in row] for row in rows]
+        scored[f"w{i}"] = (rows, scores)
+    return make_batch(dense, sparse, scored, num_rows=n)
+
+
+def random_ops(draw, batch):
+    kinds = {f.name: f.kind for f in batch.schema}
+    ops = []
+    for step in range(draw(st.integers(1, 8))):
+        dense = [k for k, v in kinds.items() if v == "dense"]
+        lists = [k for k, v in kinds.items() if v != "dense"]
+        scored = [k for k, v in kinds.items() if v == "scored"]
+        choices = ["hash", "modulo", "truncate", "ngram", "cross", "intersect", "union", "overlap"]
+        choices += ["fill", "log", "clamp", "normalize", "minmax", "bucketize", "hashdense"] if dense else []
+        choices += ["sort"] if scored else []
+        what = draw(st.sampled_from(choices))
+        out = draw(st.sampled_from([None, f"o{step}"]))
+        pick = lambda names: draw(st.sampled_from(names))  # noqa: E731
+        if what in ("fill", "log", "clamp", "normalize", "minmax", "bucketize", "hashdense"):
+            name = pick(dense)
+            op = {
+                "fill": lambda: gp.FillMissing(name, draw(st.floats(-5, 5)), out=out),
+                "log": lambda: gp.Log1p(name, out=out),
+                "clamp": lambda: gp.Clamp(name, -10.0, draw(st.floats(-10, 1e6)), out=out),
+                "normalize": lambda: gp.Normalize(name, draw(st.floats(-100, 100)), draw(st.sampled_from([0.0, 0.5, 3.0])), out=out),
+                "minmax": lambda: gp.MinMax(name, -1.0, draw(st.sampled_from([-1.0, 2.0, 1e5])), out=out),
+                "bucketize": lambda: gp.Bucketize(name, sorted(draw(st.lists(st.floats(-100, 100, width=32), min_size=1, max_size=5))), right=draw(st.booleans()), out=out),
+                "hashdense": lambda: gp.Hash(name, draw(st.integers(1, 50)), out=out),
+            }[what]()
+        elif what in ("hash", "modulo", "truncate", "ngram", "sort"):
+            name = pick(scored if what == "sort" else lists)
+            op = {
+                "hash": lambda: gp.Hash(name, draw(st.integers(1, 1000)), salt=draw(st.integers(-5, 5)), out=out),
+                "modulo": lambda: gp.Modulo(name, draw(st.integers(1, 1000)), out=out),
+                "truncate": lambda: gp.Truncate(name, draw(st.integers(0, 5)), keep=draw(st.sampled_from(["first", "last"])), out=out),
+                "ngram": lambda: gp.NGram(name, draw(st.integers(1, 3)), draw(st.integers(1, 100)), out=out),
+                "sort": lambda: gp.SortByScore(name, draw(st.booleans()), draw(st.sampled_from([None, 0, 2])), out=out),
+            }[what]()
+        else:
+            a = pick(lists + (dense if what == "cross" else []))
+            b = pick(lists + (dense if what == "cross" else []))
+            out = f"o{step}"
+            op = {
+                "cross": lambda: gp.Cross(a, b, draw(st.integers(1, 500)), out=out),
+                "intersect": lambda: gp.Intersect(a, b, out=out),
+                "union": lambda: gp.Union(a, b, out=out),
+                "overlap": lambda: gp.OverlapCount(a, b, out=out),
+            }[what]()
+        ops.append(op)
+        kinds = {f.name: f.kind for f in gp.Pipeline(ops).output_schema(batch.schema)}
+    return ops
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_numba_executor_equals_oracle(data):
+    batch = data.draw(jagged_batches())
+    ops = random_ops(data.draw, batch)
+    pipe = gp.Pipeline(ops)
+    try:
+        plan = pipe.compile(batch.schema, "cpu")
+    except gp.ConfigError as e:  # combinations the plan refuses must be refused by name
+        assert "OverlapCount" in str(e) or "Hash/Modulo" in str(e)
+        return
+    expected = pipe.compile(batch.schema, "reference").run(batch)
+    assert_same(plan.run(batch), expected)
+
+
+def test_fused_plan_over_many_features_equals_op_by_op():
+    rng = np.random.default_rng(0)
+    n = 64
+    dense = {f"d{i}": np.where(rng.random(n) < 0.2, np.nan, rng.lognormal(0, 2, n)).tolist() for i in range(60)}
+    lists = lambda: [rng.integers(0, 50, rng.integers(0, 12)).tolist() for _ in range(n)]  # noqa: E731
+    sparse = {f"s{i}": lists() for i in range(40)}
+    scored = {f"w{i}": (rows, [rng.random(len(r)).tolist() for r in rows]) for i, rows in ((i, lists()) for i in range(10))}
+    batch = make_batch(dense, sparse, scored)
+    ops = [gp.FillMissing(list(dense), 0.0), gp.Log1p(list(dense)[:40])]
+    ops += [gp.Normalize(k, 1.0, 2.0) for k in list(dense)[:30]]
+    ops += [gp.Bucketize(k, [0.5, 1.0, 2.0]) for k in list(dense)[30:45]]
+    ops += [gp.Hash(list(sparse)[:30], 1000), gp.Truncate(list(sparse)[30:], 4), gp.SortByScore(list(scored), top_k=3)]
+    ops += [gp.Cross(f"s{i}", f"s{i + 1}", 777, out=f"x{i}") for i in range(0, 10, 2)]
+    ops += [gp.NGram("s5", 2, 100, out="ng"), gp.OverlapCount("s1", "s2", out="ov"), gp.Normalize("ov", 1.0, 2.0)]
+    pipe = gp.Pipeline(ops)
+    plan = pipe.compile(batch.schema, "cpu")
+    assert len(batch.schema) == 110
+    assert_same(plan.run(batch), pipe.compile(batch.schema, "reference").run(batch))
+    assert plan.launches <= 6

@@ -1,0 +1,179 @@
+"""Golden vectors for every op, on every executor, and construction-time validation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gpupre as gp
+
+from .helpers import dense_of, make_batch, rows_of, run
+from gpupre.transforms.reference import hash_128_to_64, sigrid_hash
+
+NAN = float("nan")
+
+
+def test_fill_missing(device):
+    out = run([gp.FillMissing("x", 5.0)], make_batch({"x": [NAN, 1.0, NAN]}), device)
+    np.testing.assert_array_equal(dense_of(out, "x"), [5.0, 1.0, 5.0])
+
+
+def test_log1p_clips_negatives_and_keeps_nan(device):
+    out = run([gp.Log1p("x")], make_batch({"x": [-1.0, 0.0, math.e - 1, NAN]}), device)
+    np.testing.assert_allclose(dense_of(out, "x"), [0.0, 0.0, 1.0, NAN], rtol=1e-6)
+
+
+def test_clamp(device):
+    out = run([gp.Clamp("x", 0.0, 10.0)], make_batch({"x": [-5.0, 5.0, 15.0, NAN, math.inf]}), device)
+    np.testing.assert_array_equal(dense_of(out, "x"), [0.0, 5.0, 10.0, NAN, 10.0])
+
+
+def test_normalize_and_zero_std(device):
+    out = run([gp.Normalize("x", 2.0, 4.0), gp.Normalize("y", 1.0, 0.0)], make_batch({"x": [2.0, 6.0, -2.0], "y": [3.0, 1.0, NAN]}), device)
+    np.testing.assert_array_equal(dense_of(out, "x"), [0.0, 1.0, -1.0])
+    np.testing.assert_array_equal(dense_of(out, "y"), [2.0, 0.0, NAN])
+
+
+def test_minmax_and_degenerate_range(device):
+    out = run([gp.MinMax("x", 2.0, 6.0), gp.MinMax("y", 3.0, 3.0)], make_batch({"x": [2.0, 4.0, 6.0], "y": [3.0, 5.0, NAN]}), device)
+    np.testing.assert_array_equal(dense_of(out, "x"), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(dense_of(out, "y"), [0.0, 0.0, NAN])
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_bucketize_matches_torch_and_puts_nan_last(device, right):
+    x = [-1.0, 1.0, 1.5, 2.0, 2.0, 3.0, 4.0, -math.inf, math.inf, NAN]
+    boundaries = [1.0, 2.0, 2.0, 3.0]
+    out = run([gp.Bucketize("x", boundaries, right=right)], make_batch({"x": x}), device)
+    expected = torch.bucketize(torch.tensor(x[:-1]), torch.tensor(boundaries), right=right).tolist()
+    assert rows_of(out, "x") == [[e] for e in expected] + [[len(boundaries) + 1]]
+    assert out.schema["x"].kind == "sparse"
+
+
+def test_hash_published_vectors(device):
+    out = run([gp.Hash("c", num_buckets=100)], make_batch(sparse={"c": [[1, 2, 3], []]}), device)
+    assert rows_of(out, "c") == [[60, 54, 54], []]
+
+
+def test_hash_range_salt_and_one_bucket(device):
+    ids = [[0, -1, 2**63 - 1, -(2**63), 12345]]
+    batch = make_batch(sparse={"c": ids, "d": ids, "e": ids})
+    out = run([gp.Hash("c", 7), gp.Hash("d", 7, salt=99), gp.Hash("e", 1)], batch, device)
+    c, d = rows_of(out, "c")[0], rows_of(out, "d")[0]
+    assert all(0 <= v < 7 for v in c + d)
+    assert c == [sigrid_hash(v, 0, 7) for v in ids[0]]
+    assert c != d
+    assert rows_of(out, "e") == [[0] * 5]
+
+
+def test_hash_of_dense_casts_and_missing_is_empty(device):
+    out = run([gp.Hash("x", 100, out="h")], make_batch({"x": [1.9, NAN, -3.0]}), device)
+    assert rows_of(out, "h") == [[60], [], [sigrid_hash(-3, 0, 100)]]
+    assert out.dense_keys == ("x",)  # the input is kept when out= is given
+
+
+def test_modulo_is_floor_mod(device):
+    out = run([gp.Modulo("c", 7)], make_batch(sparse={"c": [[-1, 7, 15], [-(2**63)]]}), device)
+    assert rows_of(out, "c") == [[6, 0, 1], [(-(2**63)) % 7]]
+
+
+def test_truncate_first_last_and_zero(device):
+    rows = [[1, 2, 3], [4], []]
+    out = run(
+        [gp.Truncate("a", 2), gp.Truncate("b", 2, keep="last"), gp.Truncate("c", 0)],
+        make_batch(sparse={"a": rows, "b": rows, "c": rows}),
+        device,
+    )
+    assert rows_of(out, "a") == [[1, 2], [4], []]
+    assert rows_of(out, "b") == [[2, 3], [4], []]
+    assert rows_of(out, "c") == [[], [], []]
+
+
+def test_truncate_keeps_scores(device):
+    batch = make_batch(scored={"s": ([[1, 2, 3]], [[0.1, 0.2, 0.3]])})
+    out = run([gp.Truncate("s", 2, keep="last")], batch, device)
+    assert rows_of(out, "s") == [[2, 3]]
+    np.testing.assert_array_equal(out.sparse.feature("s")[2], np.float32([0.2, 0.3]))
+
+
+def test_sort_by_score_stable_nan_last_top_k(device):
+    scored = {k: ([[1, 2, 3, 4]], [[0.5, NAN, 0.9, 0.5]]) for k in ("d", "a", "t")}
+    ops = [gp.SortByScore("d"), gp.SortByScore("a", descending=False), gp.SortByScore("t", top_k=2)]
+    out = run(ops, make_batch(scored=scored), device)
+    assert rows_of(out, "d") == [[3, 1, 4, 2]]
+    assert rows_of(out, "a") == [[1, 4, 3, 2]]
+    assert rows_of(out, "t") == [[3, 1]]
+    np.testing.assert_array_equal(out.sparse.feature("t")[2], np.float32([0.9, 0.5]))
+
+
+def test_ngram(device):
+    out = run([gp.NGram("c", 2, 1000)], make_batch(sparse={"c": [[1, 2, 3], [7], []]}), device)
+    expected = [sigrid_hash(_signed(hash_128_to_64(a, b)), 0, 1000) for a, b in ((1, 2), (2, 3))]
+    assert rows_of(out, "c") == [expected, [], []]
+
+
+def test_cross_every_pair_in_argument_order(device):
+    batch = make_batch({"x": [5.0, NAN]}, sparse={"a": [[1, 2], [3]], "b": [[3], [4, 5]]})
+    out = run([gp.Cross("a", "b", 1000, out="ab"), gp.Cross("b", "a", 1000, out="ba"), gp.Cross("a", "x", 50, out="ax")], batch, device)
+    pair = lambda u, v, n: sigrid_hash(_signed(hash_128_to_64(u, v)), 0, n)  # noqa: E731
+    assert rows_of(out, "ab") == [[pair(1, 3, 1000), pair(2, 3, 1000)], [pair(3, 4, 1000), pair(3, 5, 1000)]]
+    assert rows_of(out, "ba")[0] == [pair(3, 1, 1000), pair(3, 2, 1000)]
+    assert rows_of(out, "ab") != rows_of(out, "ba")
+    assert rows_of(out, "ax") == [[pair(1, 5, 50), pair(2, 5, 50)], []]  # NaN counts as an empty list
+
+
+def test_intersect_union_overlap(device):
+    batch = make_batch(sparse={"a": [[1, 1, 2, 3], [], [5, 8]], "b": [[3, 1, 5], [1], [2, 3]]})
+    ops = [gp.Intersect("a", "b", out="i"), gp.Union("a", "b", out="u"), gp.OverlapCount("a", "b", out="n")]
+    out = run(ops, batch, device)
+    assert rows_of(out, "i") == [[1, 3], [], []]
+    assert rows_of(out, "u") == [[1, 2, 3, 5], [1], [5, 8, 2, 3]]
+    np.testing.assert_array_equal(dense_of(out, "n"), [3.0, 0.0, 0.0])
+    assert out.schema["n"].kind == "dense"
+
+
+def test_empty_batch(device):
+    batch = make_batch({"x": []}, sparse={"a": [], "b": []}, num_rows=0)
+    out = run([gp.Log1p("x"), gp.Cross("a", "b", 10, out="c"), gp.Hash("a", 5)], batch, device)
+    assert out.num_rows == 0 and out.sparse.keys == ("a", "b", "c") and len(out.sparse.values) == 0
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: gp.Bucketize("x", [2.0, 1.0]), "non-decreasing"),
+        (lambda: gp.Bucketize("x", []), "non-empty"),
+        (lambda: gp.Hash("c", num_buckets=0), "num_buckets=0"),
+        (lambda: gp.Hash("c", num_buckets=-3), "num_buckets=-3"),
+        (lambda: gp.Truncate("c", 3, keep="middle"), "keep='middle'"),
+        (lambda: gp.Truncate("c", -1), "max_len=-1"),
+        (lambda: gp.Clamp("x", 2.0, 1.0), "lo <= hi"),
+        (lambda: gp.Modulo("c", 0), "n=0"),
+        (lambda: gp.Normalize("x", mean=1.0), "both mean and std"),
+        (lambda: gp.Cross("a", "b", 10), "out="),
+        (lambda: gp.Hash(["a", "b"], 10, out=["x"]), "one output per feature"),
+        (lambda: gp.NGram("c", 0, 10), "n=0"),
+        (lambda: gp.Hash([], 10), "features"),
+    ],
+)
+def test_bad_parameters_raise_config_error(make, message):
+    with pytest.raises(gp.ConfigError, match=message):
+        make()
+
+
+def test_ops_round_trip_through_dicts():
+    from gpupre.transforms.ops import op_from_dict
+
+    ops = [
+        gp.Bucketize(["x", "y"], [1.0, 2.0], right=True, out=["bx", "by"]),
+        gp.Cross("a", "b", 10, salt=3, out="ab"),
+        gp.Intersect("a", "b", out="i"),
+        gp.SortByScore("s", top_k=3),
+        gp.Normalize("x", 1.5, 2.5),
+    ]
+    assert [op_from_dict(op.to_dict()) for op in ops] == ops
+
+
+def _signed(x):
+    return x - (1 << 64) if x >= 1 << 63 else x

@@ -5,10 +5,10 @@ import json
 import os
 import sys
 
-from . import reader
+from . import reader, transforms
 from .common import RESULTS_DIR
 
-BENCHMARKS = {"reader": reader}
+BENCHMARKS = {"reader": reader, "transforms": transforms}
 
 
 def main(argv=None) -> None:

@@ -2,6 +2,9 @@
 
 All arithmetic is mod 2**64 on uint64; ids are int64 reinterpreted bit for bit. The CUDA twins
 live in kernels/hash.cuh and must stay bit-identical.
+
+The cached kernels of cpu.py inline these functions, and numba keys its cache on cpu.py alone:
+after editing this file, touch cpu.py (or clear __pycache__) so that the kernels recompile.
 """
 
 import numba

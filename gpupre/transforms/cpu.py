@@ -13,7 +13,6 @@ import numpy as np
 from numba import prange
 
 from ..batch import Batch, KeyedJagged
-from ..errors import DataError
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
 from .plan import (
     D_BUCKETIZE,
@@ -42,6 +41,8 @@ from .plan import (
 
 __all__ = ["CpuExecutor"]
 
+BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
+
 
 # -- dense ---------------------------------------------------------------------------------------
 @numba.njit(cache=True)
@@ -61,54 +62,58 @@ def _bucket(v, boundaries, offset, count, right):
 
 @numba.njit(parallel=True, cache=True)
 def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, dense_out, ids_out, ids_valid):
+    """Each (program, block of rows) tile runs the program one step at a time over the block."""
     n = x.shape[1]
-    for p in prange(len(src)):
-        column = src[p]
-        for r in range(n):
-            v = x[column, r]
-            made = np.int64(0)
-            valid = True
-            for s in range(steps.shape[1]):
-                code = steps[p, s]
-                if code == 0:
-                    break
-                if code == D_FILL:
-                    if math.isnan(v):
-                        v = fparams[p, s, 0]
-                elif code == D_LOG1P:
-                    if v < 0:
-                        v = np.float32(0)
-                    v = np.float32(np.log1p(v))
-                elif code == D_CLAMP:
-                    if v < fparams[p, s, 0]:
-                        v = fparams[p, s, 0]
-                    if v > fparams[p, s, 1]:
-                        v = fparams[p, s, 1]
-                elif code == D_NORMALIZE:
-                    v = np.float32(v - fparams[p, s, 0])
-                    if fparams[p, s, 1] != 0:
-                        v = np.float32(v / fparams[p, s, 1])
-                elif code == D_MINMAX:
-                    lo, hi = fparams[p, s, 0], fparams[p, s, 1]
-                    if hi == lo:
-                        v = v if math.isnan(v) else np.float32(0)
+    blocks = (n + BLOCK - 1) // BLOCK
+    for t in prange(len(src) * blocks):
+        p, lo = t // blocks, (t % blocks) * BLOCK
+        hi = min(n, lo + BLOCK)
+        y = dense_out[out_dense[p], lo:hi] if out_dense[p] >= 0 else np.empty(hi - lo, np.float32)
+        y[:] = x[src[p], lo:hi]
+        for s in range(steps.shape[1]):
+            code = steps[p, s]
+            a, b = fparams[p, s, 0], fparams[p, s, 1]
+            if code == 0:
+                break
+            if code == D_FILL:
+                for r in range(len(y)):
+                    if math.isnan(y[r]):
+                        y[r] = a
+            elif code == D_LOG1P:
+                for r in range(len(y)):
+                    y[r] = np.float32(np.log1p(max(y[r], np.float32(0)))) if not math.isnan(y[r]) else y[r]
+            elif code == D_CLAMP:
+                for r in range(len(y)):
+                    if y[r] < a:
+                        y[r] = a
+                    if y[r] > b:
+                        y[r] = b
+            elif code == D_NORMALIZE:
+                for r in range(len(y)):
+                    y[r] = y[r] - a if b == 0 else np.float32(y[r] - a) / b
+            elif code == D_MINMAX:
+                for r in range(len(y)):
+                    if b == a:
+                        y[r] = y[r] if math.isnan(y[r]) else np.float32(0)
                     else:
-                        v = np.float32(np.float32(v - lo) / np.float32(hi - lo))
-                elif code == D_BUCKETIZE:
-                    made = _bucket(v, boundaries, iparams[p, s, 0], iparams[p, s, 1], iparams[p, s, 2] != 0)
-                elif math.isnan(v):  # Hash, Modulo, cast: a missing value is a missing id
-                    valid = False
-                elif code == D_HASH:
-                    made = sigrid_hash(float_to_id(v), iparams[p, s, 1], iparams[p, s, 0])
-                elif code == D_MODULO:
-                    made = float_to_id(v) % iparams[p, s, 0]
-                elif code == D_TO_ID:
-                    made = float_to_id(v)
-            if out_dense[p] >= 0:
-                dense_out[out_dense[p], r] = v
-            else:
-                ids_out[out_id[p], r] = made
-                ids_valid[out_id[p], r] = valid
+                        y[r] = np.float32(y[r] - a) / np.float32(b - a)
+            else:  # a terminal id step: write the ids of the block and stop
+                row = out_id[p]
+                for r in range(len(y)):
+                    v = y[r]
+                    valid = code == D_BUCKETIZE or not math.isnan(v)
+                    made = np.int64(0)
+                    if code == D_BUCKETIZE:
+                        made = _bucket(v, boundaries, iparams[p, s, 0], iparams[p, s, 1], iparams[p, s, 2] != 0)
+                    elif valid and code == D_HASH:
+                        made = sigrid_hash(float_to_id(v), iparams[p, s, 1], iparams[p, s, 0])
+                    elif valid and code == D_MODULO:
+                        made = float_to_id(v) % iparams[p, s, 0]
+                    elif valid:
+                        made = float_to_id(v)
+                    ids_out[row, lo + r] = made
+                    ids_valid[row, lo + r] = valid
+                break
 
 
 # -- sparse --------------------------------------------------------------------------------------
@@ -123,6 +128,16 @@ def _map(v, codes, params):
         else:
             break
     return v
+
+
+@numba.njit(inline="always")
+def _copy_mapped(source, lo, hi, dest, at, pre, pre_params, post, post_params):
+    """dest[at:] = post(pre(source[lo:hi])); a plain slice copy when there are no maps."""
+    if pre[0] == 0 and post[0] == 0:
+        dest[at : at + hi - lo] = source[lo:hi]
+    else:
+        for j in range(hi - lo):
+            dest[at + j] = _map(_map(source[lo + j], pre, pre_params), post, post_params)
 
 
 @numba.njit(cache=True)
@@ -173,53 +188,80 @@ def _row(values, start, length, codes, params):
     return out
 
 
+@numba.njit(inline="always")
+def _before(x, y, descending):
+    """Score x ranks strictly before score y: NaN last, ties keep their order (strict)."""
+    if math.isnan(x):
+        return False
+    if math.isnan(y):
+        return True
+    return x > y if descending else x < y
+
+
 @numba.njit(cache=True)
-def _score_order(scores, descending):
-    """Stable order by score, NaN last."""
-    finite = np.empty(len(scores), np.int64)
-    nans = np.empty(len(scores), np.int64)
-    nf = nn = 0
+def _top_order(scores, descending, count, out):
+    """out[:count] = positions of the `count` best scores, stable, NaN last.
+
+    Insertion into a sorted prefix: O(len * count) with no allocation, for small count; a merge
+    sort of the whole row otherwise.
+    """
+    if count == 0:
+        return
+    if count > 32:
+        finite = np.flatnonzero(~np.isnan(scores))
+        keys = scores[finite]
+        order = finite[np.argsort(-keys if descending else keys, kind="mergesort")]
+        nans = np.flatnonzero(np.isnan(scores))
+        m = min(len(order), count)
+        out[:m] = order[:m]
+        out[m:count] = nans[: count - m]
+        return
+    filled = 0
     for i in range(len(scores)):
-        if math.isnan(scores[i]):
-            nans[nn] = i
-            nn += 1
-        else:
-            finite[nf] = i
-            nf += 1
-    keys = scores[finite[:nf]]
-    if descending:
-        keys = -keys
-    order = finite[:nf][np.argsort(keys, kind="mergesort")]
-    return np.concatenate((order, nans[:nn]))
+        if filled == count and not _before(scores[i], scores[out[count - 1]], descending):
+            continue
+        j = filled if filled < count else count - 1
+        while j > 0 and _before(scores[i], scores[out[j - 1]], descending):
+            if j < count:
+                out[j] = out[j - 1]
+            j -= 1
+        if filled < count:
+            filled += 1
+        out[j] = i
 
 
 @numba.njit(parallel=True, cache=True)
 def _level_lengths(kind, a, b, params, maps, map_params, out, n, in_lengths, in_offsets, in_values, out_lengths, derived):
-    for t in prange(len(kind) * n):
-        i, r = t // n, t % n
+    blocks = (n + BLOCK - 1) // BLOCK
+    for t in prange(len(kind) * blocks):
+        i, lo = t // blocks, (t % blocks) * BLOCK
+        hi = min(n, lo + BLOCK)
         k = kind[i]
-        la = in_lengths[a[i] * n + r]
+        ia, o = a[i] * n, out[i] * n
         if k == S_COPY:
-            length = la
-        elif k == S_TRUNCATE:
-            length = min(la, params[i, 0])
-        elif k == S_SORT:
-            length = la if params[i, 1] < 0 else min(la, params[i, 1])
-        elif k == S_NGRAM:
-            length = max(la - params[i, 0] + 1, 0)
-        else:
-            lb = in_lengths[b[i] * n + r]
-            if k == S_CROSS:
-                length = la * lb
+            out_lengths[o + lo : o + hi] = in_lengths[ia + lo : ia + hi]
+            continue
+        for r in range(lo, hi):
+            la = in_lengths[ia + r]
+            if k == S_TRUNCATE:
+                length = min(la, params[i, 0])
+            elif k == S_SORT:
+                length = la if params[i, 1] < 0 else min(la, params[i, 1])
+            elif k == S_NGRAM:
+                length = max(la - params[i, 0] + 1, 0)
             else:
-                va = _row(in_values, in_offsets[a[i] * n + r], la, maps[i, 0], map_params[i, 0])
-                vb = _row(in_values, in_offsets[b[i] * n + r], lb, maps[i, 1], map_params[i, 1])
-                result = _set_op(k, va, vb)
-                if k == S_OVERLAP:
-                    derived[out[i], r] = np.float32(result[0])
-                    continue
-                length = len(result)
-        out_lengths[out[i] * n + r] = length
+                lb = in_lengths[b[i] * n + r]
+                if k == S_CROSS:
+                    length = la * lb
+                else:
+                    va = _row(in_values, in_offsets[ia + r], la, maps[i, 0], map_params[i, 0])
+                    vb = _row(in_values, in_offsets[b[i] * n + r], lb, maps[i, 1], map_params[i, 1])
+                    result = _set_op(k, va, vb)
+                    if k == S_OVERLAP:
+                        derived[out[i], r] = np.float32(result[0])
+                        continue
+                    length = len(result)
+            out_lengths[o + r] = length
 
 
 @numba.njit(parallel=True, cache=True)
@@ -227,51 +269,70 @@ def _level_values(
     kind, a, b, params, maps, map_params, weighted, out, n,
     in_lengths, in_offsets, in_values, in_weights, out_offsets, out_values, out_weights, has_out_weights,
 ):  # fmt: skip
-    for t in prange(len(kind) * n):
-        i, r = t // n, t % n
+    blocks = (n + BLOCK - 1) // BLOCK
+    for t in prange(len(kind) * blocks):
+        i, lo = t // blocks, (t % blocks) * BLOCK
+        hi = min(n, lo + BLOCK)
         k = kind[i]
         if k == S_OVERLAP:
             continue
-        o = out_offsets[out[i] * n + r]
-        length = out_offsets[out[i] * n + r + 1] - o
-        la = in_lengths[a[i] * n + r]
-        sa = in_offsets[a[i] * n + r]
-        epilogue, epilogue_params = maps[i, 2], map_params[i, 2]
-        if k == S_COPY or k == S_TRUNCATE or k == S_SORT:
-            start = sa + la - length if k == S_TRUNCATE and params[i, 1] != 0 else sa  # keep="last"
-            order = _score_order(in_weights[sa : sa + la], params[i, 0] != 0) if k == S_SORT else None
-            for j in range(length):
-                source = sa + order[j] if k == S_SORT else start + j
-                v = _map(in_values[source], maps[i, 0], map_params[i, 0])
-                out_values[o + j] = _map(v, epilogue, epilogue_params)
-                if has_out_weights:
-                    out_weights[o + j] = in_weights[source] if weighted[i] else np.float32(1)
+        ia, o = a[i] * n, out[i] * n
+        pre, pre_params, post, post_params = maps[i, 0], map_params[i, 0], maps[i, 2], map_params[i, 2]
+        order = np.empty(64, np.int64)  # scratch for SortByScore, reused by the rows of this tile
+        if k == S_COPY:  # key-major layout: a block of rows is one contiguous range of values
+            src, dst, end = in_offsets[ia + lo], out_offsets[o + lo], in_offsets[ia + hi]
+            _copy_mapped(in_values, src, end, out_values, dst, pre, pre_params, post, post_params)
+            if has_out_weights:
+                if weighted[i]:
+                    out_weights[dst : dst + end - src] = in_weights[src:end]
+                else:
+                    out_weights[dst : dst + end - src] = np.float32(1)
             continue
-        if k == S_NGRAM:
-            ids = _row(in_values, sa, la, maps[i, 0], map_params[i, 0])
-            width = params[i, 0]
-            for j in range(length):
-                h = np.uint64(ids[j])
-                for m in range(1, width):
-                    h = hash_128_to_64(h, np.uint64(ids[j + m]))
-                v = sigrid_hash(np.int64(h), params[i, 2], params[i, 1])
-                out_values[o + j] = _map(v, epilogue, epilogue_params)
-        else:
-            va = _row(in_values, sa, la, maps[i, 0], map_params[i, 0])
-            lb = in_lengths[b[i] * n + r]
-            vb = _row(in_values, in_offsets[b[i] * n + r], lb, maps[i, 1], map_params[i, 1])
-            if k == S_CROSS:
+        for r in range(lo, hi):
+            dst = out_offsets[o + r]
+            length = out_offsets[o + r + 1] - dst
+            sa, la = in_offsets[ia + r], in_lengths[ia + r]
+            if k == S_TRUNCATE:
+                src = sa + la - length if params[i, 1] != 0 else sa  # keep="last" takes the tail
+                _copy_mapped(in_values, src, src + length, out_values, dst, pre, pre_params, post, post_params)
+                if has_out_weights:
+                    for j in range(length):
+                        out_weights[dst + j] = in_weights[src + j] if weighted[i] else np.float32(1)
+                continue
+            if k == S_SORT:
+                if len(order) < length:
+                    order = np.empty(max(length, 2 * len(order)), np.int64)
+                _top_order(in_weights[sa : sa + la], params[i, 0] != 0, length, order)
+                for j in range(length):
+                    v = _map(in_values[sa + order[j]], pre, pre_params)
+                    out_values[dst + j] = _map(v, post, post_params)
+                    if has_out_weights:
+                        out_weights[dst + j] = in_weights[sa + order[j]] if weighted[i] else np.float32(1)
+                continue
+            if k == S_NGRAM:
+                for j in range(length):
+                    h = np.uint64(_map(in_values[sa + j], pre, pre_params))
+                    for m in range(1, params[i, 0]):
+                        h = hash_128_to_64(h, np.uint64(_map(in_values[sa + j + m], pre, pre_params)))
+                    out_values[dst + j] = _map(sigrid_hash(np.int64(h), params[i, 2], params[i, 1]), post, post_params)
+            elif k == S_CROSS:
+                sb, lb = in_offsets[b[i] * n + r], in_lengths[b[i] * n + r]
+                pre_b, pre_b_params = maps[i, 1], map_params[i, 1]
                 for x in range(la):
+                    u = _map(in_values[sa + x], pre, pre_params)
                     for y in range(lb):
-                        v = sigrid_hash(cross_id(va[x], vb[y]), params[i, 1], params[i, 0])
-                        out_values[o + x * lb + y] = _map(v, epilogue, epilogue_params)
+                        w = _map(in_values[sb + y], pre_b, pre_b_params)
+                        v = sigrid_hash(cross_id(u, w), params[i, 1], params[i, 0])
+                        out_values[dst + x * lb + y] = _map(v, post, post_params)
             else:
+                va = _row(in_values, sa, la, pre, pre_params)
+                lb = in_lengths[b[i] * n + r]
+                vb = _row(in_values, in_offsets[b[i] * n + r], lb, maps[i, 1], map_params[i, 1])
                 result = _set_op(k, va, vb)
                 for j in range(length):
-                    out_values[o + j] = _map(result[j], epilogue, epilogue_params)
-        if has_out_weights:  # ids made by these ops carry no scores
-            for j in range(length):
-                out_weights[o + j] = np.float32(1)
+                    out_values[dst + j] = _map(result[j], post, post_params)
+            if has_out_weights:  # ids made by these ops carry no scores
+                out_weights[dst : dst + length] = np.float32(1)
 
 
 def _offsets(lengths) -> np.ndarray:
@@ -286,7 +347,6 @@ class CpuExecutor:
     name = "cpu"
 
     def run(self, plan: Plan, batch: Batch) -> Batch:
-        _check_batch(plan, batch)
         n = batch.num_rows
         sparse = batch.sparse
         lengths, values, weights = _host_arrays(sparse, n)
@@ -360,24 +420,3 @@ def _host_arrays(sparse: KeyedJagged, n: int):
     values = np.asarray(sparse.values, np.int64)
     weights = None if sparse.weights is None else np.asarray(sparse.weights, np.float32)
     return lengths, values, weights
-
-
-def _check_batch(plan: Plan, batch: Batch) -> None:
-    """The batch holds what the plan was compiled for, with consistent offsets."""
-    schema = plan.input_schema
-    expected_dense = tuple(f.name for f in schema.dense)
-    expected_sparse = tuple(f.name for f in schema.sparse)
-    if batch.dense_keys != expected_dense or batch.sparse.keys != expected_sparse:
-        raise DataError(
-            f"batch features (dense {list(batch.dense_keys)}, sparse {list(batch.sparse.keys)}) differ "
-            f"from the plan's (dense {list(expected_dense)}, sparse {list(expected_sparse)}); compile the "
-            "pipeline for this batch's schema"
-        )
-    lengths = np.asarray(batch.sparse.lengths)
-    if len(lengths) != len(expected_sparse) * batch.num_rows or (len(lengths) and lengths.min() < 0):
-        raise DataError(f"batch lengths hold {len(lengths)} entries (or negative ones) for {len(expected_sparse)} keys x {batch.num_rows} rows")
-    if int(lengths.sum()) != len(batch.sparse.values):
-        raise DataError(
-            f"batch lengths sum to {int(lengths.sum())} but there are {len(batch.sparse.values)} values; "
-            "the batch is corrupt"
-        )

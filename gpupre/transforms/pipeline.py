@@ -115,10 +115,11 @@ class Pipeline:
         return Pipeline(ops, schema)
 
     # -- running ------------------------------------------------------------------------------
-    def compile(self, schema: Schema | None = None, device: str = "cpu"):
+    def compile(self, schema: Schema | None = None, device: str = "cpu", host_stage: bool | None = None):
+        """The `Plan` of this pipeline for `schema` (default: the one it was fitted on)."""
         from .plan import compile
 
-        return compile(self, self._schema(schema), device)
+        return compile(self, self._schema(schema), device, host_stage)
 
     def __call__(self, batch: Batch) -> Batch:
         """Run eagerly on a host batch with the CPU executor (plans are cached per schema)."""

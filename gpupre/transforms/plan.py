@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ConfigError
+from ..errors import BackendUnavailable, ConfigError, DataError
 from ..schema import SCORED, Schema
 from . import ops as O
 from .pipeline import output_schema
@@ -45,8 +45,9 @@ class DenseProgram:
     """Per-output programs over the columns of one dense matrix, as flat tables.
 
     steps [P, S] opcodes; fparams [P, S, 2] float32; iparams [P, S, 3] int64; boundaries [B]
-    float32 (Bucketize steps hold (offset, count, right) into it); out_dense[p] is the output row
-    of a float result or -1; out_id[p] the id row of an id result or -1.
+    float32 (Bucketize steps hold (offset, count, right) into it). A program's last step may make
+    an id. out_dense[p] is the output row of its float result (the value before that id step) or
+    -1; out_id[p] the id row of its id or -1; a program may have both.
     """
 
     src: np.ndarray
@@ -128,7 +129,12 @@ class Plan:
         return count + (1 if self.derived is not None else 0)
 
     def run(self, batch):
-        """The whole plan (host stage, then device stage) on `batch`."""
+        """The whole plan (host stage, then device stage) on `batch`.
+
+        Raises:
+            DataError: the batch's keys are not the plan's, or its lengths do not match its values.
+        """
+        _check_batch(self, batch)
         return self.executor.run(self, batch)
 
     def describe(self) -> str:
@@ -145,8 +151,14 @@ class Plan:
         return "\n".join(lines)
 
 
-def compile(pipeline, schema: Schema, device: str = "cpu") -> Plan:
+def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | None = None) -> Plan:
     """Compile `pipeline` for `schema` on `device` ("cpu", "reference", "cuda", "auto").
+
+    Args:
+        host_stage: run data-shrinking ops (Truncate, SortByScore of the batch's own lists) as
+            a separate host stage. None: only for a GPU, where it cuts the bytes that cross PCIe;
+            on the CPU alone it would be an extra copy, so they fuse into the sparse levels.
+            Loader workers ask for it to shrink slabs before they travel.
 
     Raises:
         ConfigError: unfitted ops, or a combination the plan does not support.
@@ -156,7 +168,9 @@ def compile(pipeline, schema: Schema, device: str = "cpu") -> Plan:
     if unfitted:
         raise ConfigError(f"pipeline has unfitted ops {unfitted}; call pipeline.fit(dataset) first")
     out_schema = output_schema(pipeline.ops, schema)
-    builder = _Builder(schema)
+    if host_stage is None:
+        host_stage = device.startswith("cuda")
+    builder = _Builder(schema, host_stage)
     for op in pipeline.ops:
         for inputs, out in op.applications():
             builder.apply(op, inputs, out)
@@ -206,7 +220,7 @@ class _ListNode:
 
 
 class _Builder:
-    def __init__(self, schema: Schema):
+    def __init__(self, schema: Schema, host_stage: bool):
         self.schema = schema
         self.dense_inputs = [f.name for f in schema.dense]
         self.nodes: dict[str, object] = {}
@@ -216,7 +230,7 @@ class _Builder:
         self.host_apps = {
             k: _App(S_COPY, [(i, [])], weighted=schema[k].kind == SCORED) for i, k in enumerate(self.batch_keys)
         }
-        self.host_active = True
+        self.host_active = host_stage
         self.read_keys: set[int] = set()  # level-0 keys read by an app (no host op after that)
         for i, f in enumerate(schema.sparse):
             self.nodes[f.name] = _ListNode(i, [], f.kind == SCORED)
@@ -358,7 +372,18 @@ class _Builder:
         for name, row in out_dense.items():
             node = self.nodes[name]
             (pass1 if node.source == "input" else pass2).append((node, row, -1))
-        pass1 += [(node, -1, i) for i, node in enumerate(self.id_programs)]
+        for i, node in enumerate(self.id_programs):
+            # an id made from a dense output's own value (Bucketize(out=...) after Normalize, say)
+            # is one more output of that output's program, not a second program redoing its steps
+            twin = next(
+                (j for j, (other, row, made) in enumerate(pass1)
+                 if made == -1 and other.column == node.column and other.steps == node.steps[:-1]),
+                None,
+            )  # fmt: skip
+            if twin is None:
+                pass1.append((node, -1, i))
+            else:
+                pass1[twin] = (node, pass1[twin][1], i)
         dense = _dense_table(pass1, len(out_dense), len(self.id_programs))
         derived = _dense_table(pass2, len(out_dense), 0) if pass2 else None
         return host, dense, levels, derived
@@ -457,3 +482,23 @@ def _fill_maps(codes, params, maps):
         codes[j] = code
         params[j] = (p0, p1)
 
+
+def _check_batch(plan: Plan, batch) -> None:
+    """The batch holds what the plan was compiled for, with consistent offsets."""
+    schema = plan.input_schema
+    expected_dense = tuple(f.name for f in schema.dense)
+    expected_sparse = tuple(f.name for f in schema.sparse)
+    if batch.dense_keys != expected_dense or batch.sparse.keys != expected_sparse:
+        raise DataError(
+            f"batch features (dense {list(batch.dense_keys)}, sparse {list(batch.sparse.keys)}) differ "
+            f"from the plan's (dense {list(expected_dense)}, sparse {list(expected_sparse)}); compile the "
+            "pipeline for this batch's schema"
+        )
+    lengths = np.asarray(batch.sparse.lengths)
+    if len(lengths) != len(expected_sparse) * batch.num_rows or (len(lengths) and lengths.min() < 0):
+        raise DataError(f"batch lengths hold {len(lengths)} entries (or negative ones) for {len(expected_sparse)} keys x {batch.num_rows} rows")
+    if int(lengths.sum()) != len(batch.sparse.values):
+        raise DataError(
+            f"batch lengths sum to {int(lengths.sum())} but there are {len(batch.sparse.values)} values; "
+            "the batch is corrupt"
+        )

@@ -177,3 +177,15 @@ def test_ops_round_trip_through_dicts():
 
 def _signed(x):
     return x - (1 << 64) if x >= 1 << 63 else x
+
+
+@pytest.mark.parametrize("top_k", [None, 50, 5])
+def test_sort_by_score_long_rows(device, top_k):
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 20, 120).astype(np.float32)  # many ties
+    scores[rng.random(120) < 0.1] = np.nan
+    batch = make_batch(scored={"s": ([list(range(120)), [7]], [scores.tolist(), [1.0]])})
+    out = run([gp.SortByScore("s", top_k=top_k)], batch, device)
+    finite = [i for i in range(120) if not np.isnan(scores[i])]
+    expected = sorted(finite, key=lambda i: -scores[i]) + [i for i in range(120) if np.isnan(scores[i])]
+    assert rows_of(out, "s") == [expected[:top_k], [7]]

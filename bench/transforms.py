@@ -1,0 +1,264 @@
+"""Transforms benchmark: the fused numba plan against per-feature code.
+
+Pipelines, fitted on synthetic data:
+- criteo: 13 dense (fill, log1p, normalize, and a 16-bucket bucketize into a new feature),
+  26 single-id sparse (hash), 5 id lists (truncate to 20, hash), 3 crosses;
+- wide: 500 features: 200 dense (fill, log1p, normalize; 50 also bucketized), 250 sparse (hash; lists
+  truncated to 20), 50 scored (top 10 by score), 10 crosses.
+Contenders, each starting from the same in-memory Arrow batch:
+- gpupre: `Batch.from_arrow` + the compiled plan on the numba executor (all cores);
+- numpy: per-feature numpy/pyarrow code as a user would write it (vectorized per feature, the same
+  results, checked);
+- nvtabular: NVTabular 23.8's CPU workflow for the ops it has, in its own environment
+  (bench/envs/nvtabular.txt); it has no hash for list columns, no top-k by score, and its
+  hashes differ, so its times are for less work than gpupre's.
+Steady state is the median of repeats; the first call (numba JIT or cache load) is separate.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import gpupre as gp
+from gpupre.storage import SynthSpec, synthesize
+
+from .common import markdown_table, measure, save, targets_table
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+BATCH_SIZES = (4_096, 65_536)
+ROWS = 65_540  # whole requests of 10 items, at least the largest batch
+
+
+# -- data and pipelines ------------------------------------------------------------------------
+def dataset(kind: str, progress: bool) -> tuple[gp.Dataset, pa.Table]:
+    """The synthetic dataset of a pipeline kind, projected, and its first ROWS rows in memory."""
+    if kind == "criteo":
+        spec = SynthSpec(rows=ROWS, num_dense=13, num_sparse=40, num_scored=0, list_fraction=0.2,
+                         mean_list_length=20, max_list_length=1000, row_group_rows=ROWS, num_planted=4)  # fmt: skip
+    else:
+        spec = SynthSpec(rows=ROWS, row_group_rows=ROWS, max_list_length=1000)
+    path = os.path.join(DATA_DIR, f"transforms-{kind}-{ROWS}.parquet")
+    if not os.path.exists(path):
+        synthesize(path + ".tmp", spec, progress=progress)
+        os.replace(path + ".tmp", path)
+    full = gp.Dataset(path)
+    table = full.read_arrow(full.units()[0])
+    singles, lists = _split_sparse(full.schema, table)
+    if kind == "criteo":
+        features = [f.name for f in full.schema.dense] + singles[:26] + lists[:5]
+        ds = gp.Dataset(path, features=features)
+    else:
+        ds = full
+    return ds, ds.read_arrow(ds.units()[0])
+
+
+def _split_sparse(schema, table):
+    singles, lists = [], []
+    for f in schema.sparse:
+        if f.kind == "sparse":
+            longest = pc.max(pc.list_value_length(table.column(f.name))).as_py() or 0
+            (lists if longest > 1 else singles).append(f.name)
+    return singles, lists
+
+
+def pipeline(kind: str, schema: gp.Schema, table: pa.Table) -> gp.Pipeline:
+    dense = [f.name for f in schema.dense]
+    singles, lists = _split_sparse(schema, table)
+    scored = [f.name for f in schema.sparse if f.kind == "scored"]
+    bucketized = dense if kind == "criteo" else dense[:50]
+    ops = [gp.FillMissing(dense, 0.0), gp.Log1p(dense), gp.Normalize(dense)]
+    ops += [gp.Bucketize.fit(d, 16, out=f"{d}_bucket") for d in bucketized]
+    ops += [gp.Hash(singles, 100_000)]
+    ops += [gp.Truncate(lists, 20), gp.Hash(lists, 100_000)]
+    if scored:
+        ops.append(gp.SortByScore(scored, top_k=10))
+    crosses = 3 if kind == "criteo" else 10
+    ops += [gp.Cross(singles[2 * i], singles[2 * i + 1], 100_000, out=f"cross_{i}") for i in range(crosses)]
+    return gp.Pipeline(ops)
+
+
+# -- the per-feature numpy contender -------------------------------------------------------------
+def numpy_sigrid_hash(values: np.ndarray, salt: int, num_buckets: int) -> np.ndarray:
+    """TorchArrow's sigrid_hash over an int64 array with numpy uint64 arithmetic."""
+    key = values.astype(np.int64).view(np.uint64)
+    key = ~key + (key << 21)
+    key ^= key >> 24
+    key = key + (key << 3) + (key << 8)
+    key ^= key >> 14
+    key = key + (key << 2) + (key << 4)
+    key ^= key >> 28
+    key = key + (key << 31)
+    hashed = numpy_hash_128_to_64(np.full_like(key, np.uint64(salt & (2**64 - 1))), key)
+    return hashed.view(np.int64) % num_buckets
+
+
+def numpy_hash_128_to_64(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    mul = np.uint64(0x9DDFEA08EB382D69)
+    a = (lower ^ upper) * mul
+    a ^= a >> 47
+    b = (upper ^ a) * mul
+    b ^= b >> 47
+    return b * mul
+
+
+def numpy_per_feature(table: pa.Table, ops) -> dict:
+    """The pipeline as per-feature numpy code: a loop over ops and their features."""
+    out: dict = {}
+
+    def column(name):
+        return out[name] if name in out else table.column(name).combine_chunks()
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        for op in ops:
+            for (name, *other), target in op.applications():
+                x = column(name)
+                if isinstance(op, gp.FillMissing):
+                    x = np.nan_to_num(np.asarray(x, np.float32), nan=np.float32(op.value), posinf=np.inf, neginf=-np.inf)
+                elif isinstance(op, gp.Log1p):
+                    x = np.log1p(np.maximum(x, np.float32(0)))
+                elif isinstance(op, gp.Normalize):
+                    x = (x - np.float32(op.mean)) / np.float32(op.std)
+                elif isinstance(op, gp.Bucketize):
+                    x = np.searchsorted(np.float32(op.boundaries), x, side="right" if op.right else "left")
+                elif isinstance(op, gp.Hash):
+                    x = pa.ListArray.from_arrays(x.offsets, numpy_sigrid_hash(x.flatten().to_numpy(), op.salt, op.num_buckets))
+                elif isinstance(op, gp.Truncate):
+                    x = pc.list_slice(x, 0, op.max_len)
+                elif isinstance(op, gp.SortByScore):
+                    x = _top_k(x, table.column(name + ".score").combine_chunks(), op.top_k)
+                elif isinstance(op, gp.Cross):
+                    x = _cross_singles(x, column(other[0]), op)
+                out[target] = x
+    return out
+
+
+def _top_k(ids: pa.ListArray, scores: pa.ListArray, k: int) -> pa.ListArray:
+    lengths = pc.list_value_length(ids).to_numpy()
+    rows = np.repeat(np.arange(len(ids)), lengths)
+    s = scores.flatten().to_numpy()
+    order = np.lexsort((np.arange(len(s)), np.where(np.isnan(s), np.inf, -s), rows))
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    rank = np.arange(len(s)) - starts[rows[order]]
+    keep = order[rank < k]
+    new_lengths = np.minimum(lengths, k)
+    return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int32)), ids.flatten().to_numpy()[keep])
+
+
+def _cross_singles(a: pa.ListArray, b: pa.ListArray, op) -> pa.ListArray:
+    la, lb = pc.list_value_length(a).to_numpy(), pc.list_value_length(b).to_numpy()
+    va = np.zeros(len(a), np.int64)
+    vb = np.zeros(len(b), np.int64)
+    va[la > 0], vb[lb > 0] = a.flatten().to_numpy(), b.flatten().to_numpy()
+    both = (la > 0) & (lb > 0)
+    ids = numpy_hash_128_to_64(va[both].view(np.uint64), vb[both].view(np.uint64)).view(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(both)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), numpy_sigrid_hash(ids, op.salt, op.num_buckets))
+
+
+def check_same(batch: gp.Batch, baseline: dict) -> None:
+    """The numpy contender computes what the plan computes (floats within 1e-5 relative)."""
+    for j, name in enumerate(batch.dense_keys):
+        if name in baseline:
+            np.testing.assert_allclose(batch.dense[j], baseline[name], rtol=1e-5, atol=1e-6, equal_nan=True)
+    for name in batch.sparse.keys:
+        if name in baseline and isinstance(baseline[name], pa.Array):
+            _, values, _ = batch.sparse.feature(name)
+            np.testing.assert_array_equal(values, baseline[name].flatten().to_numpy())
+        elif name in baseline:  # Bucketize: one id per row
+            np.testing.assert_array_equal(batch.sparse.feature(name)[1], baseline[name])
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), progress: bool = True, save_results=True) -> dict:
+    results, targets, skipped = [], [], {}
+    for kind in kinds:
+        ds, table = dataset(kind, progress)
+        pipe = pipeline(kind, ds.schema, table).fit(ds, progress=progress)
+        plan = pipe.compile(ds.schema, "cpu")
+        nvt = _nvtabular(ds, pipe, repeats) if nvtabular else None
+        if nvt:
+            skipped[kind] = nvt["skipped"]
+        for size in BATCH_SIZES:
+            part = table.slice(0, size)
+            check_same(plan.run(gp.Batch.from_arrow(part, ds.schema)), numpy_per_feature(part, pipe.ops))
+            row = {"pipeline": kind, "features": len(ds.schema), "batch_size": size, "launches": plan.launches}
+            for name, fn in (
+                ("gpupre", lambda: plan.run(gp.Batch.from_arrow(part, ds.schema))),
+                ("numpy", lambda: numpy_per_feature(part, pipe.ops)),
+            ):
+                t = measure(fn, repeats)
+                row[f"{name}_rows_per_s"] = size / t["median_s"]
+                row[f"{name}_first_s"] = t["first_s"]
+            if nvt:
+                match = next(r for r in nvt["results"] if r["batch_size"] == size)
+                row["nvtabular_rows_per_s"] = match["rows_per_s"]
+                row["nvtabular_first_s"] = match["first_s"]
+            results.append(row)
+            for contender, goal in (("numpy", 5.0), ("nvtabular", 3.0)):
+                if f"{contender}_rows_per_s" in row:
+                    value = row["gpupre_rows_per_s"] / row[f"{contender}_rows_per_s"]
+                    targets.append({"name": f"{kind} {size:,} rows: gpupre vs {contender}", "value": value, "goal": goal, "met": value >= goal})
+    result = {
+        "config": {"repeats": repeats, "batch_sizes": list(BATCH_SIZES), "numba_threads": _threads()},
+        "results": results,
+        "targets": targets,
+        "nvtabular_skipped": skipped,
+    }
+    if save_results:
+        result["path"] = save("transforms", result)
+    return result
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _nvtabular(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int):
+    from . import _nvtabular
+
+    spec = {
+        "parquet": ds.paths[0],
+        "batch_sizes": list(BATCH_SIZES),
+        "repeats": repeats,
+        "ops": [op.to_dict() for op in pipe.ops],
+    }
+    return _nvtabular.run_contender(spec)
+
+
+def report(result: dict) -> str:
+    columns = [
+        ("pipeline", "pipeline"),
+        ("features", "features"),
+        ("batch_size", "rows"),
+        ("launches", "launches"),
+        ("gpupre_rows_per_s", "gpupre rows/s"),
+        ("gpupre_first_s", "gpupre first call s"),
+        ("numpy_rows_per_s", "numpy per-feature rows/s"),
+        ("nvtabular_rows_per_s", "NVTabular CPU rows/s"),
+        ("nvtabular_first_s", "NVTabular first call s"),
+    ]
+    cfg = result["config"]
+    head = f"transforms: median of {cfg['repeats']}, numba on {cfg['numba_threads']} threads"
+    text = [head, markdown_table(result["results"], columns), targets_table(result["targets"])]
+    for kind, ops in result.get("nvtabular_skipped", {}).items():
+        if ops:
+            text.append(f"NVTabular skipped ({kind}): " + "; ".join(f"{s['op']} {len(s['features'])} features ({s['reason']})" for s in ops))
+    return "\n\n".join(text)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench transforms", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-nvtabular", action="store_true", help="skip the NVTabular contender")
+    args = parser.parse_args(argv)
+    result = run(repeats=args.repeats, nvtabular=not args.no_nvtabular)
+    print(report(result))
+    print(f"\nsaved {result['path']}")

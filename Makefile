@@ -27,6 +27,8 @@ demo: $(VENV)/.installed-$(EXTRAS)
 
 bench: $(VENV)/.installed-$(EXTRAS)
 	$(BIN)/python -m bench reader
+	$(BIN)/python -m bench transforms
+	$(BIN)/python -m bench report > bench/results/REPORT.md
 
 clean:
-	rm -rf $(VENV) demo-data bench/data .pytest_cache
+	rm -rf $(VENV) demo-data bench/data bench/.venv-nvtabular* .pytest_cache

@@ -1,8 +1,9 @@
 """The whole gpupre path on embedded defaults, printing what it measured (`make demo`).
 
 Steps: generate a synthetic recommendation dataset; import Criteo-format text; flatten a legacy
-map-layout table and check it against the flat one; read with projection; run the reader
-benchmark.
+map-layout table and check it against the flat one; read with projection; fit a Criteo pipeline
+and apply its compiled plan; run the reader and transforms benchmarks (results of `make bench`
+are the ones kept in bench/results; the demo's quick runs are printed only).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 import gpupre as gp
 from bench import reader as reader_bench
+from bench import transforms as transforms_bench
 from gpupre.cli import inspect_text
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-data")
@@ -59,10 +61,36 @@ def main() -> None:
     if not same:
         raise SystemExit("demo: flattening changed the data")
 
-    section("4. reader benchmark: projection vs map layout (500 features)")
-    result = reader_bench.run(rows=16_380, repeats=3, progress=False)
+    section("4. a fitted Criteo pipeline, compiled and applied")
+    ds = gp.Dataset(criteo)
+    dense = [f"I{i}" for i in range(1, 14)]
+    sparse = [f"C{i}" for i in range(1, 27)]
+    pipe = gp.Pipeline(
+        [gp.FillMissing(dense, 0.0), gp.Log1p(dense), gp.Normalize(dense)]
+        + [gp.Bucketize.fit(d, 16, out=f"{d}_bucket") for d in dense]
+        + [gp.Hash(sparse, 100_000), gp.Cross("C1", "C2", 100_000, out="C1_x_C2")]
+    )
+    start = time.perf_counter()
+    pipe = pipe.fit(ds, progress=False)
+    print(f"fitted in {time.perf_counter() - start:.2f}s: {pipe.ops[2]}")
+    plan = pipe.compile(ds.schema, "cpu")
+    print(plan.describe())
+    out = plan.run(ds.read(ds.units()[0]))
+    kinds = {}
+    for f in plan.output_schema:
+        kinds.setdefault(f.kind, []).append(f.name)
+    for kind, names in kinds.items():
+        print(f"  {kind:<6} {len(names):>3}: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+    print(f"-> {out}")
+    print(f"   I1 normalized: {np.round(out.dense[0, :4], 3).tolist()}, C1 hashed: {out.sparse.feature('C1')[1][:3].tolist()}")
+
+    section("5. reader benchmark: projection vs map layout (500 features)")
+    result = reader_bench.run(rows=16_380, repeats=3, progress=False, save_results=False)
     print(reader_bench.report(result))
-    print(f"\nsaved {result['path']}")
+
+    section("6. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
+    result = transforms_bench.run(repeats=3, nvtabular=False, kinds=("criteo",), progress=False, save_results=False)
+    print(transforms_bench.report(result))
 
 
 def _equal(x: gp.Batch, y: gp.Batch) -> bool:

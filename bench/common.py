@@ -84,6 +84,8 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A Markdown table of `rows` with (key, heading) columns; floats get 3 significant digits."""
 
     def fmt(v):
+        if v is None:
+            return "-"
         if isinstance(v, bool):
             return "yes" if v else "no"
         if isinstance(v, float):

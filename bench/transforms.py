@@ -31,6 +31,7 @@ from .common import markdown_table, measure, save, targets_table
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 BATCH_SIZES = (4_096, 65_536)
 ROWS = 65_540  # whole requests of 10 items, at least the largest batch
+NVTABULAR_TIMEOUT_S = 900
 
 
 # -- data and pipelines ------------------------------------------------------------------------
@@ -174,12 +175,17 @@ def check_same(batch: gp.Batch, baseline: dict) -> None:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), progress: bool = True, save_results=True) -> dict:
-    results, targets, skipped = [], [], {}
+    results, targets, skipped, errors = [], [], {}, {}
     for kind in kinds:
         ds, table = dataset(kind, progress)
         pipe = pipeline(kind, ds.schema, table).fit(ds, progress=progress)
         plan = pipe.compile(ds.schema, "cpu")
         nvt = _nvtabular(ds, pipe, repeats) if nvtabular else None
+        if nvt and "error" in nvt:
+            errors[kind] = nvt["error"]
+            targets += [{"name": f"{kind} {size:,} rows: gpupre vs nvtabular", "value": None, "goal": 3.0, "met": None,
+                         "note": "NVTabular did not finish"} for size in BATCH_SIZES]  # fmt: skip
+            nvt = None
         if nvt:
             skipped[kind] = nvt["skipped"]
         for size in BATCH_SIZES:
@@ -207,6 +213,7 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
         "results": results,
         "targets": targets,
         "nvtabular_skipped": skipped,
+        "nvtabular_errors": errors,
     }
     if save_results:
         result["path"] = save("transforms", result)
@@ -228,7 +235,11 @@ def _nvtabular(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int):
         "repeats": repeats,
         "ops": [op.to_dict() for op in pipe.ops],
     }
-    return _nvtabular.run_contender(spec)
+    try:
+        return _nvtabular.run_contender(spec, timeout=NVTABULAR_TIMEOUT_S)
+    except RuntimeError as e:  # reported as unmeasured, never as met
+        lines = str(e).strip().splitlines()
+        return {"error": lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "")}
 
 
 def report(result: dict) -> str:
@@ -246,6 +257,8 @@ def report(result: dict) -> str:
     cfg = result["config"]
     head = f"transforms: median of {cfg['repeats']}, numba on {cfg['numba_threads']} threads"
     text = [head, markdown_table(result["results"], columns), targets_table(result["targets"])]
+    for kind, error in result.get("nvtabular_errors", {}).items():
+        text.append(f"NVTabular ({kind}): {error}")
     for kind, ops in result.get("nvtabular_skipped", {}).items():
         if ops:
             text.append(f"NVTabular skipped ({kind}): " + "; ".join(f"{s['op']} {len(s['features'])} features ({s['reason']})" for s in ops))

@@ -25,7 +25,6 @@ __all__ = [
     "Modulo",
     "NGram",
     "Normalize",
-    "OVERLAP_OPS",
     "Op",
     "OverlapCount",
     "SortByScore",
@@ -360,7 +359,6 @@ class OverlapCount(_Pair):
         return DENSE
 
 
-OVERLAP_OPS = (Intersect, Union, OverlapCount)
 OPS = {
     cls.__name__: cls
     for cls in (

@@ -360,7 +360,6 @@ class _Builder:
             host = None
         level_inputs = list(self.level_inputs)
         level_inputs[0] += len(self.id_programs)
-        scored0 = self.level_scored[0] + [False] * len(self.id_programs)
         levels = []
         for i, apps in enumerate(self.levels):
             last = i == len(self.levels) - 1

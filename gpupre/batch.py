@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from .errors import BackendUnavailable, DataError, SchemaError
 from .schema import SCORE_SUFFIX, SCORED, Schema
 
-__all__ = ["Batch", "KeyedJagged"]
+__all__ = ["Batch", "KeyedJagged", "offsets_of"]
 
 
 @dataclass
@@ -39,7 +39,7 @@ class KeyedJagged:
         """(lengths, values, weights) of one key, as views; weights is None when unweighted."""
         k = self.keys.index(name)
         n = len(self.lengths) // len(self.keys)
-        starts = _cumsum0(self.lengths)
+        starts = offsets_of(self.lengths)
         lo, hi = int(starts[k * n]), int(starts[(k + 1) * n])
         weights = None if self.weights is None else self.weights[lo:hi]
         return self.lengths[k * n : (k + 1) * n], self.values[lo:hi], weights
@@ -266,8 +266,9 @@ def _concat(parts, dtype):
     return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 
-def _cumsum0(lengths):
-    out = np.zeros(len(lengths) + 1, np.int64)
+def offsets_of(lengths, dtype=np.int64) -> np.ndarray:
+    """[0, l0, l0 + l1, ...]: where each jagged row of `lengths` starts, and the total last."""
+    out = np.zeros(len(lengths) + 1, dtype)
     np.cumsum(np.asarray(lengths), out=out[1:])
     return out
 

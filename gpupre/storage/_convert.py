@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..batch import offsets_of
 from ..errors import DataError
 
 __all__ = ["hex_to_ids", "split_to_ids", "strings_to_ids"]
@@ -101,6 +102,4 @@ def split_to_ids(arr: pa.Array, separator: str, numeric: bool) -> pa.Array:
     lengths = np.bincount(rows[keep_np], minlength=len(arr)).astype(np.int32)
     flat = flat.filter(keep)
     values = flat.cast(pa.int64()) if numeric else strings_to_ids(flat)
-    offsets = np.zeros(len(arr) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
+    return pa.ListArray.from_arrays(pa.array(offsets_of(lengths, np.int32)), values)

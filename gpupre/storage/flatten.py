@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ..batch import one_array
+from ..batch import offsets_of, one_array
 from ..errors import DataError, SchemaError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
 from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
@@ -167,7 +167,7 @@ def _extract(arr: pa.MapArray, kind: str, names, keys, source):
     picked = arr.items.take(pa.array(entries[group]))
     item_offsets = picked.offsets.to_numpy()
     per_feature = np.bincount(slot, minlength=len(keys))
-    starts = np.concatenate([[0], np.cumsum(per_feature)])
+    starts = offsets_of(per_feature)
     if kind == SPARSE:
         ids, scores = picked.flatten(), None
     else:
@@ -177,7 +177,7 @@ def _extract(arr: pa.MapArray, kind: str, names, keys, source):
         a, b = starts[i], starts[i + 1]
         lengths = np.zeros(n, np.int32)
         lengths[rows[group[a:b]]] = np.diff(item_offsets[a : b + 1])
-        list_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        list_offsets = pa.array(offsets_of(lengths, np.int32))
         v0, v1 = int(item_offsets[a]), int(item_offsets[b])
         out[name] = pa.ListArray.from_arrays(list_offsets, ids.slice(v0, v1 - v0))
         if scores is not None:
@@ -217,7 +217,7 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
                 [table.column(f.name).combine_chunks().to_numpy(zero_copy_only=False) for f, _ in feats]
             ).astype(np.float32)
             present = ~np.isnan(matrix.T)  # [N, F], row-major: entries grouped by row
-            map_offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
+            map_offsets = offsets_of(present.sum(1), np.int32)
             entry_keys = np.broadcast_to(fkeys, (n, len(feats)))[present]
             arrays.append(
                 pa.MapArray.from_arrays(pa.array(map_offsets), pa.array(entry_keys), pa.array(matrix.T[present]))
@@ -241,21 +241,19 @@ def _lists_to_map(table, feats, fkeys, n, kind):
         if kind == SCORED:
             scores.append(pc.list_flatten(table.column(f.name + SCORE_SUFFIX).combine_chunks()).to_numpy())
     lengths = np.stack(lengths)  # [F, N]
-    value_start = np.zeros_like(lengths, dtype=np.int64)  # where (f, r)'s ids start in concat(ids)
-    flat_lengths = lengths.ravel().astype(np.int64)
-    value_start.ravel()[1:] = np.cumsum(flat_lengths)[:-1]
+    value_start = offsets_of(lengths.ravel())[:-1].reshape(lengths.shape)  # (f, r)'s ids in concat(ids)
     present = lengths.T > 0  # [N, F]: entries in row-major order
     entry_len = lengths.T[present]
     entry_start = value_start.T[present]
     gather = _ranges(entry_start, entry_len)
     all_ids = np.concatenate(ids)[gather]
-    item_offsets = pa.array(np.concatenate([[0], np.cumsum(entry_len)]).astype(np.int32))
+    item_offsets = pa.array(offsets_of(entry_len, np.int32))
     if kind == SPARSE:
         items = pa.ListArray.from_arrays(item_offsets, pa.array(all_ids, pa.int64()))
     else:
         all_scores = np.concatenate(scores).astype(np.float32)[gather]
         items = pa.MapArray.from_arrays(item_offsets, pa.array(all_ids, pa.int64()), pa.array(all_scores))
-    map_offsets = pa.array(np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32))
+    map_offsets = pa.array(offsets_of(present.sum(1), np.int32))
     entry_keys = pa.array(np.broadcast_to(fkeys, (n, len(fkeys)))[present])
     return pa.MapArray.from_arrays(map_offsets, entry_keys, items)
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..batch import offsets_of
 from ..errors import ConfigError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
 from .flatten import _ranges, flat_to_map
@@ -172,8 +173,7 @@ def _generate(spec: SynthSpec, schema: Schema, weights: dict, lo: int, hi: int, 
             ids = ((frng.zipf(spec.zipf_a, total) % spec.vocab_size) * 2_654_435_761 + index) % spec.vocab_size
             if shared:
                 lengths, ids = _repeat_lists(lengths, ids, k, n)
-            offsets = np.zeros(n + 1, np.int32)
-            np.cumsum(lengths, out=offsets[1:])
+            offsets = offsets_of(lengths, np.int32)
             columns[f.name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int64()))
             if f.kind == SCORED:
                 scores = np.random.default_rng([spec.seed, chunk, 3, index]).random(len(ids), np.float32)
@@ -195,8 +195,7 @@ def _generate(spec: SynthSpec, schema: Schema, weights: dict, lo: int, hi: int, 
 
 def _repeat_lists(lengths, ids, k, n):
     """Each request's list repeated for its k rows, cut to n rows."""
-    starts = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
+    starts = offsets_of(lengths)[:-1]
     row_lengths = np.repeat(lengths, k)[:n]
     row_starts = np.repeat(starts, k)[:n]
     return row_lengths, ids[_ranges(row_starts, row_lengths)]

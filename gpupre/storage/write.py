@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..batch import offsets_of
 from ..errors import ConfigError, SchemaError
 from ..schema import Schema
 
@@ -41,8 +42,7 @@ def _canonical(arr: pa.Array, target: pa.DataType, name: str) -> pa.Array:
         return arr
     if pa.types.is_list(target) and pa.types.is_integer(arr.type):
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
-        offsets = np.zeros(len(arr) + 1, np.int32)
-        np.cumsum(valid, out=offsets[1:])
+        offsets = offsets_of(valid, np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), arr.drop_null().cast(pa.int64()))
     try:
         return arr.cast(target)

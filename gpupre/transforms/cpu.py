@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..batch import Batch, KeyedJagged
+from ..batch import Batch, KeyedJagged, offsets_of
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
 from .plan import (
     D_BUCKETIZE,
@@ -333,12 +333,6 @@ def _level_values(
                 out_weights[dst : dst + length] = np.float32(1)
 
 
-def _offsets(lengths) -> np.ndarray:
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
-
-
 class CpuExecutor:
     """Runs a `Plan` with numba on the host's cores."""
 
@@ -395,12 +389,12 @@ class CpuExecutor:
     def run_level(level: SparseLevel, n: int, lengths, values, weights, derived):
         if derived is None:
             derived = np.zeros((0, n), np.float32)
-        in_offsets = _offsets(lengths)
+        in_offsets = offsets_of(lengths)
         out_lengths = np.zeros(level.num_outputs * n, np.int32)
         args = (level.kind, level.a, level.b, level.params, level.maps, level.map_params)
         if n:
             _level_lengths(*args, level.out, n, lengths, in_offsets, values, out_lengths, derived)
-        out_offsets = _offsets(out_lengths)
+        out_offsets = offsets_of(out_lengths)
         total = int(out_offsets[-1])
         out_values = np.empty(total, np.int64)
         out_weights = np.empty(total if level.has_weights else 0, np.float32)

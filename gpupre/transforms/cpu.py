@@ -13,6 +13,7 @@ import numpy as np
 from numba import prange
 
 from ..batch import Batch, KeyedJagged, offsets_of
+from ..schema import SCORED
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
 from .plan import (
     D_BUCKETIZE,
@@ -341,7 +342,7 @@ class CpuExecutor:
     def run(self, plan: Plan, batch: Batch) -> Batch:
         n = batch.num_rows
         sparse = batch.sparse
-        lengths, values, weights = _host_arrays(sparse, n)
+        lengths, values, weights = _host_arrays(sparse)
         if plan.host is not None:
             lengths, values, weights = self.run_level(plan.host, n, lengths, values, weights, None)
         dense, ids, valid = self.run_dense(plan.dense, np.asarray(batch.dense, np.float32), n)
@@ -358,7 +359,7 @@ class CpuExecutor:
             self.run_dense(plan.derived, derived, n, dense)
         schema = plan.output_schema
         keys = tuple(f.name for f in schema.sparse)
-        has_weights = any(f.kind == "scored" for f in schema.sparse)
+        has_weights = any(f.kind == SCORED for f in schema.sparse)
         return Batch(
             n,
             tuple(f.name for f in schema.dense),
@@ -407,7 +408,7 @@ class CpuExecutor:
         return out_lengths, out_values, out_weights if level.has_weights else None
 
 
-def _host_arrays(sparse: KeyedJagged, n: int):
+def _host_arrays(sparse: KeyedJagged):
     lengths = np.asarray(sparse.lengths, np.int32)
     values = np.asarray(sparse.values, np.int64)
     weights = None if sparse.weights is None else np.asarray(sparse.weights, np.float32)

@@ -222,7 +222,6 @@ class _ListNode:
 class _Builder:
     def __init__(self, schema: Schema, host_stage: bool):
         self.schema = schema
-        self.dense_inputs = [f.name for f in schema.dense]
         self.nodes: dict[str, object] = {}
         for i, f in enumerate(schema.dense):
             self.nodes[f.name] = _DenseNode("input", i, [])
@@ -235,7 +234,7 @@ class _Builder:
         for i, f in enumerate(schema.sparse):
             self.nodes[f.name] = _ListNode(i, [], f.kind == SCORED)
         self.id_programs: list[_DenseNode] = []  # dense pass 1 programs that make level-0 keys
-        self.levels: list[list] = [[]]  # closed levels' apps: [(app, out_key)], current last
+        self.levels: list[list] = [[]]  # each level's [(app, epilogue maps, OverlapCount column)]
         self.level_inputs = [len(self.batch_keys)]  # number of input keys per level
         self.level_scored: list[list[bool]] = [[self.schema[k].kind == SCORED for k in self.batch_keys]]
         self.derived_count = 0
@@ -267,7 +266,7 @@ class _Builder:
             params = (op.num_buckets, op.salt) if kind == S_CROSS else ()
             app = _App(kind, args, params)
             if kind == S_OVERLAP:
-                self.levels[-1].append((app, self.derived_count))
+                self.levels[-1].append((app, [], self.derived_count))
                 self.nodes[out] = _DenseNode("derived", self.derived_count, [])
                 self.derived_count += 1
             else:
@@ -327,7 +326,7 @@ class _Builder:
         # ids made by dense pass 1 are extra input keys of level 0, carried to the current level
         key = len(self.batch_keys) + len(self.id_programs) - 1
         for level in range(len(self.levels) - 1):
-            self.levels[level].append((_App(S_COPY, [(key, [])]), None))
+            self.levels[level].append((_App(S_COPY, [(key, [])]), [], None))
             key = self.level_inputs[level + 1]
             self.level_inputs[level + 1] += 1
             self.level_scored[level + 1].append(False)
@@ -339,7 +338,7 @@ class _Builder:
         apps = self.levels[-1]
         scored = []
         for index, (name, node) in enumerate(live):
-            apps.append((_materialize(node), None))
+            apps.append((*_materialize(node), None))
             self.nodes[name] = _ListNode(index, [], node.scored)
             scored.append(node.scored)
         self.levels.append([])
@@ -352,8 +351,8 @@ class _Builder:
         # final level: one app per output list feature, in output order
         final = self.levels[-1]
         for f in out_schema.sparse:
-            final.append((_materialize(self.nodes[f.name]), None))
-        host = _level_table([(a, None) for a in self.host_apps.values()], len(self.batch_keys), [
+            final.append((*_materialize(self.nodes[f.name]), None))
+        host = _level_table([(a, [], None) for a in self.host_apps.values()], len(self.batch_keys), [
             self.schema[k].kind == SCORED for k in self.batch_keys
         ])
         if host.identity:
@@ -388,10 +387,10 @@ class _Builder:
         return host, dense, levels, derived
 
 
-def _materialize(node: _ListNode) -> _App:
+def _materialize(node: _ListNode) -> tuple[_App, list]:
+    """(the app that makes this feature, its pending maps as the app's epilogue)."""
     if isinstance(node.src, _App):
-        app = node.src
-        return _App(app.kind, app.inputs, app.params, app.weighted), node.maps
+        return node.src, node.maps
     return _App(S_COPY, [(node.src, [])], weighted=node.scored), node.maps
 
 
@@ -457,8 +456,7 @@ def _level_table(apps, num_inputs, out_scored, num_derived=0) -> SparseLevel:
     weighted = np.zeros(a_count, np.bool_)
     out = np.zeros(a_count, np.int32)
     next_key = 0
-    for i, (item, derived_column) in enumerate(apps):
-        app, epilogue = item if isinstance(item, tuple) else (item, [])
+    for i, (app, epilogue, derived_column) in enumerate(apps):
         kind[i] = app.kind
         for slot, (key, key_maps) in enumerate(app.inputs):
             (a if slot == 0 else b)[i] = key

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..batch import offsets_of
+from ..batch import offsets_of, one_array
 from ..errors import DataError
 
 __all__ = ["hex_to_ids", "split_to_ids", "strings_to_ids"]
@@ -48,8 +48,7 @@ def hex_to_ids(arr: pa.Array, column: str, source: str, first_row: int = 0) -> p
     """
     arr = pc.if_else(pc.equal(pc.utf8_length(arr), 0), pa.scalar(None, arr.type), arr)
     arr = arr.cast(pa.string())
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = one_array(arr)
     valid = arr.is_valid().to_numpy(zero_copy_only=False)
     offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
@@ -68,8 +67,7 @@ def strings_to_ids(arr: pa.Array) -> pa.Array:
 
     Stable across files, runs and machines, unlike a dictionary encoding.
     """
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = one_array(arr)
     arr = arr.cast(pa.string())
     encoded = pc.dictionary_encode(arr)
     uniques = encoded.dictionary.to_pylist()
@@ -89,8 +87,7 @@ def split_to_ids(arr: pa.Array, separator: str, numeric: bool) -> pa.Array:
     Args:
         numeric: the parts are decimal integers (parsed) rather than names (hashed).
     """
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = one_array(arr)
     arr = pc.fill_null(arr.cast(pa.string()), "")
     parts = pc.split_pattern(arr, separator)
     flat = parts.flatten()

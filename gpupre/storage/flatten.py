@@ -124,10 +124,10 @@ def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str =
         wanted = [f.name for f in schema.features if f.kind == kind]
         if not wanted:
             continue
-        arr = table.column(MAP_COLUMNS[kind]).combine_chunks()
+        arr = one_array(table.column(MAP_COLUMNS[kind]))
         columns.update(_extract(arr, kind, wanted, [key_of[n] for n in wanted], source))
     for name in schema.labels + schema.extras:
-        columns[name] = table.column(name).combine_chunks()
+        columns[name] = one_array(table.column(name))
     return pa.Table.from_arrays(
         [columns[c] for c in schema.column_names()],
         names=schema.column_names(),
@@ -214,7 +214,7 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
         fkeys = np.array([k for _, k in feats], np.int32)
         if kind == DENSE:
             matrix = np.stack(
-                [table.column(f.name).combine_chunks().to_numpy(zero_copy_only=False) for f, _ in feats]
+                [one_array(table.column(f.name)).to_numpy(zero_copy_only=False) for f, _ in feats]
             ).astype(np.float32)
             present = ~np.isnan(matrix.T)  # [N, F], row-major: entries grouped by row
             map_offsets = offsets_of(present.sum(1), np.int32)
@@ -226,7 +226,7 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
             arrays.append(_lists_to_map(table, feats, fkeys, n, kind))
         fields.append(pa.field(MAP_COLUMNS[kind], MAP_TYPES[kind]))
     for name in schema.labels + schema.extras:
-        arrays.append(table.column(name).combine_chunks())
+        arrays.append(one_array(table.column(name)))
         fields.append(table.schema.field(name))
     metadata = {LAYOUT_KEY: layout.to_json().encode()}
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata)), layout
@@ -235,11 +235,11 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
 def _lists_to_map(table, feats, fkeys, n, kind):
     lengths, ids, scores = [], [], []
     for f, _ in feats:
-        col = table.column(f.name).combine_chunks()
+        col = one_array(table.column(f.name))
         lengths.append(pc.fill_null(pc.list_value_length(col), 0).to_numpy())
         ids.append(pc.list_flatten(col).to_numpy())
         if kind == SCORED:
-            scores.append(pc.list_flatten(table.column(f.name + SCORE_SUFFIX).combine_chunks()).to_numpy())
+            scores.append(pc.list_flatten(one_array(table.column(f.name + SCORE_SUFFIX))).to_numpy())
     lengths = np.stack(lengths)  # [F, N]
     value_start = offsets_of(lengths.ravel())[:-1].reshape(lengths.shape)  # (f, r)'s ids in concat(ids)
     present = lengths.T > 0  # [N, F]: entries in row-major order

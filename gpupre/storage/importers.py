@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
 
+from ..batch import one_array
 from ..errors import ConfigError, DataError
 from ..schema import DENSE, SPARSE, Feature, Schema
 from ._convert import hex_to_ids, split_to_ids, strings_to_ids
@@ -114,7 +115,7 @@ def import_csv(
 def _convert(table: pa.Table, columns: dict[str, Column], source: str, first_row: int) -> pa.Table:
     out = {}
     for name, c in columns.items():
-        col = table.column(name).combine_chunks()
+        col = one_array(table.column(name))
         if c.role == "hex":
             col = hex_to_ids(col, name, source, first_row)
         elif c.role == "name":

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..batch import offsets_of
+from ..batch import offsets_of, one_array
 from ..errors import ConfigError, SchemaError
 from ..schema import Schema
 
@@ -34,7 +34,7 @@ def _get(table: pa.Table, name: str) -> pa.Array:
             f"column {name!r} named by the schema is not in the table "
             f"(columns: {table.column_names[:8]}{'...' if table.num_columns > 8 else ''})"
         )
-    return table.column(name).combine_chunks()
+    return one_array(table.column(name))
 
 
 def _canonical(arr: pa.Array, target: pa.DataType, name: str) -> pa.Array:

@@ -124,10 +124,9 @@ class Pipeline:
     def __call__(self, batch: Batch) -> Batch:
         """Run eagerly on a host batch with the CPU executor (plans are cached per schema)."""
         schema = batch.schema if batch.schema is not None else self._schema(None)
-        key = schema.to_json()
-        if key not in self._plans:
-            self._plans[key] = self.compile(schema, "cpu")
-        return self._plans[key].run(batch)
+        if schema not in self._plans:
+            self._plans[schema] = self.compile(schema, "cpu")
+        return self._plans[schema].run(batch)
 
     # -- persistence --------------------------------------------------------------------------
     def to_json(self) -> str:

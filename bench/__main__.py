@@ -5,10 +5,10 @@ import json
 import os
 import sys
 
-from . import reader, transforms
+from . import cuda, reader, transforms
 from .common import RESULTS_DIR
 
-BENCHMARKS = {"reader": reader, "transforms": transforms}
+BENCHMARKS = {"cuda": cuda, "reader": reader, "transforms": transforms}
 
 
 def main(argv=None) -> None:

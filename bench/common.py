@@ -63,8 +63,8 @@ def measure(fn, repeats: int) -> dict:
     return {"first_s": first, "median_s": statistics.median(times), "times_s": times}
 
 
-def save(name: str, result: dict, results_dir: str = RESULTS_DIR) -> str:
-    """Write `result` with the machine, date and commit to results_dir/<name>.json."""
+def save(name: str, result: dict, results_dir: str = RESULTS_DIR, filename: str | None = None) -> str:
+    """Write `result` with the machine, date and commit to results_dir/<filename or name>.json."""
     result = {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -73,7 +73,7 @@ def save(name: str, result: dict, results_dir: str = RESULTS_DIR) -> str:
         **result,
     }
     os.makedirs(results_dir, exist_ok=True)
-    path = os.path.join(results_dir, f"{name}.json")
+    path = os.path.join(results_dir, f"{filename or name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")

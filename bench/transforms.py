@@ -174,7 +174,8 @@ def check_same(batch: gp.Batch, baseline: dict) -> None:
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
-def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), progress: bool = True, save_results=True) -> dict:
+def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), progress: bool = True, save_results=True,
+        filename: str | None = None) -> dict:  # fmt: skip
     results, targets, skipped, errors = [], [], {}, {}
     for kind in kinds:
         ds, table = dataset(kind, progress)
@@ -216,7 +217,7 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
         "nvtabular_errors": errors,
     }
     if save_results:
-        result["path"] = save("transforms", result)
+        result["path"] = save("transforms", result, filename=filename)
     return result
 
 
@@ -271,7 +272,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench transforms", description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-nvtabular", action="store_true", help="skip the NVTabular contender")
+    parser.add_argument("--out", default=None, help="results file name (default: transforms)")
     args = parser.parse_args(argv)
-    result = run(repeats=args.repeats, nvtabular=not args.no_nvtabular)
+    result = run(repeats=args.repeats, nvtabular=not args.no_nvtabular, filename=args.out)
     print(report(result))
     print(f"\nsaved {result['path']}")

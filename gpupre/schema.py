@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -93,15 +94,16 @@ class Schema:
         object.__setattr__(self, "_by_name", {f.name: f for f in self.features})
 
     # -- lookups ------------------------------------------------------------------------------
-    @property
+    # cached: the schema is frozen, and these sit on every batch's path
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
-    @property
+    @cached_property
     def dense(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.kind == DENSE)
 
-    @property
+    @cached_property
     def sparse(self) -> tuple[Feature, ...]:
         """Sparse and scored features: the keys of the KeyedJaggedTensor, in column order."""
         return tuple(f for f in self.features if f.kind != DENSE)

@@ -36,6 +36,7 @@ from .plan import (
     DenseProgram,
     Plan,
     SparseLevel,
+    stage_launches,
 )
 
 __all__ = ["CpuExecutor"]
@@ -80,7 +81,7 @@ def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, 
                         y[r] = a
             elif code == D_LOG1P:
                 for r in range(len(y)):
-                    y[r] = np.float32(np.log1p(max(y[r], np.float32(0)))) if not math.isnan(y[r]) else y[r]
+                    y[r] = np.float32(np.log1p(np.float64(max(y[r], np.float32(0))))) if not math.isnan(y[r]) else y[r]
             elif code == D_CLAMP:
                 for r in range(len(y)):
                     if y[r] < a:
@@ -338,6 +339,9 @@ class CpuExecutor:
     """Runs a `Plan` with numba on the host's cores."""
 
     name = "cpu"
+
+    def launches(self, plan: Plan) -> int:
+        return stage_launches(plan)
 
     def run(self, plan: Plan, batch: Batch) -> Batch:
         n = batch.num_rows

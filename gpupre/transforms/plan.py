@@ -18,11 +18,12 @@ depends on the depth of the pipeline, never on the number of features.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..schema import SCORED, Schema
 from . import ops as O
 from .pipeline import output_schema
@@ -124,9 +125,7 @@ class Plan:
     @property
     def launches(self) -> int:
         """Kernel launches one batch costs in the device stage (independent of feature count)."""
-        count = 0 if self.dense.identity else 1
-        count += 3 * sum(not level.identity for level in self.levels)
-        return count + (1 if self.derived is not None else 0)
+        return self.executor.launches(self)
 
     def run(self, batch):
         """The whole plan (host stage, then device stage) on `batch`.
@@ -152,7 +151,7 @@ class Plan:
 
 
 def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | None = None) -> Plan:
-    """Compile `pipeline` for `schema` on `device` ("cpu", "reference", "cuda", "auto").
+    """Compile `pipeline` for `schema` on `device` ("cpu", "reference", "cuda", "cuda:N", "auto").
 
     Args:
         host_stage: run data-shrinking ops (Truncate, SortByScore of the batch's own lists) as
@@ -168,6 +167,7 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
     if unfitted:
         raise ConfigError(f"pipeline has unfitted ops {unfitted}; call pipeline.fit(dataset) first")
     out_schema = output_schema(pipeline.ops, schema)
+    device = resolve_device(device)
     if host_stage is None:
         host_stage = device.startswith("cuda")
     builder = _Builder(schema, host_stage)
@@ -180,20 +180,38 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
     return plan
 
 
+def stage_launches(plan: Plan) -> int:
+    """Parallel stages one batch costs on the host: a dense pass, 3 per sparse level, pass 2."""
+    count = 0 if plan.dense.identity else 1
+    count += 3 * sum(not level.identity for level in plan.levels)
+    return count + (1 if plan.derived is not None else 0)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU and CuPy are there, else "cpu" (the choice is logged)."""
+    if device != "auto":
+        return device
+    from .cuda import available
+
+    chosen = "cuda" if available() else "cpu"
+    logging.getLogger("gpupre").info("device='auto' chose %r", chosen)
+    return chosen
+
+
 def _executor(device: str):
     if device == "reference":
         from .reference import ReferenceExecutor
 
         return ReferenceExecutor()
-    if device in ("cpu", "auto"):
+    if device == "cpu":
         from .cpu import CpuExecutor
 
         return CpuExecutor()
-    if device.startswith("cuda"):
-        raise BackendUnavailable(
-            f"device={device!r}: the CUDA executor is not available in this build; use device='cpu'"
-        )
-    raise ConfigError(f"device={device!r} must be 'cpu', 'reference', 'cuda' or 'auto'")
+    if device == "cuda" or device.startswith("cuda:"):
+        from .cuda import CudaExecutor
+
+        return CudaExecutor(device)
+    raise ConfigError(f"device={device!r} must be 'cpu', 'reference', 'cuda', 'cuda:N' or 'auto'")
 
 
 # -- the builder: symbolic execution of the ops --------------------------------------------------
@@ -491,9 +509,14 @@ def _check_batch(plan: Plan, batch) -> None:
             f"from the plan's (dense {list(expected_dense)}, sparse {list(expected_sparse)}); compile the "
             "pipeline for this batch's schema"
         )
-    lengths = np.asarray(batch.sparse.lengths)
-    if len(lengths) != len(expected_sparse) * batch.num_rows or (len(lengths) and lengths.min() < 0):
-        raise DataError(f"batch lengths hold {len(lengths)} entries (or negative ones) for {len(expected_sparse)} keys x {batch.num_rows} rows")
+    lengths = batch.sparse.lengths
+    if len(lengths) != len(expected_sparse) * batch.num_rows:
+        raise DataError(f"batch lengths hold {len(lengths)} entries for {len(expected_sparse)} keys x {batch.num_rows} rows")
+    if getattr(lengths, "is_cuda", False):
+        return  # device batches: the kernels check the lengths, without a sync here
+    lengths = np.asarray(lengths)
+    if len(lengths) and lengths.min() < 0:
+        raise DataError(f"batch lengths hold negative entries (the first at {int(np.argmin(lengths >= 0))}); lengths must be >= 0")
     if int(lengths.sum()) != len(batch.sparse.values):
         raise DataError(
             f"batch lengths sum to {int(lengths.sum())} but there are {len(batch.sparse.values)} values; "

@@ -69,6 +69,11 @@ class ReferenceExecutor:
 
     name = "reference"
 
+    def launches(self, plan) -> int:
+        from .plan import stage_launches
+
+        return stage_launches(plan)
+
     def run(self, plan, batch: Batch) -> Batch:
         return run_ops(plan.pipeline.ops, plan.input_schema, batch)
 
@@ -97,7 +102,8 @@ def _apply(op, args, n):
     if isinstance(op, O.FillMissing):
         return np.where(np.isnan(x), f32(op.value), x).astype(f32)
     if isinstance(op, O.Log1p):
-        return np.log1p(np.maximum(x, f32(0))).astype(f32)
+        # in float64, rounded once: what every executor computes, so they agree bit for bit
+        return np.log1p(np.maximum(x, f32(0)).astype(np.float64)).astype(f32)
     if isinstance(op, O.Clamp):
         return np.minimum(np.maximum(x, f32(op.lo)), f32(op.hi)).astype(f32)
     if isinstance(op, O.Normalize):

@@ -49,11 +49,17 @@ def dense_of(batch, name):
 
 
 def run(ops, batch, device):
-    return gp.Pipeline(ops).compile(batch.schema, device).run(batch)
+    return to_host(gp.Pipeline(ops).compile(batch.schema, device).run(batch))
+
+
+def to_host(batch):
+    """A batch with numpy arrays, wherever its arrays are."""
+    return batch.map_arrays(lambda x: x.cpu().numpy() if hasattr(x, "cpu") else x)
 
 
 def assert_same(a, b, rtol=1e-6):
     """Identical ids and weights, floats within rtol, same keys and kinds."""
+    a, b = to_host(a), to_host(b)
     assert a.dense_keys == b.dense_keys
     assert a.sparse.keys == b.sparse.keys
     assert a.schema == b.schema

@@ -1,7 +1,11 @@
 """Plan structure: what runs on the host, how many launches a batch costs, devices, bad batches."""
 
+import logging
+import sys
+
 import numpy as np
 import pytest
+import torch
 
 import gpupre as gp
 from gpupre.schema import Feature
@@ -126,9 +130,25 @@ def test_an_empty_pipeline_costs_no_launch():
 
 # -- devices ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])
-def test_cuda_is_unavailable_in_this_build(device):
-    with pytest.raises(gp.BackendUnavailable, match="CUDA"):
+def test_cuda_without_a_gpu_is_backend_unavailable(device, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(gp.BackendUnavailable, match="no CUDA GPU is visible"):
         gp.Pipeline([]).compile(_batch().schema, device)
+
+
+def test_cuda_without_cupy_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    with pytest.raises(gp.BackendUnavailable, match=r"pip install 'gpupre\[gpu\]'"):
+        gp.Pipeline([]).compile(_batch().schema, "cuda")
+
+
+def test_auto_falls_back_to_the_cpu_without_a_gpu_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="gpupre"):
+        plan = gp.Pipeline([gp.Hash("a", 10)]).compile(_batch().schema, "auto")
+    assert plan.device == "cpu" and plan.executor.name == "cpu"
+    assert "device='auto' chose 'cpu'" in caplog.text
 
 
 def test_an_unknown_device_is_a_config_error():

@@ -1,0 +1,101 @@
+// The dense pass: one program per output over the columns of a feature-major matrix, every
+// program of the plan in one launch (blockIdx.y picks the program, blockIdx.x a tile of rows).
+//
+// A program is a row of the plan's tables (see DenseProgram in gpupre/transforms/plan.py):
+// float steps (fill, log1p, clamp, normalize, minmax) and optionally a last step that makes an id
+// (bucketize, hash, modulo, cast). Each thread runs the program over 4 consecutive rows, loaded and
+// stored as one 16-byte vector when the row length allows it.
+#include "hash.cuh"
+#include "ieee.cuh"
+#include "plan.cuh"
+
+#define DENSE_ROWS_PER_THREAD 4
+
+__device__ __forceinline__ float dense_step(int code, float y, float a, float b) {
+    switch (code) {
+        case D_FILL: return isnan(y) ? a : y;
+        case D_LOG1P:  // in double, rounded once, as on the CPU
+            return isnan(y) ? y : narrow(log1p(widen(less(y, 0.0f) ? 0.0f : y)));
+        case D_CLAMP: return less(y, a) ? a : (greater(y, b) ? b : y);  // NaN stays NaN
+        case D_NORMALIZE: return equal(b, 0.0f) ? sub_rn(y, a) : div_rn(sub_rn(y, a), b);
+        case D_MINMAX:
+            if (equal(b, a)) return isnan(y) ? y : 0.0f;
+            return div_rn(sub_rn(y, a), sub_rn(b, a));
+        default: return y;
+    }
+}
+
+// the bucket of v: the number of boundaries below v (right: at or below); NaN: count + 1
+__device__ __forceinline__ i64 bucket(float v, const float* bounds, i64 count, bool right) {
+    if (isnan(v)) return count + 1;
+    i64 lo = 0, hi = count;
+    while (lo < hi) {
+        i64 mid = (lo + hi) / 2;
+        float b = bounds[mid];
+        if (less(b, v) || (right && equal(b, v))) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+extern "C" __global__ void dense_pass(
+    const float* __restrict__ x, i64 n, i64 num_steps, i64 vec4,
+    const int* __restrict__ src, const int* __restrict__ steps, const float* __restrict__ fparams,
+    const i64* __restrict__ iparams, const float* __restrict__ boundaries,
+    const int* __restrict__ out_dense, const int* __restrict__ out_id,
+    float* __restrict__ dense_out, i64* __restrict__ ids_out, int* __restrict__ ids_valid) {
+    const int p = blockIdx.y;
+    const i64 r0 = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * DENSE_ROWS_PER_THREAD;
+    if (r0 >= n) return;
+    const i64 m = min((i64)DENSE_ROWS_PER_THREAD, n - r0);
+    const bool whole = vec4 && m == DENSE_ROWS_PER_THREAD;
+    const float* in = x + (i64)src[p] * n + r0;
+    float y[DENSE_ROWS_PER_THREAD];
+    if (whole) {
+        float4 v = *reinterpret_cast<const float4*>(in);
+        y[0] = v.x; y[1] = v.y; y[2] = v.z; y[3] = v.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = j < m ? in[j] : 0.0f;
+    }
+
+    int id_step = -1;
+    for (i64 s = 0; s < num_steps; s++) {
+        const i64 at = (i64)p * num_steps + s;
+        const int code = steps[at];
+        if (code == D_END) break;
+        if (code >= D_BUCKETIZE) {
+            id_step = (int)at;
+            break;
+        }
+        const float a = fparams[2 * at], b = fparams[2 * at + 1];
+#pragma unroll
+        for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = dense_step(code, y[j], a, b);
+    }
+
+    if (out_dense[p] >= 0) {
+        float* o = dense_out + (i64)out_dense[p] * n + r0;
+        if (whole) {
+            *reinterpret_cast<float4*>(o) = make_float4(y[0], y[1], y[2], y[3]);
+        } else {
+            for (int j = 0; j < m; j++) o[j] = y[j];
+        }
+    }
+    if (id_step < 0) return;
+    const int code = steps[id_step];
+    const i64 p0 = iparams[3 * id_step], p1 = iparams[3 * id_step + 1], p2 = iparams[3 * id_step + 2];
+    const i64 row = (i64)out_id[p] * n + r0;
+#pragma unroll
+    for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) {
+        if (j >= m) break;
+        const float v = y[j];
+        const bool valid = code == D_BUCKETIZE || !isnan(v);
+        i64 made = 0;
+        if (code == D_BUCKETIZE) made = bucket(v, boundaries + p0, p1, p2 != 0);
+        else if (valid && code == D_HASH) made = sigrid_hash(float_to_id(v), p1, p0);
+        else if (valid && code == D_MODULO) made = floor_mod(float_to_id(v), p0);
+        else if (valid) made = float_to_id(v);
+        ids_out[row + j] = made;
+        ids_valid[row + j] = valid;
+    }
+}

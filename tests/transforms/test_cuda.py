@@ -1,0 +1,75 @@
+"""What the CPU can check of the CUDA executor: the kernels compile cleanly for sm_80 and sm_90,
+their opcodes are the plan's, and their hash functions are bit-identical to the numba ones."""
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from gpupre.transforms import plan
+from gpupre.transforms.cuda import KERNELS
+from gpupre.transforms.reference import float_to_id, hash_128_to_64, sigrid_hash, twang_mix64
+
+NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+needs_nvcc = pytest.mark.skipif(not shutil.which(NVCC), reason="needs the CUDA compiler nvcc")
+SOURCES = sorted(p.name for p in KERNELS.glob("*.cu"))
+
+
+def test_there_are_kernel_sources():
+    assert SOURCES == ["dense.cu", "sparse.cu"]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_kernel_compiles_without_warnings(source, arch, tmp_path):
+    out = subprocess.run(
+        [NVCC, "-std=c++17", f"-arch={arch}", "-cubin", "--Werror", "all-warnings", "-Xptxas", "-v",
+         f"-I{KERNELS}", "-o", str(tmp_path / "k.cubin"), str(KERNELS / source)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "spill" not in out.stderr.replace("0 bytes spill", ""), out.stderr  # no register spills
+
+
+def test_kernel_opcodes_are_the_plans():
+    defined = dict(re.findall(r"#define (\w+) (\d+)", (KERNELS / "plan.cuh").read_text()))
+    expected = {n: getattr(plan, n) for n in dir(plan) if re.fullmatch(r"[DSM]_[A-Z0-9_]+|MAX_MAPS", n)}
+    assert {k: int(v) for k, v in defined.items()} == expected
+
+
+HOST_PROGRAM = r"""
+#include <cstdio>
+#include "hash.cuh"
+int main() {
+    long long x, salt, buckets;
+    float f;
+    while (scanf("%lld %lld %lld %f", &x, &salt, &buckets, &f) == 4)
+        printf("%llu %llu %lld %lld %lld\n", twang_mix64((u64)x), hash_128_to_64((u64)x, (u64)salt),
+               sigrid_hash(x, salt, buckets), floor_mod(x, buckets), float_to_id(f));
+}
+"""
+
+
+@needs_nvcc
+def test_cuda_hash_functions_are_bit_identical_to_the_references(tmp_path):
+    (tmp_path / "h.cu").write_text(HOST_PROGRAM)
+    exe = tmp_path / "h"
+    build = subprocess.run([NVCC, f"-I{KERNELS}", "-o", str(exe), str(tmp_path / "h.cu")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    rng = np.random.default_rng(0)
+    ids = [0, 1, 2, 3, -1, 2**63 - 1, -(2**63)] + rng.integers(-(2**63), 2**63 - 1, 200).tolist()
+    salts = [0, 1, -5, 2**62] + rng.integers(-(2**63), 2**63 - 1, 203).tolist()
+    buckets = [100, 1, 7, 2**63 - 1] + rng.integers(1, 2**40, 203).tolist()
+    floats = [0.0, -0.0, 1.9, -3.7, 3e38, -3e38, 9.3e18, -9.3e18, 9.2e18] + rng.normal(0, 1e6, 198).astype(np.float32).tolist()
+    lines = [f"{x} {s} {b} {float(np.float32(f))!r}" for x, s, b, f in zip(ids, salts, buckets, floats)]
+    run = subprocess.run([str(exe)], input="\n".join(lines), capture_output=True, text=True, check=True)
+    got = [list(map(int, line.split())) for line in run.stdout.splitlines()]
+    assert len(got) == len(lines)
+    for (x, s, b, f), row in zip(zip(ids, salts, buckets, floats), got):
+        mask = 2**64 - 1
+        assert row == [
+            twang_mix64(x), hash_128_to_64(x & mask, s & mask), sigrid_hash(x, s, b), x % b, float_to_id(float(np.float32(f)))
+        ]

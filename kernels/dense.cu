@@ -14,8 +14,7 @@
 __device__ __forceinline__ float dense_step(int code, float y, float a, float b) {
     switch (code) {
         case D_FILL: return isnan(y) ? a : y;
-        case D_LOG1P:  // in double, rounded once, as on the CPU
-            return isnan(y) ? y : narrow(log1p(widen(less(y, 0.0f) ? 0.0f : y)));
+        case D_LOG1P: return isnan(y) ? y : log1p32(less(y, 0.0f) ? 0.0f : y);
         case D_CLAMP: return less(y, a) ? a : (greater(y, b) ? b : y);  // NaN stays NaN
         case D_NORMALIZE: return equal(b, 0.0f) ? sub_rn(y, a) : div_rn(sub_rn(y, a), b);
         case D_MINMAX:

@@ -1,38 +1,86 @@
-// Float32 arithmetic and comparisons that keep subnormal numbers, whatever the compiler's
-// flush-to-zero setting (CuPy compiles with -ftz=true): the CPU executors keep them, and results
-// must agree bit for bit. Each is one PTX instruction without the .ftz modifier.
+// Float32 operations with plain IEEE semantics whatever the compiler's settings: no flush of
+// subnormals to zero (CuPy compiles with -ftz=true) and no contraction into fused multiply-adds.
+// The CPU executors compute exactly these operations, so results agree bit for bit. On the device
+// each is one PTX instruction without .ftz; on the host (tests) the plain operator.
 #pragma once
 
-__device__ __forceinline__ float sub_rn(float a, float b) {
-    float r;
-    asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
-
-__device__ __forceinline__ float div_rn(float a, float b) {
-    float r;
-    asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
-
-#define IEEE_COMPARE(name, op)                                                                   \
-    __device__ __forceinline__ bool name(float a, float b) {                                     \
-        unsigned r;                                                                              \
-        asm("{ .reg .pred p; setp." op ".f32 p, %1, %2; selp.u32 %0, 1, 0, p; }" : "=r"(r) : "f"(a), "f"(b)); \
-        return r != 0;                                                                           \
+#ifdef __CUDA_ARCH__
+#define IEEE_BINARY(name, instruction)                                                          \
+    __host__ __device__ __forceinline__ float name(float a, float b) {                          \
+        float r;                                                                                \
+        asm(instruction ".rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));                      \
+        return r;                                                                               \
     }
-IEEE_COMPARE(less, "lt")
-IEEE_COMPARE(greater, "gt")
-IEEE_COMPARE(equal, "eq")
+#define IEEE_COMPARE(name, test, op)                                                            \
+    __host__ __device__ __forceinline__ bool name(float a, float b) {                           \
+        unsigned r;                                                                             \
+        asm("{ .reg .pred p; setp." test ".f32 p, %1, %2; selp.u32 %0, 1, 0, p; }" : "=r"(r) : "f"(a), "f"(b)); \
+        return r != 0;                                                                          \
+    }
+#else
+#define IEEE_BINARY(name, instruction) /* host: instruction unused */                            \
+    __host__ __device__ __forceinline__ float name(float a, float b) { return ieee_host_##name(a, b); }
+#define IEEE_COMPARE(name, test, op) \
+    __host__ __device__ __forceinline__ bool name(float a, float b) { return a op b; }
+__host__ __device__ __forceinline__ float ieee_host_add_rn(float a, float b) { return a + b; }
+__host__ __device__ __forceinline__ float ieee_host_sub_rn(float a, float b) { return a - b; }
+__host__ __device__ __forceinline__ float ieee_host_mul_rn(float a, float b) { return a * b; }
+__host__ __device__ __forceinline__ float ieee_host_div_rn(float a, float b) { return a / b; }
+#endif
 
-__device__ __forceinline__ double widen(float a) {
-    double r;
-    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(a));
-    return r;
+IEEE_BINARY(add_rn, "add")
+IEEE_BINARY(sub_rn, "sub")
+IEEE_BINARY(mul_rn, "mul")
+IEEE_BINARY(div_rn, "div")
+IEEE_COMPARE(less, "lt", <)
+IEEE_COMPARE(greater, "gt", >)
+IEEE_COMPARE(equal, "eq", ==)
+
+__host__ __device__ __forceinline__ int float_bits(float x) {
+#ifdef __CUDA_ARCH__
+    return __float_as_int(x);
+#else
+    union { float f; int i; } u = {x};
+    return u.i;
+#endif
 }
 
-__device__ __forceinline__ float narrow(double a) {
-    float r;
-    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(a));
-    return r;
+__host__ __device__ __forceinline__ float bits_float(int i) {
+#ifdef __CUDA_ARCH__
+    return __int_as_float(i);
+#else
+    union { int i; float f; } u = {i};
+    return u.f;
+#endif
+}
+
+// log(1 + x) for float32 x >= 0 (NaN and inf pass through): the operations of log1p32 in
+// gpupre/transforms/_log1p.py, one for one (see there).
+__host__ __device__ __forceinline__ float log1p32(float x) {
+    if (x != x || float_bits(x) == 0x7f800000) return x;  // NaN, +inf
+    const float u = add_rn(1.0f, x);
+    if (equal(u, 1.0f)) return x;
+    const int bits = float_bits(u);  // u >= 1, normal: frexp by its bits, m in [0.5, 1)
+    int e = ((bits >> 23) & 0xff) - 126;
+    const float m = bits_float((bits & 0x007fffff) | 0x3f000000);
+    float t;
+    if (less(m, 0.70710677f)) {
+        e -= 1;
+        t = sub_rn(add_rn(m, m), 1.0f);
+    } else {
+        t = sub_rn(m, 1.0f);
+    }
+    const float z = mul_rn(t, t);
+    const float c[9] = {7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
+                        -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f};
+    float p = mul_rn(c[0], t);
+#pragma unroll
+    for (int k = 1; k < 9; k++) p = mul_rn(add_rn(p, c[k]), t);
+    p = mul_rn(p, z);
+    const float fe = (float)e;
+    p = add_rn(p, mul_rn(-2.12194440e-4f, fe));
+    p = sub_rn(p, mul_rn(0.5f, z));
+    float r = add_rn(t, p);
+    r = add_rn(r, mul_rn(0.693359375f, fe));
+    return add_rn(r, div_rn(sub_rn(x, sub_rn(u, 1.0f)), u));
 }

@@ -15,6 +15,7 @@ from numba import prange
 from ..batch import Batch, KeyedJagged, offsets_of
 from ..schema import SCORED
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
+from ._log1p import log1p32
 from .plan import (
     D_BUCKETIZE,
     D_CLAMP,
@@ -81,7 +82,7 @@ def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, 
                         y[r] = a
             elif code == D_LOG1P:
                 for r in range(len(y)):
-                    y[r] = np.float32(np.log1p(np.float64(max(y[r], np.float32(0))))) if not math.isnan(y[r]) else y[r]
+                    y[r] = log1p32(max(y[r], np.float32(0))) if not math.isnan(y[r]) else y[r]
             elif code == D_CLAMP:
                 for r in range(len(y)):
                     if y[r] < a:

@@ -11,6 +11,7 @@ import numpy as np
 from ..batch import Batch, KeyedJagged
 from ..schema import SCORED
 from . import ops as O
+from ._log1p import log1p32_array
 from .pipeline import output_schema
 
 __all__ = ["ReferenceExecutor", "sigrid_hash", "twang_mix64", "hash_128_to_64"]
@@ -102,8 +103,7 @@ def _apply(op, args, n):
     if isinstance(op, O.FillMissing):
         return np.where(np.isnan(x), f32(op.value), x).astype(f32)
     if isinstance(op, O.Log1p):
-        # in float64, rounded once: what every executor computes, so they agree bit for bit
-        return np.log1p(np.maximum(x, f32(0)).astype(np.float64)).astype(f32)
+        return log1p32_array(np.maximum(x, f32(0)))  # the float32 log1p every executor computes
     if isinstance(op, O.Clamp):
         return np.minimum(np.maximum(x, f32(op.lo)), f32(op.hi)).astype(f32)
     if isinstance(op, O.Normalize):

@@ -73,9 +73,10 @@ def main() -> None:
     start = time.perf_counter()
     pipe = pipe.fit(ds, progress=False)
     print(f"fitted in {time.perf_counter() - start:.2f}s: {pipe.ops[2]}")
-    plan = pipe.compile(ds.schema, "cpu")
+    plan = pipe.compile(ds.schema, "auto")  # the CUDA executor where a GPU is, else numba
     print(plan.describe())
     out = plan.run(ds.read(ds.units()[0]))
+    out = out.map_arrays(lambda x: x.cpu().numpy() if hasattr(x, "cpu") else x)  # for printing
     kinds = {}
     for f in plan.output_schema:
         kinds.setdefault(f.kind, []).append(f.name)

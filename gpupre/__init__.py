@@ -2,6 +2,7 @@
 
 from . import reader, storage, transforms
 from .batch import Batch, KeyedJagged
+from .loader import DataLoader
 from .errors import BackendUnavailable, ConfigError, DataError, GpupreError, KernelError, SchemaError
 from .reader import Dataset, WorkUnit
 from .schema import Feature, Schema
@@ -34,6 +35,7 @@ __all__ = [
     "Bucketize",
     "Clamp",
     "ConfigError",
+    "DataLoader",
     "Cross",
     "DataError",
     "Dataset",

@@ -128,6 +128,58 @@ class Batch:
         extras = {name: _extra(columns[name]) for name in schema.extras}
         return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras, schema=schema)
 
+    # -- rows (host batches) --------------------------------------------------------------------
+    def take(self, index) -> Batch:
+        """Rows `index` (integers, any order) of a host batch, as a new batch."""
+        index = np.asarray(index, np.int64)
+        n, keys = self.num_rows, len(self.sparse.keys)
+        lengths = np.asarray(self.sparse.lengths).reshape(keys, n)[:, index].ravel()
+        starts = offsets_of(self.sparse.lengths)[:-1].reshape(keys, n)[:, index].ravel()
+        gather = _segments(starts, lengths)
+        weights = None if self.sparse.weights is None else np.asarray(self.sparse.weights)[gather]
+        sparse = KeyedJagged(self.sparse.keys, lengths, np.asarray(self.sparse.values)[gather], weights)
+        return replace(
+            self,
+            num_rows=len(index),
+            dense=np.asarray(self.dense)[:, index],
+            sparse=sparse,
+            labels=None if self.labels is None else np.asarray(self.labels)[..., index],
+            extras={k: _take_column(v, index) for k, v in self.extras.items()},
+            inverse=None if self.inverse is None else np.asarray(self.inverse)[index],
+        )
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows [start, stop) of a host batch."""
+        return self.take(np.arange(start, stop))
+
+    @classmethod
+    def concat(cls, batches: list[Batch]) -> Batch:
+        """Host batches with the same features, one after the other (key-major order kept)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        keys = len(first.sparse.keys)
+        lengths = np.concatenate([np.asarray(b.sparse.lengths).reshape(keys, b.num_rows) for b in batches], axis=1)
+        pieces = [[], []]  # values, weights: key k of every batch, then key k + 1 ...
+        bounds = [offsets_of(b.sparse.lengths) for b in batches]
+        for k in range(keys):
+            for b, o in zip(batches, bounds):
+                lo, hi = o[k * b.num_rows], o[(k + 1) * b.num_rows]
+                pieces[0].append(np.asarray(b.sparse.values)[lo:hi])
+                if first.sparse.weights is not None:
+                    pieces[1].append(np.asarray(b.sparse.weights)[lo:hi])
+        weights = np.concatenate(pieces[1]) if first.sparse.weights is not None else None
+        values = np.concatenate(pieces[0]) if pieces[0] else np.empty(0, np.int64)
+        return replace(
+            first,
+            num_rows=sum(b.num_rows for b in batches),
+            dense=np.concatenate([np.asarray(b.dense) for b in batches], axis=1),
+            sparse=KeyedJagged(first.sparse.keys, lengths.ravel(), values, weights),
+            labels=None if first.labels is None else np.concatenate([np.asarray(b.labels) for b in batches], axis=-1),
+            extras={k: _concat_column([b.extras[k] for b in batches]) for k in first.extras},
+            inverse=None if first.inverse is None else np.concatenate([b.inverse for b in batches]),
+        )
+
     # -- conversion ---------------------------------------------------------------------------
     def map_arrays(self, fn) -> Batch:
         """A new batch with `fn` applied to every numeric array (dense, sparse, labels, ...)."""
@@ -271,6 +323,26 @@ def offsets_of(lengths, dtype=np.int64) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype)
     np.cumsum(np.asarray(lengths), out=out[1:])
     return out
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices of the concatenated ranges [starts[i], starts[i] + lengths[i])."""
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    shift = np.repeat(np.asarray(starts, np.int64) - offsets_of(lengths)[:-1], lengths)
+    return shift + np.arange(total, dtype=np.int64)
+
+
+def _take_column(column, index):
+    if isinstance(column, np.ndarray):
+        return column[index]
+    return column.take(pa.array(index))
+
+
+def _concat_column(columns):
+    if isinstance(columns[0], np.ndarray):
+        return np.concatenate(columns)
+    return pa.concat_arrays(columns)
 
 
 def _is_array(x) -> bool:

@@ -306,3 +306,15 @@ def test_from_arrow_matches_a_plain_python_construction(case):
         ln, vals, _ = b.sparse.feature(f"f{k}")
         assert ln.tolist() == [len(r) for r in lists]
         assert vals.tolist() == [v for r in lists for v in r]
+
+
+def test_take_rows_and_concat_keep_the_key_major_layout():
+    from transforms.helpers import assert_same, make_batch, rows_of
+
+    b = make_batch({"x": [1.0, 2.0, 3.0]}, {"a": [[1, 2], [], [3]]}, {"w": ([[7], [8, 9], []], [[0.1], [0.2, 0.3], []])})
+    t = b.take([2, 0, 0])
+    assert rows_of(t, "a") == [[3], [1, 2], [1, 2]] and rows_of(t, "w") == [[], [7], [7]]
+    assert t.dense.tolist() == [[3.0, 1.0, 1.0]]
+    np.testing.assert_allclose(t.sparse.weights, [1, 1, 1, 1, 1, 0.1, 0.1])
+    assert_same(gp.Batch.concat([b.rows(0, 2), b.rows(2, 3), b.rows(3, 3)]), b, rtol=0)
+    assert b.rows(1, 1).num_rows == 0

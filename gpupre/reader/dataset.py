@@ -106,6 +106,20 @@ class Dataset:
         """
         return Batch.from_arrow(self.read_arrow(unit), self.schema, source=str(unit))
 
+    def read_slabs(self, unit: WorkUnit, rows: int):
+        """One unit as host `Batch`es of up to `rows` rows each, decoding only one at a time.
+
+        Raises:
+            DataError: the row group cannot be decoded (names the file and row group).
+        """
+        try:
+            with self.filesystem.open_input_file(unit.path) as f:
+                pf = pq.ParquetFile(f, metadata=self._metadata[unit.path])
+                for part in pf.iter_batches(batch_size=rows, row_groups=[unit.row_group], columns=self.columns):
+                    yield Batch.from_arrow(part, self.schema, source=str(unit))
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
+
     def read_arrow(self, unit: WorkUnit) -> pa.Table:
         """One unit's projected columns as an Arrow table."""
         try:

@@ -344,11 +344,11 @@ class CpuExecutor:
     def launches(self, plan: Plan) -> int:
         return stage_launches(plan)
 
-    def run(self, plan: Plan, batch: Batch) -> Batch:
+    def run(self, plan: Plan, batch: Batch, host_stage: bool = True) -> Batch:
         n = batch.num_rows
         sparse = batch.sparse
         lengths, values, weights = _host_arrays(sparse)
-        if plan.host is not None:
+        if plan.host is not None and host_stage:
             lengths, values, weights = self.run_level(plan.host, n, lengths, values, weights, None)
         dense, ids, valid = self.run_dense(plan.dense, np.asarray(batch.dense, np.float32), n)
         if plan.dense.num_ids:  # ids made from dense features join level 0 as extra keys

@@ -96,16 +96,16 @@ class CudaExecutor:
             known = True
         return count + (1 if plan.derived is not None else 0)
 
-    def run(self, plan: Plan, batch: Batch) -> Batch:
+    def run(self, plan: Plan, batch: Batch, host_stage: bool = True) -> Batch:
         """The plan on `batch`; a host batch runs its host stage on the CPU, then moves here.
 
         Syncs with the device once per sparse level, to size that level's output.
         """
         import torch
 
-        host_level = plan.host
+        host_level = plan.host if host_stage else None
         if not _on_cuda(batch):
-            if plan.host is not None:
+            if host_level is not None:
                 from .cpu import CpuExecutor, _host_arrays
 
                 lengths, values, weights = CpuExecutor.run_level(plan.host, batch.num_rows, *_host_arrays(batch.sparse), None)

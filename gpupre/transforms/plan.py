@@ -127,14 +127,15 @@ class Plan:
         """Kernel launches one batch costs in the device stage (independent of feature count)."""
         return self.executor.launches(self)
 
-    def run(self, batch):
-        """The whole plan (host stage, then device stage) on `batch`.
+    def run(self, batch, host_stage: bool = True):
+        """The plan on `batch`: its host stage (unless host_stage=False: done already, as in the
+        loader's workers), then its device stage.
 
         Raises:
             DataError: the batch's keys are not the plan's, or its lengths do not match its values.
         """
         _check_batch(self, batch)
-        return self.executor.run(self, batch)
+        return self.executor.run(self, batch, host_stage)
 
     def describe(self) -> str:
         lines = [

@@ -75,7 +75,8 @@ class ReferenceExecutor:
 
         return stage_launches(plan)
 
-    def run(self, plan, batch: Batch) -> Batch:
+    def run(self, plan, batch: Batch, host_stage: bool = True) -> Batch:
+        # one op at a time; a host stage run already is harmless again (Truncate, SortByScore)
         return run_ops(plan.pipeline.ops, plan.input_schema, batch)
 
 

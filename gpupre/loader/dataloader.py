@@ -1,0 +1,349 @@
+"""`DataLoader`: worker processes read and shrink slabs; the client rebatches and runs the plan."""
+
+from __future__ import annotations
+
+import copy
+import math
+import multiprocessing as mp
+import os
+import queue
+import time
+
+import numpy as np
+
+from ..batch import Batch
+from ..errors import ConfigError, DataError
+from ..reader import Dataset
+from ..storage.iostats import CountingFileSystem
+from ..transforms.plan import resolve_device
+from ._slabs import Slab
+from ._worker import main as worker_main
+from ._worker import read_unit
+
+__all__ = ["DataLoader"]
+
+STATE_VERSION = 1
+
+
+class DataLoader:
+    """Iterates ready-to-train `Batch`es of a `Dataset`, in place of torch's DataLoader.
+
+    Worker processes read work units (row groups) with projection in slabs of read_batch_size
+    rows, run the pipeline's host stage, and hand the slabs over in shared memory. The client
+    takes slabs in a fixed order, cuts them into batches of batch_size rows (client-side
+    rebatching), and runs the device stage: on the GPU (the batch copied once, pinned) or with
+    numba on the host. Batches hold torch tensors: `batch.dense` is [D, N] (a model takes
+    `batch.dense.T`), `batch.sparse` the KeyedJaggedTensor layout (`batch.to_torchrec()`).
+
+    Args:
+        dataset: a `gp.Dataset` (its projection, label and pass-through columns are read).
+        batch_size: rows per batch.
+        pipeline: a fitted `gp.Pipeline`, or None to deliver the features as read.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        shuffle, seed: shuffle the order of units and the rows within each slab, per epoch.
+        drop_last: drop the last, partial batch.
+        num_workers: worker processes (0: read in this process).
+        read_batch_size: rows per slab (bounds a worker's memory); default min(batch_size, 8192).
+        prefetch: units in flight per worker.
+        rank, world_size: this trainer's disjoint share; every rank gets the same number of steps.
+        on_bad_unit: "raise" (a unit that cannot be read stops the epoch with a `DataError`
+            naming it) or "skip" (it is left out and listed in `stats()["skipped_units"]`).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, pipeline=None, device: str = "auto", shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, num_workers: int | None = None,
+                 read_batch_size: int | None = None, prefetch: int = 2, rank: int = 0, world_size: int = 1,
+                 on_bad_unit: str = "raise"):  # fmt: skip
+        if not isinstance(dataset, Dataset):
+            raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
+        self.batch_size = _positive(batch_size, "batch_size")
+        self.read_batch_size = _positive(read_batch_size or min(batch_size, 8192), "read_batch_size")
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else _positive(num_workers, "num_workers", 0)
+        self.prefetch = _positive(prefetch, "prefetch")
+        if not (isinstance(world_size, int) and world_size > 0 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
+        if on_bad_unit not in ("raise", "skip"):
+            raise ConfigError(f"on_bad_unit={on_bad_unit!r} must be 'raise' or 'skip'")
+        self.dataset, self.shuffle, self.seed, self.drop_last = dataset, bool(shuffle), int(seed), bool(drop_last)
+        self._local = copy.copy(dataset)  # in-process reads (num_workers=0), counted
+        self._local.filesystem = CountingFileSystem(dataset.filesystem)
+        self.rank, self.world_size, self.on_bad_unit = rank, world_size, on_bad_unit
+        self.device = resolve_device(device)
+        self.plan = None if pipeline is None else pipeline.compile(dataset.schema, self.device, host_stage=True)
+        self.epoch, self.delivered = 0, 0  # rows of this epoch already handed to the consumer
+        self._workers, self._generation = [], 0
+        self._stats = _new_stats()
+
+    # -- shares and steps ------------------------------------------------------------------------
+    def _units(self, epoch: int, rank: int):
+        seed = self.seed + epoch if self.shuffle else None
+        return self.dataset.units(rank, self.world_size, seed=seed)
+
+    def _rows_this_epoch(self, epoch: int) -> tuple[int, int]:
+        """(steps, rows this rank delivers): every rank takes the same number of steps."""
+        rows = [sum(u.num_rows for u in self._units(epoch, r)) for r in range(self.world_size)]
+        per_rank = [r // self.batch_size if self.drop_last else math.ceil(r / self.batch_size) for r in rows]
+        steps = min(per_rank)
+        return steps, min(rows[self.rank], steps * self.batch_size)
+
+    def __len__(self) -> int:
+        return self._rows_this_epoch(self.epoch)[0]
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where the epoch stands: restoring it delivers every remaining row once, no row twice."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "delivered": self.delivered, "seed": self.seed,
+                "shuffle": self.shuffle, "rank": self.rank, "world_size": self.world_size,
+                "units": len(self.dataset.units())}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (taken by `state_dict()` of a loader over the same data and shares).
+
+        Raises:
+            ConfigError: the state is from another dataset, seed, shuffle or share.
+        """
+        mine = self.state_dict()
+        for key in ("version", "seed", "shuffle", "rank", "world_size", "units"):
+            if state.get(key) != mine[key]:
+                raise ConfigError(
+                    f"state_dict {key}={state.get(key)!r} differs from this loader's {mine[key]!r}; "
+                    "restore into a loader built with the same dataset and arguments"
+                )
+        self.epoch, self.delivered = int(state["epoch"]), int(state["delivered"])
+
+    def stats(self) -> dict:
+        """Rows/s, bytes read, the time the consumer waited, and time per stage (seconds)."""
+        s = dict(self._stats)
+        wall = s.pop("wall_s")
+        s["rows_per_s"] = s["rows"] / wall if wall else 0.0
+        s["skipped_units"] = list(s["skipped_units"])
+        return s
+
+    # -- iteration -------------------------------------------------------------------------------
+    def __iter__(self):
+        epoch, skip = self.epoch, self.delivered
+        steps, target = self._rows_this_epoch(epoch)
+        units = self._units(epoch, self.rank)
+        self._generation += 1
+        tasks, seen = [], 0
+        for position, unit in enumerate(units):
+            if seen + unit.num_rows > skip:
+                shuffle = (self.seed, epoch, position) if self.shuffle else None
+                tasks.append(((self._generation, position), unit, max(0, skip - seen), shuffle))
+            seen += unit.num_rows
+        start = time.perf_counter()
+        remaining = target - skip
+        try:
+            for batch in self._rebatch(self._slabs(tasks), remaining):
+                t = time.perf_counter()
+                batch = self._device_stage(batch)
+                self._stats["device_s"] += time.perf_counter() - t
+                self.delivered += batch.num_rows
+                self._stats["rows"] += batch.num_rows
+                self._stats["batches"] += 1
+                self._stats["wall_s"] = time.perf_counter() - start
+                yield batch
+        finally:
+            self._stats["wall_s"] = time.perf_counter() - start
+        self._stats["rows_left_for_balance"] = sum(u.num_rows for u in units) - target
+        self.epoch, self.delivered = epoch + 1, 0
+
+    def _device_stage(self, batch: Batch) -> Batch:
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if self.plan is not None:
+            batch = self.plan.run(batch, host_stage=False)
+        return batch.to_torch()
+
+    def _rebatch(self, slabs, remaining: int):
+        """Batches of batch_size rows (the last may be smaller) from slabs, in order."""
+        parts, filled = [], 0
+        for slab in slabs:
+            batch = slab.batch if isinstance(slab, Slab) else slab
+            at = 0
+            while at < batch.num_rows and remaining > 0:
+                take = min(batch.num_rows - at, self.batch_size - filled, remaining)
+                t = time.perf_counter()
+                parts.append(batch.rows(at, at + take))
+                self._stats["rebatch_s"] += time.perf_counter() - t
+                at, filled, remaining = at + take, filled + take, remaining - take
+                if filled == self.batch_size or remaining == 0:
+                    yield self._assemble(parts)
+                    parts, filled = [], 0
+            if isinstance(slab, Slab):
+                slab.release()
+            if remaining == 0:
+                return
+        if parts and not self.drop_last:
+            yield self._assemble(parts)
+
+    def _assemble(self, parts) -> Batch:
+        t = time.perf_counter()
+        batch = Batch.concat(parts)
+        self._stats["rebatch_s"] += time.perf_counter() - t
+        return batch
+
+    # -- the slab source -----------------------------------------------------------------------
+    def _slabs(self, tasks):
+        """Host slabs of `tasks` in task order (workers may finish them in any order)."""
+        if self.num_workers == 0:
+            for task in tasks:
+                yield from self._read_here(task)
+            return
+        yield from self._from_workers(tasks)
+
+    def _read_here(self, task):
+        try:
+            wait = time.perf_counter()
+            for batch, stats in read_unit(self._local, self.plan.host if self.plan else None, task, self.read_batch_size):
+                self._stats["wait_s"] += time.perf_counter() - wait
+                for name, value in stats.items():
+                    self._stats[name] += value
+                self._stats["bytes_read"] += self._local.filesystem.bytes_read
+                self._local.filesystem.reset()
+                yield batch
+                wait = time.perf_counter()
+        except Exception as e:  # noqa: BLE001 - named, then raised or skipped
+            self._bad_unit(task[1], f"{type(e).__name__}: {e}")
+
+    def _from_workers(self, tasks):
+        self._start_workers()
+        pending = list(reversed(tasks))
+        in_flight, done, slabs, current = {}, set(), {}, {}
+        order = [t[0] for t in tasks]
+        units = {t[0]: t[1] for t in tasks}
+        next_at, next_slab = 0, 0
+
+        def dispatch():
+            while pending and len(in_flight) < self.num_workers * self.prefetch:
+                task = pending.pop()
+                in_flight[task[0]] = task
+                self._task_queue.put(task)
+
+        dispatch()
+        try:
+            while next_at < len(order):
+                key = order[next_at]
+                if (key, next_slab) in slabs:
+                    yield slabs.pop((key, next_slab))
+                    next_slab += 1
+                    continue
+                if key in done:
+                    done.discard(key)
+                    next_at, next_slab = next_at + 1, 0
+                    continue
+                wait = time.perf_counter()
+                message = self._receive(current, units)
+                self._stats["wait_s"] += time.perf_counter() - wait
+                kind, mkey = message[0], message[1]
+                if kind == "start":
+                    current[message[1]] = message[2]
+                    continue
+                if mkey[0] != self._generation:  # left over from an earlier iteration
+                    if kind == "slab":
+                        Slab(message[3], self.dataset.schema).release()
+                    continue
+                if kind == "slab":
+                    slabs[(mkey, message[2])] = Slab(message[3], self.dataset.schema)
+                    for name, value in message[4].items():
+                        self._stats[name] += value
+                elif kind == "done":
+                    in_flight.pop(mkey, None)
+                    done.add(mkey)
+                    dispatch()
+                else:  # "error"
+                    in_flight.pop(mkey, None)
+                    self._bad_unit(units[mkey], message[2].splitlines()[0], message[2])
+                    done.add(mkey)
+                    dispatch()
+        finally:
+            for slab in slabs.values():
+                slab.release()
+
+    def _receive(self, current: dict, units: dict):
+        while True:
+            try:
+                return self._result_queue.get(timeout=0.5)
+            except queue.Empty:
+                for index, process in enumerate(self._workers):
+                    if not process.is_alive():
+                        key = current.get(index)
+                        self.close()
+                        if key in units:
+                            raise DataError(
+                                f"loader worker {index} died (exit code {process.exitcode}) while reading "
+                                f"{units[key]}: a crash in reading or decoding, not a Python error; check "
+                                "memory and the file"
+                            )
+                        raise DataError(
+                            f"loader worker {index} died (exit code {process.exitcode}) before reading anything; "
+                            "workers are spawned, so a script must start its work under "
+                            "`if __name__ == '__main__':` (see the worker's error above)"
+                        )
+
+    def _bad_unit(self, unit, message: str, details: str = "") -> None:
+        if self.on_bad_unit == "skip":
+            self._stats["skipped_units"].append(f"{unit}: {message}")
+            return
+        self.close()
+        raise DataError(f"{unit}: {message}; pass on_bad_unit='skip' to leave bad units out" + (f"\n{details}" if details else ""))
+
+    # -- workers -------------------------------------------------------------------------------
+    def _start_workers(self) -> None:
+        if self._workers and all(p.is_alive() for p in self._workers):
+            return
+        self.close()
+        context = mp.get_context("spawn")  # fork would copy numba's and torch's threads
+        self._task_queue, self._result_queue = context.Queue(), context.Queue()
+        host = self.plan.host if self.plan else None
+        for index in range(self.num_workers):
+            process = context.Process(
+                target=worker_main,
+                args=(self.dataset, host, self.read_batch_size, self._task_queue, self._result_queue, index),
+                daemon=True,
+                name=f"gpupre-loader-{index}",
+            )
+            process.start()
+            self._workers.append(process)
+
+    def close(self) -> None:
+        """Stop the worker processes (they start again on the next iteration)."""
+        workers, self._workers = self._workers, []
+        for _ in workers:
+            try:
+                self._task_queue.put(None)
+            except (OSError, ValueError):
+                break
+        for process in workers:
+            process.join(timeout=2)
+            if process.is_alive():
+                process.terminate()
+        if workers:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Free the slabs that finished workers left in the result queue."""
+        while True:
+            try:
+                message = self._result_queue.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            if message[0] == "slab":
+                Slab(message[3], self.dataset.schema).release()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _new_stats() -> dict:
+    return {"rows": 0, "batches": 0, "bytes_read": 0, "wait_s": 0.0, "read_s": 0.0, "host_s": 0.0,
+            "rebatch_s": 0.0, "device_s": 0.0, "wall_s": 0.0, "skipped_units": [], "rows_left_for_balance": 0}  # fmt: skip
+
+
+def _positive(value, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)

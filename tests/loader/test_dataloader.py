@@ -1,0 +1,143 @@
+"""DataLoader: every row once per epoch, rebatching, the plan, exact resume, ranks, bad units."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from resume import check_resume, epoch_ids
+
+import gpupre as gp
+
+
+@pytest.fixture(scope="module")
+def ds(synth_dir):
+    return gp.Dataset(synth_dir, passthrough="row_id")  # 600 rows in 12 units of 50
+
+
+def _loader(ds, **kw):
+    kw = {"batch_size": 64, "device": "cpu", "num_workers": 0, "read_batch_size": 20, **kw}
+    return gp.DataLoader(ds, **kw)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_row_once_per_epoch_in_batches_of_batch_size(ds, workers, shuffle):
+    loader = _loader(ds, num_workers=workers, shuffle=shuffle)
+    batches = list(loader)
+    loader.close()
+    assert [b.num_rows for b in batches] == [64] * 9 + [24] and len(loader) == 10
+    ids = epoch_ids(batches)
+    assert sorted(ids) == list(range(600))
+    assert (ids == sorted(ids)) != shuffle  # shuffled means out of order
+
+
+def test_drop_last_and_the_next_epoch_reshuffles(ds):
+    loader = _loader(ds, shuffle=True, drop_last=True)
+    first, second = epoch_ids(list(loader)), epoch_ids(list(loader))
+    assert len(first) == len(second) == 576 and first != second
+    assert loader.state_dict()["epoch"] == 2
+
+
+def test_batches_are_torch_and_equal_the_plan_on_the_whole_data(ds):
+    dense = [f.name for f in ds.schema.dense]
+    sparse = [f.name for f in ds.schema.sparse if f.kind == "sparse"]
+    scored = [f.name for f in ds.schema.sparse if f.kind == "scored"]
+    pipe = gp.Pipeline([gp.FillMissing(dense, 0.0), gp.Log1p(dense), gp.Hash(sparse, 1000),
+                        gp.Truncate(sparse[:3], 2), gp.SortByScore(scored, top_k=2)])  # fmt: skip
+    pipe = pipe.fit(ds, progress=False)
+    loader = _loader(ds, pipeline=pipe, num_workers=2)
+    assert loader.plan.host is not None  # Truncate and SortByScore run in the workers
+    batches = list(loader)
+    loader.close()
+    assert isinstance(batches[0].dense, torch.Tensor) and batches[0].dense.T.shape == (64, len(dense))
+    got = gp.Batch.concat([b.map_arrays(lambda t: t.numpy()) for b in batches])
+    whole = gp.Batch.concat([ds.read(u) for u in ds.units()])
+    expected = pipe.compile(ds.schema, "reference").run(whole)
+    np.testing.assert_allclose(got.dense, expected.dense, rtol=1e-6)
+    for name in expected.sparse.keys:
+        for part in (0, 1):
+            np.testing.assert_array_equal(got.sparse.feature(name)[part], expected.sparse.feature(name)[part])
+    np.testing.assert_array_equal(got.labels, whole.labels)
+
+
+@pytest.mark.parametrize("workers,shuffle,midpoint", [(0, False, 3), (2, True, 4), (2, True, 1)])
+def test_resume_delivers_every_row_once(ds, workers, shuffle, midpoint):
+    check_resume(lambda: _loader(ds, num_workers=workers, shuffle=shuffle, seed=7), midpoint)
+
+
+def test_a_state_from_another_loader_is_refused(ds):
+    state = _loader(ds, seed=1, shuffle=True).state_dict()
+    with pytest.raises(gp.ConfigError, match="seed=1 differs"):
+        _loader(ds, seed=2, shuffle=True).load_state_dict(state)
+
+
+def test_ranks_are_disjoint_and_take_the_same_number_of_steps(ds):
+    loaders = [_loader(ds, rank=r, world_size=3, batch_size=32, shuffle=True) for r in range(3)]
+    epochs = [list(loader) for loader in loaders]
+    assert len({len(e) for e in epochs}) == 1 == len({len(loader) for loader in loaders})
+    ids = [set(epoch_ids(e)) for e in epochs]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert sum(map(len, ids)) + sum(loader.stats()["rows_left_for_balance"] for loader in loaders) == 600
+
+
+@pytest.fixture
+def ds_with_a_bad_unit(synth_dir, tmp_path):
+    """The synthetic files plus one whose second row group's bytes are overwritten."""
+    import glob
+    import shutil
+
+    for p in sorted(glob.glob(f"{synth_dir}/**/*.parquet", recursive=True)):
+        shutil.copy(p, tmp_path / p.split("/")[-1])
+    bad = sorted(tmp_path.glob("*.parquet"))[0]
+    meta = pq.ParquetFile(bad).metadata.row_group(1).column(0)
+    data = bytearray(bad.read_bytes())
+    start = meta.data_page_offset
+    data[start : start + 64] = b"\xff" * 64
+    bad.write_bytes(bytes(data))
+    return gp.Dataset(str(tmp_path), passthrough="row_id"), f"{bad} row group 1"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_unit_raises_naming_it_or_is_skipped_and_listed(ds_with_a_bad_unit, workers):
+    ds, unit = ds_with_a_bad_unit
+    with pytest.raises(gp.DataError, match=unit):
+        list(_loader(ds, num_workers=workers))
+    loader = _loader(ds, num_workers=workers, on_bad_unit="skip")
+    ids = epoch_ids(list(loader))
+    loader.close()
+    assert len(ids) == 550 and len(set(ids)) == 550
+    assert [s.split(":")[0] for s in loader.stats()["skipped_units"]] == [unit]
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(ds):
+    loader = _loader(ds, num_workers=2, read_batch_size=10, batch_size=16, prefetch=1)
+    it = iter(loader)
+    next(it)
+    for process in loader._workers:
+        process.kill()
+    with pytest.raises(gp.DataError, match="died"):
+        list(it)
+
+
+def test_stats_report_rows_bytes_and_stage_times(ds):
+    loader = _loader(ds, num_workers=2)
+    list(loader)
+    stats = loader.stats()
+    loader.close()
+    assert stats["rows"] == 600 and stats["batches"] == 10 and stats["rows_per_s"] > 0
+    assert stats["bytes_read"] > 0 and stats["read_s"] > 0 and stats["wait_s"] >= 0
+
+
+@pytest.mark.parametrize(
+    "kw,words",
+    [({"batch_size": 0}, "batch_size=0"), ({"num_workers": -1}, "num_workers=-1"), ({"rank": 2, "world_size": 2}, "rank=2"),
+     ({"on_bad_unit": "ignore"}, "on_bad_unit='ignore'"), ({"read_batch_size": 1.5}, "read_batch_size=1.5")],
+)  # fmt: skip
+def test_bad_arguments_are_config_errors(ds, kw, words):
+    with pytest.raises(gp.ConfigError, match=words.replace("[", r"\[")):
+        _loader(ds, **kw)
+
+
+def test_a_dataset_is_required():
+    with pytest.raises(gp.ConfigError, match="gp.Dataset"):
+        gp.DataLoader("data.parquet", 10)

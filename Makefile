@@ -5,6 +5,10 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test
+# real torchrec for the to_torchrec() tests, without its CUDA fbgemm-gpu and heavy extras
+TORCHREC := fbgemm-gpu-cpu==1.8.0
+TORCHREC_NODEPS := torchrec==1.9.2 tensordict==0.15.3 pyvers==0.2.3 cloudpickle==3.1.2 \
+	pyre-extensions==0.0.32 typing-inspect==0.9.0 mypy-extensions==1.2.0
 
 .PHONY: demo test bench clean
 .DELETE_ON_ERROR:
@@ -14,9 +18,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # torch first, pinned, so that the project's `torch>=...` is already satisfied by it
-$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
+$(VENV)/.installed-$(EXTRAS): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q $(TORCHREC)
+	$(BIN)/python -m pip install -q --no-deps $(TORCHREC_NODEPS)
 	touch $@
 
 test: $(VENV)/.installed-$(EXTRAS)
@@ -28,6 +34,7 @@ demo: $(VENV)/.installed-$(EXTRAS)
 bench: $(VENV)/.installed-$(EXTRAS)
 	$(BIN)/python -m bench reader
 	$(BIN)/python -m bench transforms
+	$(BIN)/python -m bench loader
 	$(BIN)/python -m bench report > bench/results/REPORT.md
 
 clean:

@@ -85,13 +85,43 @@ def main() -> None:
     print(f"-> {out}")
     print(f"   I1 normalized: {np.round(out.dense[0, :4], 3).tolist()}, C1 hashed: {out.sparse.feature('C1')[1][:3].tolist()}")
 
-    section("5. reader benchmark: projection vs map layout (500 features)")
+    section("5. training a small DLRM-style model through gp.DataLoader")
+    train_dlrm(flat_path)
+
+    section("6. reader benchmark: projection vs map layout (500 features)")
     result = reader_bench.run(rows=16_380, repeats=3, progress=False, save_results=False)
     print(reader_bench.report(result))
 
-    section("6. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
+    section("7. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
     result = transforms_bench.run(repeats=3, nvtabular=False, kinds=("criteo",), progress=False, save_results=False)
     print(transforms_bench.report(result))
+
+
+def train_dlrm(path: str, steps: int = 400) -> None:
+    """A fitted pipeline, the loader's workers and rebatching, and a model that learns."""
+    import torch
+
+    from bench.dlrm import DLRM, train
+
+    ds = gp.Dataset(path)
+    dense = [f.name for f in ds.schema.dense]
+    lists = [f.name for f in ds.schema.sparse]
+    scored = [f.name for f in ds.schema.sparse if f.kind == "scored"]
+    pipe = gp.Pipeline([gp.FillMissing(dense, 0.0), gp.Log1p(dense), gp.Normalize(dense),
+                        gp.SortByScore(scored, top_k=5), gp.Truncate(lists, 20), gp.Hash(lists, 20_000)])  # fmt: skip
+    pipe = pipe.fit(ds, progress=False)
+    loader = gp.DataLoader(ds, batch_size=256, pipeline=pipe, device="auto", shuffle=True, num_workers=2,
+                           read_batch_size=1024)  # fmt: skip
+    torch.manual_seed(0)
+    model = DLRM(len(dense), lists, 20_000).to(loader.device)
+    result = train(loader, model, steps)
+    loader.close()
+    losses = result["losses"]
+    stats = loader.stats()
+    print(f"{steps} steps of 256 rows on {loader.device} ({len(lists)} embedding bags, {len(dense)} dense features)")
+    print(f"loss: first 50 steps {np.mean(losses[:50]):.4f} -> last 50 steps {np.mean(losses[-50:]):.4f}")
+    print(f"training throughput {result['rows_per_s']:,.0f} rows/s; the loader's last epoch: "
+          f"{stats['rows_per_s']:,.0f} rows/s, waited {stats['wait_s']:.2f}s, read {stats['bytes_read']:,} bytes")  # fmt: skip
 
 
 def _equal(x: gp.Batch, y: gp.Batch) -> bool:

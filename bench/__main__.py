@@ -5,10 +5,10 @@ import json
 import os
 import sys
 
-from . import cuda, reader, transforms
+from . import cuda, loader, reader, transforms
 from .common import RESULTS_DIR
 
-BENCHMARKS = {"cuda": cuda, "reader": reader, "transforms": transforms}
+BENCHMARKS = {"cuda": cuda, "loader": loader, "reader": reader, "transforms": transforms}
 
 
 def main(argv=None) -> None:

@@ -318,3 +318,18 @@ def test_take_rows_and_concat_keep_the_key_major_layout():
     np.testing.assert_allclose(t.sparse.weights, [1, 1, 1, 1, 1, 0.1, 0.1])
     assert_same(gp.Batch.concat([b.rows(0, 2), b.rows(2, 3), b.rows(3, 3)]), b, rtol=0)
     assert b.rows(1, 1).num_rows == 0
+
+
+def test_to_torchrec_is_a_real_keyed_jagged_tensor_over_the_same_memory():
+    pytest.importorskip("torchrec", reason="make test installs torchrec 1.9.2 with fbgemm-gpu-cpu")
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    from transforms.helpers import make_batch
+
+    b = make_batch({"x": [1.0, 2.0]}, {"a": [[1, 2], []], "b": [[3], [4, 5]]}, {"w": ([[6], [7, 8]], [[0.5], [0.25, 0.75]])})
+    kjt = b.to_torchrec()
+    assert isinstance(kjt, KeyedJaggedTensor) and kjt.keys() == ["a", "b", "w"]
+    assert kjt["b"].values().tolist() == [3, 4, 5] and kjt["b"].lengths().tolist() == [1, 2]
+    assert kjt["w"].weights().tolist() == [0.5, 0.25, 0.75] and kjt["a"].weights().tolist() == [1.0, 1.0]
+    assert kjt.offsets().tolist() == [0, 2, 2, 3, 5, 6, 8]
+    assert kjt.values().data_ptr() == torch.from_dlpack(b.sparse.values).data_ptr()  # no copy
+    assert kjt.to_dict()["a"].values().tolist() == [1, 2]

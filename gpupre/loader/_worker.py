@@ -19,8 +19,11 @@ def shuffle_rng(seed: int, epoch: int, position: int, slab: int) -> np.random.Ge
     return np.random.default_rng([seed, epoch, position, slab])
 
 
-def read_unit(dataset, host_level, task, read_batch_size: int):
+def read_unit(dataset, stage, task, read_batch_size: int):
     """The slabs of one task (key, unit, skip, shuffle): (host batch, stats) pairs.
+
+    stage: None, a plan's host stage (a SparseLevel: the device stage runs in the client), or a
+    whole Plan (CPU training: every stage runs here, in parallel over the workers).
 
     shuffle is None or (seed, epoch, position): rows are permuted within each slab, the same way
     on every run, and `skip` counts rows in that order (so a resumed unit skips exactly the rows
@@ -28,6 +31,7 @@ def read_unit(dataset, host_level, task, read_batch_size: int):
     """
     from ..batch import KeyedJagged
     from ..transforms.cpu import CpuExecutor, _host_arrays
+    from ..transforms.plan import Plan
 
     _, unit, skip, shuffle = task
     stats = {"read_s": 0.0, "host_s": 0.0}  # of the slab just yielded (and any skipped before it)
@@ -42,21 +46,26 @@ def read_unit(dataset, host_level, task, read_batch_size: int):
             continue
         if skip:
             batch, skip = batch.rows(skip, batch.num_rows), 0
-        if host_level is not None and batch.num_rows:
-            t = time.perf_counter()
-            lengths, values, weights = CpuExecutor.run_level(host_level, batch.num_rows, *_host_arrays(batch.sparse), None)
+        t = time.perf_counter()
+        if isinstance(stage, Plan):
+            batch = stage.run(batch)
+        elif stage is not None and batch.num_rows:
+            lengths, values, weights = CpuExecutor.run_level(stage, batch.num_rows, *_host_arrays(batch.sparse), None)
             batch = replace(batch, sparse=KeyedJagged(batch.sparse.keys, lengths, values, weights))
-            stats["host_s"] += time.perf_counter() - t
+        stats["host_s"] += time.perf_counter() - t
         yield batch, stats
         stats = {"read_s": 0.0, "host_s": 0.0}
         start = time.perf_counter()
 
 
-def main(dataset, host_level, read_batch_size: int, tasks, results, worker: int) -> None:
+def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int) -> None:
     """Worker loop: one task at a time until the None sentinel."""
+    import numba
+
     from ..storage.iostats import CountingFileSystem
     from ._slabs import to_shared
 
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # share the cores
     counting = CountingFileSystem(dataset.filesystem)
     dataset.filesystem = counting
     while True:
@@ -66,7 +75,7 @@ def main(dataset, host_level, read_batch_size: int, tasks, results, worker: int)
         position = task[0]
         results.put(("start", worker, position))
         try:
-            for index, (batch, stats) in enumerate(read_unit(dataset, host_level, task, read_batch_size)):
+            for index, (batch, stats) in enumerate(read_unit(dataset, stage, task, read_batch_size)):
                 stats["bytes_read"] = counting.bytes_read
                 counting.reset()
                 results.put(("slab", position, index, to_shared(batch), stats))

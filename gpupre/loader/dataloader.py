@@ -70,6 +70,11 @@ class DataLoader:
         self.rank, self.world_size, self.on_bad_unit = rank, world_size, on_bad_unit
         self.device = resolve_device(device)
         self.plan = None if pipeline is None else pipeline.compile(dataset.schema, self.device, host_stage=True)
+        # on the CPU the whole plan runs in the workers, in parallel (it works row by row, so per
+        # slab is the same as per batch); with a GPU they run its host stage only
+        on_cpu = not self.device.startswith("cuda")
+        self._stage = self.plan if on_cpu else (self.plan.host if self.plan else None)
+        self._slab_schema = self.plan.output_schema if (self.plan and on_cpu) else dataset.schema
         self.epoch, self.delivered = 0, 0  # rows of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
         self._stats = _new_stats()
@@ -151,8 +156,8 @@ class DataLoader:
     def _device_stage(self, batch: Batch) -> Batch:
         if self.device.startswith("cuda"):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        if self.plan is not None:
-            batch = self.plan.run(batch, host_stage=False)
+            if self.plan is not None:
+                batch = self.plan.run(batch, host_stage=False)
         return batch.to_torch()
 
     def _rebatch(self, slabs, remaining: int):
@@ -161,17 +166,20 @@ class DataLoader:
         for slab in slabs:
             batch = slab.batch if isinstance(slab, Slab) else slab
             at = 0
-            while at < batch.num_rows and remaining > 0:
-                take = min(batch.num_rows - at, self.batch_size - filled, remaining)
-                t = time.perf_counter()
-                parts.append(batch.rows(at, at + take))
-                self._stats["rebatch_s"] += time.perf_counter() - t
-                at, filled, remaining = at + take, filled + take, remaining - take
-                if filled == self.batch_size or remaining == 0:
-                    yield self._assemble(parts)
-                    parts, filled = [], 0
-            if isinstance(slab, Slab):
-                slab.release()
+            try:
+                while at < batch.num_rows and remaining > 0:
+                    take = min(batch.num_rows - at, self.batch_size - filled, remaining)
+                    t = time.perf_counter()
+                    parts.append(batch.rows(at, at + take))  # a copy: the slab can go
+                    self._stats["rebatch_s"] += time.perf_counter() - t
+                    at, filled, remaining = at + take, filled + take, remaining - take
+                    if filled == self.batch_size or remaining == 0:
+                        yield self._assemble(parts)
+                        parts, filled = [], 0
+            finally:  # also when the consumer stops early
+                if isinstance(slab, Slab):
+                    batch = None
+                    slab.release()
             if remaining == 0:
                 return
         if parts and not self.drop_last:
@@ -195,7 +203,7 @@ class DataLoader:
     def _read_here(self, task):
         try:
             wait = time.perf_counter()
-            for batch, stats in read_unit(self._local, self.plan.host if self.plan else None, task, self.read_batch_size):
+            for batch, stats in read_unit(self._local, self._stage, task, self.read_batch_size):
                 self._stats["wait_s"] += time.perf_counter() - wait
                 for name, value in stats.items():
                     self._stats[name] += value
@@ -241,10 +249,10 @@ class DataLoader:
                     continue
                 if mkey[0] != self._generation:  # left over from an earlier iteration
                     if kind == "slab":
-                        Slab(message[3], self.dataset.schema).release()
+                        Slab(message[3], self._slab_schema).release()
                     continue
                 if kind == "slab":
-                    slabs[(mkey, message[2])] = Slab(message[3], self.dataset.schema)
+                    slabs[(mkey, message[2])] = Slab(message[3], self._slab_schema)
                     for name, value in message[4].items():
                         self._stats[name] += value
                 elif kind == "done":
@@ -295,11 +303,11 @@ class DataLoader:
         self.close()
         context = mp.get_context("spawn")  # fork would copy numba's and torch's threads
         self._task_queue, self._result_queue = context.Queue(), context.Queue()
-        host = self.plan.host if self.plan else None
+        threads = max(1, (os.cpu_count() or 1) // self.num_workers)
         for index in range(self.num_workers):
             process = context.Process(
                 target=worker_main,
-                args=(self.dataset, host, self.read_batch_size, self._task_queue, self._result_queue, index),
+                args=(self.dataset, self._stage, self.read_batch_size, self._task_queue, self._result_queue, index, threads),
                 daemon=True,
                 name=f"gpupre-loader-{index}",
             )
@@ -329,7 +337,7 @@ class DataLoader:
             except (queue.Empty, OSError, ValueError):
                 return
             if message[0] == "slab":
-                Slab(message[3], self.dataset.schema).release()
+                Slab(message[3], self._slab_schema).release()
 
     def __del__(self):
         try:

@@ -340,9 +340,10 @@ def _take_column(column, index):
 
 
 def _concat_column(columns):
-    if isinstance(columns[0], np.ndarray):
+    if all(isinstance(c, np.ndarray) for c in columns):
         return np.concatenate(columns)
-    return pa.concat_arrays(columns)
+    # a column with nulls in some parts is Arrow there (see _extra): Arrow for the whole
+    return pa.concat_arrays([c if isinstance(c, pa.Array) else pa.array(c) for c in columns])
 
 
 def _is_array(x) -> bool:

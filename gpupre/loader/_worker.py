@@ -3,7 +3,7 @@
 Messages to the client (through the result queue), in order per unit:
     ("start", worker, position)
     ("slab", position, index, description, stats)    one per slab of up to read_batch_size rows
-    ("done", position)  or  ("error", position, message)
+    ("done", position, slabs sent)  or  ("error", position, message, slabs sent)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def read_unit(dataset, stage, task, read_batch_size: int):
         start = time.perf_counter()
 
 
-def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int) -> None:
+def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int, generation) -> None:
     """Worker loop: one task at a time until the None sentinel."""
     import numba
 
@@ -73,12 +73,18 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
         if task is None:
             return
         position = task[0]
+        if position[0] != generation.value:  # from an iteration the client has left
+            continue
         results.put(("start", worker, position))
+        sent = 0
         try:
-            for index, (batch, stats) in enumerate(read_unit(dataset, stage, task, read_batch_size)):
+            for batch, stats in read_unit(dataset, stage, task, read_batch_size):
                 stats["bytes_read"] = counting.bytes_read
                 counting.reset()
-                results.put(("slab", position, index, to_shared(batch), stats))
-            results.put(("done", position))
+                results.put(("slab", position, sent, to_shared(batch), stats))
+                sent += 1
+                if position[0] != generation.value:
+                    break
+            results.put(("done", position, sent))
         except Exception as e:  # noqa: BLE001 - every failure goes to the client, named
-            results.put(("error", position, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            results.put(("error", position, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", sent))

@@ -99,7 +99,7 @@ class DataLoader:
         """Where the epoch stands: restoring it delivers every remaining row once, no row twice."""
         return {"version": STATE_VERSION, "epoch": self.epoch, "delivered": self.delivered, "seed": self.seed,
                 "shuffle": self.shuffle, "rank": self.rank, "world_size": self.world_size,
-                "units": len(self.dataset.units())}  # fmt: skip
+                "read_batch_size": self.read_batch_size, "units": len(self.dataset.units())}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` (taken by `state_dict()` of a loader over the same data and shares).
@@ -108,7 +108,7 @@ class DataLoader:
             ConfigError: the state is from another dataset, seed, shuffle or share.
         """
         mine = self.state_dict()
-        for key in ("version", "seed", "shuffle", "rank", "world_size", "units"):
+        for key in ("version", "seed", "shuffle", "rank", "world_size", "read_batch_size", "units"):
             if state.get(key) != mine[key]:
                 raise ConfigError(
                     f"state_dict {key}={state.get(key)!r} differs from this loader's {mine[key]!r}; "
@@ -138,12 +138,13 @@ class DataLoader:
             seen += unit.num_rows
         start = time.perf_counter()
         remaining = target - skip
+        generation = self._generation
         try:
-            for batch in self._rebatch(self._slabs(tasks), remaining):
+            for batch, advance in self._rebatch(self._slabs(tasks, generation), remaining):
                 t = time.perf_counter()
                 batch = self._device_stage(batch)
                 self._stats["device_s"] += time.perf_counter() - t
-                self.delivered += batch.num_rows
+                self.delivered += advance  # rows delivered, plus rows of skipped units before them
                 self._stats["rows"] += batch.num_rows
                 self._stats["batches"] += 1
                 self._stats["wall_s"] = time.perf_counter() - start
@@ -161,9 +162,19 @@ class DataLoader:
         return batch.to_torch()
 
     def _rebatch(self, slabs, remaining: int):
-        """Batches of batch_size rows (the last may be smaller) from slabs, in order."""
-        parts, filled = [], 0
+        """(batch, cursor advance) of batch_size rows (the last may be smaller) from slabs, in order.
+
+        A `_Gap` (the unread rows of a skipped unit) delivers nothing but moves the cursor, so
+        that a resumed epoch does not read those rows again.
+        """
+        parts, filled, gap = [], 0, 0
         for slab in slabs:
+            if isinstance(slab, _Gap):
+                rows = min(slab.rows, remaining)
+                gap, remaining = gap + rows, remaining - rows
+                if remaining == 0:
+                    break
+                continue
             batch = slab.batch if isinstance(slab, Slab) else slab
             at = 0
             try:
@@ -174,8 +185,8 @@ class DataLoader:
                     self._stats["rebatch_s"] += time.perf_counter() - t
                     at, filled, remaining = at + take, filled + take, remaining - take
                     if filled == self.batch_size or remaining == 0:
-                        yield self._assemble(parts)
-                        parts, filled = [], 0
+                        yield self._assemble(parts), filled + gap
+                        parts, filled, gap = [], 0, 0
             finally:  # also when the consumer stops early
                 if isinstance(slab, Slab):
                     batch = None
@@ -183,7 +194,7 @@ class DataLoader:
             if remaining == 0:
                 return
         if parts and not self.drop_last:
-            yield self._assemble(parts)
+            yield self._assemble(parts), filled + gap
 
     def _assemble(self, parts) -> Batch:
         t = time.perf_counter()
@@ -192,15 +203,16 @@ class DataLoader:
         return batch
 
     # -- the slab source -----------------------------------------------------------------------
-    def _slabs(self, tasks):
+    def _slabs(self, tasks, generation: int):
         """Host slabs of `tasks` in task order (workers may finish them in any order)."""
         if self.num_workers == 0:
             for task in tasks:
                 yield from self._read_here(task)
             return
-        yield from self._from_workers(tasks)
+        yield from self._from_workers(tasks, generation)
 
     def _read_here(self, task):
+        rows = 0
         try:
             wait = time.perf_counter()
             for batch, stats in read_unit(self._local, self._stage, task, self.read_batch_size):
@@ -209,36 +221,49 @@ class DataLoader:
                     self._stats[name] += value
                 self._stats["bytes_read"] += self._local.filesystem.bytes_read
                 self._local.filesystem.reset()
+                rows += batch.num_rows
                 yield batch
                 wait = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - named, then raised or skipped
             self._bad_unit(task[1], f"{type(e).__name__}: {e}")
+            yield _Gap(task[1].num_rows - task[2] - rows)
 
-    def _from_workers(self, tasks):
+    def _from_workers(self, tasks, generation: int):
         self._start_workers()
+        self._current_generation.value = generation
         pending = list(reversed(tasks))
-        in_flight, done, slabs, current = {}, set(), {}, {}
+        done, slabs, current, gaps = {}, {}, {}, {}
         order = [t[0] for t in tasks]
         units = {t[0]: t[1] for t in tasks}
-        next_at, next_slab = 0, 0
+        rows_of = {t[0]: t[1].num_rows - t[2] for t in tasks}
+        next_at, next_slab, dispatched = 0, 0, 0
+        window = self.num_workers * self.prefetch  # units read ahead of the one being delivered
 
         def dispatch():
-            while pending and len(in_flight) < self.num_workers * self.prefetch:
-                task = pending.pop()
-                in_flight[task[0]] = task
-                self._task_queue.put(task)
+            nonlocal dispatched
+            while pending and dispatched < next_at + window:
+                self._task_queue.put(pending.pop())
+                dispatched += 1
 
         dispatch()
         try:
             while next_at < len(order):
+                if self._generation != generation:
+                    raise ConfigError("a newer iteration of this DataLoader started; iterate one at a time")
                 key = order[next_at]
                 if (key, next_slab) in slabs:
-                    yield slabs.pop((key, next_slab))
+                    slab = slabs.pop((key, next_slab))
+                    rows_of[key] -= slab.num_rows
+                    yield slab
                     next_slab += 1
                     continue
                 if key in done:
-                    done.discard(key)
+                    if done.pop(key) != next_slab:
+                        raise DataError(f"{units[key]}: a slab message was lost between the worker and the loader")
+                    if key in gaps:
+                        yield _Gap(rows_of[key])
                     next_at, next_slab = next_at + 1, 0
+                    dispatch()
                     continue
                 wait = time.perf_counter()
                 message = self._receive(current, units)
@@ -247,7 +272,7 @@ class DataLoader:
                 if kind == "start":
                     current[message[1]] = message[2]
                     continue
-                if mkey[0] != self._generation:  # left over from an earlier iteration
+                if mkey[0] != generation:  # left over from an earlier iteration
                     if kind == "slab":
                         Slab(message[3], self._slab_schema).release()
                     continue
@@ -256,14 +281,11 @@ class DataLoader:
                     for name, value in message[4].items():
                         self._stats[name] += value
                 elif kind == "done":
-                    in_flight.pop(mkey, None)
-                    done.add(mkey)
-                    dispatch()
-                else:  # "error"
-                    in_flight.pop(mkey, None)
+                    done[mkey] = message[2]
+                else:  # "error": the slabs sent before it still count
                     self._bad_unit(units[mkey], message[2].splitlines()[0], message[2])
-                    done.add(mkey)
-                    dispatch()
+                    gaps[mkey] = True
+                    done[mkey] = message[3]
         finally:
             for slab in slabs.values():
                 slab.release()
@@ -303,11 +325,13 @@ class DataLoader:
         self.close()
         context = mp.get_context("spawn")  # fork would copy numba's and torch's threads
         self._task_queue, self._result_queue = context.Queue(), context.Queue()
+        self._current_generation = context.Value("q", 0, lock=False)  # workers skip older tasks
         threads = max(1, (os.cpu_count() or 1) // self.num_workers)
         for index in range(self.num_workers):
             process = context.Process(
                 target=worker_main,
-                args=(self.dataset, self._stage, self.read_batch_size, self._task_queue, self._result_queue, index, threads),
+                args=(self.dataset, self._stage, self.read_batch_size, self._task_queue, self._result_queue, index, threads,
+                      self._current_generation),
                 daemon=True,
                 name=f"gpupre-loader-{index}",
             )
@@ -317,24 +341,26 @@ class DataLoader:
     def close(self) -> None:
         """Stop the worker processes (they start again on the next iteration)."""
         workers, self._workers = self._workers, []
+        if not workers:
+            return
+        self._current_generation.value = -1  # queued tasks are skipped, not read
         for _ in workers:
-            try:
-                self._task_queue.put(None)
-            except (OSError, ValueError):
-                break
+            self._task_queue.put(None)
+        deadline = time.monotonic() + 10
+        while any(p.is_alive() for p in workers) and time.monotonic() < deadline:
+            self._drain(timeout=0.1)  # a worker cannot exit while its messages are unread
         for process in workers:
-            process.join(timeout=2)
             if process.is_alive():
                 process.terminate()
-        if workers:
-            self._drain()
+            process.join(timeout=1)
+        self._drain(timeout=0.0)
 
-    def _drain(self) -> None:
-        """Free the slabs that finished workers left in the result queue."""
+    def _drain(self, timeout: float) -> None:
+        """Free the slabs left in the result queue."""
         while True:
             try:
-                message = self._result_queue.get_nowait()
-            except (queue.Empty, OSError, ValueError):
+                message = self._result_queue.get(timeout=timeout) if timeout else self._result_queue.get_nowait()
+            except (queue.Empty, OSError, ValueError, EOFError):
                 return
             if message[0] == "slab":
                 Slab(message[3], self._slab_schema).release()
@@ -344,6 +370,13 @@ class DataLoader:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+class _Gap:
+    """The rows of a skipped unit that were not delivered: the cursor moves past them."""
+
+    def __init__(self, rows: int):
+        self.rows = max(0, rows)
 
 
 def _new_stats() -> dict:

@@ -204,7 +204,10 @@ class CudaExecutor:
                          scan_in.data_ptr(), 0, len(lengths), 0, status.data_ptr())  # fmt: skip
             self._scan(scan_in)
             offsets = (scan_in, 0, 0)
-            checks.append((scan_in, len(lengths), len(values)))
+            # checked before the lengths pass reads rows at these offsets
+            read = self._read_sync([(status.data_ptr(), 4), (scan_in.data_ptr() + 8 * len(lengths), 1)])
+            self._raise_on_status(read[:4], level, num_keys, n)
+            _check_total(read[4], len(values))
         copy = len(lengths) if offsets is None else 0
         scan = self._empty((1 + copy + keys_out * n,), torch.int64)
         if offsets is None:
@@ -222,10 +225,7 @@ class CudaExecutor:
         read = self._read_sync(cells + [(scan.data_ptr() + 8 * (len(scan) - 1), 1)])
         self._raise_on_status(read[:4], level, num_keys, n)
         for (_, _, expected), got in zip(checks, read[4:-1]):
-            if got != expected:
-                raise DataError(
-                    f"batch lengths sum to {got} but there are {expected} values; the batch is corrupt"
-                )
+            _check_total(got, expected)
         out_base = read[-2] if copy else 0  # the input total precedes the output lengths in `scan`
         total = read[-1] - out_base
         out_values = self._empty((total,), torch.int64)
@@ -323,6 +323,11 @@ _TABLE_FIELDS = {
     DenseProgram: ("src", "steps", "fparams", "iparams", "boundaries", "out_dense", "out_id"),
     SparseLevel: ("kind", "a", "b", "params", "maps", "map_params", "weighted", "out"),
 }
+
+
+def _check_total(total: int, values: int) -> None:
+    if total != values:
+        raise DataError(f"batch lengths sum to {total} but there are {values} values; the batch is corrupt")
 
 
 def _has_set_ops(level: SparseLevel) -> bool:

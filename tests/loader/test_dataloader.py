@@ -141,3 +141,39 @@ def test_bad_arguments_are_config_errors(ds, kw, words):
 def test_a_dataset_is_required():
     with pytest.raises(gp.ConfigError, match="gp.Dataset"):
         gp.DataLoader("data.parquet", 10)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_a_skipped_unit_neither_repeats_nor_loses_rows(ds_with_a_bad_unit, workers):
+    ds, _ = ds_with_a_bad_unit
+    a, b = check_resume(lambda: _loader(ds, num_workers=workers, on_bad_unit="skip", batch_size=16), 5)
+    assert len(a) + len(b) == 550
+
+
+def test_a_state_with_another_read_batch_size_is_refused(ds):
+    state = _loader(ds, read_batch_size=20).state_dict()
+    with pytest.raises(gp.ConfigError, match="read_batch_size=20 differs"):
+        _loader(ds, read_batch_size=30).load_state_dict(state)
+
+
+def test_a_second_iteration_stops_the_first(ds):
+    loader = _loader(ds, num_workers=2)
+    first = iter(loader)
+    next(first)
+    second = iter(loader)
+    assert next(second).num_rows == 64
+    with pytest.raises(gp.ConfigError, match="a newer iteration"):
+        list(first)
+    loader.close()
+
+
+def test_stopping_early_and_closing_leaves_no_shared_memory(ds):
+    import glob
+
+    before = set(glob.glob("/dev/shm/psm_*"))
+    loader = _loader(ds, num_workers=2, read_batch_size=5, batch_size=8)
+    for i, _ in enumerate(loader):
+        if i == 3:
+            break
+    loader.close()
+    assert not set(glob.glob("/dev/shm/psm_*")) - before

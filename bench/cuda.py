@@ -27,7 +27,7 @@ import numpy as np
 import gpupre as gp
 from gpupre.schema import Feature
 
-from .common import markdown_table, save, targets_table
+from .common import markdown_table, measure, save, targets_table
 
 DENSE = (13, 100, 500)
 SPARSE = (26, 200)
@@ -153,18 +153,6 @@ def gpu_time(fn, repeats: int = 30, warmup: int = 5, inner: int = 1) -> float:
     return statistics.median(times)
 
 
-def wall_time(fn, repeats: int = 5) -> tuple[float, float]:
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), first
-
-
 def capture(fn):
     """`fn` captured in a CUDA graph: (replay, outputs of the capture)."""
     import torch
@@ -240,7 +228,8 @@ def run(save_results: bool = True, rows=ROWS, dense=DENSE, sparse=SPARSE) -> dic
                 if n in NUMBA_ROWS:
                     host = batch.map_arrays(lambda t: t.cpu().numpy())
                     cpu_plan = pipe.compile(schema, "cpu")
-                    row["numba_s"], row["numba_first_s"] = wall_time(lambda: cpu_plan.run(host), repeats=5)
+                    t = measure(lambda: cpu_plan.run(host), repeats=5)
+                    row["numba_s"], row["numba_first_s"] = t["median_s"], t["first_s"]
                 for contender in ("eager", "graph", "numba"):
                     if f"{contender}_s" in row:
                         row[f"vs_{contender}"] = row[f"{contender}_s"] / row["gpupre_s"]

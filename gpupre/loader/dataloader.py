@@ -127,7 +127,7 @@ class DataLoader:
     # -- iteration -------------------------------------------------------------------------------
     def __iter__(self):
         epoch, skip = self.epoch, self.delivered
-        steps, target = self._rows_this_epoch(epoch)
+        _, target = self._rows_this_epoch(epoch)
         units = self._units(epoch, self.rank)
         self._generation += 1
         tasks, seen = [], 0

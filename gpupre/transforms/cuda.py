@@ -27,7 +27,7 @@ import numpy as np
 from ..batch import Batch, KeyedJagged
 from ..errors import BackendUnavailable, DataError, KernelError
 from ..schema import SCORED
-from .plan import S_INTERSECT, S_OVERLAP, S_UNION, DenseProgram, Plan, SparseLevel
+from .plan import S_INTERSECT, S_OVERLAP, S_UNION, DenseProgram, Plan, SparseLevel, check_total
 
 __all__ = ["KERNELS", "SCAN_LAUNCHES", "CudaExecutor"]
 
@@ -206,8 +206,8 @@ class CudaExecutor:
             offsets = (scan_in, 0, 0)
             # checked before the lengths pass reads rows at these offsets
             read = self._read_sync([(status.data_ptr(), 4), (scan_in.data_ptr() + 8 * len(lengths), 1)])
-            self._raise_on_status(read[:4], level, num_keys, n)
-            _check_total(read[4], len(values))
+            self._raise_on_status(read[:4])
+            check_total(read[4], len(values))
         copy = len(lengths) if offsets is None else 0
         scan = self._empty((1 + copy + keys_out * n,), torch.int64)
         if offsets is None:
@@ -223,9 +223,9 @@ class CudaExecutor:
         self._scan(scan)
         cells = [(status.data_ptr(), 4)] + [(s.data_ptr() + 8 * i, 1) for s, i, _ in checks]
         read = self._read_sync(cells + [(scan.data_ptr() + 8 * (len(scan) - 1), 1)])
-        self._raise_on_status(read[:4], level, num_keys, n)
+        self._raise_on_status(read[:4])
         for (_, _, expected), got in zip(checks, read[4:-1]):
-            _check_total(got, expected)
+            check_total(got, expected)
         out_base = read[-2] if copy else 0  # the input total precedes the output lengths in `scan`
         total = read[-1] - out_base
         out_values = self._empty((total,), torch.int64)
@@ -234,7 +234,7 @@ class CudaExecutor:
                      out_values.data_ptr(), 0 if out_weights is None else out_weights.data_ptr())  # fmt: skip
         return out_lengths, out_values, out_weights, (scan, copy, out_base)
 
-    def _raise_on_status(self, status, level: SparseLevel, num_keys: int, n: int):
+    def _raise_on_status(self, status):
         code, key, row, value = status
         if code == 0:
             return
@@ -323,11 +323,6 @@ _TABLE_FIELDS = {
     DenseProgram: ("src", "steps", "fparams", "iparams", "boundaries", "out_dense", "out_id"),
     SparseLevel: ("kind", "a", "b", "params", "maps", "map_params", "weighted", "out"),
 }
-
-
-def _check_total(total: int, values: int) -> None:
-    if total != values:
-        raise DataError(f"batch lengths sum to {total} but there are {values} values; the batch is corrupt")
 
 
 def _has_set_ops(level: SparseLevel) -> bool:

@@ -518,8 +518,10 @@ def _check_batch(plan: Plan, batch) -> None:
     lengths = np.asarray(lengths)
     if len(lengths) and lengths.min() < 0:
         raise DataError(f"batch lengths hold negative entries (the first at {int(np.argmin(lengths >= 0))}); lengths must be >= 0")
-    if int(lengths.sum()) != len(batch.sparse.values):
-        raise DataError(
-            f"batch lengths sum to {int(lengths.sum())} but there are {len(batch.sparse.values)} values; "
-            "the batch is corrupt"
-        )
+    check_total(int(lengths.sum()), len(batch.sparse.values))
+
+
+def check_total(total: int, values: int) -> None:
+    """The lengths of a batch sum to its number of values (device executors check on the device)."""
+    if total != values:
+        raise DataError(f"batch lengths sum to {total} but there are {values} values; the batch is corrupt")

@@ -1,7 +1,7 @@
 """The numba executor: a `Plan`'s fused stages on the host's cores (the CPU fallback).
 
 Each stage is one parallel loop over (program or app) x row, like the CUDA kernels it mirrors; the
-prefix sum between the lengths and values passes of a sparse level is numpy's cumsum.
+prefix sum between the lengths and values passes of a sparse level is a parallel scan.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..batch import Batch, KeyedJagged, offsets_of
+from ..batch import Batch, KeyedJagged
 from ..schema import SCORED
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
 from ._log1p import log1p32
@@ -43,6 +43,7 @@ from .plan import (
 __all__ = ["CpuExecutor"]
 
 BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
+SCAN_CHUNK = 1 << 16  # lengths per chunk of the parallel prefix sum
 
 
 # -- dense ---------------------------------------------------------------------------------------
@@ -135,7 +136,8 @@ def _map(v, codes, params):
 def _copy_mapped(source, lo, hi, dest, at, pre, pre_params, post, post_params):
     """dest[at:] = post(pre(source[lo:hi])); a plain slice copy when there are no maps."""
     if pre[0] == 0 and post[0] == 0:
-        dest[at : at + hi - lo] = source[lo:hi]
+        for j in range(hi - lo):  # a loop: numba's slice assignment costs more for short rows
+            dest[at + j] = source[lo + j]
     else:
         for j in range(hi - lo):
             dest[at + j] = _map(_map(source[lo + j], pre, pre_params), post, post_params)
@@ -336,6 +338,29 @@ def _level_values(
                 out_weights[dst : dst + length] = np.float32(1)
 
 
+@numba.njit(parallel=True, cache=True)
+def _offsets(lengths):
+    """offsets_of(lengths) as a parallel scan: a sum per chunk, then each chunk from its start."""
+    n = len(lengths)
+    chunks = (n + SCAN_CHUNK - 1) // SCAN_CHUNK
+    starts = np.zeros(chunks + 1, np.int64)
+    for c in prange(chunks):
+        total = np.int64(0)
+        for i in range(c * SCAN_CHUNK, min(n, (c + 1) * SCAN_CHUNK)):
+            total += lengths[i]
+        starts[c + 1] = total
+    for c in range(chunks):
+        starts[c + 1] += starts[c]
+    out = np.empty(n + 1, np.int64)
+    out[0] = 0
+    for c in prange(chunks):
+        total = starts[c]
+        for i in range(c * SCAN_CHUNK, min(n, (c + 1) * SCAN_CHUNK)):
+            total += lengths[i]
+            out[i + 1] = total
+    return out
+
+
 class CpuExecutor:
     """Runs a `Plan` with numba on the host's cores."""
 
@@ -395,12 +420,12 @@ class CpuExecutor:
     def run_level(level: SparseLevel, n: int, lengths, values, weights, derived):
         if derived is None:
             derived = np.zeros((0, n), np.float32)
-        in_offsets = offsets_of(lengths)
+        in_offsets = _offsets(lengths)
         out_lengths = np.zeros(level.num_outputs * n, np.int32)
         args = (level.kind, level.a, level.b, level.params, level.maps, level.map_params)
         if n:
             _level_lengths(*args, level.out, n, lengths, in_offsets, values, out_lengths, derived)
-        out_offsets = offsets_of(out_lengths)
+        out_offsets = _offsets(out_lengths)
         total = int(out_offsets[-1])
         out_values = np.empty(total, np.int64)
         out_weights = np.empty(total if level.has_weights else 0, np.float32)

@@ -4,7 +4,8 @@ import numpy as np
 
 
 def epoch_ids(batches, column="row_id"):
-    return [int(i) for b in batches for i in np.asarray(b.extras[column])]
+    columns = [b.extras[column] for b in batches]
+    return [int(i) for c in columns for i in np.asarray(c.cpu() if hasattr(c, "cpu") else c)]
 
 
 def check_resume(loader_factory, midpoint: int, column: str = "row_id"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import multiprocessing as mp
@@ -16,7 +17,7 @@ from ..errors import ConfigError, DataError
 from ..reader import Dataset
 from ..storage.iostats import CountingFileSystem
 from ..transforms.plan import resolve_device
-from ._slabs import Slab
+from ._slabs import Slab, Staged, stage
 from ._worker import main as worker_main
 from ._worker import read_unit
 
@@ -44,16 +45,24 @@ class DataLoader:
         drop_last: drop the last, partial batch.
         num_workers: worker processes (0: read in this process).
         read_batch_size: rows per slab (bounds a worker's memory); default min(batch_size, 8192).
-        prefetch: units in flight per worker.
+        prefetch: units read ahead per worker; on a GPU also the batches transferred ahead.
         rank, world_size: this trainer's disjoint share; every rank gets the same number of steps.
+        label: the label column(s) delivered as `batch.labels` (() for none); None keeps the
+            dataset's.
+        passthrough: columns delivered untouched in `batch.extras` (row ids, timestamps); None
+            keeps the dataset's.
         on_bad_unit: "raise" (a unit that cannot be read stops the epoch with a `DataError`
             naming it) or "skip" (it is left out and listed in `stats()["skipped_units"]`).
+
+    Raises:
+        ConfigError: an argument is out of range.
+        SchemaError: a label or pass-through column does not exist.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, pipeline=None, device: str = "auto", shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, num_workers: int | None = None,
                  read_batch_size: int | None = None, prefetch: int = 2, rank: int = 0, world_size: int = 1,
-                 on_bad_unit: str = "raise"):  # fmt: skip
+                 label=None, passthrough=None, on_bad_unit: str = "raise"):  # fmt: skip
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
         self.batch_size = _positive(batch_size, "batch_size")
@@ -64,6 +73,8 @@ class DataLoader:
             raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
         if on_bad_unit not in ("raise", "skip"):
             raise ConfigError(f"on_bad_unit={on_bad_unit!r} must be 'raise' or 'skip'")
+        if label is not None or passthrough is not None:
+            dataset = dataset.with_columns(label, passthrough)
         self.dataset, self.shuffle, self.seed, self.drop_last = dataset, bool(shuffle), int(seed), bool(drop_last)
         self._local = copy.copy(dataset)  # in-process reads (num_workers=0), counted
         self._local.filesystem = CountingFileSystem(dataset.filesystem)
@@ -75,6 +86,8 @@ class DataLoader:
         on_cpu = not self.device.startswith("cuda")
         self._stage = self.plan if on_cpu else (self.plan.host if self.plan else None)
         self._slab_schema = self.plan.output_schema if (self.plan and on_cpu) else dataset.schema
+        self._streams = None if on_cpu else _streams(self.device)  # (copy, compute)
+        self._ahead = 0 if on_cpu else self.prefetch - 1  # batches on the device beyond the delivered one
         self.epoch, self.delivered = 0, 0  # rows of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
         self._stats = _new_stats()
@@ -139,68 +152,91 @@ class DataLoader:
         start = time.perf_counter()
         remaining = target - skip
         generation = self._generation
+        in_flight = collections.deque()  # (batch, cursor advance): staged and sent to the device
         try:
-            for batch, advance in self._rebatch(self._slabs(tasks, generation), remaining):
-                t = time.perf_counter()
-                batch = self._device_stage(batch)
-                self._stats["device_s"] += time.perf_counter() - t
-                self.delivered += advance  # rows delivered, plus rows of skipped units before them
-                self._stats["rows"] += batch.num_rows
-                self._stats["batches"] += 1
-                self._stats["wall_s"] = time.perf_counter() - start
-                yield batch
+            for staged, advance in self._rebatch(self._slabs(tasks, generation), remaining):
+                in_flight.append((self._device_stage(staged), advance))
+                if len(in_flight) > self._ahead:
+                    yield self._deliver(*in_flight.popleft(), start)
+            while in_flight:
+                yield self._deliver(*in_flight.popleft(), start)
         finally:
             self._stats["wall_s"] = time.perf_counter() - start
         self._stats["rows_left_for_balance"] = sum(u.num_rows for u in units) - target
         self.epoch, self.delivered = epoch + 1, 0
 
-    def _device_stage(self, batch: Batch) -> Batch:
-        if self.device.startswith("cuda"):
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-            if self.plan is not None:
-                batch = self.plan.run(batch, host_stage=False)
-        return batch.to_torch()
+    def _deliver(self, batch: Batch, advance: int, start: float) -> Batch:
+        if self._streams is not None:  # the consumer's stream waits for the batch's work
+            import torch
+
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_stream(self._streams[1])
+            batch.record_stream(consumer)
+        self.delivered += advance  # rows delivered, plus rows of skipped units before them
+        self._stats["rows"] += batch.num_rows
+        self._stats["batches"] += 1
+        self._stats["wall_s"] = time.perf_counter() - start
+        return batch
+
+    def _device_stage(self, staged: Staged) -> Batch:
+        """The batch on its device: one transfer on the copy stream, the plan on the compute stream."""
+        t = time.perf_counter()
+        if self._streams is None:
+            batch = staged.batch()
+        else:
+            import torch
+
+            copy, compute = self._streams
+            with torch.cuda.stream(copy):
+                buffer = staged.buffer.to(self.device, non_blocking=True)
+            compute.wait_stream(copy)
+            with torch.cuda.stream(compute):
+                buffer.record_stream(compute)
+                batch = staged.batch(buffer)
+                if self.plan is not None:
+                    batch = self.plan.run(batch, host_stage=False).to_torch()
+        self._stats["device_s"] += time.perf_counter() - t
+        return batch
 
     def _rebatch(self, slabs, remaining: int):
-        """(batch, cursor advance) of batch_size rows (the last may be smaller) from slabs, in order.
+        """(staged batch, cursor advance) of batch_size rows (the last may be smaller), in order.
 
-        A `_Gap` (the unread rows of a skipped unit) delivers nothing but moves the cursor, so
+        The rows of a batch are gathered from their slabs straight into one staging buffer. A
+        `_Gap` (the unread rows of a skipped unit) delivers nothing but moves the cursor, so
         that a resumed epoch does not read those rows again.
         """
-        parts, filled, gap = [], 0, 0
-        for slab in slabs:
-            if isinstance(slab, _Gap):
-                rows = min(slab.rows, remaining)
-                gap, remaining = gap + rows, remaining - rows
-                if remaining == 0:
-                    break
-                continue
-            batch = slab.batch if isinstance(slab, Slab) else slab
-            at = 0
-            try:
-                while at < batch.num_rows and remaining > 0:
-                    take = min(batch.num_rows - at, self.batch_size - filled, remaining)
-                    t = time.perf_counter()
-                    parts.append(batch.rows(at, at + take))  # a copy: the slab can go
-                    self._stats["rebatch_s"] += time.perf_counter() - t
+        pieces, filled, gap, held = [], 0, 0, []  # held: slabs with rows in pieces or still unread
+        try:
+            for slab in slabs:
+                if isinstance(slab, _Gap):
+                    rows = min(slab.rows, remaining)
+                    gap, remaining = gap + rows, remaining - rows
+                    if remaining == 0:
+                        break
+                    continue
+                held.append(slab)
+                at = 0
+                while at < slab.num_rows and remaining > 0:
+                    take = min(slab.num_rows - at, self.batch_size - filled, remaining)
+                    pieces.append((slab, at, at + take))
                     at, filled, remaining = at + take, filled + take, remaining - take
                     if filled == self.batch_size or remaining == 0:
-                        yield self._assemble(parts), filled + gap
-                        parts, filled, gap = [], 0, 0
-            finally:  # also when the consumer stops early
-                if isinstance(slab, Slab):
-                    batch = None
-                    slab.release()
-            if remaining == 0:
-                return
-        if parts and not self.drop_last:
-            yield self._assemble(parts), filled + gap
+                        yield self._gather(pieces), filled + gap
+                        pieces, filled, gap = [], 0, 0
+                        _release(held[:-1] if at < slab.num_rows else held)
+                        held = held[-1:] if at < slab.num_rows else []
+                if remaining == 0:
+                    return
+            if pieces and not self.drop_last:
+                yield self._gather(pieces), filled + gap
+        finally:  # also when the consumer stops early
+            _release(held)
 
-    def _assemble(self, parts) -> Batch:
+    def _gather(self, pieces) -> Staged:
         t = time.perf_counter()
-        batch = Batch.concat(parts)
+        staged = stage(pieces, self._slab_schema, pin=self._streams is not None)
         self._stats["rebatch_s"] += time.perf_counter() - t
-        return batch
+        return staged
 
     # -- the slab source -----------------------------------------------------------------------
     def _slabs(self, tasks, generation: int):
@@ -370,6 +406,18 @@ class DataLoader:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+def _streams(device: str):
+    import torch
+
+    return torch.cuda.Stream(device), torch.cuda.Stream(device)
+
+
+def _release(slabs) -> None:
+    for slab in slabs:
+        if isinstance(slab, Slab):
+            slab.release()
 
 
 class _Gap:

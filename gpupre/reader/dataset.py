@@ -129,6 +129,20 @@ class Dataset:
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
 
+    def with_columns(self, label=None, passthrough=None) -> "Dataset":
+        """The same files and projection with other label or pass-through columns (None keeps them).
+
+        Raises:
+            SchemaError: a named column does not exist.
+        """
+        return Dataset(
+            self.paths,
+            features=list(self.schema.names),
+            filesystem=self.filesystem,
+            label=self.schema.labels if label is None else label,
+            passthrough=self.schema.extras if passthrough is None else passthrough,
+        )
+
     def bytes_per_column(self) -> dict[str, tuple[int, int]]:
         """{top-level column: (compressed, uncompressed) bytes} over all files."""
         totals: dict[str, list[int]] = {}

@@ -1,5 +1,7 @@
 """DataLoader: every row once per epoch, rebatching, the plan, exact resume, ranks, bad units."""
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -177,3 +179,42 @@ def test_stopping_early_and_closing_leaves_no_shared_memory(ds):
             break
     loader.close()
     assert not set(glob.glob("/dev/shm/psm_*")) - before
+
+
+def test_label_and_passthrough_arguments_choose_the_columns(synth_dir):
+    plain = gp.Dataset(synth_dir, features=["dense_000"])
+    loader = _loader(plain, label=(), passthrough=("row_id", "request_id"))
+    batches = list(loader)
+    assert all(b.labels is None for b in batches)
+    assert sorted(epoch_ids(batches)) == list(range(600))
+    assert set(batches[0].extras) == {"row_id", "request_id"}
+    kept = list(_loader(gp.Dataset(synth_dir, features=["dense_000"], passthrough="row_id")))
+    assert kept[0].labels is not None and set(kept[0].extras) == {"row_id"}  # None keeps the dataset's
+    with pytest.raises(gp.SchemaError, match="no_such_column"):
+        _loader(plain, passthrough="no_such_column")
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads memory from /proc")
+def test_memory_does_not_grow_with_the_dataset(tmp_path):
+    """Resident memory after a quarter of a long epoch and at its end: the same, within a margin
+    far below the ~80 MB that the epoch's rows take in memory."""
+    spec = gp.storage.SynthSpec(rows=60_000, num_dense=20, num_sparse=20, num_scored=0, mean_list_length=20,
+                                row_group_rows=1_000, num_planted=2)  # fmt: skip
+    gp.storage.synthesize(str(tmp_path / "long.parquet"), spec, progress=False)
+    ds = gp.Dataset(str(tmp_path / "long.parquet"))
+    in_memory = sum(b.dense.nbytes + b.sparse.values.nbytes + b.sparse.lengths.nbytes for b in map(ds.read, ds.units()[:6]))
+    assert in_memory * 10 > 60 * 2**20  # the whole epoch would be noticed
+    loader = _loader(ds, batch_size=2_048, read_batch_size=512, num_workers=2)
+    marks = {}
+    for step, batch in enumerate(loader):
+        if step in (len(loader) // 4, len(loader) - 1):
+            marks[step] = (_memory_kib(os.getpid(), "VmRSS"), [_memory_kib(p.pid, "VmHWM") for p in loader._workers])
+    loader.close()
+    (client_a, workers_a), (client_b, workers_b) = marks.values()
+    assert client_b - client_a < 25 * 1024, f"client grew by {(client_b - client_a) // 1024} MB"
+    assert max(b - a for a, b in zip(workers_a, workers_b)) < 25 * 1024, f"worker peaks {workers_a} -> {workers_b} KiB"

@@ -1,0 +1,86 @@
+"""Slabs and the staging buffer: every array of a batch gathered into one buffer, rows intact."""
+
+import numpy as np
+import pyarrow as pa
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpupre as gp
+from gpupre.loader._slabs import Slab, stage, to_shared
+
+F = gp.Feature
+
+
+def batch(rows: int, seed: int, arrow_extra: bool = False) -> gp.Batch:
+    """rows rows of 2 dense, 2 sparse and 1 scored feature, 2 labels, a numeric and a string extra."""
+    rng = np.random.default_rng(seed)
+    lists = lambda: [rng.integers(-(2**62), 2**62, rng.integers(0, 4)).tolist() for _ in range(rows)]  # noqa: E731
+    scored = lists()
+    rid = pa.array(rng.integers(0, 1000, rows)) if not arrow_extra else pa.array([None] * rows, pa.int64())
+    table = pa.table({
+        "d0": pa.array(rng.normal(size=rows), pa.float32()), "d1": pa.array(rng.normal(size=rows), pa.float32()),
+        "a": pa.array(lists(), pa.list_(pa.int64())), "b": pa.array(lists(), pa.list_(pa.int64())),
+        "s": pa.array(scored, pa.list_(pa.int64())),
+        "s.score": pa.array([rng.random(len(r)).tolist() for r in scored], pa.list_(pa.float32())),
+        "y0": pa.array(rng.random(rows), pa.float32()), "y1": pa.array(rng.random(rows), pa.float32()),
+        "rid": rid, "name": pa.array([f"r{i}" for i in range(rows)], pa.string()),
+    })  # fmt: skip
+    schema = gp.Schema((F("d0", "dense"), F("a", "sparse"), F("d1", "dense"), F("b", "sparse"), F("s", "scored")),
+                       labels=("y0", "y1"), extras=("rid", "name"))  # fmt: skip
+    return gp.Batch.from_arrow(table, schema)
+
+
+def expected(parts, pieces) -> gp.Batch:
+    return gp.Batch.concat([b.rows(start, stop) for b, (_, start, stop) in zip(parts, pieces)])
+
+
+def assert_equal_batches(got: gp.Batch, want: gp.Batch) -> None:
+    got = got.map_arrays(lambda t: t.numpy() if isinstance(t, torch.Tensor) else t)
+    assert got.num_rows == want.num_rows and got.dense_keys == want.dense_keys and got.sparse.keys == want.sparse.keys
+    for a, b in [(got.dense, want.dense), (got.sparse.lengths, want.sparse.lengths), (got.sparse.values, want.sparse.values),
+                 (got.sparse.weights, want.sparse.weights), (got.labels, want.labels)]:  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    for name, column in want.extras.items():
+        other = got.extras[name]
+        assert (other.to_pylist() if isinstance(other, pa.Array) else list(other)) == (
+            column.to_pylist() if isinstance(column, pa.Array) else list(column))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=4))
+def test_staged_rows_equal_the_concatenated_rows(spec):
+    parts = [batch(rows, seed) for seed, (rows, _, _) in enumerate(spec)]
+    pieces = [(b, min(x, y, b.num_rows), min(max(x, y), b.num_rows)) for b, (_, x, y) in zip(parts, spec)]
+    staged = stage(pieces, parts[0].schema)
+    assert_equal_batches(staged.batch(), expected(parts, pieces))
+
+
+def test_one_buffer_holds_every_array_of_the_batch():
+    parts = [batch(5, 0), batch(6, 1)]
+    staged = stage([(parts[0], 1, 5), (parts[1], 0, 6)], parts[0].schema)
+    b = staged.batch()
+    lo, hi = staged.buffer.data_ptr(), staged.buffer.data_ptr() + staged.buffer.numel()
+    arrays = [b.dense, b.sparse.lengths, b.sparse.values, b.sparse.weights, b.labels, b.extras["rid"]]
+    assert all(isinstance(t, torch.Tensor) and lo <= t.data_ptr() < hi for t in arrays)
+    assert b.dense.T.shape == (10, 2) and b.labels.shape == (2, 10)
+
+
+def test_slabs_in_shared_memory_stage_like_host_batches():
+    parts = [batch(9, 3), batch(4, 4)]
+    slabs = [Slab(to_shared(b), b.schema) for b in parts]
+    try:
+        pieces = [(slabs[0], 2, 9), (slabs[1], 0, 3)]
+        assert_equal_batches(stage(pieces, parts[0].schema).batch(), expected(parts, pieces))
+    finally:
+        for s in slabs:
+            s.release()
+
+
+def test_a_numeric_extra_with_nulls_in_one_slab_stays_arrow():
+    parts = [batch(3, 0), batch(3, 1, arrow_extra=True)]
+    pieces = [(parts[0], 0, 3), (parts[1], 0, 3)]
+    got = stage(pieces, parts[0].schema).batch()
+    assert isinstance(got.extras["rid"], pa.Array) and got.extras["rid"].null_count == 3
+    assert got.extras["rid"].to_pylist()[:3] == parts[0].extras["rid"].tolist()

@@ -31,7 +31,11 @@ test: $(VENV)/.installed-$(EXTRAS)
 demo: $(VENV)/.installed-$(EXTRAS)
 	$(BIN)/python demo.py
 
-bench: $(VENV)/.installed-$(EXTRAS)
+$(VENV)/.installed-bench: $(VENV)/.installed-$(EXTRAS)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench reader
 	$(BIN)/python -m bench transforms
 	$(BIN)/python -m bench loader

@@ -1,0 +1,286 @@
+"""Key-value stores with a time to live, where the serving side keeps logged features until labels come.
+
+`KVStore` is the interface: `put_many` (one batched write, every key with the same TTL),
+`get_many`, `delete`, `purge_expired`, `close`. Keys are str or bytes, values bytes.
+
+- `SqliteKV`: the embedded default. One table (key, value, expiry) in WAL mode; each `put_many` is
+  one transaction. Durability: with `synchronous="NORMAL"` (default) a killed process loses
+  nothing that `put_many` returned for; a power cut may lose the last transactions. "FULL" syncs
+  every transaction.
+- `RedisKV`: redis-py, pipelined (`SET key value PX ttl` for every key in one round trip, `MGET`).
+  While Redis is unreachable, writes are appended to a local spill file and replayed, in order,
+  once it answers again: nothing logged is lost.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Iterable
+
+from ..errors import BackendUnavailable, ConfigError, DataError
+
+__all__ = ["KVStore", "RedisKV", "SqliteKV"]
+
+
+class KVStore(abc.ABC):
+    """A key-value store whose entries expire `ttl_s` seconds after they are written.
+
+    `stats` counts operations, keys and bytes written and read (keys plus values).
+    """
+
+    def __init__(self):
+        self.stats = {"put_ops": 0, "keys_written": 0, "bytes_written": 0, "get_ops": 0, "keys_read": 0,
+                      "bytes_read": 0, "deleted": 0, "purged": 0}  # fmt: skip
+
+    @abc.abstractmethod
+    def put_many(self, items, ttl_s: float) -> None:
+        """Write `items` ({key: value} or (key, value) pairs) in one batch, each expiring after ttl_s."""
+
+    @abc.abstractmethod
+    def get_many(self, keys) -> list[bytes | None]:
+        """The values of `keys`, in order; None for a key that is absent or expired."""
+
+    @abc.abstractmethod
+    def delete(self, keys) -> int:
+        """Remove `keys`; returns how many were present."""
+
+    @abc.abstractmethod
+    def purge_expired(self) -> int:
+        """Drop expired entries now; returns how many (stores that expire by themselves return 0)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _count_put(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self.stats["put_ops"] += 1
+        self.stats["keys_written"] += len(pairs)
+        self.stats["bytes_written"] += sum(len(k) + len(v) for k, v in pairs)
+
+    def _count_get(self, keys: list[bytes], values: list) -> None:
+        self.stats["get_ops"] += 1
+        self.stats["keys_read"] += len(keys)
+        self.stats["bytes_read"] += sum(len(v) for v in values if v is not None)
+
+
+def _pairs(items) -> list[tuple[bytes, bytes]]:
+    pairs = items.items() if isinstance(items, dict) else items
+    out = []
+    for key, value in pairs:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ConfigError(f"KV value for key {key!r} must be bytes, got {type(value).__name__}; serialize it first")
+        out.append((_key(key), bytes(value)))
+    return out
+
+
+def _key(key) -> bytes:
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key)
+    raise ConfigError(f"KV key {key!r} must be str or bytes, got {type(key).__name__}")
+
+
+def _ttl(ttl_s) -> float:
+    if not isinstance(ttl_s, (int, float)) or isinstance(ttl_s, bool) or not ttl_s > 0:
+        raise ConfigError(f"ttl_s={ttl_s!r} must be a positive number of seconds")
+    return float(ttl_s)
+
+
+class SqliteKV(KVStore):
+    """The embedded store: SQLite in WAL mode, a transaction per batch, safe across threads.
+
+    Args:
+        path: the database file (":memory:" for a private in-memory store).
+        synchronous: SQLite's durability setting, "NORMAL" (default) or "FULL" (see the module).
+        clock: seconds since the epoch (time.time); tests pass a fake clock.
+    """
+
+    def __init__(self, path: str = ":memory:", synchronous: str = "NORMAL", clock=time.time):
+        super().__init__()
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError(f"synchronous={synchronous!r} must be 'NORMAL' or 'FULL'")
+        self.path, self.clock = path, clock
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires)")
+        except sqlite3.Error as e:
+            raise DataError(f"{path}: cannot open the SQLite KV store ({e}); check the path and its permissions") from e
+        self._lock = threading.Lock()
+
+    def put_many(self, items, ttl_s: float) -> None:
+        pairs, expires = _pairs(items), self.clock() + _ttl(ttl_s)
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, expires) for k, v in pairs])
+            self._db.execute("COMMIT")
+        self._count_put(pairs)
+
+    def get_many(self, keys) -> list[bytes | None]:
+        keys = [_key(k) for k in keys]
+        found = {}
+        now = self.clock()
+        with self._lock:
+            for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires > ?"
+                found.update(self._db.execute(query, (*chunk, now)).fetchall())
+        values = [found.get(k) for k in keys]
+        self._count_get(keys, values)
+        return values
+
+    def delete(self, keys) -> int:
+        keys = [(_key(k),) for k in keys]
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM kv WHERE key = ?", keys)
+            self._db.execute("COMMIT")
+            deleted = self._db.total_changes - before
+        self.stats["deleted"] += deleted
+        return deleted
+
+    def purge_expired(self) -> int:
+        with self._lock:
+            purged = self._db.execute("DELETE FROM kv WHERE expires <= ?", (self.clock(),)).rowcount
+        self.stats["purged"] += purged
+        return purged
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM kv WHERE expires > ?", (self.clock(),)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RedisKV(KVStore):
+    """Redis through redis-py: pipelined writes with `PX` expiry, `MGET` reads.
+
+    Args:
+        url: a redis:// URL (default: localhost, port 6379).
+        spill_path: the local file that writes go to while Redis is unreachable (default: a file
+            next to the working directory named after the URL's port); replayed on reconnect.
+        retries, backoff_s: attempts per operation before a write spills (reads raise).
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", spill_path: str | None = None, retries: int = 3,
+                 backoff_s: float = 0.05):  # fmt: skip
+        super().__init__()
+        try:
+            import redis
+        except ImportError as e:
+            raise BackendUnavailable(f"RedisKV needs redis-py ({e}); install it with `pip install 'gpupre[redis]'`") from e
+        self._redis = redis
+        self.url, self.retries, self.backoff_s = url, retries, backoff_s
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        port = self.client.connection_pool.connection_kwargs.get("port", 6379)
+        self.spill_path = spill_path or os.path.abspath(f"gpupre-redis-{port}.spill")
+        self.stats.update({"spilled": 0, "replayed": 0})
+        self._lock = threading.Lock()
+
+    def _retry(self, fn):
+        for attempt in range(self.retries):
+            try:
+                return fn()
+            except (self._redis.ConnectionError, self._redis.TimeoutError):
+                if attempt == self.retries - 1:
+                    raise
+                time.sleep(self.backoff_s * 2**attempt)
+
+    def _write(self, pairs, ttl_ms: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for k, v in pairs:
+            pipe.set(k, v, px=ttl_ms)
+        pipe.execute()
+
+    def put_many(self, items, ttl_s: float) -> None:
+        pairs, ttl_ms = _pairs(items), max(1, int(_ttl(ttl_s) * 1000))
+        with self._lock:
+            try:
+                self._replay()
+                self._retry(lambda: self._write(pairs, ttl_ms))
+            except (self._redis.ConnectionError, self._redis.TimeoutError):
+                self._spill(pairs, ttl_ms)
+        self._count_put(pairs)
+
+    def _spill(self, pairs, ttl_ms: int) -> None:
+        """Append a batch: [count, expiry in ms since the epoch] then (key length, value length, key, value)*."""
+        expires_ms = int(time.time() * 1000) + ttl_ms
+        parts = [struct.pack("<IQ", len(pairs), expires_ms)]
+        for k, v in pairs:
+            parts += [struct.pack("<II", len(k), len(v)), k, v]
+        with open(self.spill_path, "ab") as f:
+            f.write(b"".join(parts))
+            f.flush()
+            os.fsync(f.fileno())
+        self.stats["spilled"] += len(pairs)
+
+    def _replay(self) -> None:
+        """Write the spilled batches to Redis (with their remaining TTL), then drop the file."""
+        if not os.path.exists(self.spill_path):
+            return
+        with open(self.spill_path, "rb") as f:
+            data = f.read()
+        at, now_ms, replayed = 0, int(time.time() * 1000), 0
+        while at < len(data):
+            count, expires_ms = struct.unpack_from("<IQ", data, at)
+            at += 12
+            pairs = []
+            for _ in range(count):
+                kl, vl = struct.unpack_from("<II", data, at)
+                at += 8
+                pairs.append((data[at : at + kl], data[at + kl : at + kl + vl]))
+                at += kl + vl
+            if expires_ms > now_ms:  # expired entries would be gone from Redis too
+                self._retry(lambda: self._write(pairs, expires_ms - now_ms))
+                replayed += len(pairs)
+        os.remove(self.spill_path)
+        self.stats["replayed"] += replayed
+
+    def flush_spill(self) -> bool:
+        """Replay the spill file now; True when nothing is left spilled."""
+        with self._lock:
+            try:
+                self._replay()
+            except (self._redis.ConnectionError, self._redis.TimeoutError):
+                return False
+        return True
+
+    def get_many(self, keys) -> list[bytes | None]:
+        keys = [_key(k) for k in keys]
+        with self._lock:
+            try:
+                self._replay()  # reads see what was spilled
+            except (self._redis.ConnectionError, self._redis.TimeoutError):
+                pass
+            values = self._retry(lambda: self.client.mget(keys)) if keys else []
+        self._count_get(keys, values)
+        return values
+
+    def delete(self, keys) -> int:
+        keys = [_key(k) for k in keys]
+        deleted = self._retry(lambda: self.client.delete(*keys)) if keys else 0
+        self.stats["deleted"] += deleted
+        return deleted
+
+    def purge_expired(self) -> int:
+        return 0  # Redis expires keys itself
+
+    def close(self) -> None:
+        self.client.close()

@@ -10,7 +10,7 @@ TORCHREC := fbgemm-gpu-cpu==1.8.0
 TORCHREC_NODEPS := torchrec==1.9.2 tensordict==0.15.3 pyvers==0.2.3 cloudpickle==3.1.2 \
 	pyre-extensions==0.0.32 typing-inspect==0.9.0 mypy-extensions==1.2.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean redis-server
 .DELETE_ON_ERROR:
 
 $(BIN)/python:
@@ -25,7 +25,13 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(TORCHREC_NODEPS)
 	touch $@
 
-test: $(VENV)/.installed-$(EXTRAS)
+# the serving tests start a real redis-server on loopback; install it where the machine allows
+redis-server:
+	@command -v redis-server >/dev/null || apt-get install -y -q redis-server >/dev/null 2>&1 \
+		|| sudo -n apt-get install -y -q redis-server >/dev/null 2>&1 \
+		|| echo "redis-server could not be installed: the Redis tests will be skipped"
+
+test: $(VENV)/.installed-$(EXTRAS) redis-server
 	$(BIN)/python -m pytest -q
 
 demo: $(VENV)/.installed-$(EXTRAS)

@@ -1,6 +1,6 @@
 """gpupre: GPU-centric preprocessing and tensor ingestion for recommendation-model training."""
 
-from . import reader, storage, transforms
+from . import reader, serving, storage, transforms
 from .batch import Batch, KeyedJagged
 from .loader import DataLoader
 from .errors import BackendUnavailable, ConfigError, DataError, GpupreError, KernelError, SchemaError
@@ -62,6 +62,7 @@ __all__ = [
     "WorkUnit",
     "compile",
     "reader",
+    "serving",
     "storage",
     "transforms",
 ]

@@ -1,0 +1,92 @@
+"""Serving benchmark: eager against lazy logging of ranked lists into the SQLite KV store.
+
+Requests rank 100 items; a user sees the head (6 items) and then whole pages of 9 with a
+geometric number of pages (P(no further page) = 0.7, so most users see under 10% of the list).
+Item features: 20 dense, 10 id lists (mean 5 ids); user features: 10 dense, 20 id lists (mean 20).
+Both loggers see the same requests and scrolls. Measured: bytes and operations written to the KV
+store, serialization CPU seconds (gather + encode, ranking time and pages), and the latency that
+`log_ranking` adds to the ranking path (p50/p99 over requests).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import gpupre as gp
+from gpupre.serving import EagerLogger, LazyLogger, SqliteKV
+
+from .common import markdown_table, save, targets_table
+
+REQUESTS, ITEMS, HEAD, PAGE, P_STOP = 400, 100, 6, 9, 0.7
+
+
+def features(rows: int, dense: int, lists: int, mean: int, rng, prefix: str) -> gp.Batch:
+    lengths = rng.poisson(mean, (lists, rows)).astype(np.int32)
+    sparse = gp.KeyedJagged(tuple(f"{prefix}_list_{k}" for k in range(lists)), lengths.ravel(),
+                            rng.integers(0, 10**9, int(lengths.sum())))  # fmt: skip
+    schema = gp.Schema(tuple(gp.Feature(f"{prefix}_dense_{d}", "dense") for d in range(dense))
+                       + tuple(gp.Feature(k, "sparse") for k in sparse.keys))  # fmt: skip
+    names = tuple(f.name for f in schema.dense)
+    return gp.Batch(rows, names, rng.random((dense, rows), dtype=np.float32), sparse, schema=schema)
+
+
+def run(save_results: bool = True) -> dict:
+    rng = np.random.default_rng(0)
+    requests = [(features(ITEMS, 20, 10, 5, rng, "item"), features(1, 10, 20, 20, rng, "user")) for _ in range(20)]
+    scrolls = HEAD + PAGE * rng.geometric(P_STOP, REQUESTS) - PAGE  # items seen: head, then whole pages
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cls in (("eager", EagerLogger), ("lazy", LazyLogger)):
+            store = SqliteKV(os.path.join(tmp, f"{name}.sqlite"))
+            items0, user0 = requests[0]
+            logger = cls(store, items0.schema, user0.schema)
+            latencies = []
+            for r in range(REQUESTS):
+                items, user = requests[r % len(requests)]
+                t = time.perf_counter()
+                logger.log_ranking(r, np.arange(ITEMS), items, user)
+                latencies.append(time.perf_counter() - t)
+                logger.on_paginate(r, int(scrolls[r])) if name == "lazy" else None
+            logger.close()
+            out[name] = {"logger": name, "requests": REQUESTS, "items_logged": logger.stats["items_logged"],
+                         "kv_bytes": store.stats["bytes_written"], "kv_keys": store.stats["keys_written"],
+                         "kv_put_ops": store.stats["put_ops"], "serialize_s": logger.stats["serialize_s"],
+                         "p50_ms": 1e3 * float(np.percentile(latencies, 50)),
+                         "p99_ms": 1e3 * float(np.percentile(latencies, 99))}  # fmt: skip
+            store.close()
+    eager, lazy = out["eager"], out["lazy"]
+    bytes_cut = 1 - lazy["kv_bytes"] / eager["kv_bytes"]
+    cpu_cut = 1 - lazy["serialize_s"] / eager["serialize_s"]
+    targets = [
+        {"name": "lazy logging: fewer bytes written than eager", "value": bytes_cut, "goal": 0.9, "met": bytes_cut >= 0.9},
+        {"name": "lazy logging: less serialization CPU than eager", "value": cpu_cut, "goal": 0.9, "met": cpu_cut >= 0.9},
+    ]
+    result = {"config": {"requests": REQUESTS, "items": ITEMS, "head": HEAD, "page": PAGE, "p_stop": P_STOP,
+                         "mean_items_seen": float(np.minimum(scrolls, ITEMS).mean())},
+              "results": [eager, lazy], "targets": targets}  # fmt: skip
+    if save_results:
+        result["path"] = save("serving", result)
+    return result
+
+
+def report(result: dict) -> str:
+    columns = [("logger", "logger"), ("items_logged", "items logged"), ("kv_bytes", "KV bytes"), ("kv_keys", "KV keys"),
+               ("kv_put_ops", "KV writes"), ("serialize_s", "serialization s"), ("p50_ms", "ranking p50 ms"),
+               ("p99_ms", "ranking p99 ms")]  # fmt: skip
+    cfg = result["config"]
+    head = (f"serving: {cfg['requests']} requests of {cfg['items']} ranked items, head {cfg['head']}, pages of "
+            f"{cfg['page']}, {cfg['mean_items_seen']:.1f} items seen on average; SQLite KV")  # fmt: skip
+    return "\n\n".join([head, markdown_table(result["results"], columns), targets_table(result["targets"])])
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m bench serving", description=__doc__).parse_args(argv)
+    result = run()
+    print(report(result))
+    print(f"\nsaved {result['path']}")

@@ -1,0 +1,17 @@
+"""The serving side: capture training data where it is made (KV stores with a TTL, loggers)."""
+
+from .codec import FeatureCodec, gather_rows
+from .kv import KVStore, RedisKV, SqliteKV
+from .loggers import EagerLogger, LazyLogger, item_key, user_key
+
+__all__ = [
+    "EagerLogger",
+    "FeatureCodec",
+    "KVStore",
+    "LazyLogger",
+    "RedisKV",
+    "SqliteKV",
+    "gather_rows",
+    "item_key",
+    "user_key",
+]

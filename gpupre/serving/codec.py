@@ -1,0 +1,122 @@
+"""Compact, schema-aware bytes for one item's (or one user's) features, and the row gather before it.
+
+The schema is known to writer and reader, so a row carries no names and no types::
+
+    dense    float32 [D]               the row's dense features, in schema order
+    lengths  uint32  [K]               ids per sparse feature
+    values   int64   [sum(lengths)]    the ids, feature after feature
+    weights  float32 [sum(lengths)]    only when the schema has a scored feature
+
+`gather_rows` takes the rows to log out of a batch: from CUDA tensors it gathers on the GPU and
+copies only those rows to pinned host memory; from numpy (or CPU tensors) it does the same work on
+the host. Both give the same arrays, so the same bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..batch import Batch, KeyedJagged, _segments, offsets_of
+from ..errors import DataError
+from ..schema import SCORED, Schema
+
+__all__ = ["FeatureCodec", "gather_rows"]
+
+
+class FeatureCodec:
+    """Encodes rows of a `Batch` with `schema`'s features to bytes, and bytes back to a `Batch`."""
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.num_dense, self.num_sparse = len(schema.dense), len(schema.sparse)
+        self.weighted = any(f.kind == SCORED for f in schema.sparse)
+        self._head = 4 * (self.num_dense + self.num_sparse)
+
+    def encode(self, batch: Batch) -> list[bytes]:
+        """One bytes object per row of a host batch."""
+        n, keys = batch.num_rows, self.num_sparse
+        if tuple(batch.dense_keys) != tuple(f.name for f in self.schema.dense) or tuple(batch.sparse.keys) != tuple(
+            f.name for f in self.schema.sparse
+        ):
+            raise DataError(
+                f"features {list(batch.dense_keys) + list(batch.sparse.keys)} do not match the logger's schema "
+                f"{list(self.schema.names)}; pass batches with the schema's features in its order"
+            )
+        dense = np.ascontiguousarray(np.asarray(batch.dense, np.float32).T)  # [n, D]
+        lengths = np.asarray(batch.sparse.lengths).reshape(keys, n)
+        row_lengths = np.ascontiguousarray(lengths.T, np.uint32)  # [n, K]
+        starts = offsets_of(lengths.ravel())[:-1].reshape(keys, n)
+        order = _segments(starts.T.ravel(), lengths.T.ravel())  # the ids row after row
+        values = np.asarray(batch.sparse.values, np.int64)[order]
+        weights = np.asarray(batch.sparse.weights, np.float32)[order] if self.weighted else None
+        ends = offsets_of(row_lengths.sum(1, dtype=np.int64))
+        dense_b, lengths_b, values_b = dense.tobytes(), row_lengths.tobytes(), values.tobytes()
+        weights_b = weights.tobytes() if weights is not None else b""
+        d, k = 4 * self.num_dense, 4 * keys
+        out = []
+        for r in range(n):
+            lo, hi = int(ends[r]), int(ends[r + 1])
+            parts = [dense_b[r * d : (r + 1) * d], lengths_b[r * k : (r + 1) * k], values_b[8 * lo : 8 * hi]]
+            if weights is not None:
+                parts.append(weights_b[4 * lo : 4 * hi])
+            out.append(b"".join(parts))
+        return out
+
+    def decode(self, rows: list[bytes]) -> Batch:
+        """The host `Batch` of encoded rows, in order."""
+        n, d, keys = len(rows), self.num_dense, self.num_sparse
+        dense = np.empty((d, n), np.float32)
+        lengths = np.empty((n, keys), np.int32)
+        values, weights = [], []
+        for r, data in enumerate(rows):
+            if len(data) < self._head:
+                raise DataError(f"logged row {r} has {len(data)} bytes, fewer than the {self._head} of its header")
+            dense[:, r] = np.frombuffer(data, np.float32, d)
+            lengths[r] = np.frombuffer(data, np.uint32, keys, 4 * d)
+            count = int(lengths[r].sum())
+            if len(data) != self._head + count * (12 if self.weighted else 8):
+                raise DataError(f"logged row {r} has {len(data)} bytes, not what its {count} ids need; it is corrupt")
+            values.append(np.frombuffer(data, np.int64, count, self._head))
+            if self.weighted:
+                weights.append(np.frombuffer(data, np.float32, count, self._head + 8 * count))
+        row_major = np.concatenate(values) if values else np.empty(0, np.int64)
+        starts = offsets_of(lengths.ravel())[:-1].reshape(n, keys)
+        order = _segments(starts.T.ravel(), lengths.T.ravel())  # back to key-major
+        sparse = KeyedJagged(
+            tuple(f.name for f in self.schema.sparse),
+            np.ascontiguousarray(lengths.T).ravel(),
+            row_major[order],
+            (np.concatenate(weights) if weights else np.empty(0, np.float32))[order] if self.weighted else None,
+        )
+        return Batch(n, tuple(f.name for f in self.schema.dense), dense, sparse, schema=self.schema)
+
+
+def gather_rows(batch: Batch, rows) -> Batch:
+    """Rows `rows` of `batch` as a host (numpy) batch of its features.
+
+    A batch of torch tensors is gathered where it lives; from a GPU only the gathered rows are
+    copied, through pinned memory (one sync). Labels and extras are not carried.
+    """
+    if isinstance(batch.dense, np.ndarray):
+        features = Batch(batch.num_rows, batch.dense_keys, batch.dense, batch.sparse, schema=batch.schema)
+        return features.take(np.asarray(rows, np.int64))
+    import torch
+
+    device = batch.dense.device
+    index = torch.as_tensor(np.asarray(rows, np.int64), device=device)
+    keys, n = len(batch.sparse.keys), batch.num_rows
+    lengths = batch.sparse.lengths.view(keys, n).long()
+    starts = (torch.cumsum(lengths.ravel(), 0) - lengths.ravel()).view(keys, n)
+    taken, first = lengths[:, index].ravel(), starts[:, index].ravel()
+    shift = torch.repeat_interleave(first - (torch.cumsum(taken, 0) - taken), taken)
+    order = shift + torch.arange(len(shift), device=device)
+    weights = None if batch.sparse.weights is None else batch.sparse.weights[order]
+    parts = [batch.dense[:, index], taken.int(), batch.sparse.values[order], weights]
+    pinned = device.type == "cuda"
+    host = [None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned).copy_(t, non_blocking=pinned)
+            for t in parts]  # fmt: skip
+    if pinned:
+        torch.cuda.current_stream(device).synchronize()  # the host copies are read right after
+    dense, lengths_out, values, weights = [None if t is None else t.numpy() for t in host]
+    sparse = KeyedJagged(batch.sparse.keys, lengths_out, values, weights)
+    return Batch(len(index), batch.dense_keys, dense, sparse, schema=batch.schema)

@@ -1,0 +1,187 @@
+"""Loggers: at ranking time, the features of ranked items go to a KV store until their labels come.
+
+`EagerLogger` (the baseline) serializes and writes every ranked item. `LazyLogger` writes only the
+head of the list (what the first screen shows) at ranking time and keeps the rest, unserialized, in
+a bounded in-process buffer; a pagination signal (`on_paginate`) writes the pages the user reached,
+on a background thread, so the ranking path waits for nothing but the head.
+
+Keys: `u/<request>` holds the user (and context) features, once per request; `i/<request>/<item>`
+one item's features. Values are `FeatureCodec` bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+
+import numpy as np
+
+from ..batch import Batch
+from ..errors import ConfigError, DataError
+from ..schema import Schema
+from .codec import FeatureCodec, gather_rows
+from .kv import KVStore
+
+__all__ = ["EagerLogger", "LazyLogger", "item_key", "user_key"]
+
+
+def user_key(request_id) -> str:
+    return f"u/{request_id}"
+
+
+def item_key(request_id, item_id) -> str:
+    return f"i/{request_id}/{item_id}"
+
+
+class EagerLogger:
+    """Logs the features of every ranked item (and the user's, once) at ranking time.
+
+    Args:
+        store: where the features go.
+        item_schema: the features of an item (rows of `items` in `log_ranking`).
+        user_schema: the features of the user and context (one row), or None.
+        ttl_s: how long logged features wait for their labels.
+    """
+
+    def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0):
+        self.store, self.ttl_s = store, ttl_s
+        self.items_codec = FeatureCodec(item_schema)
+        self.user_codec = None if user_schema is None else FeatureCodec(user_schema)
+        self.stats = {"requests": 0, "items_logged": 0, "serialize_s": 0.0, "write_s": 0.0, "bytes_logged": 0}
+
+    def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
+        """Log a ranked list: `item_ids` [n] in rank order, `items` their features (n rows)."""
+        item_ids = self._check(request_id, item_ids, items, user)
+        self.stats["requests"] += 1
+        self._write(request_id, item_ids, items, np.arange(len(item_ids)), user)
+
+    def _check(self, request_id, item_ids, items: Batch, user: Batch | None):
+        item_ids = np.asarray(item_ids)
+        if item_ids.ndim != 1 or len(item_ids) != items.num_rows:
+            raise DataError(
+                f"request {request_id}: {len(item_ids)} item ids for {items.num_rows} rows of item features; "
+                "pass one id per ranked row"
+            )
+        if (user is None) != (self.user_codec is None) or (user is not None and user.num_rows != 1):
+            raise DataError(
+                f"request {request_id}: user features must be one row when the logger has a user schema "
+                "and absent otherwise"
+            )
+        return item_ids
+
+    def _write(self, request_id, item_ids, items: Batch, rows, user: Batch | None) -> None:
+        t = time.perf_counter()
+        pairs = []
+        if user is not None:
+            pairs.append((user_key(request_id), self.user_codec.encode(gather_rows(user, [0]))[0]))
+        if len(rows):
+            encoded = self.items_codec.encode(gather_rows(items, rows))
+            pairs += [(item_key(request_id, item_ids[r]), v) for r, v in zip(rows, encoded)]
+        w = time.perf_counter()
+        self.stats["serialize_s"] += w - t
+        if pairs:
+            self.store.put_many(pairs, self.ttl_s)
+        self.stats["write_s"] += time.perf_counter() - w
+        self.stats["items_logged"] += len(rows)
+        self.stats["bytes_logged"] += sum(len(k) + len(v) for k, v in pairs)
+
+    def flush(self) -> None:
+        """Nothing is pending: eager logging writes at ranking time."""
+
+    def close(self) -> None:
+        self.flush()
+
+
+class LazyLogger(EagerLogger):
+    """Logs the head of a ranked list at once and later pages when the user paginates.
+
+    Args:
+        store, item_schema, user_schema, ttl_s: as `EagerLogger`.
+        head: items logged at ranking time (the first screen).
+        page: items per further page; `on_paginate(request, seen_upto)` logs whole pages up to
+            the one holding item `seen_upto - 1`.
+        max_items: ranked items kept per request (the rest could never be shown).
+        max_pending: requests kept in the buffer; the oldest is dropped beyond it (counted in
+            `stats["evicted"]`): memory stays bounded under any load.
+    """
+
+    def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0,
+                 head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000):  # fmt: skip
+        super().__init__(store, item_schema, user_schema, ttl_s)
+        for name, value in (("head", head), ("page", page), ("max_items", max_items), ("max_pending", max_pending)):
+            if not isinstance(value, int) or value < (0 if name == "head" else 1):
+                raise ConfigError(f"LazyLogger {name}={value!r} must be a positive integer")
+        self.head, self.page, self.max_items, self.max_pending = head, page, max_items, max_pending
+        self._pending = collections.OrderedDict()  # request -> [item ids, items, rows logged so far]
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gpupre-lazy-logger", daemon=True)
+        self._thread.start()
+        self.stats.update({"paginations": 0, "unknown_requests": 0, "evicted": 0, "pending": 0})
+
+    def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
+        """Log the user and the head now; keep the rest of the list for `on_paginate`."""
+        self._raise_background_error()
+        item_ids = self._check(request_id, item_ids, items, user)[: self.max_items]
+        head = min(self.head, len(item_ids))
+        self.stats["requests"] += 1
+        self._write(request_id, item_ids, items, np.arange(head), user)
+        if head < len(item_ids):
+            with self._lock:
+                self._pending[request_id] = [item_ids, items, head]
+                while len(self._pending) > self.max_pending:
+                    self._pending.popitem(last=False)
+                    self.stats["evicted"] += 1
+                self.stats["pending"] = len(self._pending)
+
+    def on_paginate(self, request_id, seen_upto: int) -> None:
+        """The user reached item `seen_upto - 1`: log the pages up to it (asynchronously)."""
+        self._raise_background_error()
+        with self._lock:
+            entry = self._pending.get(request_id)
+            if entry is None:
+                self.stats["unknown_requests"] += 1  # never ranked, evicted, or already complete
+                return
+            item_ids, items, logged = entry
+            pages = -(-(max(int(seen_upto), 0) - self.head) // self.page)
+            upto = min(len(item_ids), self.head + max(pages, 0) * self.page)
+            if upto <= logged:
+                return
+            entry[2] = upto
+            if upto == len(item_ids):
+                del self._pending[request_id]
+                self.stats["pending"] = len(self._pending)
+            self.stats["paginations"] += 1
+        self._queue.put((request_id, item_ids, items, np.arange(logged, upto)))
+
+    def _run(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                self._write(task[0], task[1], task[2], task[3], None)
+            except BaseException as e:  # noqa: BLE001 - the first is re-raised on the caller's thread
+                self._error = self._error or e
+            finally:
+                self._queue.task_done()
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise DataError(f"lazy logging of a page failed: {type(error).__name__}: {error}") from error
+
+    def flush(self) -> None:
+        """Wait until every page asked for is written."""
+        self._queue.join()
+        self._raise_background_error()
+
+    def close(self) -> None:
+        """Write what is queued and stop the background thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_background_error()

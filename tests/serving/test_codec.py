@@ -1,0 +1,61 @@
+"""Feature bytes: rows round-trip exactly; gathering from torch tensors gives the same bytes."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transforms.helpers import assert_same, make_batch, rows_of
+
+import gpupre as gp
+from gpupre.serving import FeatureCodec, gather_rows
+
+IDS = st.integers(-(2**63), 2**63 - 1)
+
+
+@st.composite
+def item_batches(draw):
+    n = draw(st.integers(0, 6))
+    rows = st.lists(st.lists(IDS, max_size=5), min_size=n, max_size=n)
+    floats = st.lists(st.floats(width=32, allow_nan=True), min_size=n, max_size=n)
+    scored_ids = draw(rows)
+    scores = [[draw(st.floats(width=32)) for _ in r] for r in scored_ids]
+    return make_batch({"x": draw(floats), "y": draw(floats)}, {"a": draw(rows), "b": draw(rows)}, {"s": (scored_ids, scores)},
+                      num_rows=n)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(item_batches())
+def test_rows_round_trip_exactly(batch):
+    codec = FeatureCodec(batch.schema)
+    encoded = codec.encode(batch)
+    assert len(encoded) == batch.num_rows
+    assert_same(codec.decode(encoded), batch, rtol=0)
+
+
+def test_a_row_is_its_values_and_nothing_else():
+    batch = make_batch({"x": [1.0]}, {"a": [[7, 8]], "b": [[]]})
+    (row,) = FeatureCodec(batch.schema).encode(batch)
+    assert row == np.float32(1).tobytes() + np.array([2, 0], np.uint32).tobytes() + np.array([7, 8], np.int64).tobytes()
+
+
+def test_gathering_from_torch_tensors_gives_the_same_bytes_as_numpy():
+    batch = make_batch({"x": [1.0, 2.0, 3.0, 4.0]}, {"a": [[1], [2, 3], [], [4, 5, 6]]}, {"s": ([[9], [], [8, 7], [6]],
+                       [[0.5], [], [0.25, 0.75], [1.0]])})  # fmt: skip
+    codec, rows = FeatureCodec(batch.schema), [3, 0, 2]
+    from_numpy = codec.encode(gather_rows(batch, rows))
+    from_torch = codec.encode(gather_rows(batch.to_torch(), rows))
+    assert from_numpy == from_torch
+    assert rows_of(codec.decode(from_numpy), "a") == [[4, 5, 6], [1], []]
+
+
+def test_corrupt_bytes_and_other_features_are_data_errors():
+    batch = make_batch({"x": [1.0]}, {"a": [[7, 8]]})
+    codec = FeatureCodec(batch.schema)
+    (row,) = codec.encode(batch)
+    with pytest.raises(gp.DataError, match="logged row 0 has 23 bytes, not what its 2 ids need"):
+        codec.decode([row[:-1]])
+    with pytest.raises(gp.DataError, match="do not match the logger's schema"):
+        codec.encode(make_batch({"z": [1.0]}, {"a": [[7]]}))
+
+

@@ -1,0 +1,123 @@
+"""Eager and lazy logging: what is written when, and that it decodes to the ranked rows."""
+
+import numpy as np
+import pytest
+from transforms.helpers import assert_same, make_batch
+
+import gpupre as gp
+from gpupre.serving import EagerLogger, FeatureCodec, LazyLogger, SqliteKV, item_key, user_key
+
+
+def ranked(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    items = make_batch({"price": rng.random(n).tolist()}, {"cat": [[int(c)] for c in rng.integers(0, 50, n)],
+                       "tags": [rng.integers(0, 1000, rng.integers(0, 4)).tolist() for _ in range(n)]})  # fmt: skip
+    return np.arange(100, 100 + n), items
+
+
+USER = make_batch({"age": [31.0]}, {"history": [[5, 6, 7]]})
+
+
+def logged(store, request, item_ids, items):
+    """The rows of `items` whose features are in the store, decoded, and their indices."""
+    values = store.get_many([item_key(request, i) for i in item_ids])
+    at = [r for r, v in enumerate(values) if v is not None]
+    decoded = FeatureCodec(items.schema).decode([values[r] for r in at]) if at else None
+    return at, decoded
+
+
+def test_eager_logs_every_item_and_the_user_once():
+    store = SqliteKV()
+    logger = EagerLogger(store, ranked(1)[1].schema, USER.schema)
+    item_ids, items = ranked(20)
+    logger.log_ranking("r1", item_ids, items, USER)
+    at, decoded = logged(store, "r1", item_ids, items)
+    assert at == list(range(20))
+    assert_same(decoded, items, rtol=0)
+    assert_same(FeatureCodec(USER.schema).decode(store.get_many([user_key("r1")])), USER, rtol=0)
+    assert logger.stats["items_logged"] == 20 and store.stats["put_ops"] == 1
+
+
+def test_lazy_logs_the_head_then_whole_pages_on_pagination():
+    store = SqliteKV()
+    logger = LazyLogger(store, ranked(1)[1].schema, USER.schema, head=6, page=9)
+    item_ids, items = ranked(40)
+    logger.log_ranking("r1", item_ids, items, USER)
+    assert logged(store, "r1", item_ids, items)[0] == list(range(6))
+    assert store.get_many([user_key("r1")])[0] is not None
+    logger.on_paginate("r1", seen_upto=7)  # item 6 is on the first page after the head: 6..14
+    logger.flush()
+    at, decoded = logged(store, "r1", item_ids, items)
+    assert at == list(range(15))
+    assert_same(decoded, items.take(np.arange(15)), rtol=0)
+    logger.on_paginate("r1", seen_upto=12)  # already logged: nothing more
+    logger.on_paginate("r1", seen_upto=1_000)  # to the end of the list
+    logger.close()
+    assert logged(store, "r1", item_ids, items)[0] == list(range(40))
+    assert logger.stats["paginations"] == 2 and logger.stats["pending"] == 0
+
+
+def test_lazy_writes_far_less_than_eager_when_users_stop_early():
+    item_ids, items = ranked(100)
+    eager_store, lazy_store = SqliteKV(), SqliteKV()
+    eager, lazy = EagerLogger(eager_store, items.schema), LazyLogger(lazy_store, items.schema)
+    for r in range(20):
+        eager.log_ranking(r, item_ids, items)
+        lazy.log_ranking(r, item_ids, items)
+        if r % 4 == 0:
+            lazy.on_paginate(r, seen_upto=8)
+    lazy.close()
+    assert lazy_store.stats["bytes_written"] < 0.15 * eager_store.stats["bytes_written"]
+    assert lazy.stats["items_logged"] == 20 * 6 + 5 * 9
+
+
+def test_the_buffer_is_bounded_and_unknown_requests_are_counted():
+    logger = LazyLogger(SqliteKV(), ranked(1)[1].schema, max_pending=3, max_items=30)
+    item_ids, items = ranked(50)
+    for r in range(5):
+        logger.log_ranking(r, item_ids, items)
+    assert logger.stats["pending"] == 3 and logger.stats["evicted"] == 2
+    logger.on_paginate(0, seen_upto=20)  # evicted
+    logger.on_paginate("never-ranked", seen_upto=20)
+    assert logger.stats["unknown_requests"] == 2
+    logger.on_paginate(4, seen_upto=1_000)
+    logger.close()
+    assert logger.stats["items_logged"] == 5 * 6 + 24  # max_items: 30 of the 50 ranked
+
+
+def test_a_failed_page_write_is_raised_on_the_callers_thread():
+    class Failing(SqliteKV):
+        def put_many(self, items, ttl_s):
+            if any(k.startswith("i/bad/") and not k.endswith(("/100", "/101", "/102", "/103", "/104", "/105")) for k, _ in items):
+                raise OSError("disk full")
+            super().put_many(items, ttl_s)
+
+    logger = LazyLogger(Failing(), ranked(1)[1].schema)
+    item_ids, items = ranked(20)
+    logger.log_ranking("bad", item_ids, items)
+    logger.on_paginate("bad", seen_upto=10)
+    with pytest.raises(gp.DataError, match="disk full"):
+        logger.flush()
+
+
+def test_lazy_logging_from_torch_tensors_writes_the_same_bytes():
+    item_ids, items = ranked(30)
+    stores = [SqliteKV(), SqliteKV()]
+    for store, batch in zip(stores, (items, items.to_torch())):
+        logger = LazyLogger(store, items.schema)
+        logger.log_ranking("r", item_ids, batch)
+        logger.on_paginate("r", seen_upto=20)
+        logger.close()
+    keys = [item_key("r", i) for i in item_ids]
+    assert stores[0].get_many(keys) == stores[1].get_many(keys)
+
+
+def test_mismatched_ids_and_rows_are_data_errors():
+    item_ids, items = ranked(5)
+    logger = EagerLogger(SqliteKV(), items.schema)
+    with pytest.raises(gp.DataError, match="4 item ids for 5 rows"):
+        logger.log_ranking("r", item_ids[:4], items)
+    with pytest.raises(gp.DataError, match="user features"):
+        logger.log_ranking("r", item_ids, items, USER)
+    with pytest.raises(gp.ConfigError, match="page=0"):
+        LazyLogger(SqliteKV(), items.schema, page=0)

@@ -20,7 +20,7 @@ from ..batch import Batch, KeyedJagged, _segments, offsets_of
 from ..errors import DataError
 from ..schema import SCORED, Schema
 
-__all__ = ["FeatureCodec", "gather_rows"]
+__all__ = ["FeatureCodec", "encode_rows", "gather_rows"]
 
 
 class FeatureCodec:
@@ -32,9 +32,9 @@ class FeatureCodec:
         self.weighted = any(f.kind == SCORED for f in schema.sparse)
         self._head = 4 * (self.num_dense + self.num_sparse)
 
-    def encode(self, batch: Batch) -> list[bytes]:
-        """One bytes object per row of a host batch."""
-        n, keys = batch.num_rows, self.num_sparse
+    def encode(self, batch: Batch, rows=None) -> list[bytes]:
+        """One bytes object per row of a host batch (rows `rows` of it, in that order; default all)."""
+        keys = self.num_sparse
         if tuple(batch.dense_keys) != tuple(f.name for f in self.schema.dense) or tuple(batch.sparse.keys) != tuple(
             f.name for f in self.schema.sparse
         ):
@@ -42,11 +42,13 @@ class FeatureCodec:
                 f"features {list(batch.dense_keys) + list(batch.sparse.keys)} do not match the logger's schema "
                 f"{list(self.schema.names)}; pass batches with the schema's features in its order"
             )
-        dense = np.ascontiguousarray(np.asarray(batch.dense, np.float32).T)  # [n, D]
-        lengths = np.asarray(batch.sparse.lengths).reshape(keys, n)
-        row_lengths = np.ascontiguousarray(lengths.T, np.uint32)  # [n, K]
-        starts = offsets_of(lengths.ravel())[:-1].reshape(keys, n)
-        order = _segments(starts.T.ravel(), lengths.T.ravel())  # the ids row after row
+        rows = np.arange(batch.num_rows) if rows is None else np.asarray(rows, np.int64)
+        n = len(rows)
+        dense = np.ascontiguousarray(np.asarray(batch.dense, np.float32)[:, rows].T)  # [n, D]
+        lengths = np.asarray(batch.sparse.lengths).reshape(keys, batch.num_rows)
+        row_lengths = np.ascontiguousarray(lengths[:, rows].T, np.uint32)  # [n, K]
+        starts = offsets_of(lengths.ravel())[:-1].reshape(keys, batch.num_rows)[:, rows]
+        order = _segments(starts.T.ravel(), row_lengths.ravel())  # the ids row after row
         values = np.asarray(batch.sparse.values, np.int64)[order]
         weights = np.asarray(batch.sparse.weights, np.float32)[order] if self.weighted else None
         ends = offsets_of(row_lengths.sum(1, dtype=np.int64))
@@ -89,6 +91,13 @@ class FeatureCodec:
             (np.concatenate(weights) if weights else np.empty(0, np.float32))[order] if self.weighted else None,
         )
         return Batch(n, tuple(f.name for f in self.schema.dense), dense, sparse, schema=self.schema)
+
+
+def encode_rows(codec: FeatureCodec, batch: Batch, rows) -> list[bytes]:
+    """codec's bytes of rows `rows` of `batch`, wherever its arrays live (see `gather_rows`)."""
+    if isinstance(batch.dense, np.ndarray):
+        return codec.encode(batch, rows)
+    return codec.encode(gather_rows(batch, rows))
 
 
 def gather_rows(batch: Batch, rows) -> Batch:

@@ -83,7 +83,8 @@ class ArrowRows(Dataset):
 
     def __init__(self, path: str, columns: list[str]):
         self.path, self.columns = path, columns
-        sizes = [pq.ParquetFile(path).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(path).num_row_groups)]
+        metadata = pq.read_metadata(path)
+        sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
         self.starts = list(np.cumsum([0] + sizes))
         self._file, self._group, self._table = None, -1, None
 

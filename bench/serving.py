@@ -50,7 +50,8 @@ def run(save_results: bool = True) -> dict:
                 t = time.perf_counter()
                 logger.log_ranking(r, np.arange(ITEMS), items, user)
                 latencies.append(time.perf_counter() - t)
-                logger.on_paginate(r, int(scrolls[r])) if name == "lazy" else None
+                if name == "lazy":
+                    logger.on_paginate(r, int(scrolls[r]))
             logger.close()
             out[name] = {"logger": name, "requests": REQUESTS, "items_logged": logger.stats["items_logged"],
                          "kv_bytes": store.stats["bytes_written"], "kv_keys": store.stats["keys_written"],

@@ -31,13 +31,13 @@ class FeatureCodec:
         self.num_dense, self.num_sparse = len(schema.dense), len(schema.sparse)
         self.weighted = any(f.kind == SCORED for f in schema.sparse)
         self._head = 4 * (self.num_dense + self.num_sparse)
+        self._dense_keys = tuple(f.name for f in schema.dense)
+        self._sparse_keys = tuple(f.name for f in schema.sparse)
 
     def encode(self, batch: Batch, rows=None) -> list[bytes]:
         """One bytes object per row of a host batch (rows `rows` of it, in that order; default all)."""
         keys = self.num_sparse
-        if tuple(batch.dense_keys) != tuple(f.name for f in self.schema.dense) or tuple(batch.sparse.keys) != tuple(
-            f.name for f in self.schema.sparse
-        ):
+        if tuple(batch.dense_keys) != self._dense_keys or tuple(batch.sparse.keys) != self._sparse_keys:
             raise DataError(
                 f"features {list(batch.dense_keys) + list(batch.sparse.keys)} do not match the logger's schema "
                 f"{list(self.schema.names)}; pass batches with the schema's features in its order"
@@ -85,12 +85,12 @@ class FeatureCodec:
         starts = offsets_of(lengths.ravel())[:-1].reshape(n, keys)
         order = _segments(starts.T.ravel(), lengths.T.ravel())  # back to key-major
         sparse = KeyedJagged(
-            tuple(f.name for f in self.schema.sparse),
+            self._sparse_keys,
             np.ascontiguousarray(lengths.T).ravel(),
             row_major[order],
             (np.concatenate(weights) if weights else np.empty(0, np.float32))[order] if self.weighted else None,
         )
-        return Batch(n, tuple(f.name for f in self.schema.dense), dense, sparse, schema=self.schema)
+        return Batch(n, self._dense_keys, dense, sparse, schema=self.schema)
 
 
 def encode_rows(codec: FeatureCodec, batch: Batch, rows) -> list[bytes]:

@@ -45,6 +45,8 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench reader
 	$(BIN)/python -m bench transforms
 	$(BIN)/python -m bench loader
+	$(BIN)/python -m bench serving
+	$(BIN)/python -m bench dedup
 	$(BIN)/python -m bench report > bench/results/REPORT.md
 
 clean:

@@ -1,6 +1,7 @@
 """The whole gpupre path on embedded defaults, printing what it measured (`make demo`).
 
-Steps: generate a synthetic recommendation dataset; import Criteo-format text; flatten a legacy
+Steps: simulate serving traffic (lazy logging into the SQLite KV store, the label join, de-dup
+tables by the hour) and train on what it wrote; generate a synthetic recommendation dataset; import Criteo-format text; flatten a legacy
 map-layout table and check it against the flat one; read with projection; fit a Criteo pipeline
 and apply its compiled plan; run the reader and transforms benchmarks (results of `make bench`
 are the ones kept in bench/results; the demo's quick runs are printed only).
@@ -28,6 +29,9 @@ def section(title: str) -> None:
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     spec = gp.storage.SynthSpec(rows=20_000, num_dense=40, num_sparse=50, num_scored=10, row_group_rows=5_000)
+
+    section("0. serving: lazy logging, label join, de-dup tables; then training on them")
+    serving_to_training()
 
     section("1. synthetic data: flattened layout")
     start = time.perf_counter()
@@ -95,6 +99,47 @@ def main() -> None:
     section("7. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
     result = transforms_bench.run(repeats=3, nvtabular=False, kinds=("criteo",), progress=False, save_results=False)
     print(transforms_bench.report(result))
+
+
+def serving_to_training() -> None:
+    """Simulated traffic logged lazily and joined into de-dup tables (eager/tabular alongside), then trained on."""
+    import shutil
+
+    import torch
+
+    from bench.dlrm import DLRM, train
+
+    gp.serving.simulate(os.path.join(OUT, "serving-warm-up"), requests=5, progress=False)  # compiles the encoder
+    reports = {}
+    for logger, layout in (("eager", "tabular"), ("lazy", "dedup")):
+        path = os.path.join(OUT, f"serving-{logger}-{layout}")
+        shutil.rmtree(path, ignore_errors=True)
+        reports[logger] = r = gp.serving.simulate(path, requests=2000, logger=logger, layout=layout, progress=False)
+        print(f"{logger:>5} logging, {layout:<7} tables: {r['requests']} requests, {r['items_seen']} items seen of "
+              f"{r['ranked_items']} ranked; KV {r['kv']['bytes_written']:,} bytes in {r['kv']['put_ops']} writes, "
+              f"{r['logger']['serialize_s']:.2f}s serializing; {r['writer']['bytes']:,} bytes of Parquet in "
+              f"{r['writer']['files']} hourly files ({r['seconds']:.1f}s)")  # fmt: skip
+    lazy, eager = reports["lazy"], reports["eager"]
+    print(f"lazy logging wrote {1 - lazy['kv']['bytes_written'] / eager['kv']['bytes_written']:.0%} fewer KV bytes; "
+          f"de-dup tables are {1 - lazy['writer']['bytes'] / eager['writer']['bytes']:.0%} smaller than tabular")
+    j = lazy["joiner"]
+    print(f"label join: {j['events']} events, {j['joined']} joined, {j['duplicates']} duplicates merged, "
+          f"{j['late']} after the TTL (reported in _rejected.jsonl), {j['unknown']} without features")  # fmt: skip
+
+    ds = gp.Dataset(lazy["path"])
+    dense = [f.name for f in ds.schema.dense]
+    lists = [f.name for f in ds.schema.sparse]
+    pipe = gp.Pipeline([gp.Normalize(dense), gp.Hash(lists, 20_000)]).fit(ds, progress=False)
+    loader = gp.DataLoader(ds, batch_size=256, pipeline=pipe, device="auto", shuffle=True, num_workers=2, read_batch_size=1024)
+    torch.manual_seed(0)
+    model = DLRM(len(dense), lists, 20_000).to(loader.device)
+    result = train(loader, model, 300, lr=0.02)
+    loader.close()
+    losses, stats = result["losses"], loader.stats()
+    print(f"{ds}: batches of 256 impressions carry {stats['bytes_staged'] / max(stats['batches'], 1):,.0f} bytes "
+          f"(user features once per request)")  # fmt: skip
+    print(f"300 steps: loss first 50 {np.mean(losses[:50]):.4f} -> last 50 {np.mean(losses[-50:]):.4f}, "
+          f"{result['rows_per_s']:,.0f} rows/s")
 
 
 def train_dlrm(path: str, steps: int = 400) -> None:

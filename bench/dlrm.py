@@ -30,20 +30,34 @@ class DLRM(nn.Module):
         self.top = mlp([dim + count * (count - 1) // 2, 64, 1])
 
     def forward(self, batch) -> torch.Tensor:
-        """Logits [N] of a batch: dense [D, N] and sparse lengths/values in key-major order."""
-        n = batch.num_rows
-        x = self.bottom(batch.dense.T)
-        lengths = batch.sparse.lengths.long()
-        offsets = torch.zeros(len(lengths), dtype=torch.long, device=lengths.device)
-        torch.cumsum(lengths[:-1], 0, out=offsets[1:])
-        per_key = lengths.view(len(self.keys), n).sum(1)
-        key_of_id = torch.repeat_interleave(torch.arange(len(self.keys), device=lengths.device), per_key)
-        ids = batch.sparse.values % self.num_embeddings + key_of_id * self.num_embeddings
-        bags = self.tables(ids, offsets).view(len(self.keys), n, -1)  # [F, N, dim]
+        """Logits [N] of a batch: dense [D, N] and sparse lengths/values in key-major order.
+
+        A de-duplicated batch's request features are looked up once per request and their
+        pooled embeddings gathered onto the rows (its keys: the requests', then the items').
+        """
+        if batch.requests is None:
+            dense, bags = batch.dense, self._bags(batch.sparse, batch.num_rows, 0)
+        else:
+            requests, inverse = batch.requests, batch.inverse.long()
+            dense = torch.cat([requests.dense[:, inverse], batch.dense])
+            first = self._bags(requests.sparse, requests.num_rows, 0)[:, inverse]
+            bags = torch.cat([first, self._bags(batch.sparse, batch.num_rows, len(requests.sparse.keys))])
+        x = self.bottom(dense.T)
         t = torch.cat([x.unsqueeze(1), bags.transpose(0, 1)], dim=1)  # [N, F + 1, dim]
         dots = torch.bmm(t, t.transpose(1, 2))
         i, j = torch.triu_indices(t.shape[1], t.shape[1], offset=1)
         return self.top(torch.cat([x, dots[:, i, j]], dim=1)).squeeze(1)
+
+    def _bags(self, sparse, n: int, first_key: int) -> torch.Tensor:
+        """Pooled embeddings [keys, n, dim] of keys first_key, first_key + 1, ... of the model."""
+        keys = len(sparse.keys)
+        lengths = sparse.lengths.long()
+        offsets = torch.zeros(len(lengths), dtype=torch.long, device=lengths.device)
+        torch.cumsum(lengths[:-1], 0, out=offsets[1:])
+        per_key = lengths.view(keys, n).sum(1)
+        key_of_id = torch.repeat_interleave(torch.arange(first_key, first_key + keys, device=lengths.device), per_key)
+        ids = sparse.values % self.num_embeddings + key_of_id * self.num_embeddings
+        return self.tables(ids, offsets).view(keys, n, -1)
 
 
 def train(loader, model: DLRM, steps: int, lr: float = 0.05) -> dict:

@@ -57,7 +57,13 @@ class Batch:
         labels      float32 [N], [L, N] for L labels, or None
         extras      {name: array}    pass-through columns (row ids, timestamps), untouched
         inverse     int32 [N] or None  de-duplicated batches: row -> request index
+        requests    Batch of R rows, or None  de-duplicated batches: the user and context
+                    features, once per request (row i belongs to request inverse[i])
         schema      the Schema of the features (kinds and groups), or None
+
+    A de-duplicated batch (from de-dup tables) holds the item features, labels and extras of its
+    N rows, and the user and context features of its R requests in `requests`; `expand()`
+    gathers them into a plain batch of N rows with every feature.
 
     Arrays are numpy on the host and torch tensors after `to_torch()` / `to(device)`. Host
     batches built by `from_arrow` may be read-only views of Arrow buffers: copy before writing.
@@ -70,6 +76,7 @@ class Batch:
     labels: object = None
     extras: dict = field(default_factory=dict)
     inverse: object = None
+    requests: Batch | None = None
     schema: Schema | None = field(default=None, repr=False, compare=False)  # kinds of the keys
 
     # -- construction -------------------------------------------------------------------------
@@ -128,24 +135,68 @@ class Batch:
         extras = {name: _extra(columns[name]) for name in schema.extras}
         return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras, schema=schema)
 
+    def to_arrow(self) -> pa.Table:
+        """A host batch as a flattened Arrow table (the inverse of `from_arrow`; NaN -> null).
+
+        Columns: features (a scored feature with its `.score` column), then labels (named by
+        the schema), then extras. A de-duplicated batch is expanded first.
+        """
+        b = self.expand()
+        n, keys = b.num_rows, len(b.sparse.keys)
+        scored = {f.name for f in b.schema.sparse if f.kind == SCORED} if b.schema is not None else set()
+        columns = {}
+        for i, name in enumerate(b.dense_keys):
+            x = np.asarray(b.dense[i], np.float32)
+            columns[name] = pa.array(x, mask=np.isnan(x))
+        bounds = offsets_of(b.sparse.lengths)
+        for k, name in enumerate(b.sparse.keys):
+            o = bounds[k * n : (k + 1) * n + 1]
+            lo, hi, local = int(o[0]), int(o[-1]), pa.array((o - o[0]).astype(np.int32))
+            columns[name] = pa.ListArray.from_arrays(local, pa.array(np.asarray(b.sparse.values[lo:hi], np.int64)))
+            if name in scored:
+                scores = pa.array(np.asarray(b.sparse.weights[lo:hi], np.float32))
+                columns[name + SCORE_SUFFIX] = pa.ListArray.from_arrays(local, scores)
+        if b.labels is not None:
+            names = b.schema.labels if b.schema is not None else ()
+            rows = np.asarray(b.labels, np.float32).reshape(-1, n)
+            if len(names) != len(rows):
+                names = ("label",) if len(rows) == 1 else tuple(f"label_{i}" for i in range(len(rows)))
+            columns.update({name: pa.array(row) for name, row in zip(names, rows)})
+        for name, column in b.extras.items():
+            columns[name] = column if isinstance(column, pa.Array) else pa.array(np.asarray(column))
+        return pa.table(columns)
+
     # -- rows (host batches) --------------------------------------------------------------------
     def take(self, index) -> Batch:
-        """Rows `index` (integers, any order) of a host batch, as a new batch."""
-        index = np.asarray(index, np.int64)
-        n, keys = self.num_rows, len(self.sparse.keys)
-        lengths = np.asarray(self.sparse.lengths).reshape(keys, n)[:, index].ravel()
-        starts = offsets_of(self.sparse.lengths)[:-1].reshape(keys, n)[:, index].ravel()
-        gather = _segments(starts, lengths)
-        weights = None if self.sparse.weights is None else np.asarray(self.sparse.weights)[gather]
-        sparse = KeyedJagged(self.sparse.keys, lengths, np.asarray(self.sparse.values)[gather], weights)
+        """Rows `index` (integers, any order) as a new batch, on the batch's own device.
+
+        A de-duplicated batch keeps the requests its rows use, in order of first use.
+        """
+        numpy = isinstance(self.dense, np.ndarray)
+        if numpy:
+            index = np.asarray(index, np.int64)
+        else:
+            import torch
+
+            index = torch.as_tensor(index, device=self.dense.device).long()
+        lengths, gather = _jagged_take(self.sparse.lengths, len(self.sparse.keys), self.num_rows, index)
+        weights = None if self.sparse.weights is None else self.sparse.weights[gather]
+        sparse = KeyedJagged(self.sparse.keys, lengths, self.sparse.values[gather], weights)
+        inverse, requests = self.inverse, self.requests
+        if inverse is not None:
+            picked = inverse[index]
+            used, inverse = _first_use(picked if numpy else picked.cpu().numpy())  # a sync on a GPU
+            requests = requests.take(used)
+            inverse = inverse if numpy else torch.as_tensor(inverse, device=index.device)
         return replace(
             self,
             num_rows=len(index),
-            dense=np.asarray(self.dense)[:, index],
+            dense=self.dense[:, index],
             sparse=sparse,
-            labels=None if self.labels is None else np.asarray(self.labels)[..., index],
+            labels=None if self.labels is None else self.labels[..., index],
             extras={k: _take_column(v, index) for k, v in self.extras.items()},
-            inverse=None if self.inverse is None else np.asarray(self.inverse)[index],
+            inverse=inverse,
+            requests=requests,
         )
 
     def rows(self, start: int, stop: int) -> Batch:
@@ -177,7 +228,8 @@ class Batch:
             sparse=KeyedJagged(first.sparse.keys, lengths.ravel(), values, weights),
             labels=None if first.labels is None else np.concatenate([np.asarray(b.labels) for b in batches], axis=-1),
             extras={k: _concat_column([b.extras[k] for b in batches]) for k in first.extras},
-            inverse=None if first.inverse is None else np.concatenate([b.inverse for b in batches]),
+            inverse=None if first.inverse is None else _concat_inverse(batches),
+            requests=None if first.requests is None else Batch.concat([b.requests for b in batches]),
         )
 
     # -- conversion ---------------------------------------------------------------------------
@@ -200,6 +252,31 @@ class Batch:
             labels=apply(self.labels),
             extras={k: apply(v) for k, v in self.extras.items()},
             inverse=apply(self.inverse),
+            requests=None if self.requests is None else self.requests.map_arrays(fn),
+        )
+
+    def expand(self) -> Batch:
+        """A plain batch of N rows with every feature: request features gathered by `inverse`.
+
+        Runs where the arrays are (numpy, or torch on any device, where the jagged gather
+        syncs once to size its output); a batch that is not
+        de-duplicated is returned as it is. Features come in the order requests, then items.
+        """
+        if self.requests is None:
+            return self
+        users = self.requests.take(self.inverse)
+        a, b = users.sparse, self.sparse
+        weights = None
+        if a.weights is not None or b.weights is not None:
+            weights = _cat([_ones_like(x.values) if x.weights is None else x.weights for x in (a, b)])
+        return replace(
+            self,
+            dense_keys=users.dense_keys + self.dense_keys,
+            dense=_cat([users.dense, self.dense]),
+            sparse=KeyedJagged(a.keys + b.keys, _cat([a.lengths, b.lengths]), _cat([a.values, b.values]), weights),
+            extras={**users.extras, **self.extras},
+            inverse=None,
+            requests=None,
         )
 
     def to_torch(self) -> Batch:
@@ -235,7 +312,7 @@ class Batch:
             f"Batch(num_rows={self.num_rows}, dense={len(self.dense_keys)}, "
             f"sparse={len(self.sparse.keys)}, values={len(self.sparse.values)}, "
             f"labels={None if self.labels is None else tuple(self.labels.shape)}, "
-            f"extras={list(self.extras)}, dedup={self.inverse is not None})"
+            f"extras={list(self.extras)}, requests={None if self.requests is None else self.requests.num_rows})"
         )
 
 
@@ -333,10 +410,55 @@ def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return shift + np.arange(total, dtype=np.int64)
 
 
+def _jagged_take(lengths, keys: int, n: int, index):
+    """(lengths of rows `index` of every key, the indices of their values), key-major."""
+    if isinstance(lengths, np.ndarray):
+        starts = offsets_of(lengths)[:-1].reshape(keys, n)[:, index].ravel()
+        taken = lengths.reshape(keys, n)[:, index].ravel()
+        return taken, _segments(starts, taken)
+    import torch
+
+    wide = lengths.view(keys, n).long()
+    starts = (torch.cumsum(wide.ravel(), 0) - wide.ravel()).view(keys, n)[:, index].ravel()
+    taken = wide[:, index].ravel()
+    shift = torch.repeat_interleave(starts - (torch.cumsum(taken, 0) - taken), taken)
+    return taken.to(lengths.dtype), shift + torch.arange(len(shift), device=shift.device)
+
+
+def _first_use(inverse: np.ndarray):
+    """(the distinct requests of `inverse` in order of first use, inverse renumbered to them)."""
+    used, first, renumbered = np.unique(inverse, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return used[order], rank[renumbered.ravel()]
+
+
+def _concat_inverse(batches) -> np.ndarray:
+    starts = offsets_of([b.requests.num_rows for b in batches])
+    return np.concatenate([np.asarray(b.inverse) + np.int32(s) for b, s in zip(batches, starts)]).astype(np.int32)
+
+
+def _cat(parts):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
+
+
+def _ones_like(values):
+    if isinstance(values, np.ndarray):
+        return np.ones(len(values), np.float32)
+    import torch
+
+    return torch.ones(len(values), dtype=torch.float32, device=values.device)
+
+
 def _take_column(column, index):
-    if isinstance(column, np.ndarray):
-        return column[index]
-    return column.take(pa.array(index))
+    if isinstance(column, pa.Array):
+        return column.take(pa.array(np.asarray(index)))
+    return column[index]
 
 
 def _concat_column(columns):

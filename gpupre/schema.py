@@ -29,8 +29,10 @@ __all__ = ["DENSE", "GROUPS", "KINDS", "SCORED", "SPARSE", "Feature", "Schema"]
 DENSE, SPARSE, SCORED = "dense", "sparse", "scored"
 KINDS = (DENSE, SPARSE, SCORED)
 GROUPS = ("user", "item", "context")
+REQUEST_GROUPS = ("user", "context")  # de-dup tables store these once per request
 SCORE_SUFFIX = ".score"
 METADATA_KEY = b"gpupre.schema"
+DEDUP_METADATA_KEY = b"gpupre.dedup"  # de-dup tables: per-impression extras, impressions per row group
 DEFAULT_LABEL = "label"
 
 

@@ -38,3 +38,20 @@ def synth_dir(tmp_path_factory) -> str:
     spec = gp.storage.SynthSpec(**{**SPEC.__dict__, "row_group_rows": 50, "num_files": 3})
     gp.storage.synthesize(path, spec, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def dedup_tables(tmp_path_factory):
+    """The same joined requests written by DedupWriter and TabularWriter: (dedup dir, tabular dir)."""
+    from dedup_data import joined_requests
+
+    from gpupre.serving import DedupWriter, TabularWriter
+
+    item_schema, user_schema, requests = joined_requests()
+    paths = []
+    for name, cls in (("dedup", DedupWriter), ("tabular", TabularWriter)):
+        path = str(tmp_path_factory.mktemp(name))
+        with cls(path, item_schema, user_schema, ("click", "like"), requests_per_file=25, row_group_rows=8) as writer:
+            writer.write(requests)
+        paths.append(path)
+    return tuple(paths)

@@ -1,5 +1,7 @@
 """Batch and KeyedJagged: layout, zero-copy views, torch conversion, and malformed input."""
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -333,3 +335,60 @@ def test_to_torchrec_is_a_real_keyed_jagged_tensor_over_the_same_memory():
     assert kjt.offsets().tolist() == [0, 2, 2, 3, 5, 6, 8]
     assert kjt.values().data_ptr() == torch.from_dlpack(b.sparse.values).data_ptr()  # no copy
     assert kjt.to_dict()["a"].values().tolist() == [1, 2]
+
+
+# -- de-duplicated batches ----------------------------------------------------------------------
+def _dedup_batch():
+    """3 requests (user features) and 5 rows (item features): rows 0-1 request 0, 2 request 1, 3-4 request 2."""
+    from transforms.helpers import make_batch
+
+    users = make_batch({"age": [20.0, 30.0, 40.0]}, {"hist": [[1, 2], [3], []]})
+    items = make_batch({"price": [1.0, 2.0, 3.0, 4.0, 5.0]}, {"cat": [[10], [11, 12], [], [13], [14]]},
+                       {"tags": ([[5], [], [6, 7], [8], []], [[0.5], [], [0.25, 0.75], [1.0], []])})  # fmt: skip
+    labels = np.array([0, 1, 0, 0, 1], np.float32)
+    return replace(items, labels=labels, extras={"item_id": np.arange(5) + 100}, inverse=np.array([0, 0, 1, 2, 2], np.int32),
+                   requests=replace(users, extras={"request_id": np.array([7, 8, 9])}))  # fmt: skip
+
+
+def test_expand_gathers_request_features_onto_their_rows():
+    from transforms.helpers import rows_of
+
+    b = _dedup_batch()
+    e = b.expand()
+    assert e.num_rows == 5 and e.requests is None and e.inverse is None
+    assert e.dense_keys == ("age", "price") and e.sparse.keys == ("hist", "cat", "tags")
+    assert e.dense.tolist() == [[20, 20, 30, 40, 40], [1, 2, 3, 4, 5]]
+    assert rows_of(e, "hist") == [[1, 2], [1, 2], [3], [], []]
+    assert rows_of(e, "tags") == [[5], [], [6, 7], [8], []]
+    np.testing.assert_array_equal(e.sparse.weights, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.25, 0.75, 1.0])
+    assert e.extras["request_id"].tolist() == [7, 7, 8, 9, 9] and e.labels.tolist() == [0, 1, 0, 0, 1]
+    t = e.to_torch()
+    assert gp.Batch.expand(t) is t
+
+
+def test_take_and_concat_of_dedup_batches_keep_only_the_requests_in_use():
+    from transforms.helpers import assert_same
+
+    b = _dedup_batch()
+    t = b.take([4, 2, 3])
+    assert t.requests.extras["request_id"].tolist() == [9, 8] and t.inverse.tolist() == [0, 1, 0]
+    assert_same(t.expand(), b.expand().take([4, 2, 3]), rtol=0)
+    both = gp.Batch.concat([b.rows(0, 3), b.rows(3, 5)])
+    assert both.requests.num_rows == 3 and both.inverse.tolist() == [0, 0, 1, 2, 2]
+    assert_same(both.expand(), b.expand(), rtol=0)
+    on_torch = b.to_torch().take(torch.tensor([4, 2, 3]))
+    assert_same(on_torch.expand(), t.expand(), rtol=0)
+
+
+def test_to_arrow_round_trips_through_from_arrow():
+    from transforms.helpers import assert_same
+
+    e = _dedup_batch().expand()
+    e.dense[1, 2] = np.nan
+    features = (F("age", "dense"), F("price", "dense"), F("hist", "sparse"), F("cat", "sparse"), F("tags", "scored"))
+    e = replace(e, schema=gp.Schema(features, ("label",), ("request_id", "item_id")))
+    table = e.to_arrow()
+    assert table.column("price").null_count == 1 and table.column("tags.score").type == FLOAT32
+    back = Batch.from_arrow(table, e.schema)
+    assert_same(back, e, rtol=0)
+    assert back.labels.tolist() == e.labels.tolist() and back.extras["item_id"].tolist() == list(range(100, 105))

@@ -23,6 +23,23 @@ ALIGN = 64
 
 def to_shared(batch: Batch) -> dict:
     """Pack `batch` into a new shared-memory segment; returns its description."""
+    arrays, description = _arrays(batch, "")
+    if batch.requests is not None:  # de-duplicated: the request rows travel in the same segment
+        more, description["requests"] = _arrays(batch.requests, "requests.")
+        arrays.update(more)
+    arrays = {key: np.ascontiguousarray(a) for key, a in arrays.items()}
+    layout, size = _layout({key: (a.dtype, a.shape) for key, a in arrays.items()})
+    shm = shared_memory.SharedMemory(create=True, size=size)
+    _untrack(shm)  # the client owns it from now on
+    for (key, _, _, offset), a in zip(layout, arrays.values()):
+        shm.buf[offset : offset + a.nbytes] = a.view(np.uint8).reshape(-1)
+    description.update(shm=shm.name, layout=layout)
+    shm.close()
+    return description
+
+
+def _arrays(batch: Batch, prefix: str) -> tuple[dict, dict]:
+    """({prefixed name: array} of a batch, its description less the arrays)."""
     arrays = {"dense": batch.dense, "lengths": batch.sparse.lengths, "values": batch.sparse.values}
     for name, value in (("weights", batch.sparse.weights), ("labels", batch.labels), ("inverse", batch.inverse)):
         if value is not None:
@@ -33,16 +50,8 @@ def to_shared(batch: Batch) -> dict:
             arrays["extra:" + name] = column
         else:
             others[name] = column  # Arrow columns (strings...) are small; they travel pickled
-    arrays = {key: np.ascontiguousarray(a) for key, a in arrays.items()}
-    layout, size = _layout({key: (a.dtype, a.shape) for key, a in arrays.items()})
-    shm = shared_memory.SharedMemory(create=True, size=size)
-    _untrack(shm)  # the client owns it from now on
-    for (key, _, _, offset), a in zip(layout, arrays.values()):
-        shm.buf[offset : offset + a.nbytes] = a.view(np.uint8).reshape(-1)
-    description = {"shm": shm.name, "layout": layout, "num_rows": batch.num_rows, "others": others,
-                   "dense_keys": batch.dense_keys, "keys": batch.sparse.keys}  # fmt: skip
-    shm.close()
-    return description
+    description = {"num_rows": batch.num_rows, "others": others, "dense_keys": batch.dense_keys, "keys": batch.sparse.keys}
+    return {prefix + key: a for key, a in arrays.items()}, description
 
 
 class Slab:
@@ -101,64 +110,99 @@ def stage(pieces, schema, pin: bool = False) -> Staged:
     """Gather `pieces` [(slab, start, stop)], in order, into one buffer: rows [start, stop) of each.
 
     slab: a `Slab` or a host `Batch`; every piece has the same features. pin: page-locked memory
-    (for one asynchronous copy to a GPU).
+    (for one asynchronous copy to a GPU). De-duplicated slabs bring the requests their rows use,
+    into the same buffer, and the inverse is renumbered to them.
     """
     import torch
 
     batches = [s.batch if isinstance(s, Slab) else s for s, _, _ in pieces]
-    first = batches[0]
-    n = sum(stop - start for _, start, stop in pieces)
-    keys = len(first.sparse.keys)
-    # values of key k, piece p: bounds[p][k] .. bounds[p][k] + counts[k, p], stored k-major
-    bounds, counts = [], np.zeros((keys, len(pieces)), np.int64)
-    for p, ((slab, start, stop), b) in enumerate(zip(pieces, batches)):
-        o = slab.offsets() if isinstance(slab, Slab) else offsets_of(b.sparse.lengths)
-        rows = b.num_rows
-        lo, hi = o[np.arange(keys) * rows + start], o[np.arange(keys) * rows + stop]
-        bounds.append(lo)
-        counts[:, p] = hi - lo
-    total = int(counts.sum())
-    shapes = {"dense": (np.float32, (len(first.dense_keys), n)), "lengths": (np.int32, (keys, n)),
-              "values": (np.int64, (total,))}  # fmt: skip
-    if first.sparse.weights is not None:
-        shapes["weights"] = (np.float32, (total,))
-    if first.labels is not None:
-        shapes["labels"] = (np.float32, np.shape(first.labels)[:-1] + (n,))
-    if first.inverse is not None:
-        shapes["inverse"] = (np.int32, (n,))
-    others = {}
-    for name, column in first.extras.items():
-        columns = [b.extras[name] for b in batches]
-        if all(isinstance(c, np.ndarray) for c in columns):
-            shapes["extra:" + name] = (column.dtype, (n,))
-        else:  # Arrow columns (strings, or numbers with nulls in some slab) stay Arrow
-            others[name] = pa.concat_arrays([pa.array(c[start:stop]) if isinstance(c, np.ndarray) else c.slice(start, stop - start)
-                                             for c, (_, start, stop) in zip(columns, pieces)])  # fmt: skip
+    offsets = [s.offsets() if isinstance(s, Slab) else None for s, _, _ in pieces]
+    parts = [_Part("", pieces, batches, offsets)]
+    if batches[0].requests is not None:
+        used = [(int(b.inverse[start:stop].min()), int(b.inverse[start:stop].max()) + 1)
+                for b, (_, start, stop) in zip(batches, pieces)]  # fmt: skip
+        requests = [b.requests for b in batches]
+        parts.append(_Part("requests.", [(r, lo, hi) for r, (lo, hi) in zip(requests, used)], requests, [None] * len(used)))
+    shapes = {}
+    for part in parts:
+        shapes.update(part.shapes())
     layout, size = _layout(shapes)
     buffer = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
     host = buffer.numpy()
     out = {key: np.ndarray(shape, np.dtype(dtype), buffer=host, offset=offset) for key, dtype, shape, offset in layout}
-    at = 0
-    for (_, start, stop), b in zip(pieces, batches):
-        rows = slice(at, at + stop - start)
-        out["dense"][:, rows] = b.dense[:, start:stop]
-        out["lengths"][:, rows] = b.sparse.lengths.reshape(keys, b.num_rows)[:, start:stop]
-        if "labels" in out:
-            out["labels"][..., rows] = b.labels[..., start:stop]
-        if "inverse" in out:
-            out["inverse"][rows] = b.inverse[start:stop]
-        for key in (k for k in out if k.startswith("extra:")):
-            out[key][rows] = b.extras[key[6:]][start:stop]
-        at += stop - start
-    where = offsets_of(counts.ravel())  # k-major: key 0 of every piece, then key 1 ...
-    for k in range(keys):
-        for p, b in enumerate(batches):
-            lo, count, dst = int(bounds[p][k]), int(counts[k, p]), int(where[k * len(pieces) + p])
-            out["values"][dst : dst + count] = b.sparse.values[lo : lo + count]
-            if "weights" in out:
-                out["weights"][dst : dst + count] = b.sparse.weights[lo : lo + count]
-    description = {"num_rows": n, "others": others, "dense_keys": first.dense_keys, "keys": first.sparse.keys}
+    for part in parts:
+        part.fill(out)
+    if len(parts) == 2:  # rows point at the requests as gathered: each piece's first one moves to its place
+        at, first = 0, 0
+        for b, (_, start, stop), (lo, hi) in zip(batches, pieces, used):
+            out["inverse"][at : at + stop - start] = b.inverse[start:stop] - lo + first
+            at, first = at + stop - start, first + hi - lo
+    description = parts[0].description()
+    if len(parts) == 2:
+        description["requests"] = parts[1].description()
     return Staged(buffer, [(k, np.dtype(d).str, s, o) for k, d, s, o in layout], description, schema)
+
+
+class _Part:
+    """The rows of one batch kind (the batch itself, or its requests) that a staged batch gathers."""
+
+    def __init__(self, prefix: str, pieces, batches, offsets):
+        self.prefix, self.pieces, self.batches = prefix, pieces, batches
+        first = batches[0]
+        self.keys = len(first.sparse.keys)
+        self.n = sum(stop - start for _, start, stop in pieces)
+        # values of key k, piece p: bounds[p][k] .. bounds[p][k] + counts[k, p], stored k-major
+        self.bounds, self.counts = [], np.zeros((self.keys, len(pieces)), np.int64)
+        for p, ((_, start, stop), b, o) in enumerate(zip(pieces, batches, offsets)):
+            o = offsets_of(b.sparse.lengths) if o is None else o
+            rows, keys = b.num_rows, np.arange(self.keys) * b.num_rows
+            lo, hi = o[keys + start], o[keys + stop]
+            self.bounds.append(lo)
+            self.counts[:, p] = hi - lo
+        self.others = {}
+
+    def shapes(self) -> dict:
+        first, n, total = self.batches[0], self.n, int(self.counts.sum())
+        shapes = {"dense": (np.float32, (len(first.dense_keys), n)), "lengths": (np.int32, (self.keys, n)),
+                  "values": (np.int64, (total,))}  # fmt: skip
+        if first.sparse.weights is not None:
+            shapes["weights"] = (np.float32, (total,))
+        if first.labels is not None:
+            shapes["labels"] = (np.float32, np.shape(first.labels)[:-1] + (n,))
+        if first.inverse is not None:
+            shapes["inverse"] = (np.int32, (n,))
+        for name, column in first.extras.items():
+            columns = [b.extras[name] for b in self.batches]
+            if all(isinstance(c, np.ndarray) for c in columns):
+                shapes["extra:" + name] = (column.dtype, (n,))
+            else:  # Arrow columns (strings, or numbers with nulls in some slab) stay Arrow
+                self.others[name] = pa.concat_arrays([pa.array(c[start:stop]) if isinstance(c, np.ndarray) else c.slice(start, stop - start)
+                                                      for c, (_, start, stop) in zip(columns, self.pieces)])  # fmt: skip
+        return {self.prefix + key: value for key, value in shapes.items()}
+
+    def fill(self, out: dict) -> None:
+        out = {key[len(self.prefix) :]: a for key, a in out.items() if key.startswith(self.prefix)}
+        at = 0
+        for (_, start, stop), b in zip(self.pieces, self.batches):
+            rows = slice(at, at + stop - start)
+            out["dense"][:, rows] = b.dense[:, start:stop]
+            out["lengths"][:, rows] = b.sparse.lengths.reshape(self.keys, b.num_rows)[:, start:stop]
+            if "labels" in out:
+                out["labels"][..., rows] = b.labels[..., start:stop]
+            for key in (k for k in out if k.startswith("extra:")):
+                out[key][rows] = b.extras[key[6:]][start:stop]
+            at += stop - start
+        where = offsets_of(self.counts.ravel())  # k-major: key 0 of every piece, then key 1 ...
+        for k in range(self.keys):
+            for p, b in enumerate(self.batches):
+                lo, count, dst = int(self.bounds[p][k]), int(self.counts[k, p]), int(where[k * len(self.pieces) + p])
+                out["values"][dst : dst + count] = b.sparse.values[lo : lo + count]
+                if "weights" in out:
+                    out["weights"][dst : dst + count] = b.sparse.weights[lo : lo + count]
+
+    def description(self) -> dict:
+        first = self.batches[0]
+        return {"num_rows": self.n, "others": self.others, "dense_keys": first.dense_keys, "keys": first.sparse.keys}
 
 
 def _layout(shapes: dict) -> tuple[list, int]:
@@ -171,7 +215,15 @@ def _layout(shapes: dict) -> tuple[list, int]:
     return layout, max(at, ALIGN)
 
 
-def _batch(views: dict, description: dict, schema) -> Batch:
+def _batch(views: dict, description: dict, schema, prefix: str = "") -> Batch:
+    """The batch that `views` hold; a de-duplicated one's requests are the views under "requests."."""
+    requests = None
+    if not prefix and "requests" in description:
+        requests = _batch(views, description["requests"], None, "requests.")
+    if prefix:
+        views = {key[len(prefix) :]: v for key, v in views.items() if key.startswith(prefix)}
+    else:
+        views = {key: v for key, v in views.items() if not key.startswith("requests.")}
     extras = {k[6:]: v for k, v in views.items() if k.startswith("extra:")}
     extras.update(description["others"])
     lengths = views["lengths"].reshape(-1)
@@ -183,6 +235,7 @@ def _batch(views: dict, description: dict, schema) -> Batch:
         views.get("labels"),
         extras,
         views.get("inverse"),
+        requests,
         schema,
     )
 

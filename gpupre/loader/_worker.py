@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import replace
-
 import numpy as np
 
 
@@ -19,27 +17,34 @@ def shuffle_rng(seed: int, epoch: int, position: int, slab: int) -> np.random.Ge
     return np.random.default_rng([seed, epoch, position, slab])
 
 
+def shuffled_rows(batch, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the rows; in a de-duplicated batch whole requests move, their rows together."""
+    if batch.requests is None:
+        return rng.permutation(batch.num_rows)
+    from ..batch import _segments, offsets_of
+
+    counts = np.bincount(np.asarray(batch.inverse), minlength=batch.requests.num_rows)
+    order = rng.permutation(len(counts))
+    return _segments(offsets_of(counts)[:-1][order], counts[order])
+
+
 def read_unit(dataset, stage, task, read_batch_size: int):
     """The slabs of one task (key, unit, skip, shuffle): (host batch, stats) pairs.
 
-    stage: None, a plan's host stage (a SparseLevel: the device stage runs in the client), or a
-    whole Plan (CPU training: every stage runs here, in parallel over the workers).
+    stage: None, or (plan, whole): with whole, every stage of the plan runs here (CPU training:
+    in parallel over the workers); else only its host stage (the device stage runs in the client).
 
     shuffle is None or (seed, epoch, position): rows are permuted within each slab, the same way
     on every run, and `skip` counts rows in that order (so a resumed unit skips exactly the rows
     already delivered).
     """
-    from ..batch import KeyedJagged
-    from ..transforms.cpu import CpuExecutor, _host_arrays
-    from ..transforms.plan import Plan
-
     _, unit, skip, shuffle = task
     stats = {"read_s": 0.0, "host_s": 0.0}  # of the slab just yielded (and any skipped before it)
     start = time.perf_counter()
     for index, batch in enumerate(dataset.read_slabs(unit, read_batch_size)):
         stats["read_s"] += time.perf_counter() - start
         if shuffle is not None:
-            batch = batch.take(shuffle_rng(*shuffle, index).permutation(batch.num_rows))
+            batch = batch.take(shuffled_rows(batch, shuffle_rng(*shuffle, index)))
         if skip >= batch.num_rows:
             skip -= batch.num_rows
             start = time.perf_counter()
@@ -47,11 +52,9 @@ def read_unit(dataset, stage, task, read_batch_size: int):
         if skip:
             batch, skip = batch.rows(skip, batch.num_rows), 0
         t = time.perf_counter()
-        if isinstance(stage, Plan):
-            batch = stage.run(batch)
-        elif stage is not None and batch.num_rows:
-            lengths, values, weights = CpuExecutor.run_level(stage, batch.num_rows, *_host_arrays(batch.sparse), None)
-            batch = replace(batch, sparse=KeyedJagged(batch.sparse.keys, lengths, values, weights))
+        if stage is not None:
+            plan, whole = stage
+            batch = plan.run(batch) if whole else plan.run_host(batch)
         stats["host_s"] += time.perf_counter() - t
         yield batch, stats
         stats = {"read_s": 0.0, "host_s": 0.0}

@@ -80,11 +80,11 @@ class DataLoader:
         self._local.filesystem = CountingFileSystem(dataset.filesystem)
         self.rank, self.world_size, self.on_bad_unit = rank, world_size, on_bad_unit
         self.device = resolve_device(device)
-        self.plan = None if pipeline is None else pipeline.compile(dataset.schema, self.device, host_stage=True)
+        self.plan = None if pipeline is None else pipeline.compile(dataset.schema, self.device, True, dataset.dedup)
         # on the CPU the whole plan runs in the workers, in parallel (it works row by row, so per
         # slab is the same as per batch); with a GPU they run its host stage only
         on_cpu = not self.device.startswith("cuda")
-        self._stage = self.plan if on_cpu else (self.plan.host if self.plan else None)
+        self._stage = None if self.plan is None else (self.plan, on_cpu)
         self._slab_schema = self.plan.output_schema if (self.plan and on_cpu) else dataset.schema
         self._streams = None if on_cpu else _streams(self.device)  # (copy, compute)
         self._ahead = 0 if on_cpu else self.prefetch - 1  # batches on the device beyond the delivered one
@@ -130,7 +130,7 @@ class DataLoader:
         self.epoch, self.delivered = int(state["epoch"]), int(state["delivered"])
 
     def stats(self) -> dict:
-        """Rows/s, bytes read, the time the consumer waited, and time per stage (seconds)."""
+        """Rows/s, bytes read and staged (what goes to a GPU), the consumer's wait, time per stage (s)."""
         s = dict(self._stats)
         wall = s.pop("wall_s")
         s["rows_per_s"] = s["rows"] / wall if wall else 0.0
@@ -236,6 +236,7 @@ class DataLoader:
         t = time.perf_counter()
         staged = stage(pieces, self._slab_schema, pin=self._streams is not None)
         self._stats["rebatch_s"] += time.perf_counter() - t
+        self._stats["bytes_staged"] += staged.buffer.numel()  # what one batch's transfer moves
         return staged
 
     # -- the slab source -----------------------------------------------------------------------
@@ -428,7 +429,7 @@ class _Gap:
 
 
 def _new_stats() -> dict:
-    return {"rows": 0, "batches": 0, "bytes_read": 0, "wait_s": 0.0, "read_s": 0.0, "host_s": 0.0,
+    return {"rows": 0, "batches": 0, "bytes_read": 0, "bytes_staged": 0, "wait_s": 0.0, "read_s": 0.0, "host_s": 0.0,
             "rebatch_s": 0.0, "device_s": 0.0, "wall_s": 0.0, "skipped_units": [], "rows_left_for_balance": 0}  # fmt: skip
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..batch import Batch
+from ..batch import Batch, one_array
 from ..errors import DataError, SchemaError
-from ..schema import METADATA_KEY, SCORE_SUFFIX, Schema, unknown_message
+from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, SCORE_SUFFIX, Schema, unknown_message
 from .units import WorkUnit, shard
 
 __all__ = ["Dataset"]
@@ -29,6 +33,13 @@ class Dataset:
         label: label column(s); None uses the stored schema's (a plain file's `label` column);
             () reads none.
         passthrough: columns delivered untouched in `Batch.extras` (row ids, timestamps).
+        expand: for de-dup tables (written by `gp.serving.DedupWriter`, one row per request):
+            deliver plain batches of one row per impression instead of de-duplicated ones.
+
+    Reading de-dup tables, a batch has one row per impression (item features, labels, and the
+    per-impression extras such as item_id) and `batch.requests`, the user and context features
+    once per request, with `batch.inverse` mapping rows to requests; `batch.expand()` gives the
+    plain batch. `num_rows` and work units count impressions.
 
     Raises:
         DataError: a path does not exist, a file is not readable Parquet, a row group is empty.
@@ -36,7 +47,7 @@ class Dataset:
             disagree on the type of a projected column.
     """
 
-    def __init__(self, path, features=None, filesystem=None, label=None, passthrough=()):
+    def __init__(self, path, features=None, filesystem=None, label=None, passthrough=(), expand: bool = False):
         self.filesystem, self.paths = _resolve(path, filesystem)
         self._metadata = {p: _open_metadata(self.filesystem, p) for p in self.paths}
         first = self.paths[0]
@@ -55,9 +66,22 @@ class Dataset:
                 if name not in known:
                     raise SchemaError(unknown_message(f"{first}: projected feature", name, known))
         projected = full if features is None else full.select(features)
-        self.schema = Schema(projected.features, labels, passthrough)
+        dedup = (arrow_schema.metadata or {}).get(DEDUP_METADATA_KEY)
+        self._dedup = None if dedup is None else json.loads(dedup)
+        self.expand = bool(expand)
+        self.dedup = self._dedup is not None and not self.expand  # batches carry requests and inverse
+        features = projected.features
+        if self._dedup is not None:  # request features first, as expand() orders them
+            features = tuple(f for f in features if f.group in REQUEST_GROUPS) + tuple(
+                f for f in features if f.group not in REQUEST_GROUPS
+            )
+        self.schema = Schema(features, labels, passthrough)
         self.full_schema = full
         self.columns = self.schema.column_names()
+        if self._dedup is not None:
+            self._parts = _dedup_parts(self.schema, self._dedup, arrow_schema)
+            if self._parts[2] not in self.columns:  # the column that counts impressions
+                self.columns.append(self._parts[2])
         expected = {c: arrow_schema.field(c).type for c in self.columns}
         self._units = []
         for p in self.paths:
@@ -78,8 +102,17 @@ class Dataset:
                     f"{path}: column {column!r} has type {arrow_schema.field(index).type} but "
                     f"{self.paths[0]} has {dtype}; rewrite the file with gp.storage.write_table"
                 )
+        impressions = None
+        if self._dedup is not None:
+            dedup = json.loads((arrow_schema.metadata or {}).get(DEDUP_METADATA_KEY, b"{}"))
+            impressions = dedup.get("impressions")
+            if not isinstance(impressions, list) or len(impressions) != md.num_row_groups:
+                raise DataError(
+                    f"{path}: its de-dup metadata does not give the impressions of its {md.num_row_groups} "
+                    f"row groups but {self.paths[0]} is a de-dup table; rewrite it with gp.serving.DedupWriter"
+                )
         for rg in range(md.num_row_groups):
-            rows = md.row_group(rg).num_rows
+            rows = md.row_group(rg).num_rows if impressions is None else int(impressions[rg])
             if rows == 0:
                 raise DataError(
                     f"{path}: row group {rg} has zero rows; rewrite the file with "
@@ -104,7 +137,7 @@ class Dataset:
         Raises:
             DataError: the row group cannot be decoded (names the file and row group).
         """
-        return Batch.from_arrow(self.read_arrow(unit), self.schema, source=str(unit))
+        return self._batch(self.read_arrow(unit), str(unit))
 
     def read_slabs(self, unit: WorkUnit, rows: int):
         """One unit as host `Batch`es of up to `rows` rows each, decoding only one at a time.
@@ -114,11 +147,20 @@ class Dataset:
         """
         try:
             with self.filesystem.open_input_file(unit.path) as f:
-                pf = pq.ParquetFile(f, metadata=self._metadata[unit.path])
+                md = self._metadata[unit.path]
+                if self._dedup is not None:  # rows of the file are requests: about `rows` impressions a slab
+                    rows = max(1, rows * md.row_group(unit.row_group).num_rows // unit.num_rows)
+                pf = pq.ParquetFile(f, metadata=md)
                 for part in pf.iter_batches(batch_size=rows, row_groups=[unit.row_group], columns=self.columns):
-                    yield Batch.from_arrow(part, self.schema, source=str(unit))
+                    yield self._batch(part, str(unit))
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
+
+    def _batch(self, table, source: str) -> Batch:
+        if self._dedup is None:
+            return Batch.from_arrow(table, self.schema, source=source)
+        batch = _dedup_batch(table, self.schema, *self._parts, source)
+        return batch.expand() if self.expand else batch
 
     def read_arrow(self, unit: WorkUnit) -> pa.Table:
         """One unit's projected columns as an Arrow table."""
@@ -141,6 +183,7 @@ class Dataset:
             filesystem=self.filesystem,
             label=self.schema.labels if label is None else label,
             passthrough=self.schema.extras if passthrough is None else passthrough,
+            expand=self.expand,
         )
 
     def bytes_per_column(self) -> dict[str, tuple[int, int]]:
@@ -206,6 +249,46 @@ def _open_metadata(filesystem, path: str) -> pq.FileMetaData:
             f"{path} is not a readable Parquet file ({e}); it may be truncated or of another "
             "format: rewrite it, or remove it from the dataset"
         ) from e
+
+
+def _dedup_parts(schema: Schema, dedup: dict, arrow_schema: pa.Schema):
+    """(request schema, item schema, the column whose list lengths count impressions)."""
+    item_extras = set(dedup.get("item_extras", ()))
+    request_schema = Schema(tuple(f for f in schema if f.group in REQUEST_GROUPS), (),
+                            tuple(e for e in schema.extras if e not in item_extras))  # fmt: skip
+    item_schema = Schema(tuple(f for f in schema if f.group not in REQUEST_GROUPS), schema.labels,
+                         tuple(e for e in schema.extras if e in item_extras))  # fmt: skip
+    per_impression = item_schema.column_names()
+    counter = per_impression[0] if per_impression else sorted(item_extras)[0]
+    if arrow_schema.get_field_index(counter) < 0:
+        raise SchemaError(f"de-dup table has no column {counter!r}; rewrite it with gp.serving.DedupWriter")
+    return request_schema, item_schema, counter
+
+
+def _dedup_batch(table, schema: Schema, request_schema: Schema, item_schema: Schema, counter: str, source: str) -> Batch:
+    """A de-duplicated host batch from rows of a de-dup table (one row per request)."""
+    counts = _list_lengths(one_array(table.column(counter)), counter, source)
+    flat = {counter: one_array(table.column(counter)).flatten()}  # sizes the batch even with no item column
+    for name in item_schema.column_names():
+        column = one_array(table.column(name))
+        lengths = _list_lengths(column, name, source)
+        if not np.array_equal(lengths, counts):
+            row = int(np.flatnonzero(lengths != counts)[0])
+            raise DataError(
+                f"{source}: de-dup column {name!r} has {lengths[row]} elements in request row {row} but "
+                f"{counter!r} has {counts[row]}; every per-impression column needs one element per impression"
+            )
+        flat[name] = column.flatten()
+    items = Batch.from_arrow(pa.table(flat), item_schema, source=source)
+    requests = Batch.from_arrow(table, request_schema, source=source)
+    inverse = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    return replace(items, inverse=inverse, requests=requests, schema=schema)
+
+
+def _list_lengths(column: pa.Array, name: str, source: str) -> np.ndarray:
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        raise SchemaError(f"{source}: de-dup column {name!r} must be a list per request, found {column.type}")
+    return pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
 
 
 def _feature_columns(arrow_schema: pa.Schema) -> list[str]:

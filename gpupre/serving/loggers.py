@@ -105,22 +105,25 @@ class LazyLogger(EagerLogger):
         max_items: ranked items kept per request (the rest could never be shown).
         max_pending: requests kept in the buffer; the oldest is dropped beyond it (counted in
             `stats["evicted"]`): memory stays bounded under any load.
+        clock: the time now, in seconds; a request is dropped from the buffer `ttl_s` after it
+            was ranked (its labels could no longer join), counted in `stats["expired"]`.
     """
 
     def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0,
-                 head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000):  # fmt: skip
+                 head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000, clock=time.time):  # fmt: skip
         super().__init__(store, item_schema, user_schema, ttl_s)
         for name, value in (("head", head), ("page", page), ("max_items", max_items), ("max_pending", max_pending)):
             if not isinstance(value, int) or value < (0 if name == "head" else 1):
                 raise ConfigError(f"LazyLogger {name}={value!r} must be a positive integer")
         self.head, self.page, self.max_items, self.max_pending = head, page, max_items, max_pending
-        self._pending = collections.OrderedDict()  # request -> [item ids, items, rows logged so far]
+        self.clock = clock
+        self._pending = collections.OrderedDict()  # request -> [item ids, items, rows logged so far, ranked at]
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gpupre-lazy-logger", daemon=True)
         self._thread.start()
-        self.stats.update({"paginations": 0, "unknown_requests": 0, "evicted": 0, "pending": 0})
+        self.stats.update({"paginations": 0, "unknown_requests": 0, "evicted": 0, "expired": 0, "pending": 0})
 
     def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
         """Log the user and the head now; keep the rest of the list for `on_paginate`."""
@@ -130,11 +133,15 @@ class LazyLogger(EagerLogger):
         self.stats["requests"] += 1
         self._write(request_id, item_ids, items, np.arange(head), user)
         if head < len(item_ids):
+            now = self.clock()
             with self._lock:
-                self._pending[request_id] = [item_ids, items, head]
+                self._pending[request_id] = [item_ids, items, head, now]
                 while len(self._pending) > self.max_pending:
                     self._pending.popitem(last=False)
                     self.stats["evicted"] += 1
+                while now - next(iter(self._pending.values()))[3] > self.ttl_s:
+                    self._pending.popitem(last=False)
+                    self.stats["expired"] += 1
                 self.stats["pending"] = len(self._pending)
 
     def on_paginate(self, request_id, seen_upto: int) -> None:
@@ -145,7 +152,7 @@ class LazyLogger(EagerLogger):
             if entry is None:
                 self.stats["unknown_requests"] += 1  # never ranked, evicted, or already complete
                 return
-            item_ids, items, logged = entry
+            item_ids, items, logged, _ = entry
             pages = -(-(max(int(seen_upto), 0) - self.head) // self.page)
             upto = min(len(item_ids), self.head + max(pages, 0) * self.page)
             if upto <= logged:

@@ -398,6 +398,7 @@ class CpuExecutor:
             batch.labels,
             batch.extras,
             batch.inverse,
+            batch.requests,
             schema,
         )
 

@@ -153,6 +153,7 @@ class CudaExecutor:
             batch.labels,
             batch.extras,
             batch.inverse,
+            batch.requests,
             schema,
         )
 

@@ -405,3 +405,11 @@ def _int64(value, what: str, op: str) -> None:
 def with_params(op: Op, **params) -> Op:
     """A copy of `op` with fitted parameters filled in."""
     return replace(op, **params)
+
+
+def per_feature(op: Op) -> list[Op]:
+    """`op` as one op per feature it applies to (a two-input op stays whole)."""
+    if len(op.applications()) == 1:
+        return [op]
+    outs = op.out or op.features
+    return [replace(op, features=(f,), out=None if op.out is None else (o,)) for f, o in zip(op.features, outs)]

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
 from ..schema import Feature, Schema, unknown_message
-from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, with_params
+from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, per_feature, with_params
 
 __all__ = ["Pipeline", "output_schema"]
 
@@ -98,7 +98,7 @@ class Pipeline:
             rows = 0
             bar = tqdm(total=max_rows or dataset.num_rows, desc=f"fitting {ops[first]}", unit="rows", disable=not progress)
             for unit in dataset.units():
-                batch = dataset.read(unit)
+                batch = dataset.read(unit).expand()  # statistics per row, as training sees them
                 if prefix is not None:
                     batch = prefix(batch)
                 dense = {k: batch.dense[j] for j, k in enumerate(batch.dense_keys)}
@@ -115,8 +115,16 @@ class Pipeline:
         return Pipeline(ops, schema)
 
     # -- running ------------------------------------------------------------------------------
-    def compile(self, schema: Schema | None = None, device: str = "cpu", host_stage: bool | None = None):
-        """The `Plan` of this pipeline for `schema` (default: the one it was fitted on)."""
+    def compile(self, schema: Schema | None = None, device: str = "cpu", host_stage: bool | None = None,
+                dedup: bool = False):  # fmt: skip
+        """The `Plan` of this pipeline for `schema` (default: the one it was fitted on).
+
+        dedup: a `DedupPlan` for de-duplicated batches (request features once per request).
+        """
+        if dedup:
+            from .dedup import DedupPlan
+
+            return DedupPlan(self, self._schema(schema), device, host_stage)
         from .plan import compile
 
         return compile(self, self._schema(schema), device, host_stage)
@@ -124,9 +132,10 @@ class Pipeline:
     def __call__(self, batch: Batch) -> Batch:
         """Run eagerly on a host batch with the CPU executor (plans are cached per schema)."""
         schema = batch.schema if batch.schema is not None else self._schema(None)
-        if schema not in self._plans:
-            self._plans[schema] = self.compile(schema, "cpu")
-        return self._plans[schema].run(batch)
+        key = (schema, batch.requests is not None)
+        if key not in self._plans:
+            self._plans[key] = self.compile(schema, "cpu", dedup=key[1])
+        return self._plans[key].run(batch)
 
     # -- persistence --------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -207,10 +216,7 @@ class _Stats:
 
 def _per_feature(op: Op) -> list[Op]:
     """An unfitted op over several features as one op per feature (each gets its own statistics)."""
-    if op.fitted or len(op.features) == 1:
-        return [op]
-    outs = op.out or op.features
-    return [with_params(op, features=(f,), out=None if op.out is None else (o,)) for f, o in zip(op.features, outs)]
+    return [op] if op.fitted else per_feature(op)
 
 
 def _fitted(op: Op, s: _Stats) -> Op:

@@ -19,10 +19,11 @@ depends on the depth of the pipeline, never on the number of features.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..batch import KeyedJagged
 from ..errors import ConfigError, DataError
 from ..schema import SCORED, Schema
 from . import ops as O
@@ -136,6 +137,15 @@ class Plan:
         """
         _check_batch(self, batch)
         return self.executor.run(self, batch, host_stage)
+
+    def run_host(self, batch):
+        """The host stage only, on a host batch (the loader's workers run it before the transfer)."""
+        if self.host is None or not batch.num_rows:
+            return batch
+        from .cpu import CpuExecutor, _host_arrays
+
+        lengths, values, weights = CpuExecutor.run_level(self.host, batch.num_rows, *_host_arrays(batch.sparse), None)
+        return replace(batch, sparse=KeyedJagged(batch.sparse.keys, lengths, values, weights))
 
     def describe(self) -> str:
         lines = [

@@ -201,7 +201,7 @@ def _assemble(schema, state, batch: Batch) -> Batch:
         cat(weights, np.float32) if any_scored else None,
     )
     return Batch(
-        n, tuple(f.name for f in schema.dense), dense, sparse, batch.labels, batch.extras, batch.inverse, schema
+        n, tuple(f.name for f in schema.dense), dense, sparse, batch.labels, batch.extras, batch.inverse, batch.requests, schema
     )
 
 

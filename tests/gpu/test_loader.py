@@ -65,3 +65,22 @@ def test_a_consumer_stream_sees_finished_batches(ds, pipe):
     expected = [int(b.sparse.values.sum()) for b in _loader(ds, pipe, "cpu", num_workers=0)]
     assert sums == expected
     assert sorted(epoch_ids(list(_loader(ds, pipe, "cuda", num_workers=0)))) == list(range(600))
+
+
+def test_dedup_batches_on_the_gpu_equal_the_cpu_ones_and_expand_there(dedup_tables):
+    from transforms.helpers import assert_same_by_name
+
+    ds = gp.Dataset(dedup_tables[0], passthrough=("item_id",))
+    users, items = ["user_dense_0", "user_dense_1"], ["item_dense_0"]
+    pipe = gp.Pipeline([gp.FillMissing(users + items), gp.Normalize(users + items),
+                        gp.Hash(["user_list_0", "item_list_1"], 97)]).fit(ds, progress=False)  # fmt: skip
+    on_gpu, on_cpu = _loader(ds, pipe, "cuda", batch_size=32), _loader(ds, pipe, "cpu", batch_size=32)
+    gpu, cpu = list(on_gpu), list(on_cpu)
+    on_gpu.close(), on_cpu.close()
+    assert [b.num_rows for b in gpu] == [b.num_rows for b in cpu]
+    for g, c in zip(gpu, cpu):
+        assert g.requests.dense.is_cuda and g.inverse.is_cuda
+        assert torch.equal(g.inverse.cpu(), c.inverse)
+        expanded = g.expand()
+        assert expanded.dense.is_cuda and expanded.num_rows == g.num_rows
+        assert_same_by_name(expanded, c.expand())

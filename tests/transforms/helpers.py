@@ -69,3 +69,17 @@ def assert_same(a, b, rtol=1e-6):
     assert (a.sparse.weights is None) == (b.sparse.weights is None)
     if a.sparse.weights is not None:
         np.testing.assert_array_equal(a.sparse.weights, b.sparse.weights)
+
+
+def assert_same_by_name(a, b, rtol=1e-6):
+    """The same features with the same values, whatever their order in each batch."""
+    a, b = to_host(a), to_host(b)
+    assert sorted(a.dense_keys) == sorted(b.dense_keys) and sorted(a.sparse.keys) == sorted(b.sparse.keys)
+    for name in a.dense_keys:
+        np.testing.assert_allclose(dense_of(a, name), dense_of(b, name), rtol=rtol, atol=0, equal_nan=True)
+    for name in a.sparse.keys:
+        (la, va, wa), (lb, vb, wb) = a.sparse.feature(name), b.sparse.feature(name)
+        np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(va, vb)
+        if wa is not None and wb is not None:
+            np.testing.assert_array_equal(wa, wb)

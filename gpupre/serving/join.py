@@ -1,0 +1,214 @@
+"""`LabelJoiner`: label events joined with the features frozen at ranking time.
+
+A label event is `(request_id, item_id, labels, time)`: `labels` one float per label name (or one
+float), `time` when the request was served (seconds since the epoch). The joiner looks up the
+logged features (`u/<request>`, `i/<request>/<item>`) in the KV store, keeps a request open while
+its labels may still come (`window_s` from its serving time), then hands it to a writer.
+
+Nothing is dropped silently. Events that cannot be joined are counted by reason in `stats` and
+appended, with the reason, to `<writer path>/_rejected.jsonl`:
+    late        the event came more than `ttl_s` after its request was served: its features
+                have expired
+    unknown     no features although they should still be there: a request that was never
+                ranked, an item that was never logged (not ranked, or not paginated to), or
+                features a store lost
+    malformed   not a (request, item, labels, time) tuple of the right types and sizes
+    corrupt     the logged bytes do not decode with the logger's schema
+Replays are idempotent: an event of a request already written is counted (`already_written`: a
+replay, or a label that came after `window_s`) and skipped; a second event of an open (request, item) merges its labels by maximum (an impression
+event then a click event give click = 1; the same event twice changes nothing).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import numbers
+import os
+import time as _time
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .kv import KVStore
+from .loggers import item_key, user_key
+from .writers import JoinedRequest
+
+__all__ = ["LabelJoiner"]
+
+REASONS = ("late", "unknown", "malformed", "corrupt")
+
+
+class LabelJoiner:
+    """Joins label events with logged features and writes them through a `DedupWriter` or `TabularWriter`.
+
+    Args:
+        store: the KV store the loggers wrote to.
+        writer: where joined requests go (its `labels` name the event's labels, in order).
+        ttl_s: the loggers' TTL (how late an event may come and still find its features).
+        window_s: how long a request stays open for more labels, from its serving time.
+        clock: the time now, in seconds (a simulation passes its own).
+        max_open: requests held open at most; beyond it the oldest is written early (counted in
+            `stats["closed_early"]`), so memory stays bounded under any load.
+    """
+
+    def __init__(self, store: KVStore, writer, ttl_s: float = 3600.0, window_s: float = 600.0, clock=_time.time,
+                 max_open: int = 100_000):  # fmt: skip
+        if not (isinstance(ttl_s, numbers.Real) and ttl_s > 0 and isinstance(window_s, numbers.Real) and window_s >= 0):
+            raise ConfigError(f"LabelJoiner ttl_s={ttl_s!r} must be > 0 and window_s={window_s!r} >= 0")
+        if not isinstance(max_open, int) or max_open < 1:
+            raise ConfigError(f"LabelJoiner max_open={max_open!r} must be a positive integer")
+        self.store, self.writer, self.ttl_s, self.window_s = store, writer, float(ttl_s), float(window_s)
+        self.clock, self.max_open = clock, max_open
+        self.num_labels = len(writer.labels)
+        self.needs_user = writer.user_codec is not None
+        self._open: collections.OrderedDict = collections.OrderedDict()  # request -> [time, user, {item: [bytes, labels]}]
+        self._rejects_path = os.path.join(writer.path, "_rejected.jsonl")
+        self.stats = {"events": 0, "joined": 0, "duplicates": 0, "already_written": 0, "closed_early": 0,
+                      "requests_written": 0, **{reason: 0 for reason in REASONS}}  # fmt: skip
+
+    def add(self, events) -> None:
+        """Join a batch of events (one KV round trip for all of them), then write what is due."""
+        now = self.clock()
+        fresh, rejected, written = [], [], {}  # written: request -> already written? (one lookup each)
+        for event in events:
+            self.stats["events"] += 1
+            parsed = self._parse(event)
+            if isinstance(parsed, str):
+                rejected.append(("malformed", event, parsed))
+                continue
+            request, item, labels, served = parsed
+            if now - served > self.ttl_s:  # whether or not its request was written: reported as late
+                rejected.append(("late", (request, item, labels.tolist(), served), "came after the features' TTL"))
+                continue
+            entry = self._open.get(request)
+            if entry is None and request not in written:
+                written[request] = self.writer.contains(request)
+            if entry is not None and item in entry[2]:
+                np.maximum(entry[2][item][1], labels, out=entry[2][item][1])
+                self.stats["duplicates"] += 1
+            elif entry is None and written[request]:
+                self.stats["already_written"] += 1
+            else:
+                fresh.append(parsed)
+        self._join(fresh, rejected)
+        self._reject(rejected, now)
+        self._write_due(now)
+
+    def _parse(self, event):
+        """(request, item, labels float32 [L], time), or why the event is malformed."""
+        try:
+            request, item, labels, served = event
+        except (TypeError, ValueError):
+            return f"expected (request_id, item_id, labels, time), got {type(event).__name__}"
+        if not isinstance(request, (numbers.Integral, str)) or isinstance(request, bool):
+            return f"request_id {request!r} is neither an integer nor a string"
+        if not isinstance(item, numbers.Integral) or isinstance(item, bool):
+            return f"item_id {item!r} is not an integer"
+        try:
+            labels = np.asarray(labels, np.float32).reshape(-1)
+            served = float(served)
+        except (TypeError, ValueError):
+            return f"labels {labels!r} or time {served!r} are not numbers"
+        if len(labels) != self.num_labels or not np.isfinite(labels).all():
+            return f"labels {labels.tolist()} must be {self.num_labels} finite numbers ({list(self.writer.labels)})"
+        if not math.isfinite(served):
+            return f"time {served!r} is not finite"
+        return (request if isinstance(request, str) else int(request)), int(item), labels, served
+
+    def _join(self, fresh, rejected: list) -> None:
+        if not fresh:
+            return
+        new_requests = list(dict.fromkeys(r for r, *_ in fresh if r not in self._open)) if self.needs_user else []
+        keys = [item_key(r, i) for r, i, _, _ in fresh] + [user_key(r) for r in new_requests]
+        values = self.store.get_many(keys)
+        users = dict(zip(new_requests, values[len(fresh) :]))
+        for (request, item, labels, served), value in zip(fresh, values):
+            entry = self._open.get(request)
+            user = entry[1] if entry is not None else users.get(request)
+            if value is None or (self.needs_user and user is None):
+                rejected.append(("unknown", (request, item, labels.tolist(), served), "no features were logged for it"))
+                continue
+            problem = self._check_bytes(value, user if entry is None else None)
+            if problem:
+                rejected.append(("corrupt", (request, item, labels.tolist(), served), problem))
+                continue
+            if entry is None:
+                entry = self._open[request] = [served, user, {}]
+            elif item in entry[2]:  # twice in this batch
+                np.maximum(entry[2][item][1], labels, out=entry[2][item][1])
+                self.stats["duplicates"] += 1
+                continue
+            entry[0] = min(entry[0], served)
+            entry[2][item] = [value, labels.copy()]
+            self.stats["joined"] += 1
+
+    def _check_bytes(self, item: bytes, user: bytes | None) -> str:
+        try:
+            self.writer.items_codec.decode([item])
+            if user is not None:
+                self.writer.user_codec.decode([user])
+        except DataError as e:
+            return str(e)
+        return ""
+
+    def _reject(self, rejected: list, now: float) -> None:
+        if not rejected:
+            return
+        with open(self._rejects_path, "a") as f:
+            for reason, event, why in rejected:
+                self.stats[reason] += 1
+                f.write(json.dumps({"reason": reason, "why": why, "event": _jsonable(event), "seen_at": now}) + "\n")
+
+    def _write_due(self, now: float) -> None:
+        due = [r for r, entry in self._open.items() if now - entry[0] >= self.window_s]
+        while len(self._open) - len(due) > self.max_open:
+            oldest = next(r for r in self._open if r not in due)
+            due.append(oldest)
+            self.stats["closed_early"] += 1
+        self._write(due)
+
+    def _write(self, requests) -> None:
+        joined = []
+        for request in requests:
+            served, user, items = self._open.pop(request)
+            ids = np.fromiter(items, np.int64, len(items))
+            labels = np.stack([v[1] for v in items.values()])
+            joined.append(JoinedRequest(request, served, user, ids, [v[0] for v in items.values()], labels))
+        if joined:
+            self.writer.write(joined)
+            self.stats["requests_written"] += len(joined)
+            self.writer.forget_before(self.clock() - self.ttl_s - self.window_s)
+
+    def flush(self) -> None:
+        """Write every open request now, and commit the writer's files."""
+        self._write(list(self._open))
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the writer."""
+        self.flush()
+        self.writer.close()
+
+    @property
+    def open_requests(self) -> int:
+        return len(self._open)
+
+    def report(self) -> str:
+        """What was joined, and what was not and why (the rejected events are in `_rejected.jsonl`)."""
+        s = self.stats
+        lines = [f"{s['events']} label events: {s['joined']} joined, {s['duplicates']} duplicates merged, "
+                 f"{s['already_written']} events of requests already written skipped; {s['requests_written']} requests written"]  # fmt: skip
+        problems = {reason: s[reason] for reason in REASONS if s[reason]}
+        if problems:
+            lines.append(f"not joined: {problems} (listed in {self._rejects_path})")
+        return "\n".join(lines)
+
+
+def _jsonable(event):
+    try:
+        json.dumps(event)
+        return event
+    except (TypeError, ValueError):
+        return repr(event)

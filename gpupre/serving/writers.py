@@ -1,0 +1,223 @@
+"""Writers of joined training data: flattened Parquet, partitioned by the hour the request was served.
+
+`DedupWriter` writes the de-duplicated layout, one row per request::
+
+    request_id, time               the request (scalars)
+    <user feature>                 user and context features, once per request (flattened)
+    item_id                        list<int64>            one element per logged impression
+    <item feature>                 list<float32> (dense) or list<list<int64>> (sparse), per impression
+    <label>                        list<float32>          per impression
+
+`TabularWriter` (the baseline) writes one row per impression, user features repeated on each.
+Both store the schema (with feature groups) in the file's metadata, so `gp.Dataset` reads either.
+
+Files land in `<path>/hour=YYYY-MM-DDTHH/part-<n>.parquet`. A ledger (`<path>/_ledger.sqlite`)
+records every committed file and the requests in it, in one transaction after the file is in
+place: a replayed request is recognized and not written twice, and a file left by a process that
+died before its ledger commit is removed when the writer opens again (its requests are not in
+the ledger, so replaying their events writes them once).
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import sqlite3
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from ..batch import offsets_of
+from ..errors import ConfigError
+from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, Feature, Schema
+from ..storage.write import write_table
+from .codec import FeatureCodec
+
+__all__ = ["DedupWriter", "JoinedRequest", "TabularWriter"]
+
+EXTRAS = ("request_id", "time", "item_id")
+
+
+class JoinedRequest(NamedTuple):
+    """One request's joined impressions, as the `LabelJoiner` hands them to a writer."""
+
+    request_id: object  # int or str
+    time: float  # when the request was served, seconds since the epoch
+    user: bytes | None  # FeatureCodec bytes of the user (and context) features
+    item_ids: np.ndarray  # int64 [n], the impressions
+    items: list  # FeatureCodec bytes of each impression's item features
+    labels: np.ndarray  # float32 [n, L]
+
+
+class _HourlyWriter:
+    """Buffers joined requests per hour and commits them as Parquet files with a ledger.
+
+    Args:
+        path: the output directory.
+        item_schema, user_schema: the loggers' schemas (user_schema None: no user features).
+        labels: the label names, in the order of each event's labels.
+        requests_per_file: an hour's buffer is committed as a file when it holds this many
+            requests (and on `flush()`/`close()`).
+        row_group_rows: rows per row group (requests for the de-dup layout).
+    """
+
+    def __init__(self, path, item_schema: Schema, user_schema: Schema | None = None, labels=("click",),
+                 requests_per_file: int = 20_000, row_group_rows: int = 4096):  # fmt: skip
+        for name, value in (("requests_per_file", requests_per_file), ("row_group_rows", row_group_rows)):
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{type(self).__name__} {name}={value!r} must be a positive integer")
+        self.labels = (labels,) if isinstance(labels, str) else tuple(labels)
+        if not self.labels:
+            raise ConfigError(f"{type(self).__name__} needs at least one label name, got {labels!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.requests_per_file, self.row_group_rows = requests_per_file, row_group_rows
+        self.items_codec = FeatureCodec(item_schema)
+        self.user_codec = None if user_schema is None else FeatureCodec(user_schema)
+        user = [] if user_schema is None else [Feature(f.name, f.kind, f.group or "user") for f in user_schema]
+        self.schema = Schema(tuple(user) + tuple(Feature(f.name, f.kind, "item") for f in item_schema), self.labels,
+                             EXTRAS)  # fmt: skip
+        os.makedirs(self.path, exist_ok=True)
+        self._ledger = sqlite3.connect(os.path.join(self.path, "_ledger.sqlite"))
+        self._ledger.execute("PRAGMA journal_mode=WAL")
+        self._ledger.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
+        self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
+        self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
+        self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
+        self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
+
+    def _recover(self) -> int:
+        """Remove files that were written but never committed to the ledger."""
+        committed = {name for (name,) in self._ledger.execute("SELECT name FROM files")}
+        removed = 0
+        for found in glob.glob(os.path.join(self.path, "hour=*", "*")):
+            if os.path.relpath(found, self.path) not in committed:
+                os.remove(found)
+                removed += 1
+        return removed
+
+    def contains(self, request_id) -> bool:
+        """Whether the request is already written (or buffered to be): its events are replays."""
+        key = str(request_id)
+        if any(key in pending for pending in self._pending.values()):
+            return True
+        return self._ledger.execute("SELECT 1 FROM requests WHERE id = ?", (key,)).fetchone() is not None
+
+    def write(self, requests) -> None:
+        """Buffer joined requests; an hour whose buffer is full is committed."""
+        for request in requests:
+            hour = _hour(request.time)
+            pending = self._pending.setdefault(hour, {})
+            pending[str(request.request_id)] = request
+            if len(pending) >= self.requests_per_file:
+                self._commit(hour)
+
+    def flush(self) -> None:
+        """Commit every buffered request."""
+        for hour in list(self._pending):
+            self._commit(hour)
+
+    def forget_before(self, time: float) -> None:
+        """Drop ledger entries of requests served before `time` (their features have expired,
+        so no replay can join them again)."""
+        with self._ledger:
+            self._ledger.execute("DELETE FROM requests WHERE time < ?", (time,))
+
+    def _commit(self, hour: str) -> None:
+        requests = list(self._pending.pop(hour).values())
+        if not requests:
+            return
+        directory = os.path.join(self.path, f"hour={hour}")
+        os.makedirs(directory, exist_ok=True)
+        index = len(glob.glob(os.path.join(directory, "part-*.parquet")))
+        final = os.path.join(directory, f"part-{index:05d}.parquet")
+        tmp = final + ".tmp"
+        rows = self._write_file(requests, tmp)
+        os.replace(tmp, final)
+        with self._ledger:  # the file is in place; the commit makes it count
+            self._ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
+            self._ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
+                                     [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
+        self.stats["files"] += 1
+        self.stats["requests"] += len(requests)
+        self.stats["rows"] += rows
+        self.stats["bytes"] += os.path.getsize(final)
+
+    def _decode(self, requests):
+        """(user batch [R] or None, item batch [N], counts [R], item ids [N], labels [L, N])."""
+        counts = np.array([len(r.item_ids) for r in requests], np.int64)
+        items = self.items_codec.decode([row for r in requests for row in r.items])
+        users = None if self.user_codec is None else self.user_codec.decode([r.user for r in requests])
+        item_ids = np.concatenate([np.asarray(r.item_ids, np.int64) for r in requests])
+        labels = np.concatenate([np.asarray(r.labels, np.float32).reshape(-1, len(self.labels)) for r in requests]).T
+        return users, items, counts, item_ids, labels
+
+    def _write_file(self, requests, path) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Commit what is buffered and close the ledger."""
+        if self._ledger is None:
+            return
+        self.flush()
+        self._ledger.close()
+        self._ledger = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TabularWriter(_HourlyWriter):
+    """One row per impression: user features repeated on every row (the baseline layout)."""
+
+    def _write_file(self, requests, path) -> int:
+        users, items, counts, item_ids, labels = self._decode(requests)
+        owner = np.repeat(np.arange(len(requests)), counts)
+        columns = {} if users is None else _columns(users.take(owner).to_arrow())
+        columns.update(_columns(items.to_arrow()))
+        columns.update({name: pa.array(labels[i]) for i, name in enumerate(self.labels)})
+        columns["request_id"] = pa.array([requests[r].request_id for r in owner])
+        columns["time"] = pa.array(np.array([r.time for r in requests], np.float64)[owner])
+        columns["item_id"] = pa.array(item_ids)
+        write_table(pa.table(columns), path, self.schema, row_group_rows=self.row_group_rows)
+        return len(item_ids)
+
+
+class DedupWriter(_HourlyWriter):
+    """One row per request: user features once, item features and labels as per-impression lists."""
+
+    def _write_file(self, requests, path) -> int:
+        import pyarrow.parquet as pq
+
+        users, items, counts, item_ids, labels = self._decode(requests)
+        offsets = pa.array(offsets_of(counts, np.int32))
+        columns = {} if users is None else _columns(users.to_arrow())
+        columns.update({name: pa.ListArray.from_arrays(offsets, col) for name, col in _columns(items.to_arrow()).items()})
+        columns.update({name: pa.ListArray.from_arrays(offsets, pa.array(labels[i])) for i, name in enumerate(self.labels)})
+        columns["request_id"] = pa.array([r.request_id for r in requests])
+        columns["time"] = pa.array(np.array([r.time for r in requests], np.float64))
+        columns["item_id"] = pa.ListArray.from_arrays(offsets, pa.array(item_ids))
+        table = pa.table(columns)
+        starts = range(0, len(requests), self.row_group_rows)
+        impressions = [int(counts[s : s + self.row_group_rows].sum()) for s in starts]
+        metadata = {METADATA_KEY: self.schema.to_json().encode(),
+                    DEDUP_METADATA_KEY: json.dumps({"item_extras": ["item_id"], "impressions": impressions}).encode()}  # fmt: skip
+        table = table.replace_schema_metadata(metadata)
+        with pq.ParquetWriter(path, table.schema, compression="zstd") as writer:
+            for s in starts:
+                part = table.slice(s, self.row_group_rows)
+                writer.write_table(part, row_group_size=part.num_rows)
+        return len(item_ids)
+
+
+def _columns(table: pa.Table) -> dict:
+    return {name: table.column(name).combine_chunks() for name in table.column_names}
+
+
+def _hour(time: float) -> str:
+    return datetime.datetime.fromtimestamp(float(time), datetime.timezone.utc).strftime("%Y-%m-%dT%H")

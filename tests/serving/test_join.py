@@ -1,0 +1,141 @@
+"""LabelJoiner: joins what was logged, merges duplicates, reports what it could not join, writes once."""
+
+import json
+
+import numpy as np
+import pytest
+
+import gpupre as gp
+from gpupre.serving import DedupWriter, EagerLogger, LabelJoiner, LazyLogger, SqliteKV, TabularWriter, item_key
+from gpupre.serving.simulate import synthetic_features
+
+T0 = 1_767_225_600.0
+
+
+class Clock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A store with two logged requests of 10 items each, a joiner writing de-dup tables."""
+    clock = Clock()
+    rng = np.random.default_rng(1)
+    items, user = synthetic_features(10, 3, 2, 3, "item", rng), synthetic_features(1, 2, 2, 5, "user", rng)
+    store = SqliteKV(clock=clock)
+    logger = EagerLogger(store, items.schema, user.schema, ttl_s=100)
+    for r in (1, 2):
+        logger.log_ranking(r, np.arange(10) + 10 * r, items, user)
+    writer = DedupWriter(tmp_path / "out", items.schema, user.schema, ("click",))
+    joiner = LabelJoiner(store, writer, ttl_s=100, window_s=10, clock=clock)
+    return clock, store, items, user, joiner
+
+
+def rows(joiner):
+    ds = gp.Dataset(joiner.writer.path, passthrough=("request_id", "item_id"))
+    return gp.Batch.concat([ds.read(u).expand() for u in ds.units()])
+
+
+def rejected(joiner):
+    with open(joiner._rejects_path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_events_join_the_logged_features(served):
+    clock, _, items, user, joiner = served
+    joiner.add([(1, 10 + i, [float(i % 2)], T0) for i in (0, 3, 4)] + [(2, 25, 1.0, T0)])
+    joiner.close()
+    out = rows(joiner)
+    assert out.extras["request_id"].tolist() == [1, 1, 1, 2]
+    assert out.extras["item_id"].tolist() == [10, 13, 14, 25]
+    assert out.labels.tolist() == [0, 1, 0, 1]
+    expected = items.take([0, 3, 4, 5])
+    got = out.take(np.arange(4))
+    assert np.array_equal(got.dense[2:], expected.dense)  # the two user dense features come first
+    assert np.array_equal(got.dense[:2], np.repeat(user.dense, 4, axis=1))
+    assert joiner.stats["joined"] == 4 and joiner.stats["requests_written"] == 2
+
+
+def test_duplicates_merge_by_maximum_and_replays_are_skipped(served):
+    clock, _, _, _, joiner = served
+    event = (1, 11, [0.0], T0)
+    joiner.add([event, event, (1, 11, [1.0], T0)])
+    joiner.add([event])
+    assert joiner.stats["duplicates"] == 3 and joiner.open_requests == 1
+    joiner.flush()
+    joiner.add([event, (1, 12, [1.0], T0)])  # the whole request is written: replays change nothing
+    joiner.close()
+    assert joiner.stats["already_written"] == 2
+    out = rows(joiner)
+    assert out.num_rows == 1 and out.labels.tolist() == [1.0]
+
+
+def test_late_unknown_malformed_and_corrupt_events_are_counted_and_kept(served):
+    clock, store, _, _, joiner = served
+    store.put_many({item_key(2, 21): b"\x00\x01"}, ttl_s=100)
+    clock.now = T0 + 50
+    joiner.add([
+        (1, 10, [1.0], T0 - 60),  # served 110 s ago, TTL 100 s
+        (9, 10, [1.0], T0),  # a request that was never ranked
+        (1, 99, [1.0], T0),  # an item that was never logged
+        (1, 10, [1.0, 0.0], T0),  # two labels for one label name
+        (1, "x", [1.0], T0),
+        "junk",
+        (2, 21, [1.0], T0),  # corrupt bytes in the store
+        (2, 20, [1.0], T0),
+    ])  # fmt: skip
+    joiner.close()
+    s = joiner.stats
+    assert (s["late"], s["unknown"], s["malformed"], s["corrupt"], s["joined"]) == (1, 2, 3, 1, 1)
+    reasons = [r["reason"] for r in rejected(joiner)]
+    assert sorted(reasons) == sorted(["late", "unknown", "unknown", "malformed", "malformed", "malformed", "corrupt"])
+    assert "not joined" in joiner.report() and "_rejected.jsonl" in joiner.report()
+
+
+def test_requests_wait_for_their_window_and_memory_is_bounded(tmp_path, served):
+    clock, store, items, user, joiner = served
+    joiner.add([(1, 10, [0.0], T0)])
+    assert joiner.open_requests == 1
+    clock.now = T0 + 11  # the window of 10 s has passed: written on the next add
+    joiner.add([(2, 20, [0.0], T0 + 5)])
+    assert joiner.stats["requests_written"] == 1 and joiner.open_requests == 1
+    small = LabelJoiner(store, TabularWriter(tmp_path / "t", items.schema, user.schema), ttl_s=100, window_s=60,
+                        clock=clock, max_open=1)  # fmt: skip
+    small.add([(1, 10, [0.0], T0 + 5), (2, 20, [0.0], T0 + 5)])
+    assert small.open_requests == 1 and small.stats["closed_early"] == 1
+    small.close()
+
+
+def test_lazy_logging_finds_the_features_of_every_item_paginated_to(tmp_path):
+    clock = Clock()
+    rng = np.random.default_rng(2)
+    items, user = synthetic_features(100, 2, 2, 3, "item", rng), synthetic_features(1, 1, 1, 3, "user", rng)
+    store = SqliteKV(clock=clock)
+    logger = LazyLogger(store, items.schema, user.schema, head=6, page=9, clock=clock)
+    writer = DedupWriter(tmp_path, items.schema, user.schema)
+    joiner = LabelJoiner(store, writer, clock=clock)
+    seen = {r: int(s) for r, s in enumerate(rng.integers(1, 40, 30))}
+    for r in seen:
+        logger.log_ranking(r, np.arange(100), items, user)
+        logger.on_paginate(r, seen[r])
+    logger.close()
+    joiner.add([(r, i, [1.0], T0) for r, s in seen.items() for i in range(s)])
+    joiner.close()
+    assert joiner.stats["joined"] == sum(seen.values()) and joiner.stats["unknown"] == 0
+    ds = gp.Dataset(tmp_path, features=list(items.schema.names), passthrough=("item_id",))
+    out = gp.Batch.concat([ds.read(u).expand() for u in ds.units()])
+    expected = items.take(out.extras["item_id"])  # every row holds its item's features
+    assert np.array_equal(out.dense, expected.dense)
+    assert np.array_equal(out.sparse.lengths, expected.sparse.lengths)
+    assert np.array_equal(out.sparse.values, expected.sparse.values)
+
+
+def test_bad_arguments_are_config_errors(served):
+    _, store, _, _, joiner = served
+    for kw in ({"ttl_s": 0}, {"window_s": -1}, {"max_open": 0}):
+        with pytest.raises(gp.ConfigError, match="LabelJoiner"):
+            LabelJoiner(store, joiner.writer, **kw)

@@ -1,0 +1,48 @@
+"""The traffic simulator: it drives the loggers and the joiner and leaves a dataset gp.Dataset reads."""
+
+import numpy as np
+import pytest
+
+import gpupre as gp
+from gpupre.serving import simulate
+
+
+def test_simulated_traffic_becomes_a_readable_dedup_dataset(tmp_path):
+    report = simulate(tmp_path, requests=300, duration_s=1800, progress=False)
+    joiner = report["joiner"]
+    ds = gp.Dataset(tmp_path, passthrough=("request_id", "item_id"))
+    assert ds.dedup and ds.num_rows == joiner["joined"] == report["writer"]["rows"]
+    assert joiner["duplicates"] > 0 and joiner["late"] > 0 and joiner["unknown"] == 0
+    assert joiner["events"] == joiner["joined"] + joiner["duplicates"] + joiner["late"]
+    logged = report["logger"]["items_logged"]
+    assert report["items_seen"] <= logged < 0.2 * report["ranked_items"]  # lazy: pages, not lists
+    b = ds.read(ds.units()[0])
+    assert b.labels.shape == (b.num_rows,) and set(np.unique(b.labels)) <= {0.0, 1.0}
+    assert 0 < b.labels.mean() < 0.8
+
+
+def test_eager_tabular_simulation_writes_the_same_impressions(tmp_path):
+    lazy = simulate(tmp_path / "lazy", requests=120, progress=False, seed=3)
+    eager = simulate(tmp_path / "eager", requests=120, progress=False, seed=3, logger="eager", layout="tabular")
+    assert eager["logger"]["items_logged"] == 120 * 100 and lazy["joiner"] == eager["joiner"]
+    a, b = (gp.Dataset(p, passthrough=("request_id", "item_id"), expand=True) for p in (tmp_path / "lazy", tmp_path / "eager"))
+    ids = [sorted(zip(*(np.concatenate([d.read(u).extras[c] for u in d.units()]).tolist() for c in ("request_id", "item_id"))))
+           for d in (a, b)]  # fmt: skip
+    assert ids[0] == ids[1]
+
+
+def test_buffers_stay_bounded_under_a_long_load(tmp_path):
+    """Four times the requests at the same rate: the logger's and joiner's buffers do not grow."""
+    short = simulate(tmp_path / "short", requests=400, duration_s=1600, ttl_s=600, window_s=60, progress=False)
+    long = simulate(tmp_path / "long", requests=1600, duration_s=6400, ttl_s=600, window_s=60, progress=False)
+    for side in ("logger", "joiner"):
+        assert long["peak_buffered_requests"][side] <= 1.25 * short["peak_buffered_requests"][side] + 5
+    assert long["peak_buffered_requests"]["logger"] <= 160  # TTL of 600 s at one request per 4 s
+    assert long["logger"]["expired"] > 0
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    with pytest.raises(gp.ConfigError, match="logger='fast'"):
+        simulate(tmp_path, logger="fast")
+    with pytest.raises(gp.ConfigError, match="items=200"):
+        simulate(tmp_path, items=200, catalog=100)

@@ -1,0 +1,81 @@
+"""De-dup and tabular writers: the same rows in both layouts, hourly files, a ledger that commits them."""
+
+import glob
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+from dedup_data import joined_requests
+from transforms.helpers import assert_same
+
+import gpupre as gp
+from gpupre.serving import DedupWriter, TabularWriter
+
+EXTRAS = ("request_id", "item_id", "time")
+
+
+def whole(path, **kw):
+    """Every row of a dataset as one plain host batch, ordered by item id."""
+    ds = gp.Dataset(path, passthrough=EXTRAS, **kw)
+    batch = gp.Batch.concat([ds.read(u).expand() for u in ds.units()])
+    return batch.take(np.argsort(batch.extras["item_id"], kind="stable"))
+
+
+def test_dedup_and_tabular_hold_the_same_rows(dedup_tables):
+    dedup, tabular = whole(dedup_tables[0]), whole(dedup_tables[1])
+    _, _, requests = joined_requests()
+    assert dedup.num_rows == sum(len(r.item_ids) for r in requests)
+    assert_same(dedup, tabular, rtol=0)
+    for name in EXTRAS:
+        assert np.array_equal(dedup.extras[name], tabular.extras[name])
+    assert np.array_equal(dedup.labels, tabular.labels)
+    expected = np.concatenate([r.labels for r in requests]).T
+    assert np.array_equal(dedup.labels, expected)  # item ids are in request order already
+    assert np.isnan(dedup.dense[dedup.dense_keys.index("item_dense_0")]).any()
+
+
+def test_one_row_per_request_and_hourly_partitions(dedup_tables):
+    dedup, tabular = dedup_tables
+    hours = sorted(os.path.basename(d) for d in glob.glob(os.path.join(dedup, "hour=*")))
+    assert hours == ["hour=2026-01-01T00", "hour=2026-01-01T01"]
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(os.path.join(dedup, "hour=*", "*.parquet")))
+    assert rows == 60
+    smaller = sum(os.path.getsize(f) for f in glob.glob(os.path.join(dedup, "hour=*", "*.parquet")))
+    larger = sum(os.path.getsize(f) for f in glob.glob(os.path.join(tabular, "hour=*", "*.parquet")))
+    assert smaller < larger
+
+
+def test_committed_requests_are_remembered_and_uncommitted_files_removed(tmp_path):
+    item_schema, user_schema, requests = joined_requests(10)
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
+        writer.write(requests[:6])
+        assert writer.contains(3) and not writer.contains(7)  # buffered counts as written
+    stray = tmp_path / "hour=2026-01-01T00" / "part-00099.parquet"  # a file whose commit never happened
+    stray.write_bytes(b"partial")
+    (tmp_path / "hour=2026-01-01T00" / "part-00100.parquet.tmp").write_bytes(b"partial")
+    writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    assert writer.stats["removed_uncommitted"] == 2 and not stray.exists()
+    assert writer.contains(5) and not writer.contains(6)
+    writer.write(requests[6:])
+    writer.close()
+    assert sorted(set(whole(str(tmp_path)).extras["request_id"].tolist())) == list(range(10))
+
+
+def test_the_ledger_forgets_requests_whose_features_expired(tmp_path):
+    item_schema, user_schema, requests = joined_requests(4)
+    with TabularWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
+        writer.write(requests)
+        writer.flush()
+        writer.forget_before(requests[2].time)
+        assert [writer.contains(r) for r in range(4)] == [False, False, True, True]
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    item_schema, user_schema, _ = joined_requests(1)
+    for kw in ({"labels": ()}, {"requests_per_file": 0}, {"row_group_rows": -1}):
+        try:
+            DedupWriter(tmp_path, item_schema, user_schema, **kw)
+        except gp.ConfigError as e:
+            assert "DedupWriter" in str(e) or "label" in str(e)
+        else:
+            raise AssertionError(f"{kw} was accepted")

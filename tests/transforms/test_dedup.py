@@ -1,0 +1,51 @@
+"""DedupPlan: request features transformed once per request give what whole rows give."""
+
+import pytest
+from transforms.helpers import EXECUTORS, assert_same_by_name, to_host
+
+import gpupre as gp
+
+USER_DENSE, ITEM_DENSE = ["user_dense_0", "user_dense_1"], ["item_dense_0", "item_dense_1", "item_dense_2"]
+
+
+def pipeline(ds):
+    return gp.Pipeline([
+        gp.FillMissing(ITEM_DENSE + USER_DENSE, 0.0), gp.Log1p(USER_DENSE + ITEM_DENSE), gp.Normalize(ITEM_DENSE + USER_DENSE),
+        gp.Bucketize.fit("user_dense_0", 4, out="user_bucket"), gp.Hash(["user_list_0", "item_list_1"], 1000),
+        gp.Cross("user_list_1", "user_list_2", 500, out="user_cross"), gp.Intersect("item_list_0", "item_list_1", out="both"),
+        gp.Truncate(["user_list_2"], 3),
+    ]).fit(ds, progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", EXECUTORS)
+def test_dedup_plan_equals_the_plan_on_expanded_rows(dedup_tables, device):
+    ds = gp.Dataset(dedup_tables[0])
+    pipe = pipeline(ds)
+    dedup_plan = pipe.compile(ds.schema, device, dedup=True)
+    whole_plan = pipe.compile(ds.schema, device)
+    for unit in ds.units()[:3]:
+        batch = ds.read(unit)
+        out = to_host(dedup_plan.run(batch))
+        assert out.requests.num_rows == batch.requests.num_rows  # request features ran once per request
+        assert "user_cross" in out.requests.sparse.keys and "both" in out.sparse.keys
+        assert_same_by_name(out.expand(), to_host(whole_plan.run(batch.expand())))
+    assert sorted(dedup_plan.output_schema.names) == sorted(whole_plan.output_schema.names)
+    assert dedup_plan.launches == dedup_plan.requests.launches + dedup_plan.items.launches
+
+
+def test_eager_pipeline_on_a_dedup_batch_uses_the_dedup_plan(dedup_tables):
+    ds = gp.Dataset(dedup_tables[0])
+    pipe = pipeline(ds)
+    batch = ds.read(ds.units()[1])
+    out = pipe(batch)
+    assert out.requests is not None
+    assert_same_by_name(out.expand(), pipe(batch.expand()))
+
+
+def test_an_op_mixing_request_and_item_features_asks_for_expanded_reading(dedup_tables):
+    ds = gp.Dataset(dedup_tables[0])
+    pipe = gp.Pipeline([gp.Cross("user_list_0", "item_list_0", 100, out="x")])
+    with pytest.raises(gp.ConfigError, match=r"request features \['user_list_0'\] and item features \['item_list_0'\].*expand=True"):
+        pipe.compile(ds.schema, "cpu", dedup=True)
+    expanded = gp.Dataset(dedup_tables[0], expand=True)
+    assert not expanded.dedup and pipe(expanded.read(expanded.units()[0])).sparse.keys[-1] == "x"

@@ -158,7 +158,7 @@ class Batch:
                 columns[name + SCORE_SUFFIX] = pa.ListArray.from_arrays(local, scores)
         if b.labels is not None:
             names = b.schema.labels if b.schema is not None else ()
-            rows = np.asarray(b.labels, np.float32).reshape(-1, n)
+            rows = np.atleast_2d(np.asarray(b.labels, np.float32))  # [L, N]
             if len(names) != len(rows):
                 names = ("label",) if len(rows) == 1 else tuple(f"label_{i}" for i in range(len(rows)))
             columns.update({name: pa.array(row) for name, row in zip(names, rows)})
@@ -183,7 +183,9 @@ class Batch:
         weights = None if self.sparse.weights is None else self.sparse.weights[gather]
         sparse = KeyedJagged(self.sparse.keys, lengths, self.sparse.values[gather], weights)
         inverse, requests = self.inverse, self.requests
-        if inverse is not None:
+        if requests is None:
+            inverse = None if inverse is None else inverse[index]
+        else:
             picked = inverse[index]
             used, inverse = _first_use(picked if numpy else picked.cpu().numpy())  # a sync on a GPU
             requests = requests.take(used)
@@ -435,6 +437,9 @@ def _first_use(inverse: np.ndarray):
 
 
 def _concat_inverse(batches) -> np.ndarray:
+    """The inverses of batches one after the other, renumbered to their concatenated requests."""
+    if batches[0].requests is None:
+        return np.concatenate([np.asarray(b.inverse) for b in batches])
     starts = offsets_of([b.requests.num_rows for b in batches])
     return np.concatenate([np.asarray(b.inverse) + np.int32(s) for b, s in zip(batches, starts)]).astype(np.int32)
 
@@ -456,8 +461,8 @@ def _ones_like(values):
 
 
 def _take_column(column, index):
-    if isinstance(column, pa.Array):
-        return column.take(pa.array(np.asarray(index)))
+    if isinstance(column, pa.Array):  # Arrow columns stay on the host, whatever the batch's device
+        return column.take(pa.array(index.cpu().numpy() if hasattr(index, "cpu") else np.asarray(index)))
     return column[index]
 
 

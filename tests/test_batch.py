@@ -392,3 +392,14 @@ def test_to_arrow_round_trips_through_from_arrow():
     back = Batch.from_arrow(table, e.schema)
     assert_same(back, e, rtol=0)
     assert back.labels.tolist() == e.labels.tolist() and back.extras["item_id"].tolist() == list(range(100, 105))
+
+
+def test_edge_cases_of_rows_inverse_and_arrow_extras():
+    from transforms.helpers import make_batch
+
+    b = replace(make_batch({"x": [1.0, 2.0]}, {"a": [[1], []]}), labels=np.ones(2, np.float32),
+                inverse=np.array([0, 1], np.int32), extras={"s": pa.array(["p", "q"])})  # fmt: skip
+    assert b.take([]).to_arrow().num_rows == 0  # no rows, with labels
+    assert b.take([1, 0]).inverse.tolist() == [1, 0]  # an inverse without requests is a plain column
+    assert Batch.concat([b, b]).inverse.tolist() == [0, 1, 0, 1]
+    assert b.to_torch().take(torch.tensor([1])).extras["s"].to_pylist() == ["q"]  # Arrow extras of a torch batch

@@ -189,6 +189,8 @@ class _Part:
             out["lengths"][:, rows] = b.sparse.lengths.reshape(self.keys, b.num_rows)[:, start:stop]
             if "labels" in out:
                 out["labels"][..., rows] = b.labels[..., start:stop]
+            if "inverse" in out:  # renumbered by stage() when the requests are gathered too
+                out["inverse"][rows] = b.inverse[start:stop]
             for key in (k for k in out if k.startswith("extra:")):
                 out[key][rows] = b.extras[key[6:]][start:stop]
             at += stop - start

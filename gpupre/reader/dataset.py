@@ -258,8 +258,8 @@ def _dedup_parts(schema: Schema, dedup: dict, arrow_schema: pa.Schema):
                             tuple(e for e in schema.extras if e not in item_extras))  # fmt: skip
     item_schema = Schema(tuple(f for f in schema if f.group not in REQUEST_GROUPS), schema.labels,
                          tuple(e for e in schema.extras if e in item_extras))  # fmt: skip
-    per_impression = item_schema.column_names()
-    counter = per_impression[0] if per_impression else sorted(item_extras)[0]
+    per_impression = item_schema.column_names() or sorted(item_extras)
+    counter = per_impression[0] if per_impression else "item_id"
     if arrow_schema.get_field_index(counter) < 0:
         raise SchemaError(f"de-dup table has no column {counter!r}; rewrite it with gp.serving.DedupWriter")
     return request_schema, item_schema, counter

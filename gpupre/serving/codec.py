@@ -42,7 +42,10 @@ class FeatureCodec:
                 f"features {list(batch.dense_keys) + list(batch.sparse.keys)} do not match the logger's schema "
                 f"{list(self.schema.names)}; pass batches with the schema's features in its order"
             )
-        rows = np.arange(batch.num_rows) if rows is None else np.asarray(rows, np.int64)
+        rows = np.arange(batch.num_rows) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= batch.num_rows):
+            bad = int(rows[(rows < 0) | (rows >= batch.num_rows)][0])
+            raise DataError(f"row {bad} to log is outside the batch of {batch.num_rows} rows; pass rows in [0, {batch.num_rows})")
         sparse = batch.sparse
         weights = np.asarray(sparse.weights, np.float32) if self.weighted else np.empty(0, np.float32)
         data, ends = _encode(

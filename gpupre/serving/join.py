@@ -61,6 +61,7 @@ class LabelJoiner:
             raise ConfigError(f"LabelJoiner max_open={max_open!r} must be a positive integer")
         self.store, self.writer, self.ttl_s, self.window_s = store, writer, float(ttl_s), float(window_s)
         self.clock, self.max_open = clock, max_open
+        self._id_type = None  # int or str: the first event's, for every later one
         self.num_labels = len(writer.labels)
         self.needs_user = writer.user_codec is not None
         self._open: collections.OrderedDict = collections.OrderedDict()  # request -> [time, user, {item: [bytes, labels]}]
@@ -104,6 +105,10 @@ class LabelJoiner:
             return f"expected (request_id, item_id, labels, time), got {type(event).__name__}"
         if not isinstance(request, (numbers.Integral, str)) or isinstance(request, bool):
             return f"request_id {request!r} is neither an integer nor a string"
+        kind = str if isinstance(request, str) else int
+        self._id_type = self._id_type or kind
+        if kind is not self._id_type:
+            return f"request_id {request!r} is a {kind.__name__} but earlier ones are {self._id_type.__name__}s"
         if not isinstance(item, numbers.Integral) or isinstance(item, bool):
             return f"item_id {item!r} is not an integer"
         try:
@@ -168,6 +173,7 @@ class LabelJoiner:
             due.append(oldest)
             self.stats["closed_early"] += 1
         self._write(due)
+        self.writer.commit_before(now - self.window_s)  # hours whose requests are all written
 
     def _write(self, requests) -> None:
         joined = []

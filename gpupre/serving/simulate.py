@@ -81,7 +81,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     joiner = LabelJoiner(store, writer, ttl_s=ttl_s, window_s=window_s, clock=clock)
     seen = np.clip(scroll(rng, head, page, requests), 1, items)
     served = START + np.arange(requests) * (duration_s / requests)
-    events, pending, peak = [], [], {"logger": 0, "joiner": 0}
+    events, pending, pending_since, peak = [], [], 0.0, {"logger": 0, "joiner": 0}
     started = time.perf_counter()
     bar = tqdm(total=requests, desc="simulating requests", unit="req", disable=not progress)
     order = 0  # ties keep the order they were pushed in
@@ -90,7 +90,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
         order += 1
         while events and (r == requests - 1 or events[0][0] <= served[min(r + 1, requests - 1)]):
             at, _, kind, payload = heapq.heappop(events)
-            if pending and at - pending[0][3] > JOIN_EVERY_S:  # join before the clock moves on
+            if pending and at - pending_since > JOIN_EVERY_S:  # join before the clock moves on
                 log.flush()  # pages asked for are written before their labels are looked up
                 joiner.add(pending)
                 pending = []
@@ -102,7 +102,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
                 if seen[payload] > head and logger == "lazy":
                     heapq.heappush(events, (at + PAGINATION_DELAY_S, order, "page", payload))
                     order += 1
-                for label_event, arrival in _labels(payload, ranked, features, users, seen[payload], at, item_weights,
+                for label_event, arrival in _labels(payload, ranked, features, users, seen[payload], head, at, item_weights,
                                                     user_weights, ttl_s, duplicate_rate, late_rate, rng):  # fmt: skip
                     heapq.heappush(events, (arrival, order, "label", label_event))
                     order += 1
@@ -110,6 +110,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
             elif kind == "page":
                 log.on_paginate(payload, int(seen[payload]))
             else:
+                pending_since = at if not pending else pending_since
                 pending.append(payload)
             peak["logger"] = max(peak["logger"], log.stats.get("pending", 0))
             peak["joiner"] = max(peak["joiner"], joiner.open_requests)
@@ -127,15 +128,16 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     return report
 
 
-def _labels(request, ranked, features: Batch, users: Batch, seen: int, served: float, item_weights, user_weights,
-            ttl_s, duplicate_rate, late_rate, rng):  # fmt: skip
-    """[(event, arrival time)] for the seen items of one request: a click label each."""
+def _labels(request, ranked, features: Batch, users: Batch, seen: int, head: int, served: float, item_weights,
+            user_weights, ttl_s, duplicate_rate, late_rate, rng):  # fmt: skip
+    """[(event, arrival time)] for the seen items of one request: a click label each; an item
+    beyond the head is seen (and labelled) only after the user scrolled to it."""
     logit = (item_weights @ (features.dense[:, :seen] - 0.5) + user_weights @ (users.dense[:, request] - 0.5)
              - 0.15 * np.arange(seen) - 1.0)  # fmt: skip
     clicks = rng.random(seen) < 1 / (1 + np.exp(-logit))
     out = []
     for i in range(seen):
-        delay = rng.exponential(30.0)
+        delay = rng.exponential(30.0) + (PAGINATION_DELAY_S if i >= head else 0.0)
         if rng.random() < late_rate:
             delay += ttl_s
         event = (request, int(ranked[i]), [float(clicks[i])], served)

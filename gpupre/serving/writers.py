@@ -11,7 +11,8 @@
 `TabularWriter` (the baseline) writes one row per impression, user features repeated on each.
 Both store the schema (with feature groups) in the file's metadata, so `gp.Dataset` reads either.
 
-Files land in `<path>/hour=YYYY-MM-DDTHH/part-<n>.parquet`. A ledger (`<path>/_ledger.sqlite`)
+Files land in `<path>/hour=YYYY-MM-DDTHH/part-<commit time>-<random>.parquet`, each written,
+synced to disk and renamed into place before it is committed. A ledger (`<path>/_ledger.sqlite`)
 records every committed file and the requests in it, in one transaction after the file is in
 place: a replayed request is recognized and not written twice, and a file left by a process that
 died before its ledger commit is removed when the writer opens again (its requests are not in
@@ -25,20 +26,23 @@ import glob
 import json
 import os
 import sqlite3
+import time
+import uuid
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from ..batch import offsets_of
-from ..errors import ConfigError
-from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, Feature, Schema
+from ..errors import ConfigError, DataError
+from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Feature, Schema
 from ..storage.write import write_table
 from .codec import FeatureCodec
 
 __all__ = ["DedupWriter", "JoinedRequest", "TabularWriter"]
 
 EXTRAS = ("request_id", "time", "item_id")
+HOUR_FORMAT = "%Y-%m-%dT%H"
 
 
 class JoinedRequest(NamedTuple):
@@ -76,7 +80,8 @@ class _HourlyWriter:
         self.requests_per_file, self.row_group_rows = requests_per_file, row_group_rows
         self.items_codec = FeatureCodec(item_schema)
         self.user_codec = None if user_schema is None else FeatureCodec(user_schema)
-        user = [] if user_schema is None else [Feature(f.name, f.kind, f.group or "user") for f in user_schema]
+        user = [] if user_schema is None else [Feature(f.name, f.kind, f.group if f.group in REQUEST_GROUPS else "user")
+                                               for f in user_schema]  # fmt: skip
         self.schema = Schema(tuple(user) + tuple(Feature(f.name, f.kind, "item") for f in item_schema), self.labels,
                              EXTRAS)  # fmt: skip
         os.makedirs(self.path, exist_ok=True)
@@ -86,6 +91,7 @@ class _HourlyWriter:
         self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
         self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
         self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
+        self._id_type = None  # int or str, fixed by the first request
         self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
 
     def _recover(self) -> int:
@@ -106,8 +112,20 @@ class _HourlyWriter:
         return self._ledger.execute("SELECT 1 FROM requests WHERE id = ?", (key,)).fetchone() is not None
 
     def write(self, requests) -> None:
-        """Buffer joined requests; an hour whose buffer is full is committed."""
+        """Buffer joined requests; an hour whose buffer is full is committed.
+
+        Raises:
+            DataError: request ids of both types (integers and strings) in one dataset.
+        """
         for request in requests:
+            kind = str if isinstance(request.request_id, str) else int
+            if self._id_type is None:
+                self._id_type = kind
+            elif kind is not self._id_type:
+                raise DataError(
+                    f"request id {request.request_id!r} is a {kind.__name__} but earlier ones are "
+                    f"{self._id_type.__name__}s; use one type of request id for a dataset"
+                )
             hour = _hour(request.time)
             pending = self._pending.setdefault(hour, {})
             pending[str(request.request_id)] = request
@@ -119,27 +137,32 @@ class _HourlyWriter:
         for hour in list(self._pending):
             self._commit(hour)
 
-    def forget_before(self, time: float) -> None:
-        """Drop ledger entries of requests served before `time` (their features have expired,
+    def commit_before(self, before: float) -> None:
+        """Commit the hours that ended by `before` (no request of theirs can come any more)."""
+        for hour in [h for h in self._pending if _hour_end(h) <= before]:
+            self._commit(hour)
+
+    def forget_before(self, before: float) -> None:
+        """Drop ledger entries of requests served before `before` (their features have expired,
         so no replay can join them again)."""
         with self._ledger:
-            self._ledger.execute("DELETE FROM requests WHERE time < ?", (time,))
+            self._ledger.execute("DELETE FROM requests WHERE time < ?", (before,))
 
     def _commit(self, hour: str) -> None:
-        requests = list(self._pending.pop(hour).values())
-        if not requests:
-            return
+        requests = list(self._pending[hour].values())
         directory = os.path.join(self.path, f"hour={hour}")
         os.makedirs(directory, exist_ok=True)
-        index = len(glob.glob(os.path.join(directory, "part-*.parquet")))
-        final = os.path.join(directory, f"part-{index:05d}.parquet")
+        final = os.path.join(directory, f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")  # in commit order
         tmp = final + ".tmp"
         rows = self._write_file(requests, tmp)
+        _fsync(tmp)  # the data is on disk before the rename and the ledger say it is there
         os.replace(tmp, final)
+        _fsync(directory)
         with self._ledger:  # the file is in place; the commit makes it count
             self._ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
             self._ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
                                      [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
+        del self._pending[hour]  # only now: a failed write keeps the requests buffered
         self.stats["files"] += 1
         self.stats["requests"] += len(requests)
         self.stats["rows"] += rows
@@ -219,5 +242,18 @@ def _columns(table: pa.Table) -> dict:
     return {name: table.column(name).combine_chunks() for name in table.column_names}
 
 
-def _hour(time: float) -> str:
-    return datetime.datetime.fromtimestamp(float(time), datetime.timezone.utc).strftime("%Y-%m-%dT%H")
+def _hour(at: float) -> str:
+    return datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc).strftime(HOUR_FORMAT)
+
+
+def _hour_end(hour: str) -> float:
+    start = datetime.datetime.strptime(hour, HOUR_FORMAT).replace(tzinfo=datetime.timezone.utc)
+    return start.timestamp() + 3600.0
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

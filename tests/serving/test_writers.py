@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from dedup_data import joined_requests
 from transforms.helpers import assert_same
 
@@ -79,3 +80,27 @@ def test_bad_arguments_are_config_errors(tmp_path):
             assert "DedupWriter" in str(e) or "label" in str(e)
         else:
             raise AssertionError(f"{kw} was accepted")
+
+
+def test_a_failed_write_keeps_its_requests_and_mixed_id_types_are_refused(tmp_path, monkeypatch):
+    item_schema, user_schema, requests = joined_requests(3)
+    writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    writer.write(requests)
+    monkeypatch.setattr(writer, "_write_file", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        writer.flush()
+    assert writer.contains(1)
+    monkeypatch.undo()
+    writer.flush()
+    assert writer.stats["requests"] == 3
+    with pytest.raises(gp.DataError, match="request id '7' is a str but earlier ones are ints"):
+        writer.write([requests[0]._replace(request_id="7")])
+    writer.close()
+
+
+def test_hours_are_committed_once_they_are_over(tmp_path):
+    item_schema, user_schema, requests = joined_requests(60)  # over two hours
+    with TabularWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
+        writer.write(requests)
+        writer.commit_before(requests[0].time + 3600)  # the first hour has ended
+        assert writer.stats["files"] == 1 and writer.stats["requests"] == 30

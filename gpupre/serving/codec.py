@@ -60,20 +60,32 @@ class FeatureCodec:
         data, ends = data.tobytes(), ends.tolist()
         return [data[ends[r] : ends[r + 1]] for r in range(len(rows))]
 
+    def check(self, data: bytes) -> str:
+        """Why `data` is not one row of this schema's bytes (its size does not add up), or ""."""
+        if len(data) < self._head:
+            return f"{len(data)} bytes, fewer than the {self._head} of a row's header"
+        count = int(np.frombuffer(data, np.uint32, self.num_sparse, 4 * self.num_dense).sum())
+        if len(data) != self._head + count * (12 if self.weighted else 8):
+            return f"{len(data)} bytes, not what its {count} ids need; it is corrupt"
+        return ""
+
     def decode(self, rows: list[bytes]) -> Batch:
-        """The host `Batch` of encoded rows, in order."""
+        """The host `Batch` of encoded rows, in order.
+
+        Raises:
+            DataError: a row's size does not add up (`check`).
+        """
         n, d, keys = len(rows), self.num_dense, self.num_sparse
         dense = np.empty((d, n), np.float32)
         lengths = np.empty((n, keys), np.int32)
         values, weights = [], []
         for r, data in enumerate(rows):
-            if len(data) < self._head:
-                raise DataError(f"logged row {r} has {len(data)} bytes, fewer than the {self._head} of its header")
+            problem = self.check(data)
+            if problem:
+                raise DataError(f"logged row {r} has {problem}")
             dense[:, r] = np.frombuffer(data, np.float32, d)
             lengths[r] = np.frombuffer(data, np.uint32, keys, 4 * d)
             count = int(lengths[r].sum())
-            if len(data) != self._head + count * (12 if self.weighted else 8):
-                raise DataError(f"logged row {r} has {len(data)} bytes, not what its {count} ids need; it is corrupt")
             values.append(np.frombuffer(data, np.int64, count, self._head))
             if self.weighted:
                 weights.append(np.frombuffer(data, np.float32, count, self._head + 8 * count))

@@ -30,7 +30,7 @@ import time as _time
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .kv import KVStore
 from .loggers import item_key, user_key
 from .writers import JoinedRequest
@@ -150,13 +150,10 @@ class LabelJoiner:
             self.stats["joined"] += 1
 
     def _check_bytes(self, item: bytes, user: bytes | None) -> str:
-        try:
-            self.writer.items_codec.decode([item])
-            if user is not None:
-                self.writer.user_codec.decode([user])
-        except DataError as e:
-            return str(e)
-        return ""
+        problem = self.writer.items_codec.check(item)
+        if not problem and user is not None:
+            problem = self.writer.user_codec.check(user)
+        return f"logged features of {problem}" if problem else ""
 
     def _reject(self, rejected: list, now: float) -> None:
         if not rejected:

@@ -359,7 +359,7 @@ def _ids(arr: pa.Array, name: str, source: str):
             f"{source}: sparse feature {name!r} must be list<int64> (or an integer column), found "
             f"{t}; hash strings to ids before writing (gp.storage importers do this)"
         )
-    lengths, flat = _list_parts(arr)
+    lengths, flat = list_parts(arr)
     if flat.null_count:
         raise DataError(
             f"{source}: sparse feature {name!r} holds {flat.null_count} null ids inside its lists; "
@@ -372,11 +372,12 @@ def _scores(arr: pa.Array, name: str, source: str):
     t = arr.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_floating(t.value_type):
         raise SchemaError(f"{source}: score column {name!r} must be list<float32>, found {t}")
-    lengths, flat = _list_parts(arr)
+    lengths, flat = list_parts(arr)
     return lengths, flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
 
 
-def _list_parts(arr: pa.Array):
+def list_parts(arr: pa.Array):
+    """(lengths int32 [N], the flattened values) of a list column; a null list is empty."""
     if arr.null_count:  # a null list counts as empty, whatever its offsets say
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy()
         return lengths.astype(np.int32, copy=False), pc.list_flatten(arr)

@@ -8,11 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..batch import Batch, one_array
+from ..batch import Batch, list_parts, one_array
 from ..errors import DataError, SchemaError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, SCORE_SUFFIX, Schema, unknown_message
 from .units import WorkUnit, shard
@@ -267,28 +266,28 @@ def _dedup_parts(schema: Schema, dedup: dict, arrow_schema: pa.Schema):
 
 def _dedup_batch(table, schema: Schema, request_schema: Schema, item_schema: Schema, counter: str, source: str) -> Batch:
     """A de-duplicated host batch from rows of a de-dup table (one row per request)."""
-    counts = _list_lengths(one_array(table.column(counter)), counter, source)
-    flat = {counter: one_array(table.column(counter)).flatten()}  # sizes the batch even with no item column
+    counts, values = _per_impression(table, counter, source)
+    flat = {counter: values}  # sizes the batch even with no item column
     for name in item_schema.column_names():
-        column = one_array(table.column(name))
-        lengths = _list_lengths(column, name, source)
+        lengths, flat[name] = _per_impression(table, name, source)
         if not np.array_equal(lengths, counts):
             row = int(np.flatnonzero(lengths != counts)[0])
             raise DataError(
                 f"{source}: de-dup column {name!r} has {lengths[row]} elements in request row {row} but "
                 f"{counter!r} has {counts[row]}; every per-impression column needs one element per impression"
             )
-        flat[name] = column.flatten()
     items = Batch.from_arrow(pa.table(flat), item_schema, source=source)
     requests = Batch.from_arrow(table, request_schema, source=source)
     inverse = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     return replace(items, inverse=inverse, requests=requests, schema=schema)
 
 
-def _list_lengths(column: pa.Array, name: str, source: str) -> np.ndarray:
+def _per_impression(table, name: str, source: str):
+    """(elements per request, the elements) of a per-impression column of a de-dup table."""
+    column = one_array(table.column(name))
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
         raise SchemaError(f"{source}: de-dup column {name!r} must be a list per request, found {column.type}")
-    return pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+    return list_parts(column)
 
 
 def _feature_columns(arrow_schema: pa.Schema) -> list[str]:

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from ..batch import offsets_of
+from ..batch import offsets_of, one_array
 from ..errors import ConfigError, DataError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Feature, Schema
 from ..storage.write import write_table
@@ -239,7 +239,7 @@ class DedupWriter(_HourlyWriter):
 
 
 def _columns(table: pa.Table) -> dict:
-    return {name: table.column(name).combine_chunks() for name in table.column_names}
+    return {name: one_array(table.column(name)) for name in table.column_names}
 
 
 def _hour(at: float) -> str:

@@ -13,7 +13,6 @@ import numpy as np
 from numba import prange
 
 from ..batch import Batch, KeyedJagged
-from ..schema import SCORED
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
 from ._log1p import log1p32
 from .plan import (
@@ -37,6 +36,7 @@ from .plan import (
     DenseProgram,
     Plan,
     SparseLevel,
+    output_batch,
     stage_launches,
 )
 
@@ -387,20 +387,7 @@ class CpuExecutor:
                 lengths, values, weights = self.run_level(level, n, lengths, values, weights, derived)
         if plan.derived is not None:
             self.run_dense(plan.derived, derived, n, dense)
-        schema = plan.output_schema
-        keys = tuple(f.name for f in schema.sparse)
-        has_weights = any(f.kind == SCORED for f in schema.sparse)
-        return Batch(
-            n,
-            tuple(f.name for f in schema.dense),
-            dense,
-            KeyedJagged(keys, lengths, values, weights if has_weights else None),
-            batch.labels,
-            batch.extras,
-            batch.inverse,
-            batch.requests,
-            schema,
-        )
+        return output_batch(plan.output_schema, batch, dense, lengths, values, weights)
 
     @staticmethod
     def run_dense(program: DenseProgram, x: np.ndarray, n: int, dense_out=None):

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..batch import Batch, KeyedJagged
+from ..batch import Batch
 from ..errors import BackendUnavailable, DataError, KernelError
 from ..schema import SCORED
-from .plan import S_INTERSECT, S_OVERLAP, S_UNION, DenseProgram, Plan, SparseLevel, check_total
+from .plan import S_INTERSECT, S_OVERLAP, S_UNION, DenseProgram, Plan, SparseLevel, check_total, output_batch
 
 __all__ = ["KERNELS", "SCAN_LAUNCHES", "CudaExecutor"]
 
@@ -106,11 +105,7 @@ class CudaExecutor:
         host_level = plan.host if host_stage else None
         if not _on_cuda(batch):
             if host_level is not None:
-                from .cpu import CpuExecutor, _host_arrays
-
-                lengths, values, weights = CpuExecutor.run_level(plan.host, batch.num_rows, *_host_arrays(batch.sparse), None)
-                batch = replace(batch, sparse=KeyedJagged(batch.sparse.keys, lengths, values, weights))
-                host_level = None
+                batch, host_level = plan.run_host(batch), None
             batch = batch.to(self.device, non_blocking=False)
         with torch.cuda.device(self.device):
             return self._run_device(plan, batch, host_level)
@@ -141,21 +136,9 @@ class CudaExecutor:
                     lengths, values, weights, offsets = self._level(level, n, lengths, values, weights, ids, valid, offsets, derived)
             if plan.derived is not None:
                 self._dense(plan.derived, derived, n, dense)
-        schema = plan.output_schema
-        has_weights = any(f.kind == SCORED for f in schema.sparse)
-        if has_weights and weights is None:  # no rows
+        if weights is None and any(f.kind == SCORED for f in plan.output_schema.sparse):  # no rows
             weights = torch.empty(0, dtype=torch.float32, device=self.device)
-        return Batch(
-            n,
-            tuple(f.name for f in schema.dense),
-            dense,
-            KeyedJagged(tuple(f.name for f in schema.sparse), lengths, values, weights if has_weights else None),
-            batch.labels,
-            batch.extras,
-            batch.inverse,
-            batch.requests,
-            schema,
-        )
+        return output_batch(plan.output_schema, batch, dense, lengths, values, weights)
 
     @staticmethod
     def _skips(plan: Plan, index: int) -> bool:

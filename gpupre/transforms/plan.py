@@ -191,6 +191,14 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
     return plan
 
 
+def output_batch(schema: Schema, batch, dense, lengths, values, weights):
+    """`batch` with an executor's output features (`schema`); labels, extras, inverse and requests
+    carry over. weights are dropped when no output feature is scored."""
+    scored = any(f.kind == SCORED for f in schema.sparse)
+    sparse = KeyedJagged(tuple(f.name for f in schema.sparse), lengths, values, weights if scored else None)
+    return replace(batch, dense_keys=tuple(f.name for f in schema.dense), dense=dense, sparse=sparse, schema=schema)
+
+
 def stage_launches(plan: Plan) -> int:
     """Parallel stages one batch costs on the host: a dense pass, 3 per sparse level, pass 2."""
     count = 0 if plan.dense.identity else 1

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..batch import Batch, KeyedJagged
+from ..batch import Batch
 from ..schema import SCORED
 from . import ops as O
 from ._log1p import log1p32_array
 from .pipeline import output_schema
+from .plan import output_batch
 
 __all__ = ["ReferenceExecutor", "sigrid_hash", "twang_mix64", "hash_128_to_64"]
 
@@ -194,15 +195,7 @@ def _assemble(schema, state, batch: Batch) -> Batch:
             w = [v for r in lists.scores for v in r] if f.kind == SCORED else [1.0] * len(values[-1])
             weights.append(np.array(w, np.float32))
     cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.empty(0, dt)  # noqa: E731
-    sparse = KeyedJagged(
-        tuple(f.name for f in schema.sparse),
-        cat(lengths, np.int32),
-        cat(values, np.int64),
-        cat(weights, np.float32) if any_scored else None,
-    )
-    return Batch(
-        n, tuple(f.name for f in schema.dense), dense, sparse, batch.labels, batch.extras, batch.inverse, batch.requests, schema
-    )
+    return output_batch(schema, batch, dense, cat(lengths, np.int32), cat(values, np.int64), cat(weights, np.float32))
 
 
 

@@ -47,6 +47,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench loader
 	$(BIN)/python -m bench serving
 	$(BIN)/python -m bench dedup
+	$(BIN)/python -m bench storage
 	$(BIN)/python -m bench report > bench/results/REPORT.md
 
 clean:

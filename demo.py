@@ -2,7 +2,8 @@
 
 Steps: simulate serving traffic (lazy logging into the SQLite KV store, the label join, de-dup
 tables by the hour) and train on what it wrote; generate a synthetic recommendation dataset; import Criteo-format text; flatten a legacy
-map-layout table and check it against the flat one; read with projection; fit a Criteo pipeline
+map-layout table and check it against the flat one; put a dataset on a local S3 server, reorder
+its features for the jobs that read it and cache it on local disk; read with projection; fit a Criteo pipeline
 and apply its compiled plan; run the reader and transforms benchmarks (results of `make bench`
 are the ones kept in bench/results; the demo's quick runs are printed only).
 """
@@ -10,6 +11,7 @@ are the ones kept in bench/results; the demo's quick runs are printed only).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -65,7 +67,10 @@ def main() -> None:
     if not same:
         raise SystemExit("demo: flattening changed the data")
 
-    section("4. a fitted Criteo pipeline, compiled and applied")
+    section("4. storage layout: an object store, feature reordering, the SSD cache")
+    storage_layout(flat_path)
+
+    section("5. a fitted Criteo pipeline, compiled and applied")
     ds = gp.Dataset(criteo)
     dense = [f"I{i}" for i in range(1, 14)]
     sparse = [f"C{i}" for i in range(1, 27)]
@@ -89,14 +94,14 @@ def main() -> None:
     print(f"-> {out}")
     print(f"   I1 normalized: {np.round(out.dense[0, :4], 3).tolist()}, C1 hashed: {out.sparse.feature('C1')[1][:3].tolist()}")
 
-    section("5. training a small DLRM-style model through gp.DataLoader")
+    section("6. training a small DLRM-style model through gp.DataLoader")
     train_dlrm(flat_path)
 
-    section("6. reader benchmark: projection vs map layout (500 features)")
+    section("7. reader benchmark: projection vs map layout (500 features)")
     result = reader_bench.run(rows=16_380, repeats=3, progress=False, save_results=False)
     print(reader_bench.report(result))
 
-    section("7. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
+    section("8. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
     result = transforms_bench.run(repeats=3, nvtabular=False, kinds=("criteo",), progress=False, save_results=False)
     print(transforms_bench.report(result))
 
@@ -140,6 +145,49 @@ def serving_to_training() -> None:
           f"(user features once per request)")  # fmt: skip
     print(f"300 steps: loss first 50 {np.mean(losses[:50]):.4f} -> last 50 {np.mean(losses[-50:]):.4f}, "
           f"{result['rows_per_s']:,.0f} rows/s")
+
+
+def storage_layout(flat_path: str, latency_ms: float = 10.0) -> None:
+    """Three jobs read a dataset on a local S3 server; reorder it for them; a second run hits the cache."""
+    import pyarrow.fs as pafs
+
+    with gp.storage.LocalObjectStore(latency_ms=latency_ms) as store, tempfile.TemporaryDirectory() as tmp:
+        fs = store.filesystem()
+        store.create_bucket("demo")
+        pafs.copy_files(flat_path, "demo/original/part-0.parquet", destination_filesystem=fs)
+        original = gp.Dataset("demo/original", filesystem=fs)
+        names = list(original.schema.names)
+        jobs = {"ctr": names[0::4], "cvr": list(dict.fromkeys(names[1::4] + names[0:8])), "explore": names[2::7]}
+        options = gp.storage.measured_cache_options(fs, original.paths[0])  # gaps cheaper than a request merge
+        log = gp.storage.AccessLog(os.path.join(tmp, "access.sqlite"))
+
+        def read(path, features, filesystem, access_log=None):
+            counting = gp.storage.CountingFileSystem(filesystem)
+            ds = gp.Dataset(path, features=features, filesystem=counting, cache_options=options, access_log=access_log)
+            counting.reset()
+            start = time.perf_counter()
+            for unit in ds.units():
+                ds.read_arrow(unit)
+            return counting.bytes_read, counting.read_requests, time.perf_counter() - start
+
+        before = {job: read("demo/original", features, fs, log) for job, features in jobs.items()}
+        start = time.perf_counter()
+        gp.storage.reorder(original, "demo/reordered", log.workload(),
+                           options.hole_size_limit, filesystem=fs, progress=False)  # fmt: skip
+        print(f"reordered for the recorded workload in {time.perf_counter() - start:.2f}s "
+              f"({latency_ms:g} ms a request; gaps up to {options.hole_size_limit >> 10} KiB are read through)")  # fmt: skip
+        for job, features in jobs.items():
+            (b0, r0, t0), (b1, r1, t1) = before[job], read("demo/reordered", features, fs)
+            print(f"  {job:<8} {len(features):>3} features: {b0:>11,} -> {b1:>11,} bytes ({1 - b1 / b0:.0%} fewer), "
+                  f"{r0} -> {r1} requests, {t0:.2f} -> {t1:.2f} s")  # fmt: skip
+        remote = gp.storage.CountingFileSystem(fs)
+        cached = gp.storage.CachedFileSystem(remote, os.path.join(tmp, "cache"), capacity_bytes=1 << 30)
+        fetched = []
+        for _ in range(2):
+            remote.reset()
+            read("demo/reordered", jobs["ctr"], cached)
+            fetched.append(remote.bytes_read)
+        print(f"SSD cache: the first ctr job fetched {fetched[0]:,} bytes from the store, the second {fetched[1]:,}")
 
 
 def train_dlrm(path: str, steps: int = 400) -> None:

@@ -5,10 +5,10 @@ import json
 import os
 import sys
 
-from . import cuda, dedup, loader, reader, serving, transforms
+from . import cuda, dedup, loader, reader, serving, storage, transforms
 from .common import RESULTS_DIR
 
-BENCHMARKS = {"cuda": cuda, "dedup": dedup, "loader": loader, "reader": reader, "serving": serving, "transforms": transforms}
+BENCHMARKS = {"cuda": cuda, "dedup": dedup, "loader": loader, "reader": reader, "serving": serving, "storage": storage, "transforms": transforms}
 
 
 def main(argv=None) -> None:

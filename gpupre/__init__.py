@@ -25,6 +25,7 @@ from .transforms import (
     Truncate,
     Union,
     compile,
+    materialize,
 )
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "Union",
     "WorkUnit",
     "compile",
+    "materialize",
     "reader",
     "serving",
     "storage",

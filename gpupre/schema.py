@@ -38,11 +38,17 @@ DEFAULT_LABEL = "label"
 
 @dataclass(frozen=True)
 class Feature:
-    """One feature: its column name, its kind and the group it belongs to (for de-duplication)."""
+    """One feature: its column name, its kind and the group it belongs to (for de-duplication).
+
+    `derived` is set on a feature stored by `gp.materialize`: its provenance, the canonical
+    JSON of the chain of fitted ops that made it from stored features. A pipeline compiled for a
+    schema holding it reads the column instead of running that chain.
+    """
 
     name: str
     kind: str
     group: str | None = None
+    derived: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -56,6 +62,10 @@ class Feature:
             raise SchemaError(f"feature {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         if self.group is not None and self.group not in GROUPS:
             raise SchemaError(f"feature {self.name!r}: group {self.group!r} is not one of {GROUPS}")
+        if self.derived is not None and (not isinstance(self.derived, str) or not self.derived):
+            raise SchemaError(
+                f"feature {self.name!r}: derived={self.derived!r} must be None or a non-empty string"
+            )
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -143,7 +153,7 @@ class Schema:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "features": [[f.name, f.kind, f.group] for f in self.features],
+                "features": [_feature_entry(f) for f in self.features],
                 "labels": list(self.labels),
                 "extras": list(self.extras),
             }
@@ -152,7 +162,7 @@ class Schema:
     @classmethod
     def from_json(cls, text: str | bytes) -> Schema:
         data = json.loads(text)
-        features = tuple(Feature(name, kind, group) for name, kind, group in data["features"])
+        features = tuple(Feature(*entry) for entry in data["features"])
         return cls(features, tuple(data.get("labels", ())), tuple(data.get("extras", ())))
 
     def to_arrow(self, extra_types: dict | None = None) -> pa.Schema:
@@ -208,6 +218,11 @@ class Schema:
                 continue  # the score column of a scored feature, handled with its ids
             features.append(Feature(fld.name, infer_kind(fld, names, source)))
         return cls(tuple(features), tuple(labels), extras)
+
+
+def _feature_entry(f: Feature) -> list:
+    """[name, kind, group], plus the provenance of a derived feature (files without it still read)."""
+    return [f.name, f.kind, f.group] if f.derived is None else [f.name, f.kind, f.group, f.derived]
 
 
 def infer_kind(fld: pa.Field, names, source: str) -> str:

@@ -1,9 +1,11 @@
 """Feature kinds, Schema lookups, projection, JSON/Arrow round trips and inference."""
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import gpupre as gp
+from gpupre.schema import METADATA_KEY
 
 F = gp.Feature
 
@@ -86,6 +88,31 @@ def test_json_and_arrow_round_trips():
     assert arrow.field("label").type == pa.float32()
     assert arrow.field("row_id").type == pa.string()
     assert gp.Schema.from_arrow(arrow) == schema  # read back from the metadata, groups included
+
+
+CHAIN = '[{"features":["a","b"],"num_buckets":10,"op":"Cross","out":["ab"],"salt":0}]'
+
+
+def test_derived_provenance_round_trips_and_counts_in_equality():
+    base = example_schema()
+    derived = gp.Schema(base.features + (F("ab", "sparse", "user", CHAIN),), base.labels, base.extras)
+    assert gp.Schema.from_json(derived.to_json()) == derived
+    assert gp.Schema.from_arrow(derived.to_arrow({"row_id": pa.string()}))["ab"].derived == CHAIN
+    assert derived.select(["ab"])["ab"].derived == CHAIN
+    other = gp.Schema(base.features + (F("ab", "sparse", "user"),), base.labels, base.extras)
+    assert other != derived and len({derived: 1, other: 2}) == 2
+    with pytest.raises(gp.SchemaError, match="derived="):
+        F("ab", "sparse", derived="")
+
+
+def test_schema_json_without_derived_keeps_the_old_format_and_reads(tmp_path):
+    old = '{"features": [["age", "dense", "user"], ["ids", "sparse", null]], "labels": [], "extras": []}'
+    schema = gp.Schema.from_json(old)
+    assert [f.derived for f in schema] == [None, None]
+    assert schema.to_json() == old
+    table = pa.table({"age": pa.array([1.0], pa.float32()), "ids": pa.array([[1, 2]], pa.list_(pa.int64()))})
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: old.encode()}), tmp_path / "old.parquet")
+    assert gp.Dataset(tmp_path / "old.parquet").schema == schema
 
 
 def test_inference_of_plain_columns():

@@ -8,11 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..batch import Batch, list_parts, one_array
-from ..errors import DataError, SchemaError
+from ..errors import ConfigError, DataError, SchemaError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, SCORE_SUFFIX, Schema, unknown_message
 from .units import WorkUnit, shard
 
@@ -34,6 +35,13 @@ class Dataset:
         passthrough: columns delivered untouched in `Batch.extras` (row ids, timestamps).
         expand: for de-dup tables (written by `gp.serving.DedupWriter`, one row per request):
             deliver plain batches of one row per impression instead of de-duplicated ones.
+        cache_options: how the column chunks of a projection are coalesced into read requests
+            (a `pyarrow.CacheOptions`; default pyarrow's: ranges at most 8 KiB apart merge). For
+            an object store, `pyarrow.CacheOptions.from_network_metrics(ttfb_ms, mib_per_s)`
+            merges ranges whose gap costs less to read than a request; a dataset rewritten by
+            `gp.storage.reorder` keeps co-read features adjacent so that merging over-reads little.
+        access_log: records the rows read per projection (`gp.storage.AccessLog`), the workload
+            that `gp.storage.reorder` orders columns for.
 
     Reading de-dup tables, a batch has one row per impression (item features, labels, and the
     per-impression extras such as item_id) and `batch.requests`, the user and context features
@@ -46,8 +54,13 @@ class Dataset:
             disagree on the type of a projected column.
     """
 
-    def __init__(self, path, features=None, filesystem=None, label=None, passthrough=(), expand: bool = False):
+    def __init__(self, path, features=None, filesystem=None, label=None, passthrough=(), expand: bool = False,
+                 cache_options: pa.CacheOptions | None = None, access_log=None):  # fmt: skip
+        if cache_options is not None and not isinstance(cache_options, pa.CacheOptions):
+            raise ConfigError(f"cache_options must be a pyarrow.CacheOptions, got {type(cache_options).__name__}")
         self.filesystem, self.paths = _resolve(path, filesystem)
+        self.cache_options, self.access_log = cache_options, access_log
+        self._fragments: dict = {}
         self._metadata = {p: _open_metadata(self.filesystem, p) for p in self.paths}
         first = self.paths[0]
         arrow_schema = self._metadata[first].schema.to_arrow_schema()
@@ -144,14 +157,12 @@ class Dataset:
         Raises:
             DataError: the row group cannot be decoded (names the file and row group).
         """
+        if self._dedup is not None:  # rows of the file are requests: about `rows` impressions a slab
+            rows = max(1, rows * self._metadata[unit.path].row_group(unit.row_group).num_rows // unit.num_rows)
         try:
-            with self.filesystem.open_input_file(unit.path) as f:
-                md = self._metadata[unit.path]
-                if self._dedup is not None:  # rows of the file are requests: about `rows` impressions a slab
-                    rows = max(1, rows * md.row_group(unit.row_group).num_rows // unit.num_rows)
-                pf = pq.ParquetFile(f, metadata=md)
-                for part in pf.iter_batches(batch_size=rows, row_groups=[unit.row_group], columns=self.columns):
-                    yield self._batch(part, str(unit))
+            parts = self._fragment(unit).to_batches(columns=self.columns, batch_size=rows, **self._scan_options())
+            for part in parts:
+                yield self._batch(part, str(unit))
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
 
@@ -164,11 +175,31 @@ class Dataset:
     def read_arrow(self, unit: WorkUnit) -> pa.Table:
         """One unit's projected columns as an Arrow table."""
         try:
-            with self.filesystem.open_input_file(unit.path) as f:
-                pf = pq.ParquetFile(f, metadata=self._metadata[unit.path])
-                return pf.read_row_group(unit.row_group, columns=self.columns)
+            return self._fragment(unit).to_table(columns=self.columns, **self._scan_options())
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
+
+    def _fragment(self, unit: WorkUnit):
+        """The unit's row group as a pyarrow fragment, whose reads coalesce per `cache_options`;
+        the read is recorded in the access log."""
+        if self.access_log is not None:
+            self.access_log.record(self.columns, unit.num_rows)
+        whole = self._fragments.get(unit.path)
+        if whole is None or whole[0] is not self.filesystem:  # one footer read per file and process
+            fragment = pds.ParquetFileFormat().make_fragment(unit.path, filesystem=self.filesystem)
+            whole = self._fragments[unit.path] = (self.filesystem, fragment)
+        return whole[1].subset(row_group_ids=[unit.row_group])
+
+    def _scan_options(self) -> dict:
+        # Decoding threads that call into a filesystem written in Python (a counting or caching
+        # wrapper) can abort the interpreter at exit (apache/arrow#34314): those decode here.
+        return {
+            "fragment_scan_options": pds.ParquetFragmentScanOptions(pre_buffer=True, cache_options=self.cache_options),
+            "use_threads": not isinstance(self.filesystem, pafs.PyFileSystem),
+        }
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fragments": {}}
 
     def with_columns(self, label=None, passthrough=None) -> "Dataset":
         """The same files and projection with other label or pass-through columns (None keeps them).
@@ -183,6 +214,8 @@ class Dataset:
             label=self.schema.labels if label is None else label,
             passthrough=self.schema.extras if passthrough is None else passthrough,
             expand=self.expand,
+            cache_options=self.cache_options,
+            access_log=self.access_log,
         )
 
     def bytes_per_column(self) -> dict[str, tuple[int, int]]:

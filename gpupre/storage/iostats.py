@@ -10,27 +10,27 @@ import pyarrow.fs as pafs
 __all__ = ["CountingFileSystem"]
 
 
-class _CountingHandler(pafs.FileSystemHandler):
+class DelegatingHandler(pafs.FileSystemHandler):
+    """A `pyarrow.fs.PyFileSystem` handler that hands every call to `base`; subclasses override."""
+
     def __init__(self, base: pafs.FileSystem):
         self.base = base
         self.lock = threading.Lock()
-        self.read_requests = 0
-        self.bytes_read = 0
 
-    def count(self, nbytes: int) -> None:
-        with self.lock:
-            self.read_requests += 1
-            self.bytes_read += nbytes
+    def __getstate__(self):  # filesystems travel to loader workers: without locks or connections
+        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_db")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, lock=threading.Lock(), _db=None)
+
+    def get_type_name(self):
+        return self.base.type_name
 
     def open_input_file(self, path):
-        return pa.PythonFile(_CountingFile(self.base.open_input_file(path), self), mode="r")
+        return self.base.open_input_file(path)
 
     def open_input_stream(self, path):
-        return pa.PythonFile(_CountingFile(self.base.open_input_stream(path), self), mode="r")
-
-    # everything else is the base filesystem's
-    def get_type_name(self):
-        return "counting+" + self.base.type_name
+        return self.base.open_input_stream(path)
 
     def normalize_path(self, path):
         return self.base.normalize_path(path)
@@ -67,6 +67,27 @@ class _CountingHandler(pafs.FileSystemHandler):
 
     def open_append_stream(self, path, metadata):
         return self.base.open_append_stream(path, metadata=metadata)
+
+
+class _CountingHandler(DelegatingHandler):
+    def __init__(self, base: pafs.FileSystem):
+        super().__init__(base)
+        self.read_requests = 0
+        self.bytes_read = 0
+
+    def count(self, nbytes: int) -> None:
+        with self.lock:
+            self.read_requests += 1
+            self.bytes_read += nbytes
+
+    def get_type_name(self):
+        return "counting+" + self.base.type_name
+
+    def open_input_file(self, path):
+        return pa.PythonFile(_CountingFile(self.base.open_input_file(path), self), mode="r")
+
+    def open_input_stream(self, path):
+        return pa.PythonFile(_CountingFile(self.base.open_input_stream(path), self), mode="r")
 
 
 class _CountingFile:

@@ -18,6 +18,7 @@ from .ops import (
     Truncate,
     Union,
 )
+from .derived import materialize
 from .pipeline import Pipeline, output_schema
 from .plan import Plan, compile
 
@@ -41,5 +42,6 @@ __all__ = [
     "Truncate",
     "Union",
     "compile",
+    "materialize",
     "output_schema",
 ]

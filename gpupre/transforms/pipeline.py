@@ -13,7 +13,7 @@ from ..errors import ConfigError, SchemaError
 from ..schema import Feature, Schema, unknown_message
 from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, per_feature, with_params
 
-__all__ = ["Pipeline", "output_schema"]
+__all__ = ["Pipeline", "output_schema", "provenance", "skip_materialized"]
 
 
 def output_schema(ops, schema: Schema) -> Schema:
@@ -48,6 +48,43 @@ def output_schema(ops, schema: Schema) -> Schema:
     return Schema(tuple(features), schema.labels, schema.extras)
 
 
+def provenance(ops) -> list[tuple[Op, str]]:
+    """Each application of `ops` as a single-application op, with its provenance.
+
+    The provenance is the canonical JSON of the op and, in pipeline order, every earlier
+    application it depends on (through the features they write). `gp.materialize` stores
+    it as `Feature.derived`; `skip_materialized` compares it.
+    """
+    singles = [single for op in ops for single in per_feature(op)]
+    made_by: dict[str, frozenset[int]] = {}
+    result = []
+    for i, op in enumerate(singles):
+        ((inputs, out),) = op.applications()
+        chain = frozenset({i}).union(*(made_by.get(name, ()) for name in inputs))
+        made_by[out] = chain
+        ops_json = [singles[j].to_dict() for j in sorted(chain)]
+        result.append((op, json.dumps(ops_json, sort_keys=True, separators=(",", ":"))))
+    return result
+
+
+def skip_materialized(ops, schema: Schema) -> tuple[list[Op], list[str]]:
+    """(the single-application ops of `ops` left to run on `schema`, the outputs read instead).
+
+    An application is skipped when `schema` stores its output with `derived` equal to its
+    provenance and no earlier op has written that name; a feature of the same name with other
+    provenance (or none) is computed and overwritten as usual.
+    """
+    run, read, written = [], [], set()
+    for op, chain in provenance(ops):
+        out = op.applications()[0][1]
+        if out not in written and out in schema and schema[out].derived == chain:
+            read.append(out)
+        else:
+            run.append(op)
+        written.add(out)
+    return run, read
+
+
 class Pipeline:
     """An ordered list of ops.
 
@@ -69,7 +106,33 @@ class Pipeline:
         return all(op.fitted for op in self.ops)
 
     def output_schema(self, schema: Schema | None = None) -> Schema:
-        return output_schema(self.ops, self._schema(schema))
+        """The schema of this pipeline's batches (materialized outputs in `schema` pass through)."""
+        schema = self._schema(schema)
+        return output_schema(skip_materialized(self.ops, schema)[0], schema)
+
+    def features_to_read(self, schema: Schema | None = None, keep=()) -> list[str]:
+        """The features of `schema` that a dataset must project to run this pipeline, in `schema`'s order.
+
+        Outputs that `schema` stores already (written by `gp.materialize`) are read
+        instead of computed, so the features only they need are left out:
+        `gp.Dataset(path, features=pipeline.features_to_read(gp.Dataset(path).schema))`.
+
+        Args:
+            keep: features to read as well (those the model takes untransformed).
+
+        Raises:
+            SchemaError: a feature the pipeline needs, or one in `keep`, is not in `schema`.
+        """
+        schema = self._schema(schema)
+        ops, read = skip_materialized(self.ops, schema)
+        needed, written = set(read), set()
+        for op in ops:
+            ((inputs, out),) = op.applications()
+            needed.update(name for name in inputs if name not in written)
+            written.add(out)
+        output_schema(ops, schema)  # names a missing input, with close matches
+        needed.update(schema.select(keep).names)
+        return [name for name in schema.names if name in needed]
 
     def _schema(self, schema):
         schema = schema or self.input_schema
@@ -87,7 +150,7 @@ class Pipeline:
         (exact when the data are smaller).
         """
         schema = dataset.schema
-        output_schema(self.ops, schema)  # validate before reading anything
+        self.output_schema(schema)  # validate before reading anything
         ops = [single for op in self.ops for single in _per_feature(op)]
         rng = np.random.default_rng(seed)
         while not all(op.fitted for op in ops):

@@ -27,7 +27,7 @@ from ..batch import KeyedJagged
 from ..errors import ConfigError, DataError
 from ..schema import SCORED, Schema
 from . import ops as O
-from .pipeline import output_schema
+from .pipeline import Pipeline, output_schema, skip_materialized
 
 __all__ = ["DenseProgram", "Plan", "SparseLevel", "compile"]
 
@@ -122,6 +122,7 @@ class Plan:
     levels: list[SparseLevel]
     derived: DenseProgram | None
     executor: object = field(default=None, repr=False)
+    materialized: tuple[str, ...] = ()  # outputs read from stored columns instead of computed
 
     @property
     def launches(self) -> int:
@@ -158,6 +159,8 @@ class Plan:
             lines.append(f"  sparse level {i}: {len(level.kind)} apps{' (identity, skipped)' if level.identity else ''}")
         if self.derived is not None:
             lines.append(f"  dense pass 2: {len(self.derived.src)} programs over OverlapCount outputs")
+        if self.materialized:
+            lines.append(f"  read, not computed (materialized): {list(self.materialized)}")
         return "\n".join(lines)
 
 
@@ -170,6 +173,9 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
             on the CPU alone it would be an extra copy, so they fuse into the sparse levels.
             Loader workers ask for it to shrink slabs before they travel.
 
+    An op whose output `schema` stores with matching provenance (see `gp.materialize`)
+    is not run: the plan reads the stored column, and that op's inputs need not be in `schema`.
+
     Raises:
         ConfigError: unfitted ops, or a combination the plan does not support.
         BackendUnavailable: the device's executor cannot run here.
@@ -177,6 +183,9 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
     unfitted = [str(op) for op in pipeline.ops if not op.fitted]
     if unfitted:
         raise ConfigError(f"pipeline has unfitted ops {unfitted}; call pipeline.fit(dataset) first")
+    ops, read = skip_materialized(pipeline.ops, schema)
+    if read:  # the plan runs (and the reference executor replays) only the ops left
+        pipeline = Pipeline(ops, pipeline.input_schema)
     out_schema = output_schema(pipeline.ops, schema)
     device = resolve_device(device)
     if host_stage is None:
@@ -186,7 +195,7 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
         for inputs, out in op.applications():
             builder.apply(op, inputs, out)
     host, dense, levels, derived = builder.finish(out_schema)
-    plan = Plan(pipeline, schema, out_schema, device, host, dense, levels, derived)
+    plan = Plan(pipeline, schema, out_schema, device, host, dense, levels, derived, materialized=tuple(read))
     plan.executor = _executor(device)
     return plan
 

@@ -1,0 +1,244 @@
+"""Feature reordering: put the columns that jobs read together next to each other.
+
+A job reads a projection; pyarrow coalesces the projected column chunks of a row group into range
+requests, merging two ranges when the gap between them is at most `hole_size_limit` bytes (the
+gap is read and thrown away). On the order in which features happen to be written, a projection
+is scattered: its reads are either many small requests or large ones full of features nobody
+asked for. `column_order` finds an order in which every job's columns are (nearly) contiguous,
+given the workload; `reorder` rewrites a dataset in it. Rows, row groups and values are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..errors import ConfigError, DataError
+from ..schema import SCORE_SUFFIX
+
+__all__ = ["AccessLog", "Workload", "column_order", "measured_cache_options", "reorder"]
+
+
+@dataclass
+class Workload:
+    """The projections of the jobs that read a dataset, each with a weight (how much it reads)."""
+
+    jobs: dict[str, tuple[tuple[str, ...], float]] = field(default_factory=dict)
+
+    def add(self, name: str, columns, weight: float = 1.0) -> Workload:
+        """Add a job that reads `columns` (feature or column names; a gp.Dataset: its projection)."""
+        columns = getattr(columns, "columns", columns)
+        columns = (columns,) if isinstance(columns, str) else tuple(dict.fromkeys(columns))
+        if not columns:
+            raise ConfigError(f"job {name!r} reads no columns; give it the names of what it projects")
+        if not (isinstance(weight, (int, float)) and weight > 0):
+            raise ConfigError(f"job {name!r}: weight={weight!r} must be a positive number (say, rows read)")
+        self.jobs[str(name)] = (columns, float(weight))
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps({n: {"columns": list(c), "weight": w} for n, (c, w) in self.jobs.items()}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Workload:
+        workload = cls()
+        for name, job in json.loads(text).items():
+            workload.add(name, job["columns"], job["weight"])
+        return workload
+
+
+class AccessLog:
+    """Access statistics recorded by the reader: rows read per projection, in a SQLite file.
+
+    Give it to `gp.Dataset(..., access_log=AccessLog(path))`; every work unit read adds its rows to
+    its projection. Safe for concurrent readers (loader workers, several jobs on one machine).
+    `workload()` turns the record into a `Workload`, one job per distinct projection.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._db = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS reads (projection TEXT PRIMARY KEY, rows INTEGER, units INTEGER)")
+        return self._db
+
+    def record(self, columns, rows: int) -> None:
+        self._connection().execute(
+            "INSERT INTO reads VALUES (?, ?, 1) ON CONFLICT(projection) "
+            "DO UPDATE SET rows = rows + excluded.rows, units = units + 1",
+            (json.dumps(sorted(columns)), int(rows)),
+        )
+
+    def workload(self) -> Workload:
+        workload = Workload()
+        for i, (projection, rows) in enumerate(self._connection().execute("SELECT projection, rows FROM reads ORDER BY rowid")):
+            workload.add(f"projection-{i}", json.loads(projection), rows)
+        return workload
+
+    def __getstate__(self):
+        return {"path": self.path, "_db": None}
+
+
+def measured_cache_options(filesystem, path: str, probes: int = 5, probe_bytes: int = 32 << 20) -> pa.CacheOptions:
+    """`pyarrow.CacheOptions.from_network_metrics` on the measured time to first byte and bandwidth
+    of `filesystem` (medians of `probes` reads of one byte and of `probe_bytes` from `path`): gaps
+    that cost less to read than a request are read through."""
+    small, large = [], []
+    with filesystem.open_input_file(path) as f:
+        size = min(probe_bytes, f.size())
+        for _ in range(probes):
+            start = time.perf_counter()
+            f.read_at(1, 0)
+            small.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            f.read_at(size, 0)
+            large.append(time.perf_counter() - start)
+    ttfb = statistics.median(small)
+    mib_s = size / (1 << 20) / max(1e-6, statistics.median(large) - ttfb)
+    return pa.CacheOptions.from_network_metrics(max(1, round(ttfb * 1e3)), max(1, round(mib_s)))
+
+
+def column_order(sizes: dict[str, int], workload: Workload, request_bytes: int = 1 << 20) -> list[str]:
+    """An order of the columns in `sizes` ({column: bytes per row group}) for `workload`.
+
+    Columns are grouped by the set of jobs that read them; the groups are ordered to minimise
+    sum over jobs of weight * (bytes read + request_bytes * requests) when ranges at most
+    `request_bytes` apart are merged (`request_bytes` is what a request costs in bytes, the
+    `hole_size_limit` of `pyarrow.CacheOptions.from_network_metrics`). A scored feature's score
+    column stays next to its ids; columns no job reads go last; inside a group the given order holds.
+    """
+    blocks: dict[str, list[str]] = {}
+    for name in sizes:
+        owner = name[: -len(SCORE_SUFFIX)] if name.endswith(SCORE_SUFFIX) and name[: -len(SCORE_SUFFIX)] in sizes else name
+        blocks.setdefault(owner, []).append(name)
+    owner_of = {c: b for b, columns in blocks.items() for c in columns}
+    readers: dict[str, int] = {b: 0 for b in blocks}
+    weights = []
+    for j, (job, (columns, weight)) in enumerate(workload.jobs.items()):
+        unknown = [c for c in columns if c not in owner_of]
+        if unknown:
+            raise ConfigError(f"job {job!r} reads {unknown[0]!r}, which the dataset does not have; fix the workload")
+        for c in columns:
+            readers[owner_of[c]] |= 1 << j
+        weights.append(weight)
+    groups: dict[int, list[str]] = {}
+    for block, mask in readers.items():
+        groups.setdefault(mask, []).extend(blocks[block])
+    cold = groups.pop(0, [])
+    masks = list(groups)
+    size = {m: sum(sizes[c] for c in groups[m]) for m in masks}
+    order = _search(masks, size, weights, request_bytes)
+    return [c for m in order for c in groups[m]] + cold
+
+
+def _search(masks, size, weights, request_bytes):
+    """Greedy chain by shared readers, then moves of one group while the cost falls."""
+    def cost(order):
+        total = 0.0
+        for j, w in enumerate(weights):
+            bit, read, requests, gap, open_ = 1 << j, 0, 0, 0, False
+            for m in order:
+                if m & bit:
+                    if open_ and gap <= request_bytes:
+                        read += gap
+                    else:
+                        requests += 1
+                    read += size[m]
+                    gap, open_ = 0, True
+                else:
+                    gap += size[m]
+            total += w * (read + request_bytes * requests)
+        return total
+
+    def weight(mask):
+        return sum(w for j, w in enumerate(weights) if mask >> j & 1)
+
+    rest = sorted(masks, key=lambda m: (-weight(m) * size[m], m))
+    order = [rest.pop(0)] if rest else []
+    while rest:
+        last = order[-1]
+        best = max(rest, key=lambda m: (weight(m & last) - weight(m ^ last), size[m]))
+        rest.remove(best)
+        order.append(best)
+    best_cost = cost(order)
+    for _ in range(20 if len(order) <= 128 else 0):
+        improved = False
+        for m in list(order):
+            base = [x for x in order if x != m]
+            for i in range(len(base) + 1):
+                candidate = base[:i] + [m] + base[i:]
+                c = cost(candidate)
+                if c < best_cost - 1e-9:
+                    order, best_cost, improved = candidate, c, True
+        if not improved:
+            break
+    return order
+
+
+def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, filesystem=None, progress: bool = True):
+    """Rewrite a dataset with its columns in `column_order` for `workload`; returns a gp.Dataset.
+
+    Args:
+        source: a gp.Dataset (every stored column is rewritten, not only its projection) or a path.
+        out: the directory to write; each file keeps its name, row groups, rows and metadata.
+        request_bytes: the cost of one read request in bytes (see `column_order`).
+        filesystem: where `out` is (default: local, or from an s3:// URI).
+
+    Raises:
+        ConfigError: `out` already holds files, or the workload names unknown columns.
+    """
+    from ..reader.dataset import PARQUET_SUFFIXES, Dataset  # storage writes what the reader reads
+
+    dataset = source if isinstance(source, Dataset) else Dataset(source)
+    if filesystem is None:
+        filesystem, out = pafs.FileSystem.from_uri(out) if "://" in str(out) else (pafs.LocalFileSystem(), os.path.abspath(out))
+    if filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True)):
+        raise ConfigError(f"{out} is not empty; reorder writes a new dataset, give it an empty directory")
+    groups = sum(md.num_row_groups for md in dataset._metadata.values())
+    sizes = {c: b[0] // groups for c, b in dataset.bytes_per_column().items()}
+    order = column_order(sizes, workload, request_bytes)
+    names = _relative_names(dataset.paths, PARQUET_SUFFIXES)
+    for path, name in tqdm(list(zip(dataset.paths, names)), desc="reordering", unit="file", disable=not progress):
+        _rewrite(dataset, path, filesystem, f"{out}/{name}", order)
+    return Dataset(out, filesystem=filesystem, label=dataset.schema.labels, passthrough=dataset.schema.extras)
+
+
+def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> None:
+    md = dataset._metadata[path]
+    schema = md.schema.to_arrow_schema()
+    fields = [schema.field(c) for c in order]
+    arrow_schema = pa.schema(fields, metadata=schema.metadata)
+    compression = md.row_group(0).column(0).compression.lower() if md.num_row_groups else "zstd"
+    temporary = f"{target}.tmp"
+    try:
+        filesystem.create_dir(os.path.dirname(target), recursive=True)
+        with dataset.filesystem.open_input_file(path) as f, filesystem.open_output_stream(temporary) as sink:
+            source = pq.ParquetFile(f, metadata=md)
+            with pq.ParquetWriter(sink, arrow_schema, compression=compression) as writer:
+                for rg in range(md.num_row_groups):
+                    table = source.read_row_group(rg).select(order)
+                    writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=table.num_rows)
+        filesystem.move(temporary, target)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot be rewritten to {target} ({e}); check both locations") from e
+
+
+def _relative_names(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Each file's path under the dataset's root, with a Parquet suffix so that the copy is found."""
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    names = [os.path.relpath(p, root) for p in paths]
+    return [n if n.endswith(suffixes) else n + ".parquet" for n in names]

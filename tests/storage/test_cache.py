@@ -1,0 +1,130 @@
+"""The SSD cache tier: ranges served locally, only gaps fetched, a size cap, shared by processes."""
+
+import multiprocessing as mp
+import os
+import pickle
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+import gpupre as gp
+from gpupre.storage import CachedFileSystem, CountingFileSystem
+
+FEATURES = ["dense_000", "dense_003", "sparse_001", "scored_000"]
+
+
+def cached(tmp_path, capacity=1 << 30):
+    remote = CountingFileSystem()  # local files stand in for the remote store; reads through it are counted
+    return remote, CachedFileSystem(remote, tmp_path / "cache", capacity)
+
+
+def read_all(path, fs, features=FEATURES):
+    ds = gp.Dataset(path, features=features, filesystem=fs, cache_options=pa.CacheOptions(lazy=False))
+    return [ds.read_arrow(u) for u in ds.units()]
+
+
+def test_a_second_job_reads_nothing_remote_and_gets_the_same_data(synth_file, tmp_path):
+    want = read_all(synth_file, pafs.LocalFileSystem())
+    remote, fs = cached(tmp_path)
+    assert all(a.equals(b) for a, b in zip(read_all(synth_file, fs), want))
+    first = remote.bytes_read
+    assert first > 0 and fs.remote_bytes == first
+    remote.reset()
+    assert all(a.equals(b) for a, b in zip(read_all(synth_file, fs), want))
+    assert remote.bytes_read == 0 and remote.read_requests == 0
+    assert fs.usage()[1] == first
+
+
+def test_only_the_gaps_of_a_partly_cached_range_are_fetched(synth_file, tmp_path):
+    remote, fs = cached(tmp_path)
+    with fs.open_input_file(synth_file) as f:
+        f.seek(100)
+        f.read(50)
+        f.seek(300)
+        f.read(50)
+    remote.reset()
+    with fs.open_input_file(synth_file) as f, open(synth_file, "rb") as raw:
+        f.seek(0)
+        raw.seek(0)
+        assert f.read(400) == raw.read(400)
+    assert remote.bytes_read == 400 - 100 and remote.read_requests == 3
+
+
+def test_the_cache_stays_under_its_capacity_and_evicts_the_least_recently_used(synth_file, tmp_path):
+    size = os.path.getsize(synth_file)  # three row groups of about a third each
+    remote, fs = cached(tmp_path, capacity=size // 2)
+    want = read_all(synth_file, pafs.LocalFileSystem(), None)
+    assert all(a.equals(b) for a, b in zip(read_all(synth_file, fs, None), want))
+    ranges, held = fs.usage()
+    assert 0 < held <= size // 2
+    on_disk = sum(len(files) for _, _, files in os.walk(tmp_path / "cache" / "ranges"))
+    assert on_disk == ranges
+    ds = gp.Dataset(synth_file, filesystem=fs)
+    first, *_, last = ds.units()
+    remote.reset()
+    ds.read_arrow(last)
+    assert remote.bytes_read == 0  # the most recent range stayed
+    ds.read_arrow(first)
+    assert remote.bytes_read > 0  # the oldest went
+
+
+def test_a_range_evicted_by_another_process_is_fetched_again(synth_file, tmp_path):
+    remote, fs = cached(tmp_path)
+    want = read_all(synth_file, pafs.LocalFileSystem())
+    read_all(synth_file, fs)
+    for root, _, files in os.walk(tmp_path / "cache" / "ranges"):
+        for name in files:
+            os.remove(os.path.join(root, name))
+    remote.reset()
+    assert all(a.equals(b) for a, b in zip(read_all(synth_file, fs), want))
+    assert remote.bytes_read > 0
+
+
+def test_a_changed_remote_file_is_never_served_stale(tmp_path):
+    path = str(tmp_path / "t.parquet")
+    pq.write_table(pa.table({"x": pa.array([1.0, 2.0], pa.float32())}), path)
+    _, fs = cached(tmp_path)
+    assert read_all(path, fs, ["x"])[0].column("x").to_pylist() == [1.0, 2.0]
+    pq.write_table(pa.table({"x": pa.array([7.0, 8.0, 9.0], pa.float32())}), path)
+    os.utime(path, ns=(1, 1))  # a new mtime even on coarse clocks
+    assert read_all(path, fs, ["x"])[0].column("x").to_pylist() == [7.0, 8.0, 9.0]
+
+
+def test_capacity_must_be_positive(tmp_path):
+    with pytest.raises(gp.ConfigError, match="capacity_bytes"):
+        CachedFileSystem(pafs.LocalFileSystem(), tmp_path, 0)
+
+
+def _job(path, directory, capacity, features, queue):
+    fs = CachedFileSystem(pafs.LocalFileSystem(), directory, capacity)
+    for _ in range(3):
+        tables = read_all(path, fs, features)
+    queue.put([t.to_pydict() for t in tables])
+
+
+@pytest.mark.parametrize("capacity", [1 << 30, 20_000])
+def test_concurrent_jobs_share_one_cache_safely(synth_file, tmp_path, capacity):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    projections = [FEATURES, FEATURES[1:] + ["sparse_005"], None]
+    jobs = [ctx.Process(target=_job, args=(synth_file, str(tmp_path / "cache"), capacity, p, queue)) for p in projections]
+    for job in jobs:
+        job.start()
+    results = [queue.get(timeout=120) for _ in jobs]
+    for job in jobs:
+        job.join(timeout=60)
+        assert job.exitcode == 0
+    wanted = [[t.to_pydict() for t in read_all(synth_file, pafs.LocalFileSystem(), p)] for p in projections]
+    assert sorted(map(repr, results)) == sorted(map(repr, wanted))
+    assert CachedFileSystem(pafs.LocalFileSystem(), tmp_path / "cache", capacity).usage()[1] <= capacity
+
+
+def test_the_loader_workers_read_through_the_cache(synth_file, tmp_path):
+    remote, fs = cached(tmp_path)
+    assert isinstance(pickle.loads(pickle.dumps(fs)), pafs.FileSystem)
+    ds = gp.Dataset(synth_file, features=FEATURES, filesystem=fs)
+    rows = [sum(b.num_rows for b in gp.DataLoader(ds, batch_size=128, device="cpu", num_workers=2)) for _ in range(2)]
+    assert rows == [ds.num_rows] * 2
+    assert fs.usage()[1] > 0

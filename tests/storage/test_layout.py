@@ -1,0 +1,131 @@
+"""Feature reordering: the column order for a workload, the rewrite, and what a job then reads."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import gpupre as gp
+from gpupre.storage import AccessLog, CountingFileSystem, Workload, column_order, reorder
+
+SPEC = gp.storage.SynthSpec(rows=2000, num_dense=16, num_sparse=16, num_scored=2, num_planted=2, row_group_rows=1000)
+HOLE = 64 << 10  # a request costs as much as reading 64 KiB: several columns of this data
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("wide") / "data.parquet")
+    gp.storage.synthesize(path, SPEC, progress=False)
+    return path
+
+
+def jobs(names):
+    """Three jobs over features written in an order unrelated to them (every third, ...)."""
+    return (
+        Workload()
+        .add("ctr", names[0::3] + ["label"], weight=3)
+        .add("cvr", names[1::3] + names[0:4] + ["label"], weight=2)
+        .add("explore", names[2::5], weight=1)
+    )
+
+
+def runs(order, columns):
+    """How many contiguous runs `columns` form in `order`."""
+    inside = np.isin(order, list(columns))
+    return int(inside[0]) + int(np.sum(inside[1:] & ~inside[:-1]))
+
+
+def test_column_order_makes_each_job_contiguous_and_keeps_scores_with_their_ids():
+    sizes = {f"f{i}": 100 for i in range(12)} | {"s": 100, "s.score": 50, "cold": 1000}
+    workload = Workload().add("a", [f"f{i}" for i in range(0, 12, 2)] + ["s"]).add("b", [f"f{i}" for i in range(1, 12, 2)])
+    order = column_order(sizes, workload, request_bytes=10)
+    assert sorted(order) == sorted(sizes)
+    assert order[-1] == "cold"  # read by nobody
+    assert order.index("s.score") == order.index("s") + 1
+    for columns, _ in workload.jobs.values():
+        assert runs(order, columns) == 1
+
+
+def test_column_order_favours_the_heavier_job_when_jobs_overlap():
+    sizes = {c: 100 for c in "abcdef"}
+    workload = Workload().add("heavy", ["a", "c", "e"], weight=10).add("light", ["b", "c", "d", "f"], weight=1)
+    order = column_order(sizes, workload, request_bytes=1)
+    assert runs(order, "ace") == 1
+
+
+def test_workload_round_trips_and_rejects_bad_jobs():
+    workload = Workload().add("a", ["x", "y"], 2.5)
+    assert Workload.from_json(workload.to_json()) == workload
+    with pytest.raises(gp.ConfigError, match="weight"):
+        Workload().add("a", ["x"], weight=0)
+    with pytest.raises(gp.ConfigError, match="no columns"):
+        Workload().add("a", [])
+    with pytest.raises(gp.ConfigError, match="'nope'"):
+        column_order({"x": 1}, Workload().add("a", ["nope"]))
+
+
+def test_reorder_keeps_rows_row_groups_and_schema(wide, tmp_path):
+    source = gp.Dataset(wide)
+    out = reorder(source, tmp_path / "re", jobs(list(source.schema.names)), HOLE, progress=False)
+    assert out.schema == source.schema and out.num_rows == source.num_rows
+    assert [u.num_rows for u in out.units()] == [u.num_rows for u in source.units()]
+    order = pq.read_schema(out.paths[0]).names
+    assert order != pq.read_schema(wide).names
+    for a, b in zip(source.units(), out.units()):
+        assert source.read_arrow(a).equals(out.read_arrow(b).select(source.columns))
+    with pytest.raises(gp.ConfigError, match="not empty"):
+        reorder(source, tmp_path / "re", jobs(list(source.schema.names)), progress=False)
+
+
+def read_all(path, columns, cache_options):
+    fs = CountingFileSystem()
+    ds = gp.Dataset(path, features=[c for c in columns if c != "label"], filesystem=fs, cache_options=cache_options)
+    fs.reset()
+    tables = [ds.read_arrow(u) for u in ds.units()]
+    return fs.read_requests, fs.bytes_read, tables
+
+
+def test_a_reordered_projection_reads_fewer_bytes_in_no_more_requests(wide, tmp_path):
+    names = list(gp.Dataset(wide).schema.names)
+    workload = jobs(names)
+    out = reorder(wide, tmp_path / "re", workload, HOLE, progress=False)
+    merge = pa.CacheOptions(hole_size_limit=HOLE, range_size_limit=64 << 20)
+    for columns, _ in workload.jobs.values():
+        before_requests, before_bytes, before = read_all(wide, columns, merge)
+        after_requests, after_bytes, after = read_all(out.paths[0], columns, merge)
+        assert after_bytes < 0.8 * before_bytes and after_requests <= before_requests
+        assert all(a.equals(b.select(a.column_names)) for a, b in zip(before, after))
+
+
+def test_near_exact_merging_reads_no_more_bytes_in_fewer_requests_after_reordering(wide, tmp_path):
+    names = list(gp.Dataset(wide).schema.names)
+    workload = jobs(names)
+    out = reorder(wide, tmp_path / "re", workload, HOLE, progress=False)
+    columns = workload.jobs["ctr"][0]
+    before_requests, before_bytes, _ = read_all(wide, columns, None)
+    after_requests, after_bytes, _ = read_all(out.paths[0], columns, None)
+    assert after_requests < before_requests / 2
+    assert after_bytes <= before_bytes
+
+
+def test_access_log_records_what_the_loader_workers_read(wide, tmp_path):
+    log = AccessLog(tmp_path / "access.sqlite")
+    ds = gp.Dataset(wide, features=["dense_000", "sparse_003"], access_log=log)
+    for _ in gp.DataLoader(ds, batch_size=256, device="cpu", num_workers=2):
+        pass
+    workload = log.workload()
+    [(columns, rows)] = workload.jobs.values()
+    assert set(columns) == set(ds.columns) and rows == ds.num_rows
+    out = reorder(wide, tmp_path / "re", workload, HOLE, progress=False)
+    assert runs(pq.read_schema(out.paths[0]).names, ds.columns) == 1
+
+
+def test_reorder_of_a_dedup_table_still_reads_de_duplicated(dedup_tables, tmp_path):
+    source = gp.Dataset(dedup_tables[0])
+    workload = Workload().add("job", source.columns[::2])
+    out = reorder(source, tmp_path / "re", workload, HOLE, progress=False)
+    assert out.dedup and out.num_rows == source.num_rows
+    for a, b in zip(source.units(), out.units()):
+        x, y = source.read(a), out.read(b)
+        np.testing.assert_array_equal(x.inverse, y.inverse)
+        assert x.expand().to_arrow().equals(y.expand().to_arrow())

@@ -163,6 +163,7 @@ class Dataset:
             parts = self._fragment(unit).to_batches(columns=self.columns, batch_size=rows, **self._scan_options())
             for part in parts:
                 yield self._batch(part, str(unit))
+            self._record(unit)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
 
@@ -175,15 +176,18 @@ class Dataset:
     def read_arrow(self, unit: WorkUnit) -> pa.Table:
         """One unit's projected columns as an Arrow table."""
         try:
-            return self._fragment(unit).to_table(columns=self.columns, **self._scan_options())
+            table = self._fragment(unit).to_table(columns=self.columns, **self._scan_options())
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
+        self._record(unit)
+        return table
 
-    def _fragment(self, unit: WorkUnit):
-        """The unit's row group as a pyarrow fragment, whose reads coalesce per `cache_options`;
-        the read is recorded in the access log."""
+    def _record(self, unit: WorkUnit) -> None:
         if self.access_log is not None:
             self.access_log.record(self.columns, unit.num_rows)
+
+    def _fragment(self, unit: WorkUnit):
+        """The unit's row group as a pyarrow fragment, whose reads coalesce per `cache_options`."""
         whole = self._fragments.get(unit.path)
         if whole is None or whole[0] is not self.filesystem:  # one footer read per file and process
             fragment = pds.ParquetFileFormat().make_fragment(unit.path, filesystem=self.filesystem)
@@ -191,8 +195,9 @@ class Dataset:
         return whole[1].subset(row_group_ids=[unit.row_group])
 
     def _scan_options(self) -> dict:
-        # Decoding threads that call into a filesystem written in Python (a counting or caching
-        # wrapper) can abort the interpreter at exit (apache/arrow#34314): those decode here.
+        # With decoding threads calling into a filesystem written in Python (a counting or caching
+        # wrapper), the interpreter often aborted at exit (apache/arrow#34314); decoding on this
+        # thread (pre-buffering still reads in the background) made every run here exit cleanly.
         return {
             "fragment_scan_options": pds.ParquetFragmentScanOptions(pre_buffer=True, cache_options=self.cache_options),
             "use_threads": not isinstance(self.filesystem, pafs.PyFileSystem),

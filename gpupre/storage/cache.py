@@ -11,7 +11,8 @@ second job that reads the hot features of a dataset fetches (almost) nothing. Wh
 more than `capacity_bytes`, the least recently used extents are dropped. Several processes may
 share one directory: the index is a WAL-mode SQLite database, range files are written under a
 temporary name and renamed, and a range evicted while another process reads it is read again
-from the remote store. A remote file that changes gets a new key, so stale bytes are never served.
+from the remote store. A remote file that changes size or modification time gets a new key (an
+object store's mtime has one-second resolution: rewrite a dataset under a new path, not in place).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import sqlite3
 import time
 import uuid
+import warnings
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -101,7 +103,10 @@ class _CacheHandler(DelegatingHandler):
             self.remote_bytes += len(data)
             self.remote_requests += 1
         if len(data) == stop - start and 0 < len(data) <= self.capacity_bytes:
-            self._store(key, start, data)
+            try:
+                self._store(key, start, data)
+            except (OSError, sqlite3.Error) as e:  # a full or broken cache disk costs speed, never data
+                warnings.warn(f"gpupre cache {self.directory}: range not stored ({e})", RuntimeWarning, stacklevel=2)
         return data
 
     def _store(self, key: str, start: int, data: bytes) -> None:

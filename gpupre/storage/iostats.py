@@ -20,8 +20,9 @@ class DelegatingHandler(pafs.FileSystemHandler):
     def __getstate__(self):  # filesystems travel to loader workers: without locks or connections
         return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_db")}
 
-    def __setstate__(self, state):
-        self.__dict__.update(state, lock=threading.Lock(), _db=None)
+    def __setstate__(self, state):  # counters count the reads of this process
+        counters = {k: 0 for k in ("read_requests", "bytes_read", "cached_bytes", "remote_bytes", "remote_requests") if k in state}
+        self.__dict__.update(state, **counters, lock=threading.Lock(), _db=None)
 
     def get_type_name(self):
         return self.base.type_name

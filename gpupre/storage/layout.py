@@ -175,7 +175,7 @@ def _search(masks, size, weights, request_bytes):
         rest.remove(best)
         order.append(best)
     best_cost = cost(order)
-    for _ in range(20 if len(order) <= 128 else 0):
+    for _ in range(20 if len(order) ** 3 * max(1, len(weights)) <= 20_000_000 else 0):  # seconds, not minutes
         improved = False
         for m in list(order):
             base = [x for x in order if x != m]
@@ -204,12 +204,15 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
     from ..reader.dataset import PARQUET_SUFFIXES, Dataset  # storage writes what the reader reads
 
     dataset = source if isinstance(source, Dataset) else Dataset(source)
-    if filesystem is None:
-        filesystem, out = pafs.FileSystem.from_uri(out) if "://" in str(out) else (pafs.LocalFileSystem(), os.path.abspath(out))
+    out = os.fspath(out)
+    if "://" in out:
+        filesystem, out = pafs.FileSystem.from_uri(out)
+    elif filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
+        filesystem, out = filesystem or pafs.LocalFileSystem(), os.path.abspath(out)
     if filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True)):
         raise ConfigError(f"{out} is not empty; reorder writes a new dataset, give it an empty directory")
     groups = sum(md.num_row_groups for md in dataset._metadata.values())
-    sizes = {c: b[0] // groups for c, b in dataset.bytes_per_column().items()}
+    sizes = {c: b[0] // max(1, groups) for c, b in dataset.bytes_per_column().items()}
     order = column_order(sizes, workload, request_bytes)
     names = _relative_names(dataset.paths, PARQUET_SUFFIXES)
     for path, name in tqdm(list(zip(dataset.paths, names)), desc="reordering", unit="file", disable=not progress):
@@ -223,6 +226,7 @@ def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> N
     fields = [schema.field(c) for c in order]
     arrow_schema = pa.schema(fields, metadata=schema.metadata)
     compression = md.row_group(0).column(0).compression.lower() if md.num_row_groups else "zstd"
+    compression = "none" if compression == "uncompressed" else compression
     temporary = f"{target}.tmp"
     try:
         filesystem.create_dir(os.path.dirname(target), recursive=True)

@@ -56,9 +56,9 @@ class LocalObjectStore:
         ready, _, _ = select.select([self._process.stdout], [], [], self.start_timeout_s)
         line = self._process.stdout.readline() if ready else ""
         if not line.startswith("ready "):
-            self.stop()
             self._log.seek(0)
             detail = self._log.read()[-2000:]
+            self.stop()
             raise BackendUnavailable(
                 f"the local S3 server did not start within {self.start_timeout_s}s ({detail.strip() or 'no output'}); "
                 "install moto's server with `pip install 'moto[server]'`"

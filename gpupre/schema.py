@@ -214,7 +214,7 @@ class Schema:
         for fld in arrow_schema:
             if fld.name not in wanted or fld.name in extras or fld.name in labels:
                 continue
-            if fld.name.endswith(SCORE_SUFFIX) and fld.name[: -len(SCORE_SUFFIX)] in names:
+            if score_owner(fld.name, names) is not None:
                 continue  # the score column of a scored feature, handled with its ids
             features.append(Feature(fld.name, infer_kind(fld, names, source)))
         return cls(tuple(features), tuple(labels), extras)
@@ -223,6 +223,12 @@ class Schema:
 def _feature_entry(f: Feature) -> list:
     """[name, kind, group], plus the provenance of a derived feature (files without it still read)."""
     return [f.name, f.kind, f.group] if f.derived is None else [f.name, f.kind, f.group, f.derived]
+
+
+def score_owner(column: str, names) -> str | None:
+    """The scored feature whose score column `column` is, among the columns `names`; else None."""
+    owner = column[: -len(SCORE_SUFFIX)]
+    return owner if column.endswith(SCORE_SUFFIX) and owner in names else None
 
 
 def infer_kind(fld: pa.Field, names, source: str) -> str:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from ..batch import Batch, list_parts, one_array
 from ..errors import ConfigError, DataError, SchemaError
-from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, SCORE_SUFFIX, Schema, unknown_message
+from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Schema, score_owner, unknown_message
 from .units import WorkUnit, shard
 
 __all__ = ["Dataset"]
@@ -331,7 +331,7 @@ def _per_impression(table, name: str, source: str):
 def _feature_columns(arrow_schema: pa.Schema) -> list[str]:
     """The columns of a plain file that can be features (score columns belong to their ids)."""
     names = set(arrow_schema.names)
-    return [n for n in arrow_schema.names if not (n.endswith(SCORE_SUFFIX) and n[: -len(SCORE_SUFFIX)] in names)]
+    return [n for n in arrow_schema.names if score_owner(n, names) is None]
 
 
 def _leaf_owners(arrow_schema: pa.Schema) -> list[str]:

@@ -34,11 +34,12 @@ __all__ = ["CachedFileSystem"]
 
 
 class _CacheHandler(DelegatingHandler):
+    counters = ("cached_bytes", "remote_bytes", "remote_requests")
+    per_process = ("_db",)  # a SQLite connection serves one process
+
     def __init__(self, base: pafs.FileSystem, directory: str, capacity_bytes: int):
         super().__init__(base)
         self.directory, self.capacity_bytes = directory, capacity_bytes
-        self.cached_bytes = self.remote_bytes = self.remote_requests = 0
-        self._db = None
 
     def get_type_name(self):
         return "cached+" + self.base.type_name

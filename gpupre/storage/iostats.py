@@ -11,18 +11,38 @@ __all__ = ["CountingFileSystem"]
 
 
 class DelegatingHandler(pafs.FileSystemHandler):
-    """A `pyarrow.fs.PyFileSystem` handler that hands every call to `base`; subclasses override."""
+    """A `pyarrow.fs.PyFileSystem` handler that hands every call to `base`; subclasses override.
+
+    Filesystems travel to loader workers: a handler arrives there with a new lock, its `counters`
+    at zero (they count the reads of one process) and its `per_process` state set to None.
+    """
+
+    counters: tuple[str, ...] = ()
+    per_process: tuple[str, ...] = ()
 
     def __init__(self, base: pafs.FileSystem):
         self.base = base
         self.lock = threading.Lock()
+        for name in self.counters:
+            setattr(self, name, 0)
+        for name in self.per_process:
+            setattr(self, name, None)
 
-    def __getstate__(self):  # filesystems travel to loader workers: without locks or connections
-        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "_db")}
+    def reset(self) -> None:
+        with self.lock:
+            for name in self.counters:
+                setattr(self, name, 0)
 
-    def __setstate__(self, state):  # counters count the reads of this process
-        counters = {k: 0 for k in ("read_requests", "bytes_read", "cached_bytes", "remote_bytes", "remote_requests") if k in state}
-        self.__dict__.update(state, **counters, lock=threading.Lock(), _db=None)
+    def __getstate__(self):
+        skip = {"lock", *self.counters, *self.per_process}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, lock=threading.Lock())
+        for name in self.counters:
+            setattr(self, name, 0)
+        for name in self.per_process:
+            setattr(self, name, None)
 
     def get_type_name(self):
         return self.base.type_name
@@ -71,10 +91,7 @@ class DelegatingHandler(pafs.FileSystemHandler):
 
 
 class _CountingHandler(DelegatingHandler):
-    def __init__(self, base: pafs.FileSystem):
-        super().__init__(base)
-        self.read_requests = 0
-        self.bytes_read = 0
+    counters = ("read_requests", "bytes_read")
 
     def count(self, nbytes: int) -> None:
         with self.lock:
@@ -145,5 +162,4 @@ class CountingFileSystem(pafs.PyFileSystem):
         return self.handler.read_requests
 
     def reset(self) -> None:
-        with self.handler.lock:
-            self.handler.bytes_read = self.handler.read_requests = 0
+        self.handler.reset()

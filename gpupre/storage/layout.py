@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
-from ..schema import SCORE_SUFFIX
+from ..schema import score_owner
 
 __all__ = ["AccessLog", "Workload", "column_order", "measured_cache_options", "reorder"]
 
@@ -123,8 +123,7 @@ def column_order(sizes: dict[str, int], workload: Workload, request_bytes: int =
     """
     blocks: dict[str, list[str]] = {}
     for name in sizes:
-        owner = name[: -len(SCORE_SUFFIX)] if name.endswith(SCORE_SUFFIX) and name[: -len(SCORE_SUFFIX)] in sizes else name
-        blocks.setdefault(owner, []).append(name)
+        blocks.setdefault(score_owner(name, sizes) or name, []).append(name)
     owner_of = {c: b for b, columns in blocks.items() for c in columns}
     readers: dict[str, int] = {b: 0 for b in blocks}
     weights = []

@@ -71,7 +71,7 @@ def materialize(dataset: Dataset, ops, out, row_group_rows: int | None = None, p
             with dataset.filesystem.open_input_file(path) as f, TableWriter(
                 tmp, schema, extra_types, row_group_rows or DEFAULT_ROW_GROUP_ROWS
             ) as writer:
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f, metadata=dataset._metadata[path])
                 for rg in range(pf.metadata.num_row_groups):
                     table = pf.read_row_group(rg)
                     made = ops(Batch.from_arrow(table, inputs, source=f"{path} row group {rg}")).to_arrow()

@@ -6,13 +6,15 @@ read through it (the coalesced column chunks of a projection) is stored as one f
 
     extents(key, start, stop, file, bytes, used)    key: the remote file's path, size and mtime
 
-A read is served from the extents that cover it, and only the gaps go to the remote store, so a
-second job that reads the hot features of a dataset fetches (almost) nothing. When the cache holds
-more than `capacity_bytes`, the least recently used extents are dropped. Several processes may
-share one directory: the index is a WAL-mode SQLite database, range files are written under a
-temporary name and renamed, and a range evicted while another process reads it is read again
-from the remote store. A remote file that changes size or modification time gets a new key (an
-object store's mtime has one-second resolution: rewrite a dataset under a new path, not in place).
+A read is served from the extents that cover it, and only the gaps go to the remote store (gaps
+close together in one request), so a second job that reads the hot features of a dataset fetches
+(almost) nothing. When the cache holds more than `capacity_bytes`, the least recently used
+extents are dropped. Several processes may share one directory: the index is a WAL-mode SQLite
+database, range files are written under a temporary name and renamed, a gap that two processes
+missed at once is kept once, a range evicted while another process reads it is read again from
+the remote store, and files a killed process left behind are swept away. A remote file that
+changes size or modification time gets a new key (an object store's mtime has one-second
+resolution: rewrite a dataset under a new path, not in place).
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..errors import ConfigError
-from .iostats import DelegatingHandler
+from .iostats import DelegatingHandler, HandlerFileSystem
 
 __all__ = ["CachedFileSystem"]
+
+_TOUCH_S = 1.0  # an extent's last-use time is written again only when older than this
+_SWEEP_S = 3600.0  # how often, and after how long, files that no extent names are removed
 
 
 class _CacheHandler(DelegatingHandler):
     counters = ("cached_bytes", "remote_bytes", "remote_requests")
     per_process = ("_db",)  # a SQLite connection serves one process
 
-    def __init__(self, base: pafs.FileSystem, directory: str, capacity_bytes: int):
+    def __init__(self, base: pafs.FileSystem, directory: str, capacity_bytes: int, hole_size_limit: int):
         super().__init__(base)
-        self.directory, self.capacity_bytes = directory, capacity_bytes
+        self.directory, self.capacity_bytes, self.hole_size_limit = directory, capacity_bytes, hole_size_limit
 
     def get_type_name(self):
         return "cached+" + self.base.type_name
@@ -62,84 +67,147 @@ class _CacheHandler(DelegatingHandler):
             db.execute("CREATE TABLE IF NOT EXISTS extents (key TEXT, start INTEGER, stop INTEGER, "
                        "file TEXT PRIMARY KEY, bytes INTEGER, used REAL)")  # fmt: skip
             db.execute("CREATE INDEX IF NOT EXISTS by_key ON extents (key, start)")
+            db.execute("CREATE INDEX IF NOT EXISTS by_used ON extents (used)")
             self._db = db
+            self._sweep()
         return self._db
 
     def read(self, remote, key: str, start: int, stop: int) -> bytes:
-        """Bytes [start, stop) of a remote file: cached extents where they exist, the rest fetched."""
+        """Bytes [start, stop) of a remote file: cached extents where they exist, the rest fetched.
+
+        Gaps separated by cached pieces shorter than `hole_size_limit` are fetched as one range
+        (one request costs more than re-reading a small piece); only the gaps are stored.
+        """
         with self.lock:
             rows = self.db().execute(
-                "SELECT start, stop, file FROM extents WHERE key = ? AND stop > ? AND start < ? ORDER BY start",
+                "SELECT start, stop, file, used FROM extents WHERE key = ? AND stop > ? AND start < ? ORDER BY start",
                 (key, start, stop),
             ).fetchall()
-        pieces, used, position = [], [], start
-        for first, last, name in rows:
+        segments, position, now = [], start, time.time()  # (start, stop, extent file, its start) or a gap
+        stale = []  # extents used, whose last-use time is worth a write
+        for first, last, name, used in rows:
             if last <= position:
                 continue
             if first > position:
-                pieces.append(self._fetch(remote, key, position, min(first, stop)))
+                segments.append((position, min(first, stop), None, None))
                 position = min(first, stop)
             if position >= stop:
                 break
-            end = min(last, stop)
-            data = _read_range(os.path.join(self.directory, "ranges", name), position - first, end - position)
-            if data is None:  # evicted by another process since the lookup
-                data = self._fetch(remote, key, position, end)
-            else:
-                used.append(name)
-                with self.lock:
-                    self.cached_bytes += len(data)
-            pieces.append(data)
-            position = end
+            segments.append((position, min(last, stop), name, first))
+            position = min(last, stop)
+            if now - used > _TOUCH_S:
+                stale.append(name)
         if position < stop:
-            pieces.append(self._fetch(remote, key, position, stop))
-        if used:
+            segments.append((position, stop, None, None))
+        pieces, i = [], 0
+        while i < len(segments):
+            a, b, name, first = segments[i]
+            if name is not None:
+                data = _read_range(os.path.join(self.directory, "ranges", name), a - first, b - a)
+                if data is None:  # evicted by another process since the lookup
+                    data = self._fetch(remote, key, a, b, [(a, b)])
+                else:
+                    with self.lock:
+                        self.cached_bytes += len(data)
+                pieces.append(data)
+                i += 1
+                continue
+            j = i  # the gap i, and the gaps after it across short cached pieces, in one request
+            while j + 2 < len(segments) and segments[j + 1][1] - segments[j + 1][0] < self.hole_size_limit:
+                j += 2
+            gaps = [(g[0], g[1]) for g in segments[i : j + 1 : 2]]
+            pieces.append(self._fetch(remote, key, a, segments[j][1], gaps))
+            i = j + 1
+        if stale:
             with self.lock:
-                self.db().executemany("UPDATE extents SET used = ? WHERE file = ?", [(time.time(), n) for n in used])
+                db = self.db()
+                db.execute("BEGIN")
+                db.executemany("UPDATE extents SET used = ? WHERE file = ?", [(now, n) for n in stale])
+                db.execute("COMMIT")
         return b"".join(pieces)
 
-    def _fetch(self, remote, key: str, start: int, stop: int) -> bytes:
+    def _fetch(self, remote, key: str, start: int, stop: int, gaps) -> bytes:
+        """One remote request for [start, stop); the `gaps` in it are stored in the cache."""
         data = remote().read_at(stop - start, start)
         with self.lock:
             self.remote_bytes += len(data)
             self.remote_requests += 1
-        if len(data) == stop - start and 0 < len(data) <= self.capacity_bytes:
+        if len(data) == stop - start:
+            ranges = [(a, data[a - start : b - start]) for a, b in gaps if 0 < b - a <= self.capacity_bytes]
             try:
-                self._store(key, start, data)
+                self._store(key, ranges)
             except (OSError, sqlite3.Error) as e:  # a full or broken cache disk costs speed, never data
                 warnings.warn(f"gpupre cache {self.directory}: range not stored ({e})", RuntimeWarning, stacklevel=2)
         return data
 
-    def _store(self, key: str, start: int, data: bytes) -> None:
-        name = f"{key[:2]}/{uuid.uuid4().hex}.bin"
-        path = os.path.join(self.directory, "ranges", name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(path + ".tmp", path)
+    def _store(self, key: str, ranges) -> None:
+        """Keep (start, bytes) ranges of `key`, unless another process stored them first; then evict."""
+        names = []
+        for _, data in ranges:
+            name = f"{key[:2]}/{uuid.uuid4().hex}.bin"
+            path = os.path.join(self.directory, "ranges", name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                f.write(data)
+            os.replace(path + ".tmp", path)
+            names.append(name)
         with self.lock:
             db = self.db()
+            victims, evicted, now = [], [], time.time()
             db.execute("BEGIN IMMEDIATE")  # one writer at a time across processes: insert and evict together
             try:
-                db.execute("INSERT INTO extents VALUES (?, ?, ?, ?, ?, ?)",
-                           (key, start, start + len(data), name, len(data), time.time()))  # fmt: skip
+                for name, (start, data) in zip(names, ranges):
+                    stop = start + len(data)
+                    held = "SELECT 1 FROM extents WHERE key = ? AND start <= ? AND stop >= ? LIMIT 1"
+                    if db.execute(held, (key, start, stop)).fetchone():
+                        victims.append(name)  # a concurrent miss of the same gap stored it already
+                    else:
+                        row = (key, start, stop, name, len(data), now)
+                        db.execute("INSERT INTO extents VALUES (?, ?, ?, ?, ?, ?)", row)
                 total = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM extents").fetchone()[0]
-                victims = []
                 for file, size in db.execute("SELECT file, bytes FROM extents ORDER BY used"):
                     if total <= self.capacity_bytes:
                         break
-                    victims.append(file)
+                    evicted.append(file)
                     total -= size
-                db.executemany("DELETE FROM extents WHERE file = ?", [(v,) for v in victims])
+                db.executemany("DELETE FROM extents WHERE file = ?", [(v,) for v in evicted])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                victims = names
                 raise
-        for victim in victims:
-            try:
-                os.remove(os.path.join(self.directory, "ranges", victim))
-            except FileNotFoundError:
-                pass
+            finally:
+                for victim in victims:
+                    _remove(os.path.join(self.directory, "ranges", victim))
+        for victim in evicted:
+            _remove(os.path.join(self.directory, "ranges", victim))
+
+    def _sweep(self) -> None:
+        """Remove range files no extent names (left by a process killed between write and insert).
+
+        Runs at most once per `_SWEEP_S` per cache directory; files younger than that may belong
+        to a write in progress and are left alone.
+        """
+        marker = os.path.join(self.directory, "swept")
+        now = time.time()
+        try:
+            if now - os.path.getmtime(marker) < _SWEEP_S:
+                return
+        except FileNotFoundError:
+            pass
+        with open(marker, "a"):
+            os.utime(marker)
+        known = {row[0] for row in self._db.execute("SELECT file FROM extents")}
+        root = os.path.join(self.directory, "ranges")
+        for folder, _, files in os.walk(root):
+            for file in files:
+                path = os.path.join(folder, file)
+                name = os.path.relpath(path, root)
+                try:
+                    if name not in known and now - os.path.getmtime(path) > _SWEEP_S:
+                        os.remove(path)
+                except FileNotFoundError:
+                    pass
 
 
 class _CachedFile:
@@ -182,6 +250,13 @@ class _CachedFile:
             self._remote.close()
 
 
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def _read_range(path: str, offset: int, length: int) -> bytes | None:
     try:
         with open(path, "rb") as f:
@@ -192,21 +267,27 @@ def _read_range(path: str, offset: int, length: int) -> bytes | None:
     return data if len(data) == length else None
 
 
-class CachedFileSystem(pafs.PyFileSystem):
+class CachedFileSystem(HandlerFileSystem):
     """Wraps a remote `pyarrow.fs` filesystem with a local cache of the byte ranges read through it.
 
     Args:
         remote: the filesystem of the datasets (an S3FileSystem, ...).
         directory: local directory of the cache (on an SSD); jobs on one machine may share it.
         capacity_bytes: the most bytes kept; least recently used ranges are evicted beyond it.
+        hole_size_limit: a read whose missing parts are separated by cached pieces shorter than
+            this fetches them in one request (pyarrow's `CacheOptions.hole_size_limit` for the
+            same store is a good value: the bytes one request's latency is worth).
 
     `cached_bytes`, `remote_bytes` and `remote_requests` count this process's reads.
     """
 
-    def __init__(self, remote: pafs.FileSystem, directory, capacity_bytes: int):
+    def __init__(self, remote: pafs.FileSystem, directory, capacity_bytes: int, hole_size_limit: int = 1 << 20):
         if not (isinstance(capacity_bytes, int) and capacity_bytes > 0):
             raise ConfigError(f"{capacity_bytes=} must be a positive number of bytes")
-        super().__init__(_CacheHandler(remote, os.path.abspath(os.fspath(directory)), capacity_bytes))
+        if not (isinstance(hole_size_limit, int) and hole_size_limit >= 0):
+            raise ConfigError(f"{hole_size_limit=} must be a number of bytes >= 0")
+        directory = os.path.abspath(os.fspath(directory))
+        super().__init__(_CacheHandler(remote, directory, capacity_bytes, hole_size_limit))
 
     @property
     def cached_bytes(self) -> int:

@@ -7,7 +7,7 @@ import threading
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["CountingFileSystem"]
+__all__ = ["CountingFileSystem", "HandlerFileSystem"]
 
 
 class DelegatingHandler(pafs.FileSystemHandler):
@@ -90,6 +90,19 @@ class DelegatingHandler(pafs.FileSystemHandler):
         return self.base.open_append_stream(path, metadata=metadata)
 
 
+class HandlerFileSystem(pafs.PyFileSystem):
+    """A `PyFileSystem` whose subclass (with its properties and methods) survives pickling."""
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.handler)
+
+
+def _rebuild(cls, handler):
+    fs = cls.__new__(cls)
+    pafs.PyFileSystem.__init__(fs, handler)
+    return fs
+
+
 class _CountingHandler(DelegatingHandler):
     counters = ("read_requests", "bytes_read")
 
@@ -140,7 +153,7 @@ class _CountingFile:
         self.raw.close()
 
 
-class CountingFileSystem(pafs.PyFileSystem):
+class CountingFileSystem(HandlerFileSystem):
     """Wraps any `pyarrow.fs.FileSystem` and counts read requests and bytes read through it.
 
     Usage::

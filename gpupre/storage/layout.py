@@ -193,7 +193,8 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
 
     Args:
         source: a gp.Dataset (every stored column is rewritten, not only its projection) or a path.
-        out: the directory to write; each file keeps its name, row groups, rows and metadata.
+        out: the directory to write; each file keeps its name, row groups, rows, metadata and
+            each column's codec and dictionary encoding. On failure it is left empty.
         request_bytes: the cost of one read request in bytes (see `column_order`).
         filesystem: where `out` is (default: local, or from an s3:// URI).
 
@@ -214,8 +215,12 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
     sizes = {c: b[0] // max(1, groups) for c, b in dataset.bytes_per_column().items()}
     order = column_order(sizes, workload, request_bytes)
     names = _relative_names(dataset.paths, PARQUET_SUFFIXES)
-    for path, name in tqdm(list(zip(dataset.paths, names)), desc="reordering", unit="file", disable=not progress):
-        _rewrite(dataset, path, filesystem, f"{out}/{name}", order)
+    try:
+        for path, name in tqdm(list(zip(dataset.paths, names)), desc="reordering", unit="file", disable=not progress):
+            _rewrite(dataset, path, filesystem, f"{out}/{name}", order)
+    except BaseException:  # out was empty: leave it so, not half a dataset
+        filesystem.delete_dir_contents(out, missing_dir_ok=True)
+        raise
     return Dataset(out, filesystem=filesystem, label=dataset.schema.labels, passthrough=dataset.schema.extras)
 
 
@@ -224,20 +229,29 @@ def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> N
     schema = md.schema.to_arrow_schema()
     fields = [schema.field(c) for c in order]
     arrow_schema = pa.schema(fields, metadata=schema.metadata)
-    compression = md.row_group(0).column(0).compression.lower() if md.num_row_groups else "zstd"
-    compression = "none" if compression == "uncompressed" else compression
+    compression, dictionary = _encodings(md)
     temporary = f"{target}.tmp"
     try:
         filesystem.create_dir(os.path.dirname(target), recursive=True)
         with dataset.filesystem.open_input_file(path) as f, filesystem.open_output_stream(temporary) as sink:
             source = pq.ParquetFile(f, metadata=md)
-            with pq.ParquetWriter(sink, arrow_schema, compression=compression) as writer:
+            with pq.ParquetWriter(sink, arrow_schema, compression=compression, use_dictionary=dictionary) as writer:
                 for rg in range(md.num_row_groups):
                     table = source.read_row_group(rg).select(order)
                     writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=table.num_rows)
         filesystem.move(temporary, target)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: cannot be rewritten to {target} ({e}); check both locations") from e
+
+
+def _encodings(md: pq.FileMetaData) -> tuple:
+    """Each column chunk's codec, and the columns that use a dictionary, as the first row group has them."""
+    if not md.num_row_groups:
+        return "zstd", True
+    chunks = [md.row_group(0).column(i) for i in range(md.num_columns)]
+    codec = {c.path_in_schema: c.compression.lower().replace("uncompressed", "none") for c in chunks}
+    dictionary = [c.path_in_schema for c in chunks if {"PLAIN_DICTIONARY", "RLE_DICTIONARY"} & set(c.encodings)]
+    return codec, dictionary
 
 
 def _relative_names(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:

@@ -16,6 +16,7 @@ Needs `moto[server]` (`pip install gpupre[s3]`).
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import socket
 import subprocess
@@ -52,7 +53,9 @@ class LocalObjectStore:
         if self.bandwidth_mib_s:
             command += ["--bandwidth-mib-s", str(self.bandwidth_mib_s)]
         self._log = tempfile.TemporaryFile("w+")  # the server logs every request: never a pipe that fills
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        # the child exits when its stdin closes: when this process stops, even killed
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                         text=True)  # fmt: skip
         ready, _, _ = select.select([self._process.stdout], [], [], self.start_timeout_s)
         line = self._process.stdout.readline() if ready else ""
         if not line.startswith("ready "):
@@ -85,6 +88,7 @@ class LocalObjectStore:
                 self._process.kill()
                 self._process.wait()
         if self._process is not None:
+            self._process.stdin.close()
             self._process.stdout.close()
             self._log.close()
         self.endpoint = None
@@ -99,6 +103,7 @@ class LocalObjectStore:
 def _serve(latency_ms: float, bandwidth_mib_s: float | None) -> None:
     from moto.server import ThreadedMotoServer
 
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     upstream = moto.get_host_and_port()
@@ -107,6 +112,11 @@ def _serve(latency_ms: float, bandwidth_mib_s: float | None) -> None:
     while True:
         client, _ = listener.accept()
         threading.Thread(target=_relay, args=(client, upstream, latency_ms / 1e3, bandwidth_mib_s), daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    sys.stdin.read()  # returns at end of file: the parent closed the pipe or is gone
+    os._exit(0)
 
 
 def _relay(client: socket.socket, upstream, latency_s: float, bandwidth_mib_s: float | None) -> None:

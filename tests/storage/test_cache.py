@@ -37,19 +37,55 @@ def test_a_second_job_reads_nothing_remote_and_gets_the_same_data(synth_file, tm
     assert fs.usage()[1] == first
 
 
-def test_only_the_gaps_of_a_partly_cached_range_are_fetched(synth_file, tmp_path):
-    remote, fs = cached(tmp_path)
+@pytest.mark.parametrize(("hole", "requests", "fetched"), [(0, 3, 350), (50, 3, 350), (51, 2, 400), (101, 1, 500)])
+def test_only_the_gaps_of_a_partly_cached_range_are_fetched(synth_file, tmp_path, hole, requests, fetched):
+    remote = CountingFileSystem()
+    fs = CachedFileSystem(remote, tmp_path / "cache", 1 << 30, hole_size_limit=hole)
     with fs.open_input_file(synth_file) as f:
         f.seek(100)
         f.read(50)
         f.seek(300)
-        f.read(50)
+        f.read(100)
     remote.reset()
     with fs.open_input_file(synth_file) as f, open(synth_file, "rb") as raw:
         f.seek(0)
         raw.seek(0)
-        assert f.read(400) == raw.read(400)
-    assert remote.bytes_read == 400 - 100 and remote.read_requests == 3
+        assert f.read(500) == raw.read(500)  # gaps 0-100, 150-300, 400-500 around 50 and 100 cached
+    assert (remote.read_requests, remote.bytes_read) == (requests, fetched)
+    assert fs.usage() == (5, 500)  # only the gaps were added, never the cached pieces again
+    remote.reset()
+    with fs.open_input_file(synth_file) as f:
+        f.read(500)
+    assert remote.read_requests == 0
+
+
+def test_a_gap_that_another_process_stored_first_is_kept_once(synth_file, tmp_path):
+    _, fs = cached(tmp_path)
+    handler = fs.handler
+    with fs.open_input_file(synth_file) as f:
+        f.read(1000)
+    (key,) = handler.db().execute("SELECT key FROM extents").fetchone()
+    handler._store(key, [(10, b"x" * 100)])  # what a process that missed the same gap at once does
+    assert fs.usage() == (1, 1000)
+    assert sum(len(files) for _, _, files in os.walk(tmp_path / "cache" / "ranges")) == 1
+
+
+def test_files_a_killed_process_left_behind_are_swept(synth_file, tmp_path):
+    _, fs = cached(tmp_path)
+    with fs.open_input_file(synth_file) as f:
+        f.read(100)
+    folder = next(root for root, _, files in os.walk(tmp_path / "cache" / "ranges") if files)
+    old, young = os.path.join(folder, "orphan.bin"), os.path.join(folder, "writing.bin.tmp")
+    for path in (old, young):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    os.utime(old, (1, 1))
+    os.utime(tmp_path / "cache" / "swept", (1, 1))  # the last sweep was long ago
+    _, again = cached(tmp_path)
+    with again.open_input_file(synth_file) as f:
+        assert len(f.read(100)) == 100
+    assert not os.path.exists(old) and os.path.exists(young)  # a write in progress is left alone
+    assert again.usage() == (1, 100)
 
 
 def test_the_cache_stays_under_its_capacity_and_evicts_the_least_recently_used(synth_file, tmp_path):
@@ -123,7 +159,8 @@ def test_concurrent_jobs_share_one_cache_safely(synth_file, tmp_path, capacity):
 
 def test_the_loader_workers_read_through_the_cache(synth_file, tmp_path):
     remote, fs = cached(tmp_path)
-    assert isinstance(pickle.loads(pickle.dumps(fs)), pafs.FileSystem)
+    copy = pickle.loads(pickle.dumps(fs))
+    assert isinstance(copy, CachedFileSystem) and copy.remote_bytes == 0 and copy.usage() == fs.usage()
     ds = gp.Dataset(synth_file, features=FEATURES, filesystem=fs)
     rows = [sum(b.num_rows for b in gp.DataLoader(ds, batch_size=128, device="cpu", num_workers=2)) for _ in range(2)]
     assert rows == [ds.num_rows] * 2

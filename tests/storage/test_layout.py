@@ -77,6 +77,35 @@ def test_reorder_keeps_rows_row_groups_and_schema(wide, tmp_path):
         reorder(source, tmp_path / "re", jobs(list(source.schema.names)), progress=False)
 
 
+def test_reorder_keeps_each_columns_codec_and_dictionary_encoding(tmp_path):
+    table = pa.table({"a": pa.array([[1, 2], [3]] * 50, pa.list_(pa.int64())), "b": np.arange(100.0), "c": [7] * 100})
+    pq.write_table(table, tmp_path / "t.parquet", compression={"a.list.element": "zstd", "b": "snappy", "c": "none"},
+                   use_dictionary=["a.list.element", "c"])  # fmt: skip
+
+    def chunks(path):
+        md = pq.ParquetFile(path).metadata
+        return {c.path_in_schema: (c.compression, "RLE_DICTIONARY" in c.encodings)
+                for c in (md.row_group(0).column(i) for i in range(md.num_columns))}  # fmt: skip
+
+    out = reorder(tmp_path / "t.parquet", tmp_path / "re", Workload().add("j", ["c", "a"]), progress=False)
+    assert pq.read_schema(out.paths[0]).names[:2] != ["a", "b"]
+    assert chunks(out.paths[0]) == chunks(tmp_path / "t.parquet")
+
+
+def test_a_failed_reorder_leaves_its_output_empty(wide, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        pq.write_table(pq.read_table(wide), source / name)
+    dataset = gp.Dataset(source)
+    with open(source / "b.parquet", "r+b") as f:  # the second file's pages go bad after it was listed
+        f.seek(4)
+        f.write(b"\0" * 20_000)
+    with pytest.raises(gp.DataError, match="b.parquet"):
+        reorder(dataset, tmp_path / "re", jobs(list(dataset.schema.names)), progress=False)
+    assert list((tmp_path / "re").iterdir()) == []
+
+
 def read_all(path, columns, cache_options):
     fs = CountingFileSystem()
     ds = gp.Dataset(path, features=[c for c in columns if c != "label"], filesystem=fs, cache_options=cache_options)

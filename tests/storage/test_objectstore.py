@@ -1,5 +1,7 @@
 """Datasets on a real S3-compatible server (moto, on loopback) with injected latency."""
 
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -71,3 +73,30 @@ def test_measured_cache_options_read_through_gaps_that_cost_less_than_a_request(
 def test_a_store_that_is_not_running_says_so():
     with pytest.raises(gp.BackendUnavailable, match="start"):
         LocalObjectStore().filesystem()
+
+
+def test_the_server_stops_when_the_process_that_started_it_is_killed():
+    script = (
+        "import time, gpupre as gp\n"
+        "store = gp.storage.LocalObjectStore().start()\n"
+        "print(store._process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _running(child):
+        time.sleep(0.1)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

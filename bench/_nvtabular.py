@@ -92,3 +92,12 @@ def run_contender(spec: dict, timeout: float = 900) -> dict:
         raise RuntimeError(
             f"NVTabular contender printed no JSON:\n{proc.stdout[-TAIL:]}\n{proc.stderr[-TAIL:]}"
         ) from None
+
+
+def measure(spec: dict, timeout: float = 900) -> dict:
+    """`run_contender`, with a failure reported as {"error": first and last line} (unmeasured, never met)."""
+    try:
+        return run_contender(spec, timeout=timeout)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        return {"error": lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "")}

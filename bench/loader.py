@@ -15,7 +15,10 @@ row ids on the CPU:
   batches (batch_size=None): a stronger baseline than most users write, with no resume, no ranks and
   batches that end at row-group boundaries;
 - Ray Data: read_parquet (projected) + map_batches (the pipeline on pyarrow batches) +
-  iter_torch_batches, on a local Ray instance with 2 CPUs.
+  iter_torch_batches, on a local Ray instance with 2 CPUs;
+- Merlin: NVTabular's workflow for the ops it has (no hash of list columns) feeding Merlin's torch
+  dataloader, on the CPU, in its own environment (bench/nvtabular_contender.py, loader mode; it
+  drops the 4-row tail batch, which Merlin's CPU path cannot form).
 Rebatching: the DLRM-style model of the demo trains on batches of 16,384 rows gathered from slabs of
 1,024 rows, against training on the 1,024-row slabs themselves (the same worker memory cap,
 read_batch_size=1,024, without client-side rebatching); rows/s of the training loop.
@@ -189,6 +192,16 @@ def contenders(ds: gp.Dataset, pipe: gp.Pipeline, size: int) -> dict:
     }
 
 
+def _merlin(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int) -> dict:
+    """Merlin's dataloader behind NVTabular's workflow, run in the NVTabular venv."""
+    from . import _nvtabular
+
+    spec = {"parquet": ds.paths[0], "ops": [op.to_dict() for op in pipe.ops],
+            "loader": {"columns": ds.columns, "label": ds.schema.labels[0], "batch_sizes": list(BATCH_SIZES),
+                       "repeats": repeats}}  # fmt: skip
+    return _nvtabular.measure(spec, timeout=1800)
+
+
 def rebatching(ds: gp.Dataset, pipe: gp.Pipeline) -> dict:
     """Training rows/s with batches rebatched from small slabs against the small slabs themselves."""
     from .dlrm import DLRM, train
@@ -247,8 +260,12 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True, name
     ds, _ = transforms_dataset("criteo", progress)
     pipe = pipeline(ds).fit(ds, progress=progress)
     results, targets = [], []
+    merlin = _merlin(ds, pipe, repeats) if not names or "merlin" in names else None
     for size in BATCH_SIZES:
         row = {"batch_size": size}
+        for m in (merlin or {}).get("loader_results", ()):
+            if m["batch_size"] == size:
+                row["merlin_rows_per_s"], row["merlin_first_epoch_s"] = m["rows_per_s"], m["first_epoch_s"]
         for name, (make, close) in contenders(ds, pipe, size).items():
             if names and name not in names:
                 continue
@@ -258,8 +275,8 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True, name
             row[f"{name}_rows_per_s"] = m["rows"] / m["epoch_s"]
             row[f"{name}_first_epoch_s"] = m["first_epoch_s"]
         results.append(row)
-        for name in ("torch_map", "stateful", "torch_iterable", "ray"):
-            if f"{name}_rows_per_s" in row:
+        for name in ("torch_map", "stateful", "torch_iterable", "ray", "merlin"):
+            if f"{name}_rows_per_s" in row and "gpupre_rows_per_s" in row:
                 value = row["gpupre_rows_per_s"] / row[f"{name}_rows_per_s"]
                 goal = GOALS.get(name)
                 targets.append({"name": f"{size:,} rows/batch: gp.DataLoader vs {LABELS[name]}", "value": value,
@@ -273,7 +290,8 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True, name
         targets.append({"name": f"{row['batch_size']:,} rows: packed transfer of pinned-copy bandwidth",
                         "value": row["packed_of_copy"], "goal": 0.85, "met": row["packed_of_copy"] >= 0.85})  # fmt: skip
     result = {"config": {"repeats": repeats, "workers": WORKERS, "batch_sizes": list(BATCH_SIZES), "rebatching": REBATCH},
-              "results": results, "rebatching": rebatch, "transfer": moved, "targets": targets}  # fmt: skip
+              "results": results, "rebatching": rebatch, "transfer": moved, "targets": targets,
+              "merlin": None if merlin is None else {k: v for k, v in merlin.items() if k != "loader_results"}}  # fmt: skip
     if save_results:
         result["path"] = save("loader", result)
     return result
@@ -281,7 +299,7 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True, name
 
 LABELS = {"gpupre": "gp.DataLoader", "torch_map": "torch DataLoader (map-style rows)",
           "stateful": "torchdata StatefulDataLoader", "torch_iterable": "torch DataLoader (iterable batches)",
-          "ray": "Ray Data"}  # fmt: skip
+          "ray": "Ray Data", "merlin": "Merlin dataloader"}  # fmt: skip
 
 
 def report(result: dict) -> str:
@@ -298,6 +316,11 @@ def report(result: dict) -> str:
         text.append(markdown_table(result["transfer"], [("batch_size", "rows"), ("bytes", "bytes"), ("packed_gb_s", "packed GB/s"),
                                                         ("per_tensor_gb_s", "per-tensor GB/s"),
                                                         ("pinned_copy_gb_s", "pinned copy GB/s")]))  # fmt: skip
+    merlin = result.get("merlin") or {}
+    if merlin.get("error"):
+        text.append(f"Merlin dataloader not measured: {merlin['error']}")
+    for skipped in merlin.get("skipped", ()):
+        text.append(f"Merlin's workflow leaves out {skipped['op']} of {len(skipped['features'])} features: {skipped['reason']}")
     text.append(targets_table(result["targets"]))
     return "\n\n".join(text)
 

@@ -1,7 +1,7 @@
 """NVTabular CPU workflow as a baseline contender in the transforms benchmark.
 
-Runs inside bench/.venv-nvtabular (see bench/_nvtabular.py), never in the main venv: it imports
-neither gpupre nor torch.
+Runs inside bench/.venv-nvtabular (see bench/_nvtabular.py), never in the main venv: it never
+imports gpupre (torch only for Merlin's torch dataloader, below).
 
     python bench/nvtabular_contender.py SPEC.json
 
@@ -17,14 +17,27 @@ column; pandas' nullable Int64 is exact but hashes about 20x slower in pandas. E
 batch_size rows (rows repeated when the file is shorter). The workflow is fitted once (fit_s).
 Timed: `Workflow.transform(DataFrame)`, which runs NVTabular's LocalExecutor on one in-memory
 pandas DataFrame, the same call `Workflow.transform(Dataset)` makes per dask partition.
+
+With "loader": {"columns": [...], "label": name, "batch_sizes": [...], "repeats": n} in the spec it
+measures Merlin's dataloader instead, as the Merlin stack is used end to end: the projected columns
+are written once (untimed, scalar ids prepared as above) to a Parquet file in row groups of 8,192
+rows; each timed epoch is `merlin.io.Dataset(file, cpu=True)` -> `Workflow.transform` (lazy, per
+partition) -> `merlin.dataloader.torch.Loader(batch_size, drop_last=True)`, iterated to the end
+(torch tensors, the label tagged as the target). drop_last is needed: Merlin 23.08's CPU path fails
+on a batch whose list column holds only empty lists (`pull_apart_list` indexes leaves[0]), which the
+4-row tail batch here is. Result: {"loader_results": [{"batch_size", "rows", "first_epoch_s",
+"epoch_s", "rows_per_s"}], "skipped", ...}.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -207,21 +220,57 @@ def timed(workflow: nvt.Workflow, data: pd.DataFrame) -> float:
     return time.perf_counter() - start
 
 
+def loader_epochs(workflow: nvt.Workflow, path: str, spec: dict) -> list[dict]:
+    """Rows/s of Merlin's torch dataloader over the workflow's output, per batch size."""
+    from merlin.dataloader.torch import Loader
+
+    results = []
+    for size in spec["batch_sizes"]:
+        times, rows = [], 0
+        for _ in range(int(spec["repeats"]) + 1):  # the first epoch warms up
+            start = time.perf_counter()
+            data = workflow.transform(Dataset(path, cpu=True))
+            rows = sum(len(labels) for _, labels in Loader(data, batch_size=int(size), drop_last=True))
+            times.append(time.perf_counter() - start)
+        epoch_s = statistics.median(times[1:])
+        results.append({"batch_size": int(size), "rows": rows, "first_epoch_s": times[0], "epoch_s": epoch_s,
+                        "rows_per_s": rows / epoch_s})  # fmt: skip
+    return results
+
+
 def main(spec_path: str) -> dict:
     """Prepare, fit and time the workflow the spec describes; the result printed as JSON."""
     with open(spec_path) as f:
         spec = json.load(f)
     df, kinds = load(spec["parquet"], spec.get("scalar_dtype", "float64"))
+    loader = spec.get("loader")
+    if loader:
+        df, kinds = df[loader["columns"]], {c: kinds[c] for c in loader["columns"]}
     builder = Builder(kinds)
     for op in spec["ops"]:
         builder.add(op)
     workflow = builder.workflow()
+    if loader:
+        from merlin.schema import Tags
+
+        label = [loader["label"]] >> nvt.ops.AddTags([Tags.TARGET])
+        workflow = nvt.Workflow(workflow.output_node + label)
+        path = os.path.join(tempfile.mkdtemp(prefix="merlin-loader-"), "data.parquet")
+        df.to_parquet(path, row_group_size=8192)
+        data = Dataset(path, cpu=True)
+    else:
+        data = Dataset(df, cpu=True)
     start = time.perf_counter()
-    workflow.fit(Dataset(df, cpu=True))
+    workflow.fit(data)
     fit_s = time.perf_counter() - start
     for op, col, stats in builder.fixed_stats:
         for attr, value in stats.items():
             getattr(op, attr)[col] = float(value)
+    if loader:
+        results = loader_epochs(workflow, path, loader)
+        shutil.rmtree(os.path.dirname(path))
+        return {"nvtabular_version": nvt.__version__, "loader_results": results, "fit_s": fit_s,
+                "skipped": builder.skipped}  # fmt: skip
     results = []
     for size in spec["batch_sizes"]:
         data = batch(df, int(size))

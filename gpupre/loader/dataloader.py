@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -23,7 +24,7 @@ from ._worker import read_unit
 
 __all__ = ["DataLoader"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class DataLoader:
@@ -52,7 +53,11 @@ class DataLoader:
         passthrough: columns delivered untouched in `batch.extras` (row ids, timestamps); None
             keeps the dataset's.
         on_bad_unit: "raise" (a unit that cannot be read stops the epoch with a `DataError`
-            naming it) or "skip" (it is left out and listed in `stats()["skipped_units"]`).
+            naming it) or "skip" (it is left out and listed in `stats()["skipped_units"]`). With
+            world_size > 1, a rank that skipped rows reads on into its share and then again from
+            its start, so that it still takes as many steps as the other ranks (trainers that
+            synchronize every step would wait forever otherwise); `stats()["rows_repeated"]`
+            counts the rows it delivered twice, as torch's DistributedSampler pads a share.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -88,7 +93,8 @@ class DataLoader:
         self._slab_schema = self.plan.output_schema if (self.plan and on_cpu) else dataset.schema
         self._streams = None if on_cpu else _streams(self.device)  # (copy, compute)
         self._ahead = 0 if on_cpu else self.prefetch - 1  # batches on the device beyond the delivered one
-        self.epoch, self.delivered = 0, 0  # rows of this epoch already handed to the consumer
+        self.epoch, self.delivered = 0, 0  # rows of this epoch already handed to the consumer, and gaps
+        self.steps = 0  # batches of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
         self._stats = _new_stats()
 
@@ -110,7 +116,8 @@ class DataLoader:
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Where the epoch stands: restoring it delivers every remaining row once, no row twice."""
-        return {"version": STATE_VERSION, "epoch": self.epoch, "delivered": self.delivered, "seed": self.seed,
+        return {"version": STATE_VERSION, "epoch": self.epoch, "delivered": self.delivered, "steps": self.steps,
+                "seed": self.seed,
                 "shuffle": self.shuffle, "rank": self.rank, "world_size": self.world_size,
                 "read_batch_size": self.read_batch_size, "units": len(self.dataset.units())}  # fmt: skip
 
@@ -127,7 +134,7 @@ class DataLoader:
                     f"state_dict {key}={state.get(key)!r} differs from this loader's {mine[key]!r}; "
                     "restore into a loader built with the same dataset and arguments"
                 )
-        self.epoch, self.delivered = int(state["epoch"]), int(state["delivered"])
+        self.epoch, self.delivered, self.steps = int(state["epoch"]), int(state["delivered"]), int(state["steps"])
 
     def stats(self) -> dict:
         """Rows/s, bytes read and staged (what goes to a GPU), the consumer's wait, time per stage (s)."""
@@ -139,22 +146,18 @@ class DataLoader:
 
     # -- iteration -------------------------------------------------------------------------------
     def __iter__(self):
-        epoch, skip = self.epoch, self.delivered
+        epoch, cursor = self.epoch, self.delivered
         _, target = self._rows_this_epoch(epoch)
         units = self._units(epoch, self.rank)
         self._generation += 1
-        tasks, seen = [], 0
-        for position, unit in enumerate(units):
-            if seen + unit.num_rows > skip:
-                shuffle = (self.seed, epoch, position) if self.shuffle else None
-                tasks.append(((self._generation, position), unit, max(0, skip - seen), shuffle))
-            seen += unit.num_rows
+        # rows still to deliver; without padding a skipped unit's rows count as delivered
+        pad = self.world_size > 1 and self.on_bad_unit == "skip"
+        remaining = target - min(target, self.steps * self.batch_size) if pad else target - cursor
         start = time.perf_counter()
-        remaining = target - skip
-        generation = self._generation
         in_flight = collections.deque()  # (batch, cursor advance): staged and sent to the device
         try:
-            for staged, advance in self._rebatch(self._slabs(tasks, generation), remaining):
+            slabs = self._passes(units, cursor, epoch, self._generation, pad)
+            for staged, advance in self._rebatch(slabs, remaining, pad):
                 in_flight.append((self._device_stage(staged), advance))
                 if len(in_flight) > self._ahead:
                     yield self._deliver(*in_flight.popleft(), start)
@@ -162,8 +165,39 @@ class DataLoader:
                 yield self._deliver(*in_flight.popleft(), start)
         finally:
             self._stats["wall_s"] = time.perf_counter() - start
-        self._stats["rows_left_for_balance"] = sum(u.num_rows for u in units) - target
-        self.epoch, self.delivered = epoch + 1, 0
+        self._stats["rows_left_for_balance"] = max(0, sum(u.num_rows for u in units) - target)
+        self.epoch, self.delivered, self.steps = epoch + 1, 0, 0
+
+    def _passes(self, units, cursor: int, epoch: int, generation: int, pad: bool):
+        """Slabs of the rank's share from `cursor` on; with `pad`, then of the share again, and again.
+
+        The cursor counts rows and gaps over the passes: row r of pass p is at p * share + r, so
+        a resumed epoch starts in the pass it left.
+        """
+        share = sum(u.num_rows for u in units)
+        first, skip = divmod(cursor, share) if share else (0, 0)
+        for number in itertools.count(first):
+            if number > first and not pad:
+                return
+            if number > 0:
+                yield _Pass(number)
+            tasks, seen = [], 0
+            for position, unit in enumerate(units):
+                if seen + unit.num_rows > skip:
+                    shuffle = (self.seed, epoch, position) if self.shuffle else None
+                    key = (generation, number * len(units) + position)
+                    tasks.append((key, unit, max(0, skip - seen), shuffle))
+                seen += unit.num_rows
+            rows = 0
+            for slab in self._slabs(tasks, generation):
+                rows += getattr(slab, "num_rows", 0)
+                yield slab
+            if pad and rows == 0 and skip == 0:
+                raise DataError(
+                    f"rank {self.rank} of {self.world_size} has no readable rows left (skipped units: "
+                    f"{self._stats['skipped_units']}), so it cannot take as many steps as the other ranks"
+                )
+            skip = 0
 
     def _deliver(self, batch: Batch, advance: int, start: float) -> Batch:
         if self._streams is not None:  # the consumer's stream waits for the batch's work
@@ -173,6 +207,7 @@ class DataLoader:
             consumer.wait_stream(self._streams[1])
             batch.record_stream(consumer)
         self.delivered += advance  # rows delivered, plus rows of skipped units before them
+        self.steps += 1
         self._stats["rows"] += batch.num_rows
         self._stats["batches"] += 1
         self._stats["wall_s"] = time.perf_counter() - start
@@ -198,19 +233,26 @@ class DataLoader:
         self._stats["device_s"] += time.perf_counter() - t
         return batch
 
-    def _rebatch(self, slabs, remaining: int):
+    def _rebatch(self, slabs, remaining: int, pad: bool):
         """(staged batch, cursor advance) of batch_size rows (the last may be smaller), in order.
 
         The rows of a batch are gathered from their slabs straight into one staging buffer. A
         `_Gap` (the unread rows of a skipped unit) delivers nothing but moves the cursor, so
-        that a resumed epoch does not read those rows again.
+        that a resumed epoch does not read those rows again; without `pad` its rows also count
+        against `remaining`.
         """
         pieces, filled, gap, held = [], 0, 0, []  # held: slabs with rows in pieces or still unread
+        repeating = False
+        if remaining <= 0:
+            return
         try:
             for slab in slabs:
+                if isinstance(slab, _Pass):
+                    repeating = True
+                    continue
                 if isinstance(slab, _Gap):
-                    rows = min(slab.rows, remaining)
-                    gap, remaining = gap + rows, remaining - rows
+                    rows = slab.rows if pad else min(slab.rows, remaining)
+                    gap, remaining = gap + rows, remaining - (0 if pad else rows)
                     if remaining == 0:
                         break
                     continue
@@ -218,6 +260,8 @@ class DataLoader:
                 at = 0
                 while at < slab.num_rows and remaining > 0:
                     take = min(slab.num_rows - at, self.batch_size - filled, remaining)
+                    if repeating:
+                        self._stats["rows_repeated"] += take
                     pieces.append((slab, at, at + take))
                     at, filled, remaining = at + take, filled + take, remaining - take
                     if filled == self.batch_size or remaining == 0:
@@ -421,6 +465,13 @@ def _release(slabs) -> None:
             slab.release()
 
 
+class _Pass:
+    """Marks where the share starts again (a rank with skipped rows pads its steps)."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+
 class _Gap:
     """The rows of a skipped unit that were not delivered: the cursor moves past them."""
 
@@ -430,7 +481,7 @@ class _Gap:
 
 def _new_stats() -> dict:
     return {"rows": 0, "batches": 0, "bytes_read": 0, "bytes_staged": 0, "wait_s": 0.0, "read_s": 0.0, "host_s": 0.0,
-            "rebatch_s": 0.0, "device_s": 0.0, "wall_s": 0.0, "skipped_units": [], "rows_left_for_balance": 0}  # fmt: skip
+            "rebatch_s": 0.0, "device_s": 0.0, "wall_s": 0.0, "skipped_units": [], "rows_left_for_balance": 0, "rows_repeated": 0}  # fmt: skip
 
 
 def _positive(value, name: str, minimum: int = 1) -> int:

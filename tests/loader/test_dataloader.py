@@ -111,6 +111,48 @@ def test_a_bad_unit_raises_naming_it_or_is_skipped_and_listed(ds_with_a_bad_unit
     assert [s.split(":")[0] for s in loader.stats()["skipped_units"]] == [unit]
 
 
+def _ranks_with_a_bad_unit(ds, **kw):
+    return [_loader(ds, rank=r, world_size=3, batch_size=32, on_bad_unit="skip", **kw) for r in range(3)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_rank_that_skips_a_unit_repeats_rows_to_take_as_many_steps_as_the_others(ds_with_a_bad_unit, workers):
+    ds, unit = ds_with_a_bad_unit  # 12 units of 50 rows, 4 per rank; one rank has 150 readable rows
+    loaders = _ranks_with_a_bad_unit(ds, num_workers=workers)
+    epochs = [list(loader) for loader in loaders]
+    for loader in loaders:
+        loader.close()
+    assert [len(e) for e in epochs] == [len(loaders[0])] * 3 == [7] * 3
+    (bad,) = [r for r, loader in enumerate(loaders) if loader.stats()["skipped_units"]]
+    ids = epoch_ids(epochs[bad])
+    assert len(ids) == 200 and len(set(ids)) == 150
+    assert loaders[bad].stats()["rows_repeated"] == 50 and ids[150:] == ids[:50]  # from the start of its share
+    assert all(loaders[r].stats()["rows_repeated"] == 0 for r in range(3) if r != bad)
+
+
+@pytest.mark.parametrize(("workers", "midpoint"), [(0, 2), (2, 5), (0, 6)])
+def test_resume_of_a_padded_rank_delivers_the_same_rows(ds_with_a_bad_unit, workers, midpoint):
+    ds, _ = ds_with_a_bad_unit
+    bad = next(r for r, loader in enumerate(_ranks_with_a_bad_unit(ds)) if list(loader) and loader.stats()["skipped_units"])
+
+    def make():
+        return _ranks_with_a_bad_unit(ds, num_workers=workers, shuffle=True, seed=3)[bad]
+
+    whole = epoch_ids(list(make()))
+    first = make()
+    it = iter(first)
+    head = [next(it) for _ in range(midpoint)]
+    state = first.state_dict()
+    del it
+    first.close()
+    second = make()
+    second.load_state_dict(state)
+    rest = list(second)
+    second.close()
+    assert len(head) + len(rest) == 7
+    assert sorted(epoch_ids(head) + epoch_ids(rest)) == sorted(whole)
+
+
 def test_a_worker_that_dies_is_an_error_not_a_hang(ds):
     loader = _loader(ds, num_workers=2, read_batch_size=10, batch_size=16, prefetch=1)
     it = iter(loader)

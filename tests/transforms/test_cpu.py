@@ -115,3 +115,28 @@ def test_fused_plan_over_many_features_equals_op_by_op():
     assert len(batch.schema) == 110
     assert_same(plan.run(batch), pipe.compile(batch.schema, "reference").run(batch))
     assert plan.launches <= 6
+
+
+def test_reused_buffers_never_leak_between_batches_or_threads():
+    """The executor reuses its internal buffers per thread: batches of other sizes, run one after
+    another and from several threads at once, each equal the oracle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+
+    def batch(n):
+        lists = lambda: [rng.integers(0, 99, rng.integers(0, 30)).tolist() for _ in range(n)]  # noqa: E731
+        dense = {f"d{i}": rng.normal(0, 3, n).tolist() for i in range(4)}
+        return make_batch(dense, {f"s{i}": lists() for i in range(3)})
+
+    batches = [batch(n) for n in (500, 7, 0, 300, 500)]
+    ops = [gp.Bucketize(f"d{i}", [-1.0, 0.0, 1.0], out=f"b{i}") for i in range(4)]
+    ops += [gp.Hash(["s0", "b0", "b1"], 50), gp.Truncate("s1", 5), gp.Cross("s2", "b2", 77, out="x")]
+    pipe = gp.Pipeline(ops)
+    plan, oracle = pipe.compile(batches[0].schema, "cpu"), pipe.compile(batches[0].schema, "reference")
+    expected = [oracle.run(b) for b in batches]
+    for b, want in zip(batches, expected):
+        assert_same(plan.run(b), want)
+    with ThreadPoolExecutor(4) as pool:
+        for got, want in zip(pool.map(plan.run, batches * 4), expected * 4):
+            assert_same(got, want)

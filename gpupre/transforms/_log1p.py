@@ -24,15 +24,8 @@ LN2_HI, LN2_LO, HALF = f32(0.693359375), f32(-2.12194440e-4), f32(0.5)
 
 
 @numba.njit(inline="always")
-def log1p32(x):
-    """log1p of a float32 x >= 0 (NaN and inf pass through)."""
-    if math.isnan(x) or math.isinf(x):
-        return x
-    u = f32(1) + x
-    if u == f32(1):
-        return x
-    m, e = math.frexp(u)  # exact: m in [0.5, 1)
-    m = f32(m)
+def _log1p_tail(x, u, m, e):
+    """log1p32 of x from u = fl(1 + x) = m * 2**e with m in [0.5, 1)."""
     if m < SQRT_HALF:
         e -= 1
         t = (m + m) - f32(1)
@@ -46,6 +39,39 @@ def log1p32(x):
     r = t + p
     r = r + LN2_HI * fe
     return r + (x - (u - f32(1))) / u
+
+
+@numba.njit(inline="always")
+def log1p32(x):
+    """log1p of a float32 x >= 0 (NaN and inf pass through)."""
+    if math.isnan(x) or math.isinf(x):
+        return x
+    u = f32(1) + x
+    if u == f32(1):
+        return x
+    m, e = math.frexp(u)  # exact: m in [0.5, 1)
+    return _log1p_tail(x, u, f32(m), e)
+
+
+@numba.njit(inline="always")
+def log1p32_block(y):
+    """y[:] = log1p32(max(y, 0)) in place, NaN kept: the same operations as log1p32, with frexp done
+    by bit operations on the block (u = 1 + y >= 1 is normal), which lets the loops vectorize."""
+    n = len(y)
+    u = np.empty(n, f32)
+    for r in range(n):
+        if y[r] < f32(0):
+            y[r] = f32(0)
+        u[r] = f32(1) + y[r]
+    bits = u.view(np.int32)
+    mantissa = np.empty(n, np.int32)
+    for r in range(n):  # the exponent field set to 126: the mantissa as a float in [0.5, 1)
+        mantissa[r] = (bits[r] & np.int32(0x807FFFFF)) | np.int32(126 << 23)
+    m = mantissa.view(f32)
+    for r in range(n):
+        x = y[r]
+        if not (math.isnan(x) or math.isinf(x) or u[r] == f32(1)):
+            y[r] = _log1p_tail(x, u[r], m[r], ((bits[r] >> 23) & 0xFF) - 126)
 
 
 def log1p32_array(x: np.ndarray) -> np.ndarray:

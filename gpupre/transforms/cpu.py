@@ -15,7 +15,7 @@ from numba import prange
 
 from ..batch import Batch, KeyedJagged
 from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
-from ._log1p import log1p32
+from ._log1p import log1p32_block
 from .plan import (
     D_BUCKETIZE,
     D_CLAMP,
@@ -83,8 +83,7 @@ def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, 
                     if math.isnan(y[r]):
                         y[r] = a
             elif code == D_LOG1P:
-                for r in range(len(y)):
-                    y[r] = log1p32(max(y[r], np.float32(0))) if not math.isnan(y[r]) else y[r]
+                log1p32_block(y)
             elif code == D_CLAMP:
                 for r in range(len(y)):
                     if y[r] < a:

@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from gpupre.transforms._log1p import log1p32, log1p32_array
+from gpupre.transforms._log1p import log1p32, log1p32_array, log1p32_block
 
 
 @numba.njit
@@ -25,6 +25,21 @@ def _inputs():
 def test_numba_and_numpy_agree_bit_for_bit():
     x = _inputs()
     np.testing.assert_array_equal(_numba(x).view(np.int32), log1p32_array(x).view(np.int32))
+
+
+@numba.njit
+def _numba_block(x):
+    out = x.copy()
+    for lo in range(0, len(out), 1000):  # blocks, as the dense pass runs it
+        log1p32_block(out[lo : lo + 1000])
+    return out
+
+
+def test_the_block_version_equals_the_scalar_one_bit_for_bit():
+    stride = np.arange(0, 0x7F800001, 4099, dtype=np.int64).astype(np.int32).view(np.float32)  # non-negative float32s
+    x = np.concatenate([_inputs(), stride, np.float32([-0.0, -1.0, -np.inf])])
+    want = _numba(np.where(x < 0, np.float32(0), x))  # -0.0 stays -0.0, as max(-0.0, 0) in numba
+    np.testing.assert_array_equal(_numba_block(x).view(np.int32), want.view(np.int32))
 
 
 def test_within_two_ulp_of_log1p():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -20,6 +21,7 @@ import gpupre as gp
 from bench import reader as reader_bench
 from bench import transforms as transforms_bench
 from gpupre.cli import inspect_text
+from gpupre.storage.synth import planted_features
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-data")
 
@@ -94,8 +96,10 @@ def main() -> None:
     print(f"-> {out}")
     print(f"   I1 normalized: {np.round(out.dense[0, :4], 3).tolist()}, C1 hashed: {out.sparse.feature('C1')[1][:3].tolist()}")
 
-    section("6. training a small DLRM-style model through gp.DataLoader")
-    train_dlrm(flat_path)
+    section("6. training a small DLRM-style model through gp.DataLoader, and auditing its features")
+    held_out = os.path.join(OUT, "synth-held-out.parquet")
+    gp.storage.synthesize(held_out, replace(spec, rows=spec.rows + spec.row_group_rows), progress=False)
+    train_dlrm(flat_path, held_out=held_out, planted=planted_features(spec))
 
     section("7. reader benchmark: projection vs map layout (500 features)")
     result = reader_bench.run(rows=16_380, repeats=3, progress=False, save_results=False)
@@ -190,8 +194,8 @@ def storage_layout(flat_path: str, latency_ms: float = 10.0) -> None:
         print(f"SSD cache: the first ctr job fetched {fetched[0]:,} bytes from the store, the second {fetched[1]:,}")
 
 
-def train_dlrm(path: str, steps: int = 400) -> None:
-    """A fitted pipeline, the loader's workers and rebatching, and a model that learns."""
+def train_dlrm(path: str, steps: int = 400, held_out: str | None = None, planted=()) -> None:
+    """A fitted pipeline, the loader's workers and rebatching, a model that learns, and its feature audit."""
     import torch
 
     from bench.dlrm import DLRM, train
@@ -215,6 +219,24 @@ def train_dlrm(path: str, steps: int = 400) -> None:
     print(f"loss: first 50 steps {np.mean(losses[:50]):.4f} -> last 50 steps {np.mean(losses[-50:]):.4f}")
     print(f"training throughput {result['rows_per_s']:,.0f} rows/s; the loader's last epoch: "
           f"{stats['rows_per_s']:,.0f} rows/s, waited {stats['wait_s']:.2f}s, read {stats['bytes_read']:,} bytes")  # fmt: skip
+
+    from gpupre.audit import audit, prune
+
+    if held_out is None:
+        return
+    more = gp.Dataset(held_out)  # the same distribution, and one more row group: rows the model never saw
+    batch = pipe.compile(more.schema, "cpu").run(more.read(more.units()[-1]).rows(0, 2_500)).to(loader.device)
+    start = time.perf_counter()
+    report = audit(model, [batch], dataset=ds, pipeline=pipe, repeats=3, progress=False)
+    top = ", ".join(f"{f.name} {f.importance:+.4f}" for f in report.features[:6])
+    print(f"feature audit ({len(report.features)} features, 3 shuffles each, on {batch.num_rows:,} held-out rows) "
+          f"in {time.perf_counter() - start:.1f}s: {top}")  # fmt: skip
+    if planted:
+        found = set(report.names[: len(planted)]) & set(planted)
+        print(f"planted features (the label depends on them) in its top {len(planted)}: {len(found)} of {len(planted)}")
+    pruned = prune(report, pipe, threshold=0.0)
+    print(f"pruned to the features shown to help: {len(pruned.features)} of {len(report.features)}, reading "
+          f"{pruned.stored_bytes:,} of {report.dataset_bytes:,} stored bytes")  # fmt: skip
 
 
 def _equal(x: gp.Batch, y: gp.Batch) -> bool:

@@ -30,6 +30,15 @@ from .transforms import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    if name == "audit":  # imports torch: only when used
+        import importlib
+
+        return importlib.import_module(".audit", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BackendUnavailable",
     "Batch",
@@ -61,6 +70,7 @@ __all__ = [
     "Truncate",
     "Union",
     "WorkUnit",
+    "audit",
     "compile",
     "materialize",
     "reader",

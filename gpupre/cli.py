@@ -1,4 +1,4 @@
-"""The `gpupre` command: import, synth, flatten, inspect."""
+"""The `gpupre` command: import, synth, flatten, inspect, audit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import storage
-from .errors import GpupreError
+from .errors import ConfigError, GpupreError
 from .reader import Dataset
 
 IMPORTERS = {
@@ -69,6 +69,44 @@ def _inspect(args) -> None:
     print(inspect_text(args.path, args.features.split(",") if args.features else None))
 
 
+def _load_model(spec: str):
+    """`module:function` -> function(): the trained model, importable from the working directory."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"--model {spec!r} must be 'module:function' (a function that returns the trained model)")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return getattr(importlib.import_module(module), name)()
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--model {spec!r}: {e}; the module must be importable from the working directory") from e
+
+
+def _audit(args) -> None:
+    from .audit import audit, prune
+    from .loader import DataLoader
+    from .transforms import Pipeline
+
+    pipeline = Pipeline.load(args.pipeline) if args.pipeline else None
+    dataset = Dataset(args.path, features=args.features.split(",") if args.features else None)
+    loader = DataLoader(dataset, args.batch_size, pipeline, device=args.device, num_workers=0)
+    report = audit(_load_model(args.model), loader, dataset, pipeline, repeats=args.repeats, metric=args.metric,
+                   max_batches=args.max_batches)  # fmt: skip
+    print(report.to_markdown())
+    if args.json:
+        report.save(args.json)
+    if args.plot:
+        report.plot(args.plot)
+    if args.threshold is not None or args.budget_bytes is not None:
+        pruned = prune(report, pipeline, threshold=args.threshold, budget_bytes=args.budget_bytes)
+        print(f"\nkeep {len(pruned.features)} of {len(report.features)} features; read {len(pruned.read)} stored "
+              f"features ({pruned.stored_bytes:,} bytes): {','.join(pruned.read)}")  # fmt: skip
+        if args.pruned_pipeline and pruned.pipeline is not None:
+            pruned.pipeline.save(args.pruned_pipeline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpupre", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--features", help="comma-separated projection (default: all)")
     p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("audit", help="rank a trained model's features by importance next to their cost; prune")
+    p.add_argument("path", help="held-out data (a dataset the model was not trained on)")
+    p.add_argument("--model", required=True, help="module:function returning the trained model (model(batch) -> logits)")
+    p.add_argument("--pipeline", help="the fitted pipeline's JSON (Pipeline.save)")
+    p.add_argument("--features", help="comma-separated projection the model was trained on (default: all)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=5, help="shuffles per feature")
+    p.add_argument("--metric", choices=("logloss", "auc"), default="logloss")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--plot", help="write the report's PNG plot here")
+    prune_by = p.add_mutually_exclusive_group()
+    prune_by.add_argument("--threshold", type=float, help="prune: keep features whose interval is above this")
+    prune_by.add_argument("--budget-bytes", type=int, help="prune: keep the most important within these stored bytes")
+    p.add_argument("--pruned-pipeline", help="prune: write the pipeline of the kept features here")
+    p.set_defaults(run=_audit)
     return parser
 
 

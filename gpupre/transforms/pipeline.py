@@ -8,6 +8,7 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
 from ..schema import Feature, Schema, unknown_message
@@ -85,7 +86,7 @@ def skip_materialized(ops, schema: Schema) -> tuple[list[Op], list[str]]:
     return run, read
 
 
-class Pipeline:
+class Pipeline(JsonFile):
     """An ordered list of ops.
 
     `fit(dataset)` computes the statistics that ops need in a streaming pass and returns a fitted
@@ -215,15 +216,6 @@ class Pipeline:
         data = json.loads(text)
         schema = data.get("input_schema")
         return cls([op_from_dict(d) for d in data["ops"]], Schema.from_json(json.dumps(schema)) if schema else None)
-
-    def save(self, path) -> None:
-        with open(path, "w") as f:
-            f.write(self.to_json())
-
-    @classmethod
-    def load(cls, path) -> Pipeline:
-        with open(path) as f:
-            return cls.from_json(f.read())
 
     def __eq__(self, other):
         return isinstance(other, Pipeline) and self.ops == other.ops

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from resume import check_resume, epoch_ids
+from resume import check_resume, epoch_ids, interrupted
 
 import gpupre as gp
 
@@ -138,19 +138,9 @@ def test_resume_of_a_padded_rank_delivers_the_same_rows(ds_with_a_bad_unit, work
     def make():
         return _ranks_with_a_bad_unit(ds, num_workers=workers, shuffle=True, seed=3)[bad]
 
-    whole = epoch_ids(list(make()))
-    first = make()
-    it = iter(first)
-    head = [next(it) for _ in range(midpoint)]
-    state = first.state_dict()
-    del it
-    first.close()
-    second = make()
-    second.load_state_dict(state)
-    rest = list(second)
-    second.close()
-    assert len(head) + len(rest) == 7
-    assert sorted(epoch_ids(head) + epoch_ids(rest)) == sorted(whole)
+    whole, head, rest, steps_after = interrupted(make, midpoint)
+    assert midpoint + steps_after == 7
+    assert sorted(head + rest) == sorted(whole)  # with the same rows repeated
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang(ds):

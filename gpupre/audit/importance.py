@@ -1,0 +1,160 @@
+"""Feature importance of a trained model over held-out batches: permutation and weight-based.
+
+Permutation importance is model-agnostic: one feature's values are shuffled across the rows of
+each held-out batch (its whole list, for sparse features), and the model's loss is measured
+again. A feature the model relies on makes the loss rise; a useless one leaves it unchanged.
+Each feature is shuffled `repeats` times with different permutations, which gives the spread of
+its importance. Weight-based scores read the trained parameters instead: the norm of a dense
+feature's column in the first layer, and the mean norm of the embedding rows a sparse feature's
+held-out ids look up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..batch import Batch
+from ..errors import ConfigError
+
+__all__ = ["METRICS", "auc", "permutation_importance", "permuted", "weight_scores"]
+
+
+def _logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double()))
+
+
+def auc(scores, labels) -> float:
+    """Area under the ROC curve (ties count half), from the ranks of the scores."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0.5
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # mean rank of each tie group
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+# metric name -> (function of logits and labels, sign: +1 when a larger value is worse)
+METRICS = {
+    "logloss": (_logloss, 1.0),
+    "auc": (lambda logits, labels: auc(logits.float().cpu().numpy(), labels.float().cpu().numpy()), -1.0),
+}
+
+
+def permuted(batch: Batch, name: str, perm: torch.Tensor) -> Batch:
+    """`batch` with feature `name` moved between rows: row i gets row perm[i]'s value (or list)."""
+    if name in batch.dense_keys:
+        j = batch.dense_keys.index(name)
+        dense = batch.dense.clone()
+        dense[j] = batch.dense[j][perm]
+        return replace(batch, dense=dense)
+    sparse = batch.sparse
+    k, n = sparse.keys.index(name), batch.num_rows
+    lengths = sparse.lengths.long()
+    start = int(lengths[: k * n].sum())
+    mine = lengths[k * n : (k + 1) * n]
+    row_starts = start + torch.cumsum(mine, 0) - mine
+    new = mine[perm]
+    total = int(new.sum())
+    first_of_row = torch.cumsum(new, 0) - new
+    index = torch.repeat_interleave(row_starts[perm] - first_of_row, new) + torch.arange(total, device=new.device)
+    out_lengths = sparse.lengths.clone()
+    out_lengths[k * n : (k + 1) * n] = new.to(sparse.lengths.dtype)
+    values = sparse.values.clone()
+    values[start : start + total] = sparse.values[index]
+    weights = sparse.weights
+    if weights is not None:
+        weights = weights.clone()
+        weights[start : start + total] = sparse.weights[index]
+    return replace(batch, sparse=replace(sparse, lengths=out_lengths, values=values, weights=weights))
+
+
+def _evaluate(model, batches, labels, metric) -> float:
+    with torch.no_grad():
+        logits = torch.cat([model(b).reshape(-1).float() for b in batches])
+    return metric(logits, labels)
+
+
+def permutation_importance(model, batches: list[Batch], features=None, repeats: int = 5, metric: str = "logloss",
+                           seed: int = 0, progress: bool = True) -> tuple[float, dict[str, np.ndarray]]:  # fmt: skip
+    """(the metric on `batches`, {feature: its worsening under each of `repeats` permutations}).
+
+    `model(batch)` gives one logit per row; `batches` hold labels. Features default to every
+    dense and sparse key of the batches.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r} must be one of {sorted(METRICS)}")
+    if not isinstance(repeats, int) or repeats < 2:
+        raise ConfigError(f"repeats={repeats!r} must be an integer >= 2 (the spread needs two permutations)")
+    fn, sign = METRICS[metric]
+    labels = torch.cat([b.labels.reshape(-1).float() for b in batches])
+    keys = list(batches[0].dense_keys) + list(batches[0].sparse.keys)
+    features = keys if features is None else list(features)
+    unknown = [f for f in features if f not in keys]
+    if unknown:
+        raise ConfigError(f"features {unknown} are not in the batches (they hold {keys})")
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        base = _evaluate(model, batches, labels, fn)
+        generator = torch.Generator().manual_seed(seed)
+        drops = {f: np.empty(repeats) for f in features}
+        bar = tqdm(total=len(features) * repeats, desc="permutation importance", unit="shuffle", disable=not progress)
+        for r in range(repeats):
+            perms = [torch.randperm(b.num_rows, generator=generator).to(_device(b)) for b in batches]
+            for f in features:
+                shuffled = [permuted(b, f, p) for b, p in zip(batches, perms)]
+                drops[f][r] = sign * (_evaluate(model, shuffled, labels, fn) - base)
+                bar.update()
+        bar.close()
+    finally:
+        if was_training:
+            model.train()
+    return base, drops
+
+
+def weight_scores(batches: list[Batch], dense_weight=None, embedding=None) -> dict[str, float]:
+    """{feature: score} from trained parameters.
+
+    Args:
+        dense_weight: the first layer's weight over the dense features, [out, D] in the order of
+            `batch.dense_keys`; a feature's score is the L2 norm of its column.
+        embedding: `embedding(feature, ids) -> rows [len(ids), dim]`, the rows the model looks up
+            for a sparse feature's ids; a feature's score is the mean L2 norm of the rows its
+            held-out ids look up (0 when it has none).
+    """
+    scores: dict[str, float] = {}
+    first = batches[0]
+    if dense_weight is not None:
+        weight = torch.as_tensor(dense_weight).detach().float()
+        if weight.ndim != 2 or weight.shape[1] != len(first.dense_keys):
+            raise ConfigError(
+                f"dense_weight has shape {tuple(weight.shape)}; expected [out, {len(first.dense_keys)}] "
+                "(one column per dense feature of the batches)"
+            )
+        scores.update(zip(first.dense_keys, weight.norm(dim=0).tolist()))
+    if embedding is not None:
+        with torch.no_grad():
+            for name in first.sparse.keys:
+                total, count = 0.0, 0
+                for b in batches:
+                    _, ids, _ = b.sparse.feature(name)
+                    if len(ids):
+                        total += float(torch.as_tensor(embedding(name, ids)).float().norm(dim=1).sum())
+                        count += len(ids)
+                scores[name] = total / count if count else 0.0
+    return scores
+
+
+def _device(batch: Batch):
+    return batch.dense.device if isinstance(batch.dense, torch.Tensor) else "cpu"

@@ -1,0 +1,273 @@
+"""`audit`: rank a model's features by importance next to what they cost; `prune`: drop the weak ones.
+
+A model's features are the pipeline's outputs; what they cost is what storing and reading their
+stored sources costs. The report traces each feature back through the pipeline to the stored
+features it is computed from, so that pruning can stop reading (and storing) exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+
+import numpy as np
+
+from .._jsonfile import JsonFile
+from ..batch import Batch
+from ..errors import BackendUnavailable, ConfigError
+from ..reader import Dataset
+from ..transforms.pipeline import Pipeline
+from .importance import permutation_importance, weight_scores
+
+__all__ = ["AuditReport", "FeatureScore", "Pruned", "audit", "prune"]
+
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+@dataclass(frozen=True)
+class FeatureScore:
+    """One model feature: importance (mean worsening of the metric when it is shuffled) with a
+    95% interval over the shuffles, the weight-based score, and its stored sources' cost."""
+
+    name: str
+    importance: float
+    low: float
+    high: float
+    weight: float | None
+    sources: tuple[str, ...]
+    stored_bytes: int  # compressed bytes of its sources' columns in the whole dataset
+    bytes_per_row: float  # what reading them costs per row
+
+
+@dataclass
+class AuditReport(JsonFile):
+    """Features ranked by importance (most important first), with their costs.
+
+    `metric` is the loss the importance is measured in ("logloss": its rise; "auc": its fall)
+    and `baseline` its value on the held-out rows, unshuffled.
+    """
+
+    features: list[FeatureScore]
+    metric: str
+    baseline: float
+    repeats: int
+    rows: int
+    dataset_bytes: int = 0  # compressed bytes of every feature of the dataset (not labels, extras)
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> FeatureScore:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"{self.metric} on {self.rows:,} held-out rows: {self.baseline:.5f}; importance = its worsening when a "
+            f"feature is shuffled (mean of {self.repeats}, 95% interval)",
+            "",
+            "| rank | feature | importance | 95% interval | weight score | stored bytes | bytes/row | sources |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for i, f in enumerate(self.features, 1):
+            weight = "-" if f.weight is None else f"{f.weight:.4g}"
+            lines.append(
+                f"| {i} | {f.name} | {f.importance:.3g} | [{f.low:.3g}, {f.high:.3g}] | {weight} | "
+                f"{f.stored_bytes:,} | {f.bytes_per_row:.2f} | {', '.join(f.sources)} |"
+            )
+        return "\n".join(lines + [""] + self.notes)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "features": [asdict(f) for f in self.features]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditReport:
+        data = json.loads(text)
+        features = [FeatureScore(**{**f, "sources": tuple(f["sources"])}) for f in data.pop("features")]
+        return cls(features=features, **data)
+
+    def plot(self, path, top: int | None = 40) -> None:
+        """A PNG: importance with its interval per feature (bars), and bytes per row (dots)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise BackendUnavailable("the audit plot needs matplotlib: pip install 'gpupre[audit]'") from e
+        shown = self.features[:top] if top else self.features
+        y = np.arange(len(shown))[::-1]
+        fig, left = plt.subplots(figsize=(9, 1.5 + 0.28 * len(shown)))
+        mean = np.array([f.importance for f in shown])
+        err = np.array([[f.importance - f.low for f in shown], [f.high - f.importance for f in shown]])
+        left.barh(y, mean, xerr=err, color="tab:blue", alpha=0.8, label=f"importance ({self.metric})")
+        left.set_yticks(y, [f.name for f in shown], fontsize=8)
+        left.axvline(0, color="black", linewidth=0.8)
+        left.set_xlabel(f"worsening of {self.metric} when shuffled (95% interval)")
+        right = left.twiny()
+        right.plot([f.bytes_per_row for f in shown], y, "o", color="tab:red", markersize=4, label="bytes/row read")
+        right.set_xlabel("stored bytes per row of the feature's sources", color="tab:red")
+        left.set_title(f"feature audit: {len(self.features)} features, {self.rows:,} held-out rows", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def sources_of(pipeline: Pipeline | None, schema) -> dict[str, tuple[str, ...]]:
+    """{feature after the pipeline: the stored features it is computed from}."""
+    sources = {name: (name,) for name in schema.names}
+    for op in pipeline.ops if pipeline is not None else ():
+        for inputs, out in op.applications():
+            made = set()
+            for name in inputs:
+                made.update(sources.get(name, (name,)))
+            sources[out] = tuple(sorted(made))
+    return sources
+
+
+def audit(model, batches, dataset: Dataset | None = None, pipeline: Pipeline | None = None, repeats: int = 5,
+          metric: str = "logloss", max_batches: int | None = None, dense_weight=None, embedding=None, seed: int = 0,
+          progress: bool = True) -> AuditReport:  # fmt: skip
+    """Rank the features a trained model takes by permutation importance, next to their costs.
+
+    Args:
+        model: `model(batch)` -> one logit per row (a torch module or any callable); run in eval
+            mode and without gradients.
+        batches: held-out batches with labels: a `gp.DataLoader` over held-out data, or a list.
+            They are kept in memory for the `repeats` x features passes.
+        dataset: the dataset the batches come from (its bytes per column give the costs).
+        pipeline: the pipeline that made the model's features from the stored ones.
+        repeats: shuffles per feature (at least 2); the interval is mean +- 1.96 standard errors.
+        metric: "logloss" (importance: how much the loss rises) or "auc" (how much it falls).
+        max_batches: use only the first batches.
+        dense_weight, embedding: for the weight-based score (see `weight_scores`).
+
+    Raises:
+        ConfigError: no batches, batches without labels, an unknown metric, repeats < 2.
+    """
+    held_out = [_ready(b) for b in islice(iter(batches), max_batches)]
+    if not held_out:
+        raise ConfigError("audit needs at least one held-out batch; the loader or list gave none")
+    if any(b.labels is None for b in held_out):
+        raise ConfigError("audit needs labelled batches: build the held-out loader with its label column")
+    base, drops = permutation_importance(model, held_out, repeats=repeats, metric=metric, seed=seed, progress=progress)
+    weights = weight_scores(held_out, dense_weight, embedding)
+    schema = dataset.schema if dataset is not None else (pipeline.input_schema if pipeline is not None else None)
+    sizes = dataset.bytes_per_column() if dataset is not None else {}
+    rows = dataset.num_rows if dataset is not None else 0
+    sources = sources_of(pipeline, schema) if schema is not None else {}
+    cost = {} if schema is None else {f.name: sum(sizes.get(c, (0, 0))[0] for c in f.columns) for f in schema}
+    scores = []
+    for name, values in drops.items():
+        mean = float(values.mean())
+        half = Z95 * float(values.std(ddof=1)) / math.sqrt(len(values))
+        mine = sources.get(name, (name,))
+        stored = sum(cost.get(s, 0) for s in mine)
+        scores.append(FeatureScore(name, mean, mean - half, mean + half, weights.get(name), mine, stored,
+                                   stored / rows if rows else 0.0))  # fmt: skip
+    scores.sort(key=lambda f: (-f.importance, f.name))
+    notes = []
+    if dataset is None:
+        notes.append("no dataset given: storage costs are not known")
+    return AuditReport(scores, metric, base, repeats, sum(b.num_rows for b in held_out), sum(cost.values()), notes)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What `prune` keeps: the model features, the stored features to read, and the pipeline."""
+
+    features: list[str]  # model features kept
+    dropped: list[str]  # model features dropped
+    read: list[str]  # stored features a dataset must project (for gp.Dataset(features=...))
+    pipeline: Pipeline | None
+    stored_bytes: int  # of the features read
+
+    def dataset(self, dataset: Dataset) -> Dataset:
+        """`dataset` projected to what the kept features need."""
+        return Dataset(dataset.paths, features=self.read, filesystem=dataset.filesystem,
+                       label=dataset.schema.labels, passthrough=dataset.schema.extras)  # fmt: skip
+
+
+def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: float | None = None,
+          budget_bytes: int | None = None, keep=()) -> Pruned:  # fmt: skip
+    """Drop the features that do not pay for themselves.
+
+    Args:
+        report: from `audit`.
+        pipeline: the pipeline the report's features came from; the result holds only the ops
+            the kept features need.
+        threshold: keep the features whose interval's lower end is above it (0: those shown to
+            help at all).
+        budget_bytes: or keep the most important features while their sources' stored bytes
+            fit the budget (a source shared by kept features counts once).
+        keep: features kept whatever their score.
+
+    Raises:
+        ConfigError: neither or both of threshold and budget_bytes; `keep` names unknown features.
+    """
+    if (threshold is None) == (budget_bytes is None):
+        raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
+    unknown = sorted(set(keep) - set(report.names))
+    if unknown:
+        raise ConfigError(f"keep names features {unknown} that the report does not have")
+    cost = {}  # stored bytes per source, from the features that include it
+    for f in report.features:
+        for s in f.sources:
+            cost.setdefault(s, f.stored_bytes / max(1, len(f.sources)))
+    kept, read = [], set()
+    for f in report.features:
+        if f.name in keep:
+            ok = True
+        elif threshold is not None:
+            ok = f.low > threshold
+        else:
+            extra = sum(cost[s] for s in f.sources if s not in read)
+            ok = sum(cost[s] for s in read) + extra <= budget_bytes
+        if ok:
+            kept.append(f.name)
+            read.update(f.sources)
+    new, read_list = None, sorted(read)
+    if pipeline is not None:
+        new = Pipeline(_needed_ops(pipeline, set(kept)))
+        schema = pipeline.input_schema
+        if schema is not None:  # the pipeline's input: the projection of what the kept features need
+            read_list = new.features_to_read(schema, keep=[n for n in kept if n in schema.names])
+            new.input_schema = schema.select(read_list)
+    stored = int(sum(cost.get(s, 0) for s in read_list))
+    return Pruned(kept, [n for n in report.names if n not in kept], read_list, new, stored)
+
+
+def _needed_ops(pipeline: Pipeline, outputs: set[str]) -> list:
+    """The ops (restricted to the applications needed) that make `outputs`, in pipeline order."""
+    from dataclasses import replace
+
+    needed, kept = set(outputs), []
+    for op in reversed(pipeline.ops):
+        apps = [(inputs, out) for inputs, out in op.applications() if out in needed]
+        for inputs, out in apps:
+            needed.discard(out)
+            needed.update(inputs)
+        if not apps:
+            continue
+        if op.arity == 2 or len(apps) == len(op.applications()):
+            kept.append(op)
+        else:
+            features = tuple(inputs[0] for inputs, _ in apps)
+            kept.append(replace(op, features=features, out=tuple(out for _, out in apps) if op.out else None))
+    return kept[::-1]
+
+
+def _ready(batch) -> Batch:
+    if not isinstance(batch, Batch):
+        raise ConfigError(f"audit takes gp.Batch objects (from gp.DataLoader), got {type(batch).__name__}")
+    if batch.requests is not None:
+        batch = batch.expand()
+    import torch
+
+    return batch if isinstance(batch.dense, torch.Tensor) else batch.to_torch()

@@ -1,0 +1,35 @@
+"""`gpupre audit`: the report, the plot and the pruned pipeline from the command line."""
+
+import sys
+
+import torch
+
+import gpupre as gp
+from gpupre.cli import main
+
+
+def test_gpupre_audit_prints_the_report_and_writes_the_pruned_pipeline(trained, tmp_path, monkeypatch, capsys):
+    torch.save(trained.model.state_dict(), tmp_path / "model.pt")
+    keys = list(trained.model.keys)
+    (tmp_path / "my_model.py").write_text(
+        "import torch\nfrom bench.dlrm import DLRM\n\n\n"
+        f"def load():\n    model = DLRM({len(trained.dense)}, {keys!r}, 1000, dim=8)\n"
+        f"    model.load_state_dict(torch.load({str(tmp_path / 'model.pt')!r}))\n    return model\n"
+    )
+    trained.pipeline.save(tmp_path / "pipeline.json")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    code = main(["audit", trained.held_out.paths[0], "--model", "my_model:load", "--pipeline", "pipeline.json",
+                 "--repeats", "3", "--plot", "audit.png", "--json", "audit.json", "--threshold", "0.002",
+                 "--pruned-pipeline", "pruned.json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    ranked = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert set(ranked[:3]) <= trained.planted and len(ranked) == len(trained.dense + trained.sparse) + 1
+    assert "keep " in out and (tmp_path / "audit.png").exists() and (tmp_path / "audit.json").exists()
+    assert set(gp.Pipeline.load(tmp_path / "pruned.json").output_schema().names) < set(ranked)
+
+
+def test_a_model_that_cannot_be_loaded_is_an_error_naming_it(trained, capsys):
+    assert main(["audit", trained.held_out.paths[0], "--model", "no_such_module:load"]) == 2
+    assert "no_such_module" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""audit() reports, their costs and plot; prune() drops features so that the loader reads less."""
+
+import numpy as np
+import pytest
+
+import gpupre as gp
+from gpupre.audit import AuditReport, audit, prune
+from gpupre.storage import CountingFileSystem
+
+
+@pytest.fixture(scope="module")
+def report(trained):
+    return audit(trained.model, trained.held_out_batches(), dataset=trained.train, pipeline=trained.pipeline,
+                 dense_weight=trained.model.bottom[0].weight, embedding=trained.embedding, progress=False)  # fmt: skip
+
+
+def test_the_report_ranks_every_model_feature_with_its_sources_and_costs(report, trained):
+    assert sorted(report.names) == sorted(trained.dense + trained.sparse + ["dense_000_bucket"])
+    importance = [f.importance for f in report.features]
+    assert importance == sorted(importance, reverse=True)
+    assert set(report.names[:4]) == trained.planted
+    bucket = report["dense_000_bucket"]
+    assert bucket.sources == ("dense_000",) and bucket.stored_bytes == report["dense_000"].stored_bytes > 0
+    sizes = trained.train.bytes_per_column()
+    assert report["sparse_003"].stored_bytes == sizes["sparse_003"][0]
+    assert report["sparse_003"].bytes_per_row == pytest.approx(sizes["sparse_003"][0] / trained.train.num_rows)
+    assert all(f.low <= f.importance <= f.high and f.weight > 0 for f in report.features)
+    assert report.rows == trained.held_out.num_rows and report.baseline > 0
+    table = report.to_markdown()
+    assert table.count("\n| ") == len(report.features) + 1 and "sparse_003" in table
+
+
+def test_the_report_round_trips_and_plots(report, tmp_path):
+    report.save(tmp_path / "r.json")
+    assert AuditReport.load(tmp_path / "r.json") == report
+    report.plot(tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prune_by_threshold_keeps_what_helps_and_the_loader_reads_less(report, trained):
+    pruned = prune(report, trained.pipeline, threshold=0.002)
+    assert set(pruned.features) <= trained.planted and len(pruned.features) >= 3  # one planted feature is weak
+    assert all(report[f].low > 0.002 for f in pruned.features) and all(report[f].low <= 0.002 for f in pruned.dropped)
+    assert sorted(pruned.features + pruned.dropped) == sorted(report.names)
+    assert pruned.read == [n for n in trained.train.schema.names if n in pruned.features]
+    outputs = pruned.pipeline.output_schema(trained.train.schema.select(pruned.read)).names
+    assert sorted(outputs) == sorted(pruned.features)
+    fs_all, fs_pruned = CountingFileSystem(), CountingFileSystem()
+    full = gp.Dataset(trained.held_out.paths, filesystem=fs_all)
+    small = pruned.dataset(gp.Dataset(trained.held_out.paths, filesystem=fs_pruned))
+    rows = [sum(b.num_rows for b in gp.DataLoader(ds, 4096, p, device="cpu", num_workers=0))
+            for ds, p in ((full, trained.pipeline), (small, pruned.pipeline))]  # fmt: skip
+    assert rows == [trained.held_out.num_rows] * 2
+    assert fs_pruned.bytes_read < 0.5 * fs_all.bytes_read
+    assert pruned.stored_bytes == sum(report[n].stored_bytes for n in pruned.features)
+
+
+def test_prune_by_budget_takes_the_most_important_that_fit(report, trained):
+    first, second = report.features[:2]
+    pruned = prune(report, trained.pipeline, budget_bytes=first.stored_bytes + second.stored_bytes)
+    assert pruned.features[:2] == [first.name, second.name]
+    assert pruned.stored_bytes <= first.stored_bytes + second.stored_bytes
+    assert len(prune(report, trained.pipeline, budget_bytes=0).features) == 0
+
+
+def test_a_kept_feature_keeps_the_ops_it_needs_and_only_those(report, trained):
+    pruned = prune(report, trained.pipeline, threshold=1e9, keep=["dense_000_bucket", "sparse_002"])
+    assert sorted(pruned.features) == ["dense_000_bucket", "sparse_002"]
+    assert pruned.read == ["dense_000", "sparse_002"]
+    names = [type(op).__name__ for op in pruned.pipeline.ops]
+    assert names == ["FillMissing", "Log1p", "Normalize", "Bucketize", "Hash"]
+    assert all(op.features in (("dense_000",), ("sparse_002",)) for op in pruned.pipeline.ops)
+
+
+def test_bad_arguments_are_config_errors(report, trained):
+    with pytest.raises(gp.ConfigError, match="either threshold"):
+        prune(report, trained.pipeline)
+    with pytest.raises(gp.ConfigError, match="either threshold"):
+        prune(report, trained.pipeline, threshold=0, budget_bytes=1)
+    with pytest.raises(gp.ConfigError, match="nope"):
+        prune(report, trained.pipeline, threshold=0, keep=["nope"])
+    with pytest.raises(gp.ConfigError, match="at least one held-out batch"):
+        audit(trained.model, [])
+    unlabelled = trained.held_out_batches()[0]
+    unlabelled.labels = None
+    with pytest.raises(gp.ConfigError, match="labelled"):
+        audit(trained.model, [unlabelled])
+    with pytest.raises(gp.ConfigError, match="gp.Batch"):
+        audit(trained.model, [np.zeros(3)])

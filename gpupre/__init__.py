@@ -1,6 +1,6 @@
 """gpupre: GPU-centric preprocessing and tensor ingestion for recommendation-model training."""
 
-from . import reader, serving, storage, transforms
+from . import distributed, reader, serving, storage, transforms
 from .batch import Batch, KeyedJagged
 from .loader import DataLoader
 from .errors import BackendUnavailable, ConfigError, DataError, GpupreError, KernelError, SchemaError
@@ -72,6 +72,7 @@ __all__ = [
     "WorkUnit",
     "audit",
     "compile",
+    "distributed",
     "materialize",
     "reader",
     "serving",

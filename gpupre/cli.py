@@ -79,9 +79,10 @@ def _load_model(spec: str):
     if "" not in sys.path:
         sys.path.insert(0, "")
     try:
-        return getattr(importlib.import_module(module), name)()
+        load = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"--model {spec!r}: {e}; the module must be importable from the working directory") from e
+    return load()
 
 
 def _audit(args) -> None:
@@ -89,10 +90,15 @@ def _audit(args) -> None:
     from .loader import DataLoader
     from .transforms import Pipeline
 
+    if args.pruned_pipeline and args.threshold is None and args.budget_bytes is None:
+        raise ConfigError("--pruned-pipeline needs --threshold or --budget-bytes (what to prune by)")
     pipeline = Pipeline.load(args.pipeline) if args.pipeline else None
     dataset = Dataset(args.path, features=args.features.split(",") if args.features else None)
     loader = DataLoader(dataset, args.batch_size, pipeline, device=args.device, num_workers=0)
-    report = audit(_load_model(args.model), loader, dataset, pipeline, repeats=args.repeats, metric=args.metric,
+    model = _load_model(args.model)
+    if hasattr(model, "to"):
+        model = model.to(loader.device)
+    report = audit(model, loader, dataset, pipeline, repeats=args.repeats, metric=args.metric,
                    max_batches=args.max_batches)  # fmt: skip
     print(report.to_markdown())
     if args.json:

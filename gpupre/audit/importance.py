@@ -12,6 +12,7 @@ held-out ids look up.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import replace
 
 import numpy as np
@@ -31,6 +32,8 @@ def _logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def auc(scores, labels) -> float:
     """Area under the ROC curve (ties count half), from the ranks of the scores."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0.5
+    if np.isnan(scores).any():
+        return math.nan
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         return math.nan
@@ -52,6 +55,8 @@ METRICS = {
 
 def permuted(batch: Batch, name: str, perm: torch.Tensor) -> Batch:
     """`batch` with feature `name` moved between rows: row i gets row perm[i]'s value (or list)."""
+    if name not in batch.dense_keys and name not in batch.sparse.keys:
+        raise ConfigError(f"{name!r} is not a feature of the batch (it has {list(batch.dense_keys + batch.sparse.keys)})")
     if name in batch.dense_keys:
         j = batch.dense_keys.index(name)
         dense = batch.dense.clone()
@@ -80,8 +85,10 @@ def permuted(batch: Batch, name: str, perm: torch.Tensor) -> Batch:
 
 def _evaluate(model, batches, labels, metric) -> float:
     with torch.no_grad():
-        logits = torch.cat([model(b).reshape(-1).float() for b in batches])
-    return metric(logits, labels)
+        logits = [model(b).reshape(-1).float() for b in batches]
+    if any(len(x) != b.num_rows for x, b in zip(logits, batches)):
+        raise ConfigError("model(batch) must give one logit per row of the batch")
+    return metric(torch.cat(logits), labels)
 
 
 def permutation_importance(model, batches: list[Batch], features=None, repeats: int = 5, metric: str = "logloss",
@@ -93,10 +100,15 @@ def permutation_importance(model, batches: list[Batch], features=None, repeats: 
     """
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} must be one of {sorted(METRICS)}")
-    if not isinstance(repeats, int) or repeats < 2:
+    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 2:
         raise ConfigError(f"repeats={repeats!r} must be an integer >= 2 (the spread needs two permutations)")
     fn, sign = METRICS[metric]
-    labels = torch.cat([b.labels.reshape(-1).float() for b in batches])
+    if any(b.labels.ndim != 1 for b in batches):
+        raise ConfigError(
+            f"the batches hold {batches[0].labels.shape[0]} labels per row; the audit scores one: build the "
+            "held-out loader with label= naming the one the model predicts"
+        )
+    labels = torch.cat([b.labels.float() for b in batches])
     keys = list(batches[0].dense_keys) + list(batches[0].sparse.keys)
     features = keys if features is None else list(features)
     unknown = [f for f in features if f not in keys]

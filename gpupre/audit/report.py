@@ -18,7 +18,7 @@ from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import BackendUnavailable, ConfigError
 from ..reader import Dataset
-from ..transforms.pipeline import Pipeline
+from ..transforms.pipeline import Pipeline, skip_materialized
 from .importance import permutation_importance, weight_scores
 
 __all__ = ["AuditReport", "FeatureScore", "Pruned", "audit", "prune"]
@@ -55,6 +55,7 @@ class AuditReport(JsonFile):
     repeats: int
     rows: int
     dataset_bytes: int = 0  # compressed bytes of every feature of the dataset (not labels, extras)
+    source_bytes: dict[str, int] = field(default_factory=dict)  # per stored feature the features come from
     notes: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> FeatureScore:
@@ -122,7 +123,8 @@ class AuditReport(JsonFile):
 def sources_of(pipeline: Pipeline | None, schema) -> dict[str, tuple[str, ...]]:
     """{feature after the pipeline: the stored features it is computed from}."""
     sources = {name: (name,) for name in schema.names}
-    for op in pipeline.ops if pipeline is not None else ():
+    ops = skip_materialized(pipeline.ops, schema)[0] if pipeline is not None else ()  # stored outputs: read
+    for op in ops:
         for inputs, out in op.applications():
             made = set()
             for name in inputs:
@@ -157,6 +159,11 @@ def audit(model, batches, dataset: Dataset | None = None, pipeline: Pipeline | N
     if any(b.labels is None for b in held_out):
         raise ConfigError("audit needs labelled batches: build the held-out loader with its label column")
     base, drops = permutation_importance(model, held_out, repeats=repeats, metric=metric, seed=seed, progress=progress)
+    if math.isnan(base):
+        raise ConfigError(
+            f"the {metric} of the held-out rows is NaN (with 'auc': their labels are all one class); "
+            "use more held-out rows, or metric='logloss'"
+        )
     weights = weight_scores(held_out, dense_weight, embedding)
     schema = dataset.schema if dataset is not None else (pipeline.input_schema if pipeline is not None else None)
     sizes = dataset.bytes_per_column() if dataset is not None else {}
@@ -175,12 +182,18 @@ def audit(model, batches, dataset: Dataset | None = None, pipeline: Pipeline | N
     notes = []
     if dataset is None:
         notes.append("no dataset given: storage costs are not known")
-    return AuditReport(scores, metric, base, repeats, sum(b.num_rows for b in held_out), sum(cost.values()), notes)
+    used = {s for f in scores for s in f.sources}
+    return AuditReport(scores, metric, base, repeats, sum(b.num_rows for b in held_out), sum(cost.values()),
+                       {s: cost.get(s, 0) for s in sorted(used)}, notes)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Pruned:
-    """What `prune` keeps: the model features, the stored features to read, and the pipeline."""
+    """What `prune` keeps: the model features, the stored features to read, and the pipeline.
+
+    A dropped feature that a kept one is computed from (a cross's inputs, a bucket's source) is
+    still read, and the pipeline passes it through to the batch like every feature it reads.
+    """
 
     features: list[str]  # model features kept
     dropped: list[str]  # model features dropped
@@ -213,13 +226,11 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
     """
     if (threshold is None) == (budget_bytes is None):
         raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
+    keep = (keep,) if isinstance(keep, str) else tuple(keep)
     unknown = sorted(set(keep) - set(report.names))
     if unknown:
         raise ConfigError(f"keep names features {unknown} that the report does not have")
-    cost = {}  # stored bytes per source, from the features that include it
-    for f in report.features:
-        for s in f.sources:
-            cost.setdefault(s, f.stored_bytes / max(1, len(f.sources)))
+    cost = report.source_bytes
     kept, read = [], set()
     for f in report.features:
         if f.name in keep:
@@ -227,8 +238,7 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
         elif threshold is not None:
             ok = f.low > threshold
         else:
-            extra = sum(cost[s] for s in f.sources if s not in read)
-            ok = sum(cost[s] for s in read) + extra <= budget_bytes
+            ok = sum(cost.get(s, 0) for s in read | set(f.sources)) <= budget_bytes
         if ok:
             kept.append(f.name)
             read.update(f.sources)
@@ -237,7 +247,9 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
         new = Pipeline(_needed_ops(pipeline, set(kept)))
         schema = pipeline.input_schema
         if schema is not None:  # the pipeline's input: the projection of what the kept features need
-            read_list = new.features_to_read(schema, keep=[n for n in kept if n in schema.names])
+            written = {out for op in new.ops for _, out in op.applications()}
+            raw = [n for n in kept if n in schema.names and n not in written]  # read and taken as they are
+            read_list = new.features_to_read(schema, keep=raw)
             new.input_schema = schema.select(read_list)
     stored = int(sum(cost.get(s, 0) for s in read_list))
     return Pruned(kept, [n for n in report.names if n not in kept], read_list, new, stored)

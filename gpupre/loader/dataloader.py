@@ -38,7 +38,9 @@ class DataLoader:
     `batch.dense.T`), `batch.sparse` the KeyedJaggedTensor layout (`batch.to_torchrec()`).
 
     Args:
-        dataset: a `gp.Dataset` (its projection, label and pass-through columns are read).
+        dataset: a `gp.Dataset` (its projection, label and pass-through columns are read), or a
+            reader tier over one (`gp.distributed.RayReaders`), which then reads in place of
+            the worker processes.
         batch_size: rows per batch.
         pipeline: a fitted `gp.Pipeline`, or None to deliver the features as read.
         device: "cpu", "cuda", "cuda:N" or "auto".
@@ -68,6 +70,9 @@ class DataLoader:
                  seed: int = 0, drop_last: bool = False, num_workers: int | None = None,
                  read_batch_size: int | None = None, prefetch: int = 2, rank: int = 0, world_size: int = 1,
                  label=None, passthrough=None, on_bad_unit: str = "raise"):  # fmt: skip
+        self._source = None  # a reader tier elsewhere (gp.distributed.RayReaders) instead of local workers
+        if getattr(dataset, "is_slab_source", False):
+            self._source, dataset = dataset, dataset.dataset
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
         self.batch_size = _positive(batch_size, "batch_size")
@@ -142,6 +147,8 @@ class DataLoader:
         wall = s.pop("wall_s")
         s["rows_per_s"] = s["rows"] / wall if wall else 0.0
         s["skipped_units"] = list(s["skipped_units"])
+        if self._source is not None:
+            s["readers"] = self._source.stats()
         return s
 
     # -- iteration -------------------------------------------------------------------------------
@@ -286,11 +293,26 @@ class DataLoader:
     # -- the slab source -----------------------------------------------------------------------
     def _slabs(self, tasks, generation: int):
         """Host slabs of `tasks` in task order (workers may finish them in any order)."""
+        if self._source is not None:
+            yield from self._from_source(tasks)
+            return
         if self.num_workers == 0:
             for task in tasks:
                 yield from self._read_here(task)
             return
         yield from self._from_workers(tasks, generation)
+
+    def _from_source(self, tasks):
+        wait = time.perf_counter()
+        for index, slabs in self._source.slabs(tasks, self._stage, self.read_batch_size, self._stats):
+            self._stats["wait_s"] += time.perf_counter() - wait
+            if isinstance(slabs, str):  # the unit could not be read: nothing of it was delivered
+                _, unit, skip, _ = tasks[index]
+                self._bad_unit(unit, slabs)
+                yield _Gap(unit.num_rows - skip)
+            else:
+                yield from slabs
+            wait = time.perf_counter()
 
     def _read_here(self, task):
         rows = 0
@@ -420,7 +442,9 @@ class DataLoader:
             self._workers.append(process)
 
     def close(self) -> None:
-        """Stop the worker processes (they start again on the next iteration)."""
+        """Stop the worker processes or readers (they start again on the next iteration)."""
+        if self._source is not None:
+            self._source.close()
         workers, self._workers = self._workers, []
         if not workers:
             return

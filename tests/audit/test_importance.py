@@ -97,3 +97,18 @@ def test_the_planted_features_rank_above_the_noise(trained):
     assert precision >= 0.75 and recall >= 0.75
     strongest_noise = max(drops[f].mean() for f in inputs if f not in trained.planted)
     assert sum(drops[f].mean() > 2 * strongest_noise for f in trained.planted) >= 3
+
+
+def test_nan_scores_and_several_labels_and_unknown_features_are_refused_not_guessed():
+    assert np.isnan(auc([np.nan, 1.0, 2.0, 0.0], [1, 0, 1, 0]))
+    batch = _batch()
+    two = __import__("dataclasses").replace(batch, labels=torch.stack([batch.labels, batch.labels]))
+    with pytest.raises(gp.ConfigError, match="2 labels per row"):
+        permutation_importance(lambda b: b.dense[0], [two])
+    with pytest.raises(gp.ConfigError, match="one logit per row"):
+        permutation_importance(lambda b: b.dense[0][:3], [batch])
+    with pytest.raises(gp.ConfigError, match="'nope' is not a feature"):
+        permuted(batch, "nope", torch.arange(batch.num_rows))
+    one_class = __import__("dataclasses").replace(batch, labels=torch.ones(batch.num_rows))
+    with pytest.raises(gp.ConfigError, match="all one class"):
+        gp.audit.audit(lambda b: b.dense[0], [one_class], metric="auc", progress=False)

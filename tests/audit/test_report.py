@@ -87,3 +87,22 @@ def test_bad_arguments_are_config_errors(report, trained):
         audit(trained.model, [unlabelled])
     with pytest.raises(gp.ConfigError, match="gp.Batch"):
         audit(trained.model, [np.zeros(3)])
+
+
+def test_prune_counts_a_shared_source_once_and_at_its_own_size():
+    from gpupre.audit import FeatureScore
+    from gpupre.schema import DENSE, SPARSE
+
+    schema = gp.Schema((gp.Feature("d0", DENSE), gp.Feature("s0", SPARSE), gp.Feature("s1", SPARSE)), ("label",))
+    pipe = gp.Pipeline([gp.Cross("s0", "s1", 100, out="c")], input_schema=schema)
+    scores = [FeatureScore("c", 3.0, 2.0, 4.0, None, ("s0", "s1"), 1010, 0.0),
+              FeatureScore("d0", 2.0, 1.0, 3.0, None, ("d0",), 100, 0.0),
+              FeatureScore("s1", 1.0, 0.5, 1.5, None, ("s1",), 10, 0.0),
+              FeatureScore("s0", 0.5, 0.1, 0.9, None, ("s0",), 1000, 0.0)]  # fmt: skip
+    report = AuditReport(scores, "logloss", 0.5, 3, 10, 1110, {"s0": 1000, "s1": 10, "d0": 100})
+    pruned = prune(report, pipe, budget_bytes=150)  # the cross does not fit; d0 and s1 do
+    assert pruned.features == ["d0", "s1"] and pruned.stored_bytes == 110 and not pruned.pipeline.ops
+    pruned = prune(report, pipe, budget_bytes=1110)  # the cross's sources count once
+    assert pruned.features == ["c", "d0", "s1", "s0"] and pruned.stored_bytes == 1110
+    pruned = prune(report, pipe, threshold=10.0, keep="s1")
+    assert (pruned.features, pruned.read, pruned.stored_bytes) == (["s1"], ["s1"], 10)

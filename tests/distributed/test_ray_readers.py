@@ -1,0 +1,107 @@
+"""The reader tier on a real local Ray cluster: same batches, exactly once across a dead reader,
+resume, ranks, bad units, and autoscaling that follows the consumer."""
+
+import time
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from resume import check_resume, epoch_ids
+
+import gpupre as gp
+
+ray = pytest.importorskip("ray", reason="the Ray tier needs the ray extra (make test installs it)")
+RayReaders = gp.distributed.RayReaders
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ds(synth_dir):
+    return gp.Dataset(synth_dir, passthrough="row_id")  # 600 rows in 12 units of 50
+
+
+def _loader(source, **kw):
+    return gp.DataLoader(source, **{"batch_size": 64, "device": "cpu", "read_batch_size": 20, **kw})
+
+
+def test_the_batches_equal_those_of_local_workers(ds):
+    pipe = gp.Pipeline([gp.Log1p(["dense_000"]), gp.Hash(["sparse_001"], 100)])
+    ours = _loader(RayReaders(ds, num_readers=2), pipeline=pipe, shuffle=True, seed=4)
+    local = _loader(ds, pipeline=pipe, shuffle=True, seed=4, num_workers=0)
+    for a, b in zip(ours, local, strict=True):
+        np.testing.assert_array_equal(a.extras["row_id"], b.extras["row_id"])
+        np.testing.assert_array_equal(a.dense, b.dense)
+        np.testing.assert_array_equal(a.sparse.values, b.sparse.values)
+    ours.close()
+
+
+def test_a_reader_killed_mid_epoch_loses_nothing_and_repeats_nothing(ds):
+    readers = RayReaders(ds, num_readers=2)
+    loader = _loader(readers, shuffle=True)
+    whole = epoch_ids(list(loader))
+    it = iter(loader)
+    head = [next(it) for _ in range(2)]
+    for actor in readers.readers():
+        ray.kill(actor)
+    rest = list(it)
+    assert sorted(epoch_ids(head + rest)) == sorted(whole) and len(set(whole)) == 600
+    assert loader.stats()["readers"]["replaced"] == 2
+    loader.close()
+
+
+def test_resume_delivers_every_row_once(ds):
+    check_resume(lambda: _loader(RayReaders(ds, num_readers=2), shuffle=True, seed=9), 4)
+
+
+def test_two_ranks_are_disjoint_and_take_the_same_number_of_steps(ds):
+    loaders = [_loader(RayReaders(ds, num_readers=1, num_cpus=0.5), rank=r, world_size=2, batch_size=40) for r in (0, 1)]
+    epochs = [list(loader) for loader in loaders]
+    assert len(epochs[0]) == len(epochs[1]) == len(loaders[0])
+    a, b = (set(epoch_ids(e)) for e in epochs)
+    assert not a & b and len(a | b) == 600
+    for loader in loaders:
+        loader.close()
+
+
+def test_a_bad_unit_is_named_or_skipped(ds, tmp_path):
+    data = open(ds.paths[0], "rb").read()
+    meta = __import__("pyarrow.parquet").parquet.ParquetFile(ds.paths[0]).metadata.row_group(1).column(0)
+    broken = bytearray(data)
+    broken[meta.data_page_offset : meta.data_page_offset + 64] = b"\xff" * 64
+    (tmp_path / "a.parquet").write_bytes(bytes(broken))
+    bad = gp.Dataset(str(tmp_path), passthrough="row_id")
+    with pytest.raises(gp.DataError, match="row group 1"):
+        list(_loader(RayReaders(bad, num_readers=1)))
+    loader = _loader(RayReaders(bad, num_readers=1), on_bad_unit="skip")
+    assert len(epoch_ids(list(loader))) == bad.num_rows - bad.units()[1].num_rows
+    assert "row group 1" in loader.stats()["skipped_units"][0]
+    loader.close()
+
+
+def test_readers_scale_up_for_a_fast_consumer_and_down_for_a_slow_one(synth_dir):
+    with gp.storage.LocalObjectStore(latency_ms=40) as store:  # every read request waits 40 ms
+        store.create_bucket("data")
+        pafs.copy_files(synth_dir, "data/parts", destination_filesystem=store.filesystem())
+        remote = gp.Dataset("data/parts", filesystem=store.filesystem(), passthrough="row_id")
+        fast = RayReaders(remote, num_readers=1, max_readers=3, num_cpus=0.5, window=3)
+        loader = _loader(fast)
+        assert len(epoch_ids(list(loader))) == 600
+        ups = [d for d in fast.stats()["decisions"] if d["direction"] == "up"]
+        assert ups and fast.stats()["readers"] > 1 and ups[0]["wait_share"] > 0.2
+        loader.close()
+    slow = RayReaders(gp.Dataset(synth_dir, passthrough="row_id"), num_readers=3, min_readers=1, num_cpus=0.5, window=3)
+    loader = _loader(slow, batch_size=20)
+    rows = 0
+    for batch in loader:  # a consumer much slower than reading
+        time.sleep(0.05)
+        rows += batch.num_rows
+    assert rows == 600
+    assert [d["direction"] for d in slow.stats()["decisions"]][:2] == ["down", "down"]
+    assert slow.stats()["readers"] == 1
+    loader.close()

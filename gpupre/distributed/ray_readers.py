@@ -24,7 +24,7 @@ import collections
 import logging
 import time
 
-from ..errors import BackendUnavailable, ConfigError
+from ..errors import BackendUnavailable, ConfigError, DataError
 from ..reader import Dataset
 
 __all__ = ["RayReaders"]
@@ -62,27 +62,29 @@ class _Reader:
 
 
 class RayReaders:
-    """A source for `gp.DataLoader`: its units read by Ray actors.
+    """A source for `gp.DataLoader`: its units read by Ray actors. One loader per `RayReaders`.
 
     Args:
-        dataset: the `gp.Dataset` (projection, label and pass-through columns as read).
+        dataset: the `gp.Dataset` to read (the loader's label and pass-through choice applies).
         num_readers: readers at the start.
         min_readers, max_readers: the range autoscaling keeps to (default: num_readers, fixed).
         num_cpus: CPUs each reader reserves in the Ray cluster.
         prefetch: units in flight per reader.
         scale_up_wait, window: see the module docstring.
         address: the Ray cluster to join (None: the running one, or a local one started here).
+        retries: times a unit is read again after its reader died, before it counts as a bad
+            unit (a unit that crashes every reader would otherwise replace readers forever).
 
     Raises:
         BackendUnavailable: Ray is not installed (`pip install 'gpupre[ray]'`).
-        ConfigError: the reader counts are out of order.
+        ConfigError: the reader counts are out of order, or another argument out of range.
     """
 
     is_slab_source = True  # what gp.DataLoader looks for
 
     def __init__(self, dataset: Dataset, num_readers: int = 2, min_readers: int | None = None,
                  max_readers: int | None = None, num_cpus: float = 1.0, prefetch: int = 2,
-                 scale_up_wait: float = 0.2, window: int = 8, address: str | None = None):  # fmt: skip
+                 scale_up_wait: float = 0.2, window: int = 8, address: str | None = None, retries: int = 2):  # fmt: skip
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"RayReaders needs a gp.Dataset, got {type(dataset).__name__}")
         low = num_readers if min_readers is None else min_readers
@@ -91,37 +93,63 @@ class RayReaders:
             raise ConfigError(
                 f"readers must satisfy 1 <= min_readers ({low}) <= num_readers ({num_readers}) <= max_readers ({high})"
             )
+        values = {"num_cpus": num_cpus, "prefetch": prefetch, "scale_up_wait": scale_up_wait, "window": window,
+                  "retries": retries}  # fmt: skip
+        ok = {"num_cpus": num_cpus > 0, "prefetch": isinstance(prefetch, int) and prefetch >= 1,
+              "scale_up_wait": 0 < scale_up_wait < 1, "window": isinstance(window, int) and window >= 2,
+              "retries": isinstance(retries, int) and retries >= 0}  # fmt: skip
+        bad = [name for name, good in ok.items() if not good]
+        if bad:
+            raise ConfigError(
+                f"RayReaders {bad[0]}={values[bad[0]]!r} is out of range (num_cpus > 0, prefetch >= 1, "
+                "0 < scale_up_wait < 1, window >= 2, retries >= 0)"
+            )
         try:
             import ray  # noqa: F401
         except ImportError as e:
             raise BackendUnavailable("RayReaders needs Ray: pip install 'gpupre[ray]'") from e
-        self.dataset, self.num_readers, self.min_readers, self.max_readers = dataset, num_readers, low, high
+        self.dataset, self.min_readers, self.max_readers = dataset, low, high
         self.num_cpus, self.prefetch, self.scale_up_wait, self.window = num_cpus, prefetch, scale_up_wait, window
-        self.address = address
+        self.address, self.retries = address, retries
+        self.target = num_readers  # what autoscaling last decided; kept from epoch to epoch
+        self.owner = None  # the loader reading from it
         self._actors: list = []
-        self._config = None  # (stage, read_batch_size) the actors were made for
+        self._retiring: set = set()  # given no new units; killed when their last one is taken
+        self._config = None  # (dataset, stage, read_batch_size) the actors were made for
         self._decisions: list[dict] = []
         self._replaced = 0
-        self._waits = collections.deque(maxlen=window)  # (waited s, elapsed s) per unit
+        self._waits = collections.deque(maxlen=window)  # (when the wait began, seconds, ready) per unit
 
     # -- actors ----------------------------------------------------------------------------------
-    def _ensure(self, stage, read_batch_size: int) -> None:
+    def _ensure(self, dataset, stage, read_batch_size: int) -> None:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        if self._config != (stage, read_batch_size):
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)  # fmt: skip
+            except (ConnectionError, RuntimeError) as e:
+                raise BackendUnavailable(f"cannot start or join the Ray cluster {self.address!r}: {e}") from e
+        config = (dataset, stage, read_batch_size)
+        if self._config is None or any(a is not b for a, b in zip(self._config, config)):
             self.close()
-            self._config = (stage, read_batch_size)
-        while len(self._actors) < self.num_readers:
+            self._config = config
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if self.min_readers * self.num_cpus > cpus:
+            raise ConfigError(
+                f"{self.min_readers} readers of {self.num_cpus} CPUs do not fit in the Ray cluster's {cpus:g} CPUs; "
+                "lower num_cpus or the reader counts"
+            )
+        self.target = max(self.min_readers, min(self.target, int(cpus // self.num_cpus)))
+        while len(self._actors) < self.target:
             self._actors.append(self._new_actor())
 
     def _new_actor(self):
         import ray
 
-        stage, read_batch_size = self._config
+        dataset, stage, read_batch_size = self._config
         cls = ray.remote(num_cpus=self.num_cpus, max_restarts=0)(_Reader)
-        return cls.remote(self.dataset, stage, read_batch_size)
+        return cls.remote(dataset, stage, read_batch_size)
 
     def readers(self) -> list:
         """The live reader actors (to inspect, or to kill in a test)."""
@@ -129,104 +157,128 @@ class RayReaders:
 
     def close(self) -> None:
         """Stop the readers (they start again on the next iteration)."""
+        if not (self._actors or self._retiring):
+            return
         import ray
 
-        for actor in self._actors:
+        for actor in [*self._actors, *self._retiring]:
             ray.kill(actor)
-        self._actors = []
+        self._actors, self._retiring = [], set()
 
     def stats(self) -> dict:
         return {"readers": len(self._actors), "replaced": self._replaced, "decisions": list(self._decisions)}
 
     # -- the slabs ---------------------------------------------------------------------------------
-    def slabs(self, tasks, stage, read_batch_size: int, stats: dict):
+    def slabs(self, tasks, dataset, stage, read_batch_size: int, stats: dict):
         """(task index, the unit's slabs or an error message) in task order.
 
-        A unit whose reader died is read again by a new reader; a unit that cannot be read
-        gives its error message (the loader raises or skips it).
+        A unit whose reader died is read again by a new reader (up to `retries` times); a unit
+        that cannot be read gives its error message (the loader raises or skips it).
         """
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
 
-        self._ensure(stage, read_batch_size)
+        self._ensure(dataset, stage, read_batch_size)
         pending = collections.deque(enumerate(tasks))
-        flight: collections.deque = collections.deque()  # (index, task, actor, ref), in task order
+        flight: collections.deque = collections.deque()  # [index, task, actor, ref, retries], in task order
         load = collections.Counter()
+
+        def least_loaded():
+            if not self._actors:
+                raise ConfigError("the readers were closed while a loader was iterating them; iterate again")
+            actor = min(self._actors, key=lambda a: load[a])
+            load[actor] += 1
+            return actor
 
         def submit():
             while pending and len(flight) < len(self._actors) * self.prefetch:
                 index, task = pending.popleft()
-                actor = min(self._actors, key=lambda a: load[a])
-                load[actor] += 1
-                flight.append((index, task, actor, actor.read.remote(task)))
+                actor = least_loaded()
+                flight.append([index, task, actor, actor.read.remote(task), 0])
+
+        def done(actor):
+            load[actor] -= 1
+            if actor in self._retiring and load[actor] <= 0:
+                self._retiring.discard(actor)
+                ray.kill(actor)
 
         submit()
         try:
             while flight:
-                index, task, actor, ref = flight[0]
+                entry = flight[0]
+                index, task, actor, ref, tries = entry
                 start = time.perf_counter()
                 ready = bool(ray.wait([ref], timeout=0)[0])
                 try:
                     slabs, unit_stats = ray.get(ref)
-                except RayActorError:  # the reader died: a new one reads the unit again
+                except (RayActorError, ObjectLostError) as e:  # the reader (or its result) is gone
+                    load[actor] -= 1
                     self._replace(actor, load)
-                    new = min(self._actors, key=lambda a: load[a])
-                    load[new] += 1
-                    flight[0] = (index, task, new, new.read.remote(task))
+                    if tries >= self.retries:
+                        flight.popleft()
+                        yield index, f"its reader died {tries + 1} times while reading it ({type(e).__name__})"
+                        submit()
+                        continue
+                    new = least_loaded()
+                    entry[2:] = [new, new.read.remote(task), tries + 1]
                     continue
                 except RayTaskError as e:
                     flight.popleft()
-                    load[actor] -= 1
+                    done(actor)
                     cause = e.cause if getattr(e, "cause", None) is not None else e
                     yield index, f"{type(cause).__name__}: {cause}"
                     submit()
                     continue
+                except RayError as e:
+                    raise DataError(f"{task[1]}: the Ray cluster failed while reading it ({type(e).__name__}: {e})") from e
                 waited = time.perf_counter() - start
                 flight.popleft()
-                load[actor] -= 1
+                done(actor)
                 for name, value in unit_stats.items():
                     stats[name] = stats.get(name, 0) + value
                 yield index, slabs
-                self._autoscale(waited, ready, load)
+                self._autoscale(start, waited, ready, load)
                 submit()
-        finally:
-            for _, _, actor, ref in flight:  # left early: let the readers finish, drop the results
-                if actor is not None:
-                    load[actor] -= 1
+        finally:  # left early: results still in flight are dropped
+            for entry in flight:
+                ray.cancel(entry[3])
+                done(entry[2])
 
     def _replace(self, dead, load) -> None:
         """A new reader in place of a dead one (once, whichever of its units noticed first)."""
+        import ray
+
         load.pop(dead, None)
+        self._retiring.discard(dead)
         if dead in self._actors:
+            ray.kill(dead)  # it may only be unreachable: make sure it is gone
             self._actors.remove(dead)
             self._actors.append(self._new_actor())
             self._replaced += 1
             log.warning("a reader died; replaced it (%d replaced so far)", self._replaced)
 
-    def _autoscale(self, waited: float, ready: bool, load) -> None:
-        now = time.perf_counter()
-        self._waits.append((waited, ready, now))
-        if len(self._waits) < self.window:
-            return
-        span = now - self._waits[0][2] or 1e-9
-        share = sum(w for w, _, _ in self._waits) / span
-        if share > self.scale_up_wait and len(self._actors) < self.max_readers:
-            self._actors.append(self._new_actor())
-            self._decide("up", share)
-        elif all(r for _, r, _ in self._waits) and len(self._actors) > self.min_readers:
-            idle = min(self._actors, key=lambda a: load[a])
-            self._actors.remove(idle)  # no new units; it finishes the ones it holds, then goes
-            self._retire(idle, load)
-            self._decide("down", share)
-
-    def _retire(self, actor, load) -> None:
-        """An actor given no new units goes now if it holds none, else when its last result is taken."""
+    def _autoscale(self, began: float, waited: float, ready: bool, load) -> None:
         import ray
 
-        if load[actor] == 0:
-            ray.kill(actor)
+        self._waits.append((began, waited, ready))
+        if len(self._waits) < self.window:
+            return
+        share = sum(w for _, w, _ in self._waits) / max(time.perf_counter() - self._waits[0][0], 1e-9)
+        room = ray.available_resources().get("CPU", 0) >= self.num_cpus
+        if share > self.scale_up_wait and len(self._actors) < self.max_readers and room:
+            self._actors.append(self._new_actor())
+            self._decide("up", share)
+        elif all(r for _, _, r in self._waits) and len(self._actors) > self.min_readers:
+            idle = min(self._actors, key=lambda a: load[a])
+            self._actors.remove(idle)  # no new units; it goes when its last one is taken
+            if load[idle] > 0:
+                self._retiring.add(idle)
+            else:
+                ray.kill(idle)
+            self._decide("down", share)
 
     def _decide(self, direction: str, share: float) -> None:
+        self.target = len(self._actors)
         decision = {"time": time.time(), "direction": direction, "readers": len(self._actors),
                     "wait_share": round(share, 3)}  # fmt: skip
         self._decisions.append(decision)

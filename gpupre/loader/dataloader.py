@@ -72,7 +72,10 @@ class DataLoader:
                  label=None, passthrough=None, on_bad_unit: str = "raise"):  # fmt: skip
         self._source = None  # a reader tier elsewhere (gp.distributed.RayReaders) instead of local workers
         if getattr(dataset, "is_slab_source", False):
+            if dataset.owner is not None:
+                raise ConfigError("these readers already serve another DataLoader; give each loader its own")
             self._source, dataset = dataset, dataset.dataset
+            self._source.owner = self
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
         self.batch_size = _positive(batch_size, "batch_size")
@@ -294,7 +297,7 @@ class DataLoader:
     def _slabs(self, tasks, generation: int):
         """Host slabs of `tasks` in task order (workers may finish them in any order)."""
         if self._source is not None:
-            yield from self._from_source(tasks)
+            yield from self._from_source(tasks, generation)
             return
         if self.num_workers == 0:
             for task in tasks:
@@ -302,10 +305,12 @@ class DataLoader:
             return
         yield from self._from_workers(tasks, generation)
 
-    def _from_source(self, tasks):
+    def _from_source(self, tasks, generation: int):
         wait = time.perf_counter()
-        for index, slabs in self._source.slabs(tasks, self._stage, self.read_batch_size, self._stats):
+        for index, slabs in self._source.slabs(tasks, self.dataset, self._stage, self.read_batch_size, self._stats):
             self._stats["wait_s"] += time.perf_counter() - wait
+            if self._generation != generation:
+                raise ConfigError("a newer iteration of this DataLoader started; iterate one at a time")
             if isinstance(slabs, str):  # the unit could not be read: nothing of it was delivered
                 _, unit, skip, _ = tasks[index]
                 self._bad_unit(unit, slabs)

@@ -1,6 +1,8 @@
 """The reader tier on a real local Ray cluster: same batches, exactly once across a dead reader,
 resume, ranks, bad units, and autoscaling that follows the consumer."""
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -105,3 +107,49 @@ def test_readers_scale_up_for_a_fast_consumer_and_down_for_a_slow_one(synth_dir)
     assert [d["direction"] for d in slow.stats()["decisions"]][:2] == ["down", "down"]
     assert slow.stats()["readers"] == 1
     loader.close()
+
+
+def test_the_loaders_label_and_pass_through_columns_reach_the_readers(ds):
+    loader = _loader(RayReaders(gp.Dataset(ds.paths)), passthrough=["row_id"], label="label")
+    batch = next(iter(loader))
+    assert list(batch.extras) == ["row_id"] and batch.labels is not None
+    loader.close()
+
+
+class CrashingDataset(gp.Dataset):
+    """Reading the second row group of its first file kills the reader (as a crash in a decoder would)."""
+
+    def read_slabs(self, unit, rows):
+        if unit.row_group == 1 and unit.path == self.paths[0]:
+            os._exit(1)
+        return super().read_slabs(unit, rows)
+
+
+@pytest.fixture
+def crashing(synth_dir):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the readers get the class itself
+    yield CrashingDataset(synth_dir, passthrough="row_id")
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_a_unit_that_kills_every_reader_is_a_bad_unit_not_an_endless_retry(crashing):
+    with pytest.raises(gp.DataError, match="died 2 times"):
+        list(_loader(RayReaders(crashing, num_readers=1, retries=1)))
+    readers = RayReaders(crashing, num_readers=1, retries=1)
+    loader = _loader(readers, on_bad_unit="skip")
+    assert len(set(epoch_ids(list(loader)))) == 550
+    assert readers.stats()["replaced"] == 2 and "died 2 times" in loader.stats()["skipped_units"][0]
+    loader.close()
+
+
+def test_bad_arguments_are_config_errors(ds):
+    for kw, words in (({"num_readers": 3, "max_readers": 2}, "max_readers"), ({"prefetch": 0}, "prefetch=0"),
+                      ({"window": 1}, "window=1"), ({"num_cpus": 0}, "num_cpus=0")):  # fmt: skip
+        with pytest.raises(gp.ConfigError, match=words):
+            RayReaders(ds, **kw)
+    with pytest.raises(gp.ConfigError, match="do not fit"):
+        list(_loader(RayReaders(ds, num_readers=3, num_cpus=1.0)))
+    readers = RayReaders(ds, num_readers=1)
+    _loader(readers)
+    with pytest.raises(gp.ConfigError, match="another DataLoader"):
+        _loader(readers)

@@ -26,7 +26,7 @@ from gpupre.audit import audit, auc, prune
 from gpupre.storage import CountingFileSystem, SynthSpec, synthesize
 from gpupre.storage.synth import planted_features
 
-from .common import markdown_table, save, targets_table
+from .common import markdown_table, repeats_main, save, targets_table
 from .dlrm import DLRM, train
 from .transforms import DATA_DIR
 
@@ -144,11 +144,4 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench audit", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    result = run(repeats=args.repeats)
-    print(report(result))
-    print(f"\nsaved {result['path']}")
+    repeats_main("audit", __doc__, run, report, argv)

@@ -103,3 +103,14 @@ def targets_table(targets: list[dict]) -> str:
     return markdown_table(
         targets, [("name", "target"), ("value", "measured"), ("goal", "goal"), ("met", "met")]
     )
+
+
+def repeats_main(name: str, doc: str, run, report, argv=None, repeats: int = 3) -> None:
+    """The command line of a benchmark whose only option is --repeats: run, print, save."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    result = run(repeats=parser.parse_args(argv).repeats)
+    print(report(result))
+    print(f"\nsaved {result['path']}")

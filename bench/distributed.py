@@ -18,7 +18,7 @@ import ray
 
 import gpupre as gp
 
-from .common import markdown_table, save, targets_table
+from .common import markdown_table, repeats_main, save, targets_table
 from .loader import WORKERS, _epochs, _ray_loader, pipeline
 from .transforms import dataset as transforms_dataset
 
@@ -87,11 +87,4 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m bench distributed", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    result = run(repeats=args.repeats)
-    print(report(result))
-    print(f"\nsaved {result['path']}")
+    repeats_main("distributed", __doc__, run, report, argv)

@@ -101,11 +101,14 @@ def main() -> None:
     gp.storage.synthesize(held_out, replace(spec, rows=spec.rows + spec.row_group_rows), progress=False)
     train_dlrm(flat_path, held_out=held_out, planted=planted_features(spec))
 
-    section("7. reader benchmark: projection vs map layout (500 features)")
+    section("7. the reader tier on Ray: readers as actors, one killed mid-epoch")
+    ray_tier(flat_path)
+
+    section("8. reader benchmark: projection vs map layout (500 features)")
     result = reader_bench.run(rows=16_380, repeats=3, progress=False, save_results=False)
     print(reader_bench.report(result))
 
-    section("8. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
+    section("9. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
     result = transforms_bench.run(repeats=3, nvtabular=False, kinds=("criteo",), progress=False, save_results=False)
     print(transforms_bench.report(result))
 
@@ -237,6 +240,35 @@ def train_dlrm(path: str, steps: int = 400, held_out: str | None = None, planted
     pruned = prune(report, pipe, threshold=0.0)
     print(f"pruned to the features shown to help: {len(pruned.features)} of {len(report.features)}, reading "
           f"{pruned.stored_bytes:,} of {report.dataset_bytes:,} stored bytes")  # fmt: skip
+
+
+def ray_tier(path: str) -> None:
+    """The loader fed by Ray actors on a local cluster; every row once although a reader dies."""
+    try:
+        import ray
+    except ImportError:
+        print("Ray is not installed (pip install 'gpupre[ray]'): skipped")
+        return
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        ds = gp.Dataset(path, passthrough="row_id")
+        readers = gp.distributed.RayReaders(ds, num_readers=2, min_readers=1, max_readers=2, num_cpus=1)
+        loader = gp.DataLoader(readers, batch_size=2048, device="cpu", read_batch_size=1024)
+        start = time.perf_counter()
+        ids = []
+        for step, batch in enumerate(loader):
+            ids.extend(np.asarray(batch.extras["row_id"]).tolist())
+            if step == 1:
+                ray.kill(readers.readers()[0])  # a reader dies with units in flight
+        seconds = time.perf_counter() - start
+        stats = loader.stats()["readers"]
+        print(f"{len(ids):,} rows ({len(set(ids)):,} distinct, of {ds.num_rows:,}) in {seconds:.2f}s from 2 Ray readers, "
+              f"one killed after the second batch: {stats['replaced']} replaced, {stats['readers']} running")  # fmt: skip
+        loader.close()
+    finally:
+        ray.shutdown()
 
 
 def _equal(x: gp.Batch, y: gp.Batch) -> bool:

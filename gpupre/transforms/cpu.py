@@ -7,7 +7,6 @@ prefix sum between the lengths and values passes of a sparse level is a parallel
 from __future__ import annotations
 
 import math
-import threading
 
 import numba
 import numpy as np
@@ -339,8 +338,8 @@ def _level_values(
 
 
 @numba.njit(parallel=True, cache=True)
-def _offsets(lengths, out):
-    """out[:] = offsets_of(lengths) as a parallel scan: a sum per chunk, then each chunk from its start."""
+def _offsets(lengths):
+    """offsets_of(lengths) as a parallel scan: a sum per chunk, then each chunk from its start."""
     n = len(lengths)
     chunks = (n + SCAN_CHUNK - 1) // SCAN_CHUNK
     starts = np.zeros(chunks + 1, np.int64)
@@ -351,6 +350,7 @@ def _offsets(lengths, out):
         starts[c + 1] = total
     for c in range(chunks):
         starts[c + 1] += starts[c]
+    out = np.empty(n + 1, np.int64)
     out[0] = 0
     for c in prange(chunks):
         total = starts[c]
@@ -358,24 +358,6 @@ def _offsets(lengths, out):
             total += lengths[i]
             out[i + 1] = total
     return out
-
-
-class _Scratch(threading.local):
-    """Arrays that never leave the executor (offsets, the inputs of level 0), kept per thread and
-    reused from batch to batch: a fresh array of tens of MB costs more in page faults than the
-    pass that fills it."""
-
-    def __init__(self):
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def take(self, name: str, size: int, dtype) -> np.ndarray:
-        buffer = self.buffers.get(name)
-        if buffer is None or buffer.size < size:
-            buffer = self.buffers[name] = np.empty(size, dtype)
-        return buffer[:size]
-
-
-_scratch = _Scratch()
 
 
 class CpuExecutor:
@@ -394,12 +376,10 @@ class CpuExecutor:
             lengths, values, weights = self.run_level(plan.host, n, lengths, values, weights, None)
         dense, ids, valid = self.run_dense(plan.dense, np.asarray(batch.dense, np.float32), n)
         if plan.dense.num_ids:  # ids made from dense features join level 0 as extra keys
-            made = ids.ravel()[valid.ravel()]
-            consumed = any(not level.identity for level in plan.levels)  # else they are the output
-            lengths = _joined("lengths", consumed, lengths, valid.ravel())
-            values = _joined("values", consumed, values, made)
+            lengths = np.concatenate([lengths, valid.ravel().astype(np.int32)])
+            values = np.concatenate([values, ids.ravel()[valid.ravel()]])
             if weights is not None:
-                weights = _joined("weights", consumed, weights, np.ones(len(made), np.float32))
+                weights = np.concatenate([weights, np.ones(int(valid.sum()), np.float32)])
         derived = np.zeros((plan.levels[-1].num_derived if plan.levels else 0, n), np.float32)
         for level in plan.levels:
             if not level.identity:
@@ -414,8 +394,8 @@ class CpuExecutor:
             return x, None, None
         if dense_out is None:
             dense_out = np.empty((program.num_dense, n), np.float32)
-        ids = _scratch.take("ids", program.num_ids * n, np.int64).reshape(program.num_ids, n)
-        valid = _scratch.take("valid", program.num_ids * n, np.bool_).reshape(program.num_ids, n)
+        ids = np.empty((program.num_ids, n), np.int64)
+        valid = np.empty((program.num_ids, n), np.bool_)
         if len(program.src) and n:
             _dense_pass(
                 x, program.src, program.steps, program.fparams, program.iparams, program.boundaries,
@@ -427,12 +407,12 @@ class CpuExecutor:
     def run_level(level: SparseLevel, n: int, lengths, values, weights, derived):
         if derived is None:
             derived = np.zeros((0, n), np.float32)
-        in_offsets = _offsets(lengths, _scratch.take("in_offsets", len(lengths) + 1, np.int64))
+        in_offsets = _offsets(lengths)
         out_lengths = np.zeros(level.num_outputs * n, np.int32)
         args = (level.kind, level.a, level.b, level.params, level.maps, level.map_params)
         if n:
             _level_lengths(*args, level.out, n, lengths, in_offsets, values, out_lengths, derived)
-        out_offsets = _offsets(out_lengths, _scratch.take("out_offsets", len(out_lengths) + 1, np.int64))
+        out_offsets = _offsets(out_lengths)
         total = int(out_offsets[-1])
         out_values = np.empty(total, np.int64)
         out_weights = np.empty(total if level.has_weights else 0, np.float32)
@@ -443,14 +423,6 @@ class CpuExecutor:
                 out_offsets, out_values, out_weights, level.has_weights,
             )  # fmt: skip
         return out_lengths, out_values, out_weights if level.has_weights else None
-
-
-def _joined(name: str, scratch: bool, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """first + second in one array; in a reused buffer when it never leaves the executor."""
-    out = _scratch.take(name, len(first) + len(second), first.dtype) if scratch else np.empty(len(first) + len(second), first.dtype)
-    out[: len(first)] = first
-    out[len(first) :] = second
-    return out
 
 
 def _host_arrays(sparse: KeyedJagged):

@@ -117,9 +117,7 @@ def test_fused_plan_over_many_features_equals_op_by_op():
     assert plan.launches <= 6
 
 
-def test_reused_buffers_never_leak_between_batches_or_threads():
-    """The executor reuses its internal buffers per thread: batches of other sizes, run one after
-    another and from several threads at once, each equal the oracle."""
+def test_batches_of_other_sizes_one_after_another_and_from_several_threads_equal_the_oracle():
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(1)

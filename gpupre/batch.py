@@ -36,11 +36,12 @@ class KeyedJagged:
     weights: object = None
 
     def feature(self, name: str):
-        """(lengths, values, weights) of one key, as views; weights is None when unweighted."""
+        """(lengths, values, weights) of one key, as views on the arrays' own device; weights is
+        None when unweighted."""
         k = self.keys.index(name)
         n = len(self.lengths) // len(self.keys)
-        starts = offsets_of(self.lengths)
-        lo, hi = int(starts[k * n]), int(starts[(k + 1) * n])
+        lo = int(self.lengths[: k * n].sum())
+        hi = lo + int(self.lengths[k * n : (k + 1) * n].sum())
         weights = None if self.weights is None else self.weights[lo:hi]
         return self.lengths[k * n : (k + 1) * n], self.values[lo:hi], weights
 

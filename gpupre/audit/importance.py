@@ -160,21 +160,12 @@ def weight_scores(batches: list[Batch], dense_weight=None, embedding=None) -> di
             for name in first.sparse.keys:
                 total, count = 0.0, 0
                 for b in batches:
-                    ids = _ids_of(b, name)
+                    _, ids, _ = b.sparse.feature(name)
                     if len(ids):
                         total += float(torch.as_tensor(embedding(name, ids)).float().norm(dim=1).sum())
                         count += len(ids)
                 scores[name] = total / count if count else 0.0
     return scores
-
-
-def _ids_of(batch: Batch, name: str):
-    """The ids of one sparse feature, sliced on the batch's own device (no host round trip)."""
-    keys = batch.sparse.keys
-    per_key = torch.as_tensor(batch.sparse.lengths).reshape(len(keys), batch.num_rows).long().sum(1)
-    k = keys.index(name)
-    start = int(per_key[:k].sum())
-    return torch.as_tensor(batch.sparse.values)[start : start + int(per_key[k])]
 
 
 def _device(batch: Batch):

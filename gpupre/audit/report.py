@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 
 import numpy as np
@@ -257,8 +257,6 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
 
 def _needed_ops(pipeline: Pipeline, outputs: set[str]) -> list:
     """The ops (restricted to the applications needed) that make `outputs`, in pipeline order."""
-    from dataclasses import replace
-
     needed, kept = set(outputs), []
     for op in reversed(pipeline.ops):
         apps = [(inputs, out) for inputs, out in op.applications() if out in needed]

@@ -57,9 +57,6 @@ class _Reader:
         self.counting.reset()
         return slabs, stats
 
-    def ping(self) -> bool:
-        return True
-
 
 class RayReaders:
     """A source for `gp.DataLoader`: its units read by Ray actors. One loader per `RayReaders`.

@@ -190,7 +190,7 @@ class DataLoader:
             if number > first and not pad:
                 return
             if number > 0:
-                yield _Pass(number)
+                yield _RESTART
             tasks, seen = [], 0
             for position, unit in enumerate(units):
                 if seen + unit.num_rows > skip:
@@ -257,7 +257,7 @@ class DataLoader:
             return
         try:
             for slab in slabs:
-                if isinstance(slab, _Pass):
+                if slab is _RESTART:
                     repeating = True
                     continue
                 if isinstance(slab, _Gap):
@@ -494,11 +494,7 @@ def _release(slabs) -> None:
             slab.release()
 
 
-class _Pass:
-    """Marks where the share starts again (a rank with skipped rows pads its steps)."""
-
-    def __init__(self, number: int):
-        self.number = number
+_RESTART = object()  # marks where the share starts again (a rank with skipped rows pads its steps)
 
 
 class _Gap:

@@ -1,9 +1,10 @@
 """The serving side's GPU gather: only the logged rows leave the GPU, as the same bytes as on the CPU."""
 
 import numpy as np
+from serving.helpers import lazily_logged
 from transforms.helpers import make_batch
 
-from gpupre.serving import FeatureCodec, LazyLogger, SqliteKV, gather_rows, item_key
+from gpupre.serving import FeatureCodec, gather_rows
 
 
 def _items(n: int):
@@ -23,13 +24,6 @@ def test_gather_from_cuda_tensors_gives_the_bytes_of_numpy():
 
 def test_lazy_logging_of_gpu_features_equals_the_cpu_path():
     items = _items(100)
-    ids = np.arange(100)
-    stores = [SqliteKV(), SqliteKV()]
-    for store, batch in zip(stores, (items, items.to("cuda"))):
-        logger = LazyLogger(store, items.schema)
-        logger.log_ranking("r", ids, batch)
-        logger.on_paginate("r", seen_upto=30)
-        logger.close()
-    keys = [item_key("r", i) for i in ids]
-    assert stores[0].get_many(keys) == stores[1].get_many(keys)
-    assert sum(v is not None for v in stores[0].get_many(keys)) == 33
+    cpu, gpu = lazily_logged(np.arange(100), (items, items.to("cuda")), items.schema, seen_upto=30)
+    assert cpu == gpu
+    assert sum(v is not None for v in cpu) == 33

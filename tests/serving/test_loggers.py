@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from serving.helpers import lazily_logged
 from transforms.helpers import assert_same, make_batch
 
 import gpupre as gp
@@ -102,14 +103,8 @@ def test_a_failed_page_write_is_raised_on_the_callers_thread():
 
 def test_lazy_logging_from_torch_tensors_writes_the_same_bytes():
     item_ids, items = ranked(30)
-    stores = [SqliteKV(), SqliteKV()]
-    for store, batch in zip(stores, (items, items.to_torch())):
-        logger = LazyLogger(store, items.schema)
-        logger.log_ranking("r", item_ids, batch)
-        logger.on_paginate("r", seen_upto=20)
-        logger.close()
-    keys = [item_key("r", i) for i in item_ids]
-    assert stores[0].get_many(keys) == stores[1].get_many(keys)
+    numpy, torch = lazily_logged(item_ids, (items, items.to_torch()), items.schema, seen_upto=20)
+    assert numpy == torch
 
 
 def test_mismatched_ids_and_rows_are_data_errors():

@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= test,ray
+EXTRAS ?= test,ray,dali
 # real torchrec for the to_torchrec() tests, without its CUDA fbgemm-gpu and heavy extras
 TORCHREC := fbgemm-gpu-cpu==1.8.0
 TORCHREC_NODEPS := torchrec==1.9.2 tensordict==0.15.3 pyvers==0.2.3 cloudpickle==3.1.2 \
@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench storage
 	$(BIN)/python -m bench audit
 	$(BIN)/python -m bench distributed
+	$(BIN)/python -m bench images
 	$(BIN)/python -m bench report > bench/results/REPORT.md
 
 clean:

@@ -4,7 +4,7 @@ Steps: simulate serving traffic (lazy logging into the SQLite KV store, the labe
 tables by the hour) and train on what it wrote; generate a synthetic recommendation dataset; import Criteo-format text; flatten a legacy
 map-layout table and check it against the flat one; put a dataset on a local S3 server, reorder
 its features for the jobs that read it and cache it on local disk; read with projection; fit a Criteo pipeline
-and apply its compiled plan; run the reader and transforms benchmarks (results of `make bench`
+and apply its compiled plan; decode and crop thumbnails with DALI beside the ids; run the reader and transforms benchmarks (results of `make bench`
 are the ones kept in bench/results; the demo's quick runs are printed only).
 """
 
@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 import gpupre as gp
+from bench import images as images_bench
 from bench import reader as reader_bench
 from bench import transforms as transforms_bench
 from gpupre.cli import inspect_text
@@ -104,11 +105,14 @@ def main() -> None:
     section("7. the reader tier on Ray: readers as actors, one killed mid-epoch")
     ray_tier(flat_path)
 
-    section("8. reader benchmark: projection vs map layout (500 features)")
+    section("8. content features: thumbnails decoded and cropped by DALI, in the same batches as the ids")
+    content_features()
+
+    section("9. reader benchmark: projection vs map layout (500 features)")
     result = reader_bench.run(rows=16_380, repeats=3, progress=False, save_results=False)
     print(reader_bench.report(result))
 
-    section("9. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
+    section("10. transforms benchmark (Criteo-like; `make bench` adds 500 features and NVTabular)")
     result = transforms_bench.run(repeats=3, nvtabular=False, kinds=("criteo",), progress=False, save_results=False)
     print(transforms_bench.report(result))
 
@@ -269,6 +273,36 @@ def ray_tier(path: str) -> None:
         loader.close()
     finally:
         ray.shutdown()
+
+
+def content_features(images: int = 512) -> None:
+    """A thumbnail column (encoded JPEGs) through the loader: random crop, flip, normalize with DALI."""
+    try:
+        path = images_bench.dataset(images, OUT)
+        pipe = images_bench.pipeline()
+        pipe.compile(gp.Dataset(path).schema)  # BackendUnavailable without DALI
+    except (ImportError, gp.BackendUnavailable) as e:
+        print(f"skipped: {e}")
+        return
+    ds = gp.Dataset(path, passthrough="row_id")
+    crops = []
+    for run in range(2):
+        loader = gp.DataLoader(ds, batch_size=128, pipeline=pipe, device="cpu", num_workers=2, read_batch_size=64,
+                               shuffle=True, seed=run)  # fmt: skip
+        start, seen = time.perf_counter(), {}
+        for batch in loader:
+            seen.update(zip(np.asarray(batch.extras["row_id"]).tolist(), np.asarray(batch.images["thumb"])))
+        seconds = time.perf_counter() - start
+        loader.close()
+        crops.append(seen)
+        print(f"epoch with seed {run}: {len(seen):,} thumbnails as {tuple(batch.images['thumb'].shape[1:])} "
+              f"{batch.images['thumb'].dtype} in {seconds:.2f}s ({len(seen) / seconds:,.0f} images/s, 2 workers, "
+              "worker start and DALI's build included)")  # fmt: skip
+    again = gp.DataLoader(ds, batch_size=100, pipeline=pipe, device="cpu", num_workers=0, shuffle=True, seed=1)
+    same = all(np.array_equal(crops[1][i], c) for b in again for i, c in zip(np.asarray(b.extras["row_id"]).tolist(), np.asarray(b.images["thumb"])))
+    changed = sum(not np.array_equal(crops[0][i], crops[1][i]) for i in crops[0])
+    print(f"seed 1 again, other batch size and no workers: every row's crop the same: {same}; "
+          f"crops that differ between seeds 0 and 1: {changed:,} of {len(crops[0]):,}")
 
 
 def _equal(x: gp.Batch, y: gp.Batch) -> bool:

@@ -5,10 +5,10 @@ import json
 import os
 import sys
 
-from . import audit, cuda, dedup, distributed, loader, reader, serving, storage, transforms
+from . import audit, cuda, dedup, distributed, images, loader, reader, serving, storage, transforms
 from .common import RESULTS_DIR
 
-BENCHMARKS = {"audit": audit, "cuda": cuda, "dedup": dedup, "distributed": distributed, "loader": loader, "reader": reader, "serving": serving, "storage": storage, "transforms": transforms}
+BENCHMARKS = {"audit": audit, "cuda": cuda, "dedup": dedup, "distributed": distributed, "images": images, "loader": loader, "reader": reader, "serving": serving, "storage": storage, "transforms": transforms}
 
 
 def main(argv=None) -> None:

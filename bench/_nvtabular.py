@@ -72,7 +72,9 @@ def run_contender(spec: dict, timeout: float = 900) -> dict:
         path.write_text(json.dumps(spec))
         try:
             proc = subprocess.run(
-                [python, str(SCRIPT), str(path)],
+                # -P: bench/ is not put on sys.path, where bench/distributed.py would shadow the
+                # `distributed` package that dask and merlin import
+                [python, "-P", str(SCRIPT), str(path)],
                 capture_output=True,
                 text=True,
                 timeout=timeout,

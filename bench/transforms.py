@@ -12,6 +12,9 @@ Contenders, each starting from the same in-memory Arrow batch:
 - nvtabular: NVTabular 23.8's CPU workflow for the ops it has, in its own environment
   (bench/envs/nvtabular.txt); it has no hash for list columns, no top-k by score, and its
   hashes differ, so its times are for less work than gpupre's.
+- dense only: the dense ops (fill, log1p, normalize) of the same pipeline, by gpupre's plan, by
+  numpy, and written as a DALI CPU pipeline of its arithmetic and math ops (one sample per
+  feature; NaN filled through a bit mask, as DALI has no select), the same results checked.
 Steady state is the median of repeats; the first call (numba JIT or cache load) is separate.
 """
 
@@ -208,6 +211,7 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
                 match = next(r for r in nvt["results"] if r["batch_size"] == size)
                 row["nvtabular_rows_per_s"] = match["rows_per_s"]
                 row["nvtabular_first_s"] = match["first_s"]
+            row.update(_dense_only(ds.schema, pipe, part, repeats))
             results.append(row)
             for contender, goal in (("numpy", 5.0), ("nvtabular", 3.0)):
                 if f"{contender}_rows_per_s" in row:
@@ -223,6 +227,68 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
     if save_results:
         result["path"] = save("transforms", result, filename=filename)
     return result
+
+
+# -- dense only: gpupre, numpy and DALI ------------------------------------------------------------
+def _dense_only(schema: gp.Schema, pipe: gp.Pipeline, part: pa.Table, repeats: int) -> dict:
+    """Rows/s of the pipeline's fill, log1p and normalize ops alone, per contender (DALI if installed)."""
+    ops = [op for op in pipe.ops if isinstance(op, (gp.FillMissing, gp.Log1p, gp.Normalize))]
+    dense = gp.Pipeline(ops).compile(schema, "cpu")
+    names = [f.name for f in schema.dense]
+    fill = {n: op.value for op in ops if isinstance(op, gp.FillMissing) for n in op.features}
+    stats = {op.features[0]: (op.mean, op.std) for op in ops if isinstance(op, gp.Normalize)}  # fitted: one each
+    ours = dense.run(gp.Batch.from_arrow(part, schema)).dense
+    contenders = {
+        "gpupre": lambda: dense.run(gp.Batch.from_arrow(part, schema)),
+        "numpy": lambda: numpy_per_feature(part, ops),
+    }
+    try:
+        dali = _DaliDense(names, fill, stats)
+        np.testing.assert_allclose(dali(part), ours, rtol=1e-3, atol=1e-4)  # log(1 + x), not log1p: close
+        contenders["dali"] = lambda: dali(part)
+    except ImportError:
+        pass
+    row = {}
+    for name, fn in contenders.items():
+        t = measure(fn, repeats)
+        row[f"dense_{name}_rows_per_s"] = part.num_rows / t["median_s"]
+    return row
+
+
+class _DaliDense:
+    """fill -> log1p -> normalize as a DALI CPU pipeline: one sample per dense feature."""
+
+    def __init__(self, names, fill, stats):
+        import nvidia.dali.fn as fn
+        import nvidia.dali.math as dmath
+        import nvidia.dali.types as types
+        from nvidia.dali import pipeline_def
+
+        self.names = names
+        self.fill = np.array([fill.get(n, 0.0) for n in names], np.float32)
+        self.mean = np.array([stats[n][0] for n in names], np.float32)
+        self.std = np.array([stats[n][1] or 1.0 for n in names], np.float32)
+
+        @pipeline_def(batch_size=len(names), num_threads=_threads(), device_id=None, prefetch_queue_depth=1)
+        def graph():
+            x = fn.external_source(name="x", dtype=types.FLOAT, ndim=1)
+            fill, mean, std = (fn.external_source(name=k, dtype=types.FLOAT, ndim=0) for k in ("fill", "mean", "std"))
+            bits = fn.reinterpret(x, dtype=types.INT32)
+            nan = fn.cast((bits & 0x7FFFFFFF) > 0x7F800000, dtype=types.INT32)
+            number = fn.reinterpret(bits & (nan - 1), dtype=types.FLOAT)  # NaN -> 0.0
+            filled = number + fn.cast(nan, dtype=types.FLOAT) * fill
+            return (dmath.log(1.0 + dmath.max(filled, 0.0)) - mean) / std
+
+        self.pipe = graph()
+        self.pipe.build()
+
+    def __call__(self, table: pa.Table) -> np.ndarray:
+        columns = [table.column(n).combine_chunks().to_numpy(zero_copy_only=False).astype(np.float32) for n in self.names]
+        self.pipe.feed_input("x", columns)
+        for name in ("fill", "mean", "std"):
+            self.pipe.feed_input(name, list(getattr(self, name)))
+        (out,) = self.pipe.run()
+        return np.stack([np.asarray(t) for t in out])
 
 
 def _threads() -> int:
@@ -254,6 +320,9 @@ def report(result: dict) -> str:
         ("numpy_rows_per_s", "numpy per-feature rows/s"),
         ("nvtabular_rows_per_s", "NVTabular CPU rows/s"),
         ("nvtabular_first_s", "NVTabular first call s"),
+        ("dense_gpupre_rows_per_s", "dense only: gpupre rows/s"),
+        ("dense_numpy_rows_per_s", "dense only: numpy rows/s"),
+        ("dense_dali_rows_per_s", "dense only: DALI CPU rows/s"),
     ]
     cfg = result["config"]
     head = f"transforms: median of {cfg['repeats']}, numba on {cfg['numba_threads']} threads"

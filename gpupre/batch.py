@@ -61,6 +61,11 @@ class Batch:
         requests    Batch of R rows, or None  de-duplicated batches: the user and context
                     features, once per request (row i belongs to request inverse[i])
         schema      the Schema of the features (kinds and groups), or None
+        images      {name: column}   image features: the encoded bytes as an Arrow binary array
+                    (host), or after an image op uint8/float32 [N, C, H, W] pixels
+        row_keys    int64 [N] or None   a stable key per row (file, row group, row; epoch in the
+                    loader) from which random image ops draw, so a row's crop does not depend
+                    on batching, workers or resume; set by readers of image features
 
     A de-duplicated batch (from de-dup tables) holds the item features, labels and extras of its
     N rows, and the user and context features of its R requests in `requests`; `expand()`
@@ -79,6 +84,8 @@ class Batch:
     inverse: object = None
     requests: Batch | None = None
     schema: Schema | None = field(default=None, repr=False, compare=False)  # kinds of the keys
+    images: dict = field(default_factory=dict)
+    row_keys: object = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -134,7 +141,8 @@ class Batch:
             rows = [_float32(columns[name], name, source) for name in schema.labels]
             labels = rows[0] if len(rows) == 1 else np.stack(rows)
         extras = {name: _extra(columns[name]) for name in schema.extras}
-        return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras, schema=schema)
+        images = {f.name: _image(columns[f.name], f.name, source) for f in schema.images}
+        return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras, schema=schema, images=images)
 
     def to_arrow(self) -> pa.Table:
         """A host batch as a flattened Arrow table (the inverse of `from_arrow`; NaN -> null).
@@ -163,6 +171,8 @@ class Batch:
             if len(names) != len(rows):
                 names = ("label",) if len(rows) == 1 else tuple(f"label_{i}" for i in range(len(rows)))
             columns.update({name: pa.array(row) for name, row in zip(names, rows)})
+        for name, column in b.images.items():  # encoded bytes, or pixels as fixed-shape tensors
+            columns[name] = column if isinstance(column, pa.Array) else pa.FixedShapeTensorArray.from_numpy_ndarray(np.asarray(column))
         for name, column in b.extras.items():
             columns[name] = column if isinstance(column, pa.Array) else pa.array(np.asarray(column))
         return pa.table(columns)
@@ -200,6 +210,8 @@ class Batch:
             extras={k: _take_column(v, index) for k, v in self.extras.items()},
             inverse=inverse,
             requests=requests,
+            images={k: _take_column(v, index) for k, v in self.images.items()},
+            row_keys=None if self.row_keys is None else self.row_keys[index],
         )
 
     def rows(self, start: int, stop: int) -> Batch:
@@ -233,6 +245,8 @@ class Batch:
             extras={k: _concat_column([b.extras[k] for b in batches]) for k in first.extras},
             inverse=None if first.inverse is None else _concat_inverse(batches),
             requests=None if first.requests is None else Batch.concat([b.requests for b in batches]),
+            images={k: _concat_column([b.images[k] for b in batches]) for k in first.images},
+            row_keys=None if first.row_keys is None else np.concatenate([np.asarray(b.row_keys) for b in batches]),
         )
 
     # -- conversion ---------------------------------------------------------------------------
@@ -256,6 +270,8 @@ class Batch:
             extras={k: apply(v) for k, v in self.extras.items()},
             inverse=apply(self.inverse),
             requests=None if self.requests is None else self.requests.map_arrays(fn),
+            images={k: apply(v) for k, v in self.images.items()},  # encoded (Arrow) images stay on the host
+            row_keys=apply(self.row_keys),
         )
 
     def expand(self) -> Batch:
@@ -315,7 +331,7 @@ class Batch:
             f"Batch(num_rows={self.num_rows}, dense={len(self.dense_keys)}, "
             f"sparse={len(self.sparse.keys)}, values={len(self.sparse.values)}, "
             f"labels={None if self.labels is None else tuple(self.labels.shape)}, "
-            f"extras={list(self.extras)}, requests={None if self.requests is None else self.requests.num_rows})"
+            f"extras={list(self.extras)}, images={list(self.images)}, requests={None if self.requests is None else self.requests.num_rows})"
         )
 
 
@@ -383,6 +399,37 @@ def list_parts(arr: pa.Array):
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy()
         return lengths.astype(np.int32, copy=False), pc.list_flatten(arr)
     return np.diff(arr.offsets.to_numpy()).astype(np.int32, copy=False), arr.flatten()
+
+
+def _image(arr: pa.Array, name: str, source: str) -> pa.Array:
+    """An image column as it is read: binary, one encoded image per row, none missing."""
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        raise SchemaError(
+            f"{source}: image feature {name!r} must be a binary column of encoded JPEG or PNG bytes, "
+            f"found {arr.type}; write the files' bytes, not decoded pixels or paths"
+        )
+    if arr.null_count:
+        row = int(np.flatnonzero(~arr.is_valid().to_numpy(zero_copy_only=False))[0])
+        raise DataError(
+            f"{source}: image feature {name!r} is null in row {row} ({arr.null_count} null rows); "
+            "every row needs an image: write a placeholder image for rows without one, or filter them out"
+        )
+    return arr
+
+
+def binary_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets from 0, the bytes) of a binary column (any slice of it)."""
+    _, offset_buffer, data_buffer = column.buffers()
+    wide = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(offset_buffer, wide)[column.offset : column.offset + len(column) + 1].astype(np.int64)
+    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    return offsets - offsets[0], data[offsets[0] : offsets[-1]]
+
+
+def binary_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+    """The large_binary column of `binary_parts`, viewing the arrays (no copy)."""
+    return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
 
 
 def _extra(arr: pa.Array):

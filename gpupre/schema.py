@@ -6,11 +6,12 @@ On disk every feature is its own Parquet column ("feature flattening"):
     sparse  list<int64>          a list of ids per row, may be empty
     scored  list<int64>          ids, plus a sibling column `<name>.score`
             list<float32>        with one score per id
+    image   binary               an encoded JPEG or PNG per row (a content feature)
 
 The schema travels in the Parquet key-value metadata under `gpupre.schema`, so kinds and groups
 survive a round trip. Plain Parquet written by anyone else is read by inference: a floating-point
 column is a dense feature, an integer column a sparse feature with one id per row, a list<integer>
-column a sparse feature, a column named `label` the label.
+column a sparse feature, a binary column an image feature, a column named `label` the label.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import pyarrow as pa
 
 from .errors import SchemaError
 
-__all__ = ["DENSE", "GROUPS", "KINDS", "SCORED", "SPARSE", "Feature", "Schema"]
+__all__ = ["DENSE", "GROUPS", "IMAGE", "KINDS", "SCORED", "SPARSE", "Feature", "Schema"]
 
-DENSE, SPARSE, SCORED = "dense", "sparse", "scored"
-KINDS = (DENSE, SPARSE, SCORED)
+DENSE, SPARSE, SCORED, IMAGE = "dense", "sparse", "scored", "image"
+KINDS = (DENSE, SPARSE, SCORED, IMAGE)
 GROUPS = ("user", "item", "context")
 REQUEST_GROUPS = ("user", "context")  # de-dup tables store these once per request
 SCORE_SUFFIX = ".score"
@@ -75,6 +76,8 @@ class Feature:
     def arrow_fields(self) -> list[pa.Field]:
         if self.kind == DENSE:
             return [pa.field(self.name, pa.float32())]
+        if self.kind == IMAGE:
+            return [pa.field(self.name, pa.binary())]
         fields = [pa.field(self.name, pa.list_(pa.int64()))]
         if self.kind == SCORED:
             fields.append(pa.field(self.name + SCORE_SUFFIX, pa.list_(pa.float32())))
@@ -118,7 +121,11 @@ class Schema:
     @cached_property
     def sparse(self) -> tuple[Feature, ...]:
         """Sparse and scored features: the keys of the KeyedJaggedTensor, in column order."""
-        return tuple(f for f in self.features if f.kind != DENSE)
+        return tuple(f for f in self.features if f.kind in (SPARSE, SCORED))
+
+    @cached_property
+    def images(self) -> tuple[Feature, ...]:
+        return tuple(f for f in self.features if f.kind == IMAGE)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -240,10 +247,12 @@ def infer_kind(fld: pa.Field, names, source: str) -> str:
         return SPARSE
     if _is_list(t) and pa.types.is_integer(t.value_type):
         return SCORED if fld.name + SCORE_SUFFIX in names else SPARSE
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return IMAGE
     raise SchemaError(
         f"{source}: column {fld.name!r} has type {t}, which is no feature kind (dense: float, "
         "sparse: integer or list<integer>, scored: list<integer> plus a list<float> "
-        f"'{fld.name}.score' column); convert it (strings: hash them to ids) or leave it out "
+        f"'{fld.name}.score' column, image: binary); convert it (strings: hash them to ids) or leave it out "
         "of the projection"
     )
 

@@ -55,3 +55,11 @@ def dedup_tables(tmp_path_factory):
             writer.write(requests)
         paths.append(path)
     return tuple(paths)
+
+
+@pytest.fixture(scope="session")
+def image_file(tmp_path_factory) -> str:
+    """120 rows of images that spell their row id (tests/image_data.py), 4 row groups of 30."""
+    from image_data import write_images
+
+    return write_images(str(tmp_path_factory.mktemp("images") / "images.parquet"), 120, 30)

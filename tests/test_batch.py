@@ -403,3 +403,19 @@ def test_edge_cases_of_rows_inverse_and_arrow_extras():
     assert b.take([1, 0]).inverse.tolist() == [1, 0]  # an inverse without requests is a plain column
     assert Batch.concat([b, b]).inverse.tolist() == [0, 1, 0, 1]
     assert b.to_torch().take(torch.tensor([1])).extras["s"].to_pylist() == ["q"]  # Arrow extras of a torch batch
+
+
+def test_images_follow_their_rows_through_take_concat_and_to_arrow():
+    schema = gp.Schema((F("thumb", "image"), F("x", "dense")))
+    table = pa.table({"thumb": pa.array([b"a", b"bb", b"ccc"], pa.binary()), "x": pa.array([0.0, 1.0, 2.0], pa.float32())})
+    b = Batch.from_arrow(table, schema)
+    assert isinstance(b.images["thumb"], pa.Array) and b.row_keys is None
+    both = Batch.concat([b.take([2, 0]), b.rows(1, 2)])
+    assert both.images["thumb"].to_pylist() == [b"ccc", b"a", b"bb"] and both.dense.tolist() == [[2.0, 0.0, 1.0]]
+    assert both.to_arrow().column("thumb").to_pylist() == [b"ccc", b"a", b"bb"]
+    pixels = replace(b, images={"thumb": np.arange(3 * 3 * 2 * 2, dtype=np.uint8).reshape(3, 3, 2, 2)},
+                     row_keys=np.array([7, 8, 9]))  # fmt: skip
+    taken = pixels.to_torch().take(torch.tensor([2, 1]))
+    assert taken.images["thumb"].tolist() == pixels.images["thumb"][[2, 1]].tolist() and taken.row_keys.tolist() == [9, 8]
+    stored = pixels.to_arrow().column("thumb").combine_chunks()
+    assert stored.type.shape == [3, 2, 2] and (stored.to_numpy_ndarray() == pixels.images["thumb"]).all()

@@ -125,6 +125,7 @@ def test_inference_of_plain_columns():
             ("tags.score", pa.list_(pa.float32())),
             ("label", pa.int8()),
             ("name", pa.string()),
+            ("thumb", pa.binary()),
         ]
     )
     schema = gp.Schema.from_arrow(arrow, extras=("name",))
@@ -133,7 +134,9 @@ def test_inference_of_plain_columns():
         ("user", "sparse"),
         ("history", "sparse"),
         ("tags", "scored"),
+        ("thumb", "image"),
     ]
+    assert [f.name for f in schema.sparse] == ["user", "history", "tags"] and schema.images == (schema["thumb"],)
     assert schema.labels == ("label",) and schema.extras == ("name",)
 
 

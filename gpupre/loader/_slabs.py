@@ -6,7 +6,8 @@ segment once every row of its slab is in a staged batch.
 
 The client gathers the rows of a batch from its slabs straight into one staging buffer (pinned
 when the batch goes to a GPU): one copy on the host, then one host-to-device transfer for the
-whole batch, after which the same layout gives device views.
+whole batch, after which the same layout gives device views. Encoded images and row keys stay
+on the host (DALI's decoders read them there): staged batches keep them out of that buffer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 import pyarrow as pa
 
-from ..batch import Batch, KeyedJagged, offsets_of
+from ..batch import Batch, KeyedJagged, binary_array, binary_parts, offsets_of
 
 ALIGN = 64
 
@@ -44,13 +45,23 @@ def _arrays(batch: Batch, prefix: str) -> tuple[dict, dict]:
     for name, value in (("weights", batch.sparse.weights), ("labels", batch.labels), ("inverse", batch.inverse)):
         if value is not None:
             arrays[name] = value
+    if batch.row_keys is not None:
+        arrays["row_keys"] = batch.row_keys
     others = {}
     for name, column in batch.extras.items():
         if isinstance(column, np.ndarray):
             arrays["extra:" + name] = column
         else:
             others[name] = column  # Arrow columns (strings...) are small; they travel pickled
-    description = {"num_rows": batch.num_rows, "others": others, "dense_keys": batch.dense_keys, "keys": batch.sparse.keys}
+    encoded = []
+    for name, column in batch.images.items():
+        if isinstance(column, pa.Array):  # encoded bytes are large: they travel in the segment too
+            arrays["image_offsets:" + name], arrays["image:" + name] = binary_parts(column)
+            encoded.append(name)
+        else:
+            arrays["image:" + name] = column
+    description = {"num_rows": batch.num_rows, "others": others, "dense_keys": batch.dense_keys, "keys": batch.sparse.keys,
+                   "encoded": encoded}  # fmt: skip
     return {prefix + key: a for key, a in arrays.items()}, description
 
 
@@ -159,7 +170,7 @@ class _Part:
             lo, hi = o[keys + start], o[keys + stop]
             self.bounds.append(lo)
             self.counts[:, p] = hi - lo
-        self.others = {}
+        self.others, self.host_images = {}, {}
 
     def shapes(self) -> dict:
         first, n, total = self.batches[0], self.n, int(self.counts.sum())
@@ -178,6 +189,12 @@ class _Part:
             else:  # Arrow columns (strings, or numbers with nulls in some slab) stay Arrow
                 self.others[name] = pa.concat_arrays([pa.array(c[start:stop]) if isinstance(c, np.ndarray) else c.slice(start, stop - start)
                                                       for c, (_, start, stop) in zip(columns, self.pieces)])  # fmt: skip
+        for name, column in first.images.items():
+            if isinstance(column, pa.Array):  # encoded: host bytes for DALI, not part of the transfer
+                self.host_images[name] = pa.concat_arrays([b.images[name].slice(start, stop - start)
+                                                           for b, (_, start, stop) in zip(self.batches, self.pieces)])  # fmt: skip
+            else:
+                shapes["image:" + name] = (column.dtype, (n, *column.shape[1:]))
         return {self.prefix + key: value for key, value in shapes.items()}
 
     def fill(self, out: dict) -> None:
@@ -193,6 +210,8 @@ class _Part:
                 out["inverse"][rows] = b.inverse[start:stop]
             for key in (k for k in out if k.startswith("extra:")):
                 out[key][rows] = b.extras[key[6:]][start:stop]
+            for key in (k for k in out if k.startswith("image:")):
+                out[key][rows] = b.images[key[6:]][start:stop]
             at += stop - start
         where = offsets_of(self.counts.ravel())  # k-major: key 0 of every piece, then key 1 ...
         for k in range(self.keys):
@@ -204,7 +223,11 @@ class _Part:
 
     def description(self) -> dict:
         first = self.batches[0]
-        return {"num_rows": self.n, "others": self.others, "dense_keys": first.dense_keys, "keys": first.sparse.keys}
+        description = {"num_rows": self.n, "others": self.others, "dense_keys": first.dense_keys, "keys": first.sparse.keys,
+                       "host_images": self.host_images}  # fmt: skip
+        if first.row_keys is not None:
+            description["row_keys"] = np.concatenate([b.row_keys[start:stop] for b, (_, start, stop) in zip(self.batches, self.pieces)])
+        return description
 
 
 def _layout(shapes: dict) -> tuple[list, int]:
@@ -228,6 +251,10 @@ def _batch(views: dict, description: dict, schema, prefix: str = "") -> Batch:
         views = {key: v for key, v in views.items() if not key.startswith("requests.")}
     extras = {k[6:]: v for k, v in views.items() if k.startswith("extra:")}
     extras.update(description["others"])
+    images = {k[6:]: v for k, v in views.items() if k.startswith("image:")}
+    for name in description.get("encoded", ()):
+        images[name] = binary_array(views["image_offsets:" + name], images[name])
+    images.update(description.get("host_images", {}))
     lengths = views["lengths"].reshape(-1)
     return Batch(
         description["num_rows"],
@@ -239,6 +266,8 @@ def _batch(views: dict, description: dict, schema, prefix: str = "") -> Batch:
         views.get("inverse"),
         requests,
         schema,
+        images,
+        views.get("row_keys", description.get("row_keys")),
     )
 
 

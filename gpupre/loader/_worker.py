@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import replace
+
 import numpy as np
+
+from ..reader.units import rekey
 
 
 def shuffle_rng(seed: int, epoch: int, position: int, slab: int) -> np.random.Generator:
@@ -29,20 +33,23 @@ def shuffled_rows(batch, rng: np.random.Generator) -> np.ndarray:
 
 
 def read_unit(dataset, stage, task, read_batch_size: int):
-    """The slabs of one task (key, unit, skip, shuffle): (host batch, stats) pairs.
+    """The slabs of one task (key, unit, skip, shuffle, (seed, epoch)): (host batch, stats) pairs.
 
     stage: None, or (plan, whole): with whole, every stage of the plan runs here (CPU training:
     in parallel over the workers); else only its host stage (the device stage runs in the client).
 
     shuffle is None or (seed, epoch, position): rows are permuted within each slab, the same way
     on every run, and `skip` counts rows in that order (so a resumed unit skips exactly the rows
-    already delivered).
+    already delivered). Row keys (batches of image features) take in the seed and epoch, so
+    that random image ops draw anew each epoch.
     """
-    _, unit, skip, shuffle = task
+    _, unit, skip, shuffle, (seed, epoch) = task
     stats = {"read_s": 0.0, "host_s": 0.0}  # of the slab just yielded (and any skipped before it)
     start = time.perf_counter()
     for index, batch in enumerate(dataset.read_slabs(unit, read_batch_size)):
         stats["read_s"] += time.perf_counter() - start
+        if batch.row_keys is not None:
+            batch = replace(batch, row_keys=rekey(batch.row_keys, seed, epoch))
         if shuffle is not None:
             batch = batch.take(shuffled_rows(batch, shuffle_rng(*shuffle, index)))
         if skip >= batch.num_rows:

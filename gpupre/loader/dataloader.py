@@ -196,7 +196,7 @@ class DataLoader:
                 if seen + unit.num_rows > skip:
                     shuffle = (self.seed, epoch, position) if self.shuffle else None
                     key = (generation, number * len(units) + position)
-                    tasks.append((key, unit, max(0, skip - seen), shuffle))
+                    tasks.append((key, unit, max(0, skip - seen), shuffle, (self.seed, epoch)))
                 seen += unit.num_rows
             rows = 0
             for slab in self._slabs(tasks, generation):
@@ -312,7 +312,7 @@ class DataLoader:
             if self._generation != generation:
                 raise ConfigError("a newer iteration of this DataLoader started; iterate one at a time")
             if isinstance(slabs, str):  # the unit could not be read: nothing of it was delivered
-                _, unit, skip, _ = tasks[index]
+                _, unit, skip = tasks[index][:3]
                 self._bad_unit(unit, slabs)
                 yield _Gap(unit.num_rows - skip)
             else:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from ..batch import Batch, list_parts, one_array
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Schema, score_owner, unknown_message
-from .units import WorkUnit, shard
+from .units import WorkUnit, row_keys, shard
 
 __all__ = ["Dataset"]
 
@@ -90,6 +90,11 @@ class Dataset:
         self.schema = Schema(features, labels, passthrough)
         self.full_schema = full
         self.columns = self.schema.column_names()
+        if self._dedup is not None and self.schema.images:
+            raise SchemaError(
+                f"{first}: image feature {self.schema.images[0].name!r} is in a de-dup table, which "
+                "holds no image features; project it out, or write the images to a plain table"
+            )
         if self._dedup is not None:
             self._parts = _dedup_parts(self.schema, self._dedup, arrow_schema)
             if self._parts[2] not in self.columns:  # the column that counts impressions
@@ -149,7 +154,7 @@ class Dataset:
         Raises:
             DataError: the row group cannot be decoded (names the file and row group).
         """
-        return self._batch(self.read_arrow(unit), str(unit))
+        return self._keyed(self._batch(self.read_arrow(unit), str(unit)), unit, 0)
 
     def read_slabs(self, unit: WorkUnit, rows: int):
         """One unit as host `Batch`es of up to `rows` rows each, decoding only one at a time.
@@ -161,8 +166,10 @@ class Dataset:
             rows = max(1, rows * self._metadata[unit.path].row_group(unit.row_group).num_rows // unit.num_rows)
         try:
             parts = self._fragment(unit).to_batches(columns=self.columns, batch_size=rows, **self._scan_options())
+            start = 0
             for part in parts:
-                yield self._batch(part, str(unit))
+                yield self._keyed(self._batch(part, str(unit)), unit, start)
+                start += part.num_rows
             self._record(unit)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
@@ -172,6 +179,12 @@ class Dataset:
             return Batch.from_arrow(table, self.schema, source=source)
         batch = _dedup_batch(table, self.schema, *self._parts, source)
         return batch.expand() if self.expand else batch
+
+    def _keyed(self, batch: Batch, unit: WorkUnit, start: int) -> Batch:
+        """Batches of image features carry row keys, from which random image ops draw."""
+        if not self.schema.images:
+            return batch
+        return replace(batch, row_keys=row_keys(unit, start, batch.num_rows))
 
     def read_arrow(self, unit: WorkUnit) -> pa.Table:
         """One unit's projected columns as an Arrow table."""

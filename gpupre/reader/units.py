@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["WorkUnit", "shard"]
+__all__ = ["WorkUnit", "mix64", "rekey", "row_keys", "shard"]
 
 
 @dataclass(frozen=True, order=True)
@@ -44,3 +45,30 @@ def shard(
     if seed is not None:
         ordered = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
     return ordered[rank::world_size][worker::num_workers]
+
+
+def mix64(x) -> np.ndarray:
+    """splitmix64's finalizer over uint64 arrays (wrapping): a cheap, well-spread 64-bit hash."""
+    x = np.asarray(x, np.uint64).copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def row_keys(unit: WorkUnit, start: int, count: int) -> np.ndarray:
+    """int64 keys of rows [start, start + count) of `unit`: a hash of (path, row group, row).
+
+    The same row gets the same key in every process and run, whatever the batching.
+    """
+    digest = hashlib.blake2b(f"{unit.path}\0{unit.row_group}".encode(), digest_size=8).digest()
+    rows = np.arange(start, start + count, dtype=np.uint64) + np.uint64(int.from_bytes(digest, "little"))
+    return mix64(rows).view(np.int64)
+
+
+def rekey(keys, seed: int, epoch: int) -> np.ndarray:
+    """Row keys of one epoch of a loader with `seed`: random image ops draw anew each epoch."""
+    salt = mix64(np.array([(seed & (2**64 - 1)) ^ (epoch * 0x9E3779B97F4A7C15 & (2**64 - 1))], np.uint64))
+    return mix64(np.asarray(keys).view(np.uint64) ^ salt).view(np.int64)

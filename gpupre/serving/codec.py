@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from ..batch import Batch, KeyedJagged, _segments, offsets_of
-from ..errors import DataError
+from ..errors import DataError, SchemaError
 from ..schema import SCORED, Schema
 
 __all__ = ["FeatureCodec", "encode_rows", "gather_rows"]
@@ -28,6 +28,11 @@ class FeatureCodec:
     """Encodes rows of a `Batch` with `schema`'s features to bytes, and bytes back to a `Batch`."""
 
     def __init__(self, schema: Schema):
+        if schema.images:
+            raise SchemaError(
+                f"image feature {schema.images[0].name!r}: the serving side logs id and float features, "
+                "not images; log the image's id and join the bytes from the content store when writing training data"
+            )
         self.schema = schema
         self.num_dense, self.num_sparse = len(schema.dense), len(schema.sparse)
         self.weighted = any(f.kind == SCORED for f in schema.sparse)

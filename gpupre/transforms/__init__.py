@@ -19,6 +19,7 @@ from .ops import (
     Union,
 )
 from .derived import materialize
+from .images import NormalizeImage, RandomFlip, RandomResizedCrop, Resize
 from .pipeline import Pipeline, output_schema
 from .plan import Plan, compile
 
@@ -34,10 +35,14 @@ __all__ = [
     "Modulo",
     "NGram",
     "Normalize",
+    "NormalizeImage",
     "Op",
     "OverlapCount",
     "Pipeline",
     "Plan",
+    "RandomFlip",
+    "RandomResizedCrop",
+    "Resize",
     "SortByScore",
     "Truncate",
     "Union",

@@ -19,6 +19,7 @@ from ..errors import ConfigError, SchemaError
 from ..reader import Dataset
 from ..schema import METADATA_KEY, Schema, infer_kind
 from ..storage.write import DEFAULT_ROW_GROUP_ROWS, TableWriter
+from .images import IMAGE_OPS
 from .ops import Op
 from .pipeline import Pipeline, output_schema, provenance
 
@@ -127,6 +128,12 @@ def _ensure_ops(ops) -> Pipeline:
         raise ConfigError(
             f"materialize stores fitted outputs, but {unfitted} are unfitted; "
             "call pipeline.fit(dataset) first"
+        )
+    images = [str(op) for op in pipeline.ops if isinstance(op, IMAGE_OPS)]
+    if images:
+        raise ConfigError(
+            f"materialize stores id and float features, not images ({images}); image ops draw anew "
+            "each epoch, so leave them in the training pipeline"
         )
     return Pipeline(pipeline.ops)
 

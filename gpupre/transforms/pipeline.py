@@ -12,6 +12,7 @@ from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
 from ..schema import Feature, Schema, unknown_message
+from .images import IMAGE_OPS
 from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, per_feature, with_params
 
 __all__ = ["Pipeline", "output_schema", "provenance", "skip_materialized"]
@@ -158,7 +159,9 @@ class Pipeline(JsonFile):
             first = next(i for i, op in enumerate(ops) if not op.fitted)
             targets = _independent_unfitted(ops, first)
             stats = {i: _Stats(sample_size if isinstance(ops[i], Bucketize) else 0) for i in targets}
-            prefix = Pipeline(ops[:first], schema) if first else None
+            # image ops never feed a fitted op: the prefix leaves them out rather than decode every image
+            before = [op for op in ops[:first] if not isinstance(op, IMAGE_OPS)]
+            prefix = Pipeline(before, schema) if before else None
             rows = 0
             bar = tqdm(total=max_rows or dataset.num_rows, desc=f"fitting {ops[first]}", unit="rows", disable=not progress)
             for unit in dataset.units():

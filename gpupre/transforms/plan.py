@@ -9,6 +9,8 @@ A plan runs in this order, each stage over all features at once::
     sparse levels each level: one lengths pass, one prefix sum, one values pass over every
                   output key; ids made by dense pass 1 join level 0 as extra keys
     dense pass 2  programs over OverlapCount outputs (dense features made from lists)
+    image stage   image features decoded and augmented by DALI, one graph per output image
+                  (see images.py); independent of the rest
 
 A sparse level is a table of "apps": (kind, input key a [, b], params), with elementwise id maps
 (Hash, Modulo) fused in as pre-maps on the inputs and an epilogue on the output. A new level is
@@ -27,6 +29,7 @@ from ..batch import KeyedJagged
 from ..errors import ConfigError, DataError
 from ..schema import SCORED, Schema
 from . import ops as O
+from .images import IMAGE_OPS, image_chains
 from .pipeline import Pipeline, output_schema, skip_materialized
 
 __all__ = ["DenseProgram", "Plan", "SparseLevel", "compile"]
@@ -123,6 +126,7 @@ class Plan:
     derived: DenseProgram | None
     executor: object = field(default=None, repr=False)
     materialized: tuple[str, ...] = ()  # outputs read from stored columns instead of computed
+    images: object = None  # DaliImages running the image chains, or None
 
     @property
     def launches(self) -> int:
@@ -137,7 +141,10 @@ class Plan:
             DataError: the batch's keys are not the plan's, or its lengths do not match its values.
         """
         _check_batch(self, batch)
-        return self.executor.run(self, batch, host_stage)
+        out = self.executor.run(self, batch, host_stage)
+        if self.images is not None:
+            out = replace(self.images.run(out), schema=self.output_schema)
+        return out
 
     def run_host(self, batch):
         """The host stage only, on a host batch (the loader's workers run it before the transfer)."""
@@ -159,6 +166,8 @@ class Plan:
             lines.append(f"  sparse level {i}: {len(level.kind)} apps{' (identity, skipped)' if level.identity else ''}")
         if self.derived is not None:
             lines.append(f"  dense pass 2: {len(self.derived.src)} programs over OverlapCount outputs")
+        if self.images is not None:
+            lines.append(f"  image stage (DALI): {[c.out for c in self.images.chains]}")
         if self.materialized:
             lines.append(f"  read, not computed (materialized): {list(self.materialized)}")
         return "\n".join(lines)
@@ -178,7 +187,7 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
 
     Raises:
         ConfigError: unfitted ops, or a combination the plan does not support.
-        BackendUnavailable: the device's executor cannot run here.
+        BackendUnavailable: the device's executor cannot run here, or image ops without DALI.
     """
     unfitted = [str(op) for op in pipeline.ops if not op.fitted]
     if unfitted:
@@ -191,12 +200,19 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
     if host_stage is None:
         host_stage = device.startswith("cuda")
     builder = _Builder(schema, host_stage)
+    chains = image_chains(pipeline.ops)
     for op in pipeline.ops:
+        if isinstance(op, IMAGE_OPS):
+            continue
         for inputs, out in op.applications():
             builder.apply(op, inputs, out)
     host, dense, levels, derived = builder.finish(out_schema)
     plan = Plan(pipeline, schema, out_schema, device, host, dense, levels, derived, materialized=tuple(read))
     plan.executor = _executor(device)
+    if chains:
+        from .dali import DaliImages
+
+        plan.images = DaliImages(chains, device)
     return plan
 
 
@@ -531,11 +547,12 @@ def _check_batch(plan: Plan, batch) -> None:
     schema = plan.input_schema
     expected_dense = tuple(f.name for f in schema.dense)
     expected_sparse = tuple(f.name for f in schema.sparse)
-    if batch.dense_keys != expected_dense or batch.sparse.keys != expected_sparse:
+    expected_images = sorted(f.name for f in schema.images)
+    if batch.dense_keys != expected_dense or batch.sparse.keys != expected_sparse or sorted(batch.images) != expected_images:
         raise DataError(
-            f"batch features (dense {list(batch.dense_keys)}, sparse {list(batch.sparse.keys)}) differ "
-            f"from the plan's (dense {list(expected_dense)}, sparse {list(expected_sparse)}); compile the "
-            "pipeline for this batch's schema"
+            f"batch features (dense {list(batch.dense_keys)}, sparse {list(batch.sparse.keys)}, images "
+            f"{sorted(batch.images)}) differ from the plan's (dense {list(expected_dense)}, sparse "
+            f"{list(expected_sparse)}, images {expected_images}); compile the pipeline for this batch's schema"
         )
     lengths = batch.sparse.lengths
     if len(lengths) != len(expected_sparse) * batch.num_rows:

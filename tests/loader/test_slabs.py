@@ -84,3 +84,29 @@ def test_a_numeric_extra_with_nulls_in_one_slab_stays_arrow():
     got = stage(pieces, parts[0].schema).batch()
     assert isinstance(got.extras["rid"], pa.Array) and got.extras["rid"].null_count == 3
     assert got.extras["rid"].to_pylist()[:3] == parts[0].extras["rid"].tolist()
+
+
+def test_images_and_row_keys_travel_through_shared_memory_and_staging():
+    """Encoded images stay host Arrow bytes (not in the transfer buffer); pixels join the buffer."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for rows in (6, 5):
+        b = batch(rows, rows)
+        encoded = pa.array([rng.bytes(int(n)) for n in rng.integers(1, 50, rows)], pa.binary())
+        pixels = rng.integers(0, 256, (rows, 3, 2, 3), dtype=np.uint8)
+        b.images = {"raw": encoded.slice(0), "pixels": pixels}
+        b.row_keys = rng.integers(-(2**63), 2**63 - 1, rows, dtype=np.int64)
+        parts.append(b)
+    slabs = [Slab(to_shared(b), b.schema) for b in parts]
+    try:
+        pieces = [(slabs[0], 1, 6), (slabs[1], 0, 4)]
+        staged = stage(pieces, parts[0].schema)
+        got, want = staged.batch(), expected(parts, pieces)
+        assert got.images["raw"].to_pylist() == want.images["raw"].to_pylist()
+        np.testing.assert_array_equal(got.images["pixels"].numpy(), want.images["pixels"])
+        np.testing.assert_array_equal(got.row_keys, want.row_keys)
+        lo, hi = staged.buffer.data_ptr(), staged.buffer.data_ptr() + staged.buffer.numel()
+        assert lo <= got.images["pixels"].data_ptr() < hi and isinstance(got.row_keys, np.ndarray)
+    finally:
+        for slab in slabs:
+            slab.release()

@@ -59,3 +59,9 @@ def test_corrupt_bytes_and_other_features_are_data_errors():
         codec.encode(make_batch({"z": [1.0]}, {"a": [[7]]}))
 
 
+
+
+def test_a_schema_with_an_image_feature_is_refused_not_dropped():
+    schema = gp.Schema((gp.Feature("price", "dense"), gp.Feature("thumb", "image")))
+    with pytest.raises(gp.SchemaError, match="image feature 'thumb'"):
+        FeatureCodec(schema)

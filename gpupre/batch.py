@@ -148,7 +148,8 @@ class Batch:
         """A host batch as a flattened Arrow table (the inverse of `from_arrow`; NaN -> null).
 
         Columns: features (a scored feature with its `.score` column), then labels (named by
-        the schema), then extras. A de-duplicated batch is expanded first.
+        the schema), then images, then extras. A de-duplicated batch is expanded first. Decoded
+        images become fixed-shape tensor columns, which `from_arrow` does not read back.
         """
         b = self.expand()
         n, keys = b.num_rows, len(b.sparse.keys)
@@ -346,7 +347,11 @@ def one_array(col) -> pa.Array:
     """A column as one Array, without copying when it already is one chunk."""
     if not isinstance(col, pa.ChunkedArray):
         return col
-    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    if col.num_chunks == 1:
+        return col.chunk(0)
+    if pa.types.is_binary(col.type):  # images: the chunks' bytes together may pass 32-bit offsets
+        col = col.cast(pa.large_binary())
+    return col.combine_chunks()
 
 
 def _float32(arr: pa.Array, name: str, source: str) -> np.ndarray:

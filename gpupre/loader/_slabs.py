@@ -6,8 +6,8 @@ segment once every row of its slab is in a staged batch.
 
 The client gathers the rows of a batch from its slabs straight into one staging buffer (pinned
 when the batch goes to a GPU): one copy on the host, then one host-to-device transfer for the
-whole batch, after which the same layout gives device views. Encoded images and row keys stay
-on the host (DALI's decoders read them there): staged batches keep them out of that buffer.
+whole batch, after which the same layout gives device views. Encoded images stay on the host
+(DALI's decoders read them there): staged batches keep them out of that buffer.
 """
 
 from __future__ import annotations
@@ -182,6 +182,8 @@ class _Part:
             shapes["labels"] = (np.float32, np.shape(first.labels)[:-1] + (n,))
         if first.inverse is not None:
             shapes["inverse"] = (np.int32, (n,))
+        if first.row_keys is not None:
+            shapes["row_keys"] = (np.int64, (n,))
         for name, column in first.extras.items():
             columns = [b.extras[name] for b in self.batches]
             if all(isinstance(c, np.ndarray) for c in columns):
@@ -208,6 +210,8 @@ class _Part:
                 out["labels"][..., rows] = b.labels[..., start:stop]
             if "inverse" in out:  # renumbered by stage() when the requests are gathered too
                 out["inverse"][rows] = b.inverse[start:stop]
+            if "row_keys" in out:
+                out["row_keys"][rows] = b.row_keys[start:stop]
             for key in (k for k in out if k.startswith("extra:")):
                 out[key][rows] = b.extras[key[6:]][start:stop]
             for key in (k for k in out if k.startswith("image:")):
@@ -223,11 +227,8 @@ class _Part:
 
     def description(self) -> dict:
         first = self.batches[0]
-        description = {"num_rows": self.n, "others": self.others, "dense_keys": first.dense_keys, "keys": first.sparse.keys,
-                       "host_images": self.host_images}  # fmt: skip
-        if first.row_keys is not None:
-            description["row_keys"] = np.concatenate([b.row_keys[start:stop] for b, (_, start, stop) in zip(self.batches, self.pieces)])
-        return description
+        return {"num_rows": self.n, "others": self.others, "dense_keys": first.dense_keys, "keys": first.sparse.keys,
+                "host_images": self.host_images}  # fmt: skip
 
 
 def _layout(shapes: dict) -> tuple[list, int]:
@@ -267,7 +268,7 @@ def _batch(views: dict, description: dict, schema, prefix: str = "") -> Batch:
         requests,
         schema,
         images,
-        views.get("row_keys", description.get("row_keys")),
+        views.get("row_keys"),
     )
 
 

@@ -219,15 +219,15 @@ class Dataset:
     def __getstate__(self):
         return {**self.__dict__, "_fragments": {}}
 
-    def with_columns(self, label=None, passthrough=None) -> "Dataset":
-        """The same files and projection with other label or pass-through columns (None keeps them).
+    def with_columns(self, label=None, passthrough=None, features=None) -> "Dataset":
+        """The same files with another projection, label or pass-through columns (None keeps them).
 
         Raises:
             SchemaError: a named column does not exist.
         """
         return Dataset(
             self.paths,
-            features=list(self.schema.names),
+            features=list(self.schema.names) if features is None else features,
             filesystem=self.filesystem,
             label=self.schema.labels if label is None else label,
             passthrough=self.schema.extras if passthrough is None else passthrough,

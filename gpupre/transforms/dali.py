@@ -66,7 +66,7 @@ class DaliImages:
     # -- one chain ------------------------------------------------------------------------------
     def _chain(self, index: int, chain: ImageChain, encoded, keys, batch):
         rows = _rows(encoded, chain.source, batch)
-        params = {}
+        keys, params = chain.keys(keys), {}
         if isinstance(chain.sizing, RandomResizedCrop):
             params["window"] = chain.sizing.windows(keys)
         if chain.flip is not None:
@@ -74,37 +74,38 @@ class DaliImages:
         out = self._empty(chain, batch)
         for lo in range(0, len(rows), MAX_BATCH):
             hi = min(lo + MAX_BATCH, len(rows))
-            piece = {name: list(p[lo:hi]) for name, p in params.items()}
             try:
-                result = self._run(index, chain, rows[lo:hi], piece)
+                result = self._run(index, chain, rows, params, lo, hi)
             except RuntimeError as e:
                 self._pipes.pop((index, threading.get_ident()), None)  # DALI leaves it unusable
-                raise self._bad_row(index, chain, rows, params, lo, hi, batch, e) from None
+                raise self._bad_row(index, chain, rows, params, lo, hi, batch) or e from None
             self._copy(result, out, lo, hi)
         return out
 
-    def _run(self, index, chain, rows, params):
+    def _run(self, index, chain, rows, params, lo: int, hi: int):
+        """DALI's result for rows [lo, hi)."""
         pipe = self._pipe(index, chain)
         stream = None
         if self.device.startswith("cuda"):  # DALI works on its own stream; its outputs are made ready for ours
             import torch
 
             stream = torch.cuda.current_stream(self.device)
-        (result,) = pipe.run(stream, encoded=rows, **params)
+        (result,) = pipe.run(stream, encoded=rows[lo:hi], **{name: list(p[lo:hi]) for name, p in params.items()})
         return result
 
-    def _bad_row(self, index, chain, rows, params, lo, hi, batch, error) -> DataError:
-        """The DataError for the first row of [lo, hi) that fails alone (else for the piece)."""
+    def _bad_row(self, index, chain, rows, params, lo, hi, batch) -> DataError | None:
+        """The DataError for the first row of [lo, hi) that fails alone; None if none does (then
+        the failure was not the data's, and the caller raises DALI's own error)."""
         for row in range(lo, hi):
             try:
-                self._run(index, chain, rows[row : row + 1], {n: list(p[row : row + 1]) for n, p in params.items()})
+                self._run(index, chain, rows, params, row, row + 1)
             except RuntimeError as e:
                 self._pipes.pop((index, threading.get_ident()), None)
                 return DataError(
                     f"image feature {chain.source!r}: row {row} of the batch{_row_names(batch, row)} cannot be "
                     f"decoded ({_reason(e)}); its bytes are not a JPEG or PNG image: rewrite or drop that row"
                 )
-        return DataError(f"image feature {chain.source!r}: rows {lo}..{hi - 1} failed together ({_reason(error)})")
+        return None
 
     def _empty(self, chain: ImageChain, batch):
         shape = (batch.num_rows, 3, *chain.sizing.size)
@@ -121,7 +122,7 @@ class DaliImages:
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        feed_ndarray(result.as_tensor(), out[lo:hi], cuda_stream=torch.cuda.current_stream(out.device))
+        feed_ndarray(result, out[lo:hi], cuda_stream=torch.cuda.current_stream(out.device))
 
     # -- the DALI graph -------------------------------------------------------------------------
     def _pipe(self, index: int, chain: ImageChain):

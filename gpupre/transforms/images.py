@@ -9,13 +9,14 @@ Every chain starts with the op that fixes its size (`Resize` or `RandomResizedCr
 rows stack into one tensor; `RandomFlip` and `NormalizeImage` may follow once each (they commute).
 
 Random ops draw from the row's key (`Batch.row_keys`: file, row group and row; the loader mixes
-in its seed and the epoch), the op's `seed` and a stream per draw, never from a generator that
-advances: a row gets the same crop whatever the batching, the number of workers, a resume, or
-the device.
+in its seed and the epoch), the output feature's name, the op's `seed` and a stream per draw,
+never from a generator that advances: a row gets the same crop whatever the batching, the number
+of workers, a resume, or the device, and two views of one image (out=) get different crops.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..reader.units import mix64
 from ..schema import IMAGE
-from .ops import Op, _int64
+from .ops import OPS, Op, _int64
 
 __all__ = ["ImageChain", "NormalizeImage", "RandomFlip", "RandomResizedCrop", "Resize", "image_chains"]
 
@@ -124,6 +125,7 @@ class NormalizeImage(Op):
 
 
 IMAGE_OPS = (Resize, RandomResizedCrop, RandomFlip, NormalizeImage)
+OPS.update({cls.__name__: cls for cls in IMAGE_OPS})  # pipelines load them from JSON like any op
 FLIP_STREAM = 4  # RandomResizedCrop draws streams 0-3; a distinct stream keeps a flip independent of the crop
 
 
@@ -143,6 +145,11 @@ class ImageChain:
     sizing: Resize | RandomResizedCrop | None = None
     flip: RandomFlip | None = None
     normalize: NormalizeImage | None = None
+
+    def keys(self, row_keys: np.ndarray) -> np.ndarray:
+        """The row keys this chain's random ops draw from: salted by its output's name."""
+        salt = int.from_bytes(hashlib.blake2b(self.out.encode(), digest_size=8).digest(), "little")
+        return mix64(np.asarray(row_keys, np.int64).view(np.uint64) ^ np.uint64(salt)).view(np.int64)
 
     def add(self, op: Op) -> None:
         if isinstance(op, (Resize, RandomResizedCrop)):

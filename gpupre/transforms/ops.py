@@ -383,14 +383,11 @@ OPS = {
 
 def op_from_dict(data: dict) -> Op:
     """The op saved by `Op.to_dict`."""
-    from .images import IMAGE_OPS
-
-    known = {**OPS, **{cls.__name__: cls for cls in IMAGE_OPS}}
     data = dict(data)
     name = data.pop("op", None)
-    if name not in known:
-        raise ConfigError(f"unknown op {name!r}; known: {sorted(known)}")
-    cls = known[name]
+    if name not in OPS:
+        raise ConfigError(f"unknown op {name!r}; known: {sorted(OPS)}")
+    cls = OPS[name]
     features, out = data.pop("features"), data.pop("out", None)
     if cls.arity == 2:
         return cls(*features, **data, out=out)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
-from ..schema import Feature, Schema, unknown_message
+from ..schema import IMAGE, Feature, Schema, unknown_message
 from .images import IMAGE_OPS
 from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, per_feature, with_params
 
@@ -153,6 +153,8 @@ class Pipeline(JsonFile):
         """
         schema = dataset.schema
         self.output_schema(schema)  # validate before reading anything
+        if schema.images:  # no fitted op reads an image: leave their bytes unread
+            dataset = dataset.with_columns(features=[f.name for f in schema if f.kind != IMAGE])
         ops = [single for op in self.ops for single in _per_feature(op)]
         rng = np.random.default_rng(seed)
         while not all(op.fitted for op in ops):

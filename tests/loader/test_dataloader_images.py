@@ -110,3 +110,13 @@ def test_a_corrupt_image_names_its_unit_and_row(tmp_path, image_file):
     skipping.close()
     # the unit's rows from the slab that holds the bad image on (slabs of 8: rows 38..45, ...)
     assert sorted(crops) == [i for i in range(120) if not 38 <= i < 60]
+
+
+def test_fitting_beside_image_ops_leaves_the_images_unread(image_file):
+    counting = gp.storage.CountingFileSystem()
+    ds = gp.Dataset(image_file, filesystem=counting)
+    pipe = gp.Pipeline([*CROP, gp.Normalize("x")]).fit(ds, progress=False)
+    assert pipe.ops[-1].mean == pytest.approx(59.5)  # x is 0..119
+    assert counting.bytes_read < ds.bytes_per_column()["thumb"][0] / 4
+    batch = pipe(ds.read(ds.units()[0]))
+    assert batch.images["thumb"].shape == (30, 3, 12, 16) and abs(float(batch.dense.mean())) < 2

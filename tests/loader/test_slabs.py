@@ -87,7 +87,7 @@ def test_a_numeric_extra_with_nulls_in_one_slab_stays_arrow():
 
 
 def test_images_and_row_keys_travel_through_shared_memory_and_staging():
-    """Encoded images stay host Arrow bytes (not in the transfer buffer); pixels join the buffer."""
+    """Encoded images stay host Arrow bytes (not in the transfer buffer); pixels and keys join it."""
     rng = np.random.default_rng(5)
     parts = []
     for rows in (6, 5):
@@ -104,9 +104,9 @@ def test_images_and_row_keys_travel_through_shared_memory_and_staging():
         got, want = staged.batch(), expected(parts, pieces)
         assert got.images["raw"].to_pylist() == want.images["raw"].to_pylist()
         np.testing.assert_array_equal(got.images["pixels"].numpy(), want.images["pixels"])
-        np.testing.assert_array_equal(got.row_keys, want.row_keys)
+        np.testing.assert_array_equal(got.row_keys.numpy(), want.row_keys)
         lo, hi = staged.buffer.data_ptr(), staged.buffer.data_ptr() + staged.buffer.numel()
-        assert lo <= got.images["pixels"].data_ptr() < hi and isinstance(got.row_keys, np.ndarray)
+        assert all(lo <= t.data_ptr() < hi for t in (got.images["pixels"], got.row_keys))
     finally:
         for slab in slabs:
             slab.release()

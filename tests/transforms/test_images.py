@@ -132,6 +132,8 @@ def test_a_second_view_with_out_leaves_the_first(pictures):
     batch = gp.Pipeline([gp.Resize("thumb", size=8, out="small"), gp.Resize("thumb", size=(30, 40))])(_batch(encoded))
     assert batch.images["small"].shape == (12, 3, 8, 8) and batch.images["thumb"].shape == (12, 3, 30, 40)
     assert [f.name for f in batch.schema.images] == ["thumb", "small"]
+    crops = gp.Pipeline([gp.RandomResizedCrop("thumb", 8, out="a"), gp.RandomResizedCrop("thumb", 8, out="b")])(_batch(encoded))
+    assert not np.array_equal(crops.images["a"], crops.images["b"])  # same seed, two views: two crops
 
 
 def test_a_crop_of_the_whole_image_is_a_resize(pictures):

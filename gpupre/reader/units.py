@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["WorkUnit", "mix64", "rekey", "row_keys", "shard"]
+__all__ = ["WorkUnit", "mix64", "rekey", "row_keys", "salted", "shard"]
 
 
 @dataclass(frozen=True, order=True)
@@ -58,6 +58,11 @@ def mix64(x) -> np.ndarray:
     return x
 
 
+def salted(keys, salt) -> np.ndarray:
+    """mix64(keys ^ salt) as uint64: int64 row keys drawn apart by a 64-bit `salt`."""
+    return mix64(np.asarray(keys, np.int64).view(np.uint64) ^ np.uint64(salt))
+
+
 def row_keys(unit: WorkUnit, start: int, count: int) -> np.ndarray:
     """int64 keys of rows [start, start + count) of `unit`: a hash of (path, row group, row).
 
@@ -70,5 +75,5 @@ def row_keys(unit: WorkUnit, start: int, count: int) -> np.ndarray:
 
 def rekey(keys, seed: int, epoch: int) -> np.ndarray:
     """Row keys of one epoch of a loader with `seed`: random image ops draw anew each epoch."""
-    salt = mix64(np.array([(seed & (2**64 - 1)) ^ (epoch * 0x9E3779B97F4A7C15 & (2**64 - 1))], np.uint64))
-    return mix64(np.asarray(keys).view(np.uint64) ^ salt).view(np.int64)
+    salt = mix64(np.array([(seed & (2**64 - 1)) ^ (epoch * 0x9E3779B97F4A7C15 & (2**64 - 1))], np.uint64))[0]
+    return salted(keys, salt).view(np.int64)

@@ -52,12 +52,10 @@ class DaliImages:
         Raises:
             DataError: a row's bytes are not an image DALI can decode (names the feature and row).
         """
-        if self.chains and batch.num_rows == 0:
-            return replace(batch, images={**batch.images, **{c.out: self._empty(c, batch) for c in self.chains}})
         keys = batch.row_keys
         if keys is None:  # a batch built by hand: rows are keyed by their position in it
             keys = mix64(np.arange(batch.num_rows, dtype=np.uint64)).view(np.int64)
-        keys = keys.cpu().numpy() if hasattr(keys, "cpu") else np.asarray(keys)
+        keys = keys.cpu().numpy() if hasattr(keys, "cpu") else np.asarray(keys)  # a sync on a GPU: the draws are host-side
         images = dict(batch.images)
         for index, chain in enumerate(self.chains):
             images[chain.out] = self._chain(index, chain, batch.images[chain.source], keys, batch)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..reader.units import mix64
+from ..reader.units import mix64, salted
 from ..schema import IMAGE
 from .ops import OPS, Op, _int64
 
@@ -131,9 +131,8 @@ FLIP_STREAM = 4  # RandomResizedCrop draws streams 0-3; a distinct stream keeps 
 
 def uniform(keys: np.ndarray, seed: int, stream: int) -> np.ndarray:
     """float64 [N] in [0, 1): draw `stream` of op seed `seed` for rows with `keys`."""
-    salt = mix64(np.array([(seed * 0x9E3779B97F4A7C15 + stream) & (2**64 - 1)], np.uint64))
-    bits = mix64(np.asarray(keys, np.int64).view(np.uint64) ^ salt)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    salt = mix64(np.array([(seed * 0x9E3779B97F4A7C15 + stream) & (2**64 - 1)], np.uint64))[0]
+    return (salted(keys, salt) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 @dataclass
@@ -149,7 +148,7 @@ class ImageChain:
     def keys(self, row_keys: np.ndarray) -> np.ndarray:
         """The row keys this chain's random ops draw from: salted by its output's name."""
         salt = int.from_bytes(hashlib.blake2b(self.out.encode(), digest_size=8).digest(), "little")
-        return mix64(np.asarray(row_keys, np.int64).view(np.uint64) ^ np.uint64(salt)).view(np.int64)
+        return salted(row_keys, salt).view(np.int64)
 
     def add(self, op: Op) -> None:
         if isinstance(op, (Resize, RandomResizedCrop)):

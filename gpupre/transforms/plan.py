@@ -193,17 +193,16 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
     if unfitted:
         raise ConfigError(f"pipeline has unfitted ops {unfitted}; call pipeline.fit(dataset) first")
     ops, read = skip_materialized(pipeline.ops, schema)
-    if read:  # the plan runs (and the reference executor replays) only the ops left
-        pipeline = Pipeline(ops, pipeline.input_schema)
-    out_schema = output_schema(pipeline.ops, schema)
+    out_schema = output_schema(ops, schema)
+    chains = image_chains(ops)
+    if read or chains:  # the executors run (the reference one replays) only the ops left: none
+        # materialized, and no image op (those are the image stage's)
+        pipeline = Pipeline([op for op in ops if not isinstance(op, IMAGE_OPS)], pipeline.input_schema)
     device = resolve_device(device)
     if host_stage is None:
         host_stage = device.startswith("cuda")
     builder = _Builder(schema, host_stage)
-    chains = image_chains(pipeline.ops)
     for op in pipeline.ops:
-        if isinstance(op, IMAGE_OPS):
-            continue
         for inputs, out in op.applications():
             builder.apply(op, inputs, out)
     host, dense, levels, derived = builder.finish(out_schema)

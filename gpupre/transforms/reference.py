@@ -13,7 +13,6 @@ from ..schema import SCORED
 from . import ops as O
 from ._log1p import log1p32_array
 from .pipeline import output_schema
-from .images import IMAGE_OPS
 from .plan import output_batch
 
 __all__ = ["ReferenceExecutor", "sigrid_hash", "twang_mix64", "hash_128_to_64"]
@@ -79,8 +78,7 @@ class ReferenceExecutor:
 
     def run(self, plan, batch: Batch, host_stage: bool = True) -> Batch:
         # one op at a time; a host stage run already is harmless again (Truncate, SortByScore)
-        # image ops are the image stage's (DALI), not ops of this executor
-        return run_ops([op for op in plan.pipeline.ops if not isinstance(op, IMAGE_OPS)], plan.input_schema, batch)
+        return run_ops(plan.pipeline.ops, plan.input_schema, batch)
 
 
 def run_ops(ops, schema, batch: Batch) -> Batch:

@@ -1,8 +1,14 @@
 """Shared fixtures: small synthetic datasets, written once per test session."""
 
 import pytest
+from hypothesis import settings
 
 import gpupre as gp
+
+# No per-example deadline: the first example of a test pays numba's compile, and this suite checks
+# behaviour, not speed (speed is measured in bench/).
+settings.register_profile("gpupre", deadline=None)
+settings.load_profile("gpupre")
 
 # Small enough to keep the suite fast, big enough for several row groups and long lists.
 SPEC = gp.storage.SynthSpec(

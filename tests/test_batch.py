@@ -282,7 +282,7 @@ def jagged_tables(draw):
     return table, gp.Schema(tuple(features)), per_feature
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(jagged_tables())
 def test_from_arrow_matches_a_plain_python_construction(case):
     table, schema, per_feature = case

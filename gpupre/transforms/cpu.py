@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from ..batch import Batch, KeyedJagged
-from ._hash import cross_id, float_to_id, hash_128_to_64, sigrid_hash
+from ._hash import cross_id, divisor, float_to_id, floor_mod, hash_128_to_64, sigrid_hash
 from ._log1p import log1p32_block
 from .plan import (
     D_BUCKETIZE,
@@ -47,19 +47,22 @@ SCAN_CHUNK = 1 << 16  # lengths per chunk of the parallel prefix sum
 
 
 # -- dense ---------------------------------------------------------------------------------------
-@numba.njit(cache=True)
+@numba.njit(inline="always")
 def _bucket(v, boundaries, offset, count, right):
+    """Boundaries below v (right: <= v), NaN -> count + 1: a branch-free binary search, as the
+    comparisons of random values mispredict half the time."""
     if math.isnan(v):
         return np.int64(count + 1)
-    lo, hi = 0, count  # count boundaries below v (right: <= v)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        b = boundaries[offset + mid]
-        if b < v or (right and b == v):
-            lo = mid + 1
-        else:
-            hi = mid
-    return np.int64(lo)
+    if count == 0:
+        return np.int64(0)
+    base, n = 0, count
+    while n > 1:
+        half = n // 2
+        b = boundaries[offset + base + half]
+        base += half * ((b < v) | (right & (b == v)))
+        n -= half
+    b = boundaries[offset + base]
+    return np.int64(base + ((b < v) | (right & (b == v))))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -100,6 +103,7 @@ def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, 
                         y[r] = np.float32(y[r] - a) / np.float32(b - a)
             else:  # a terminal id step: write the ids of the block and stop
                 row = out_id[p]
+                div = divisor(iparams[p, s, 0] if code == D_HASH or code == D_MODULO else 1)
                 for r in range(len(y)):
                     v = y[r]
                     valid = code == D_BUCKETIZE or not math.isnan(v)
@@ -107,9 +111,9 @@ def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, 
                     if code == D_BUCKETIZE:
                         made = _bucket(v, boundaries, iparams[p, s, 0], iparams[p, s, 1], iparams[p, s, 2] != 0)
                     elif valid and code == D_HASH:
-                        made = sigrid_hash(float_to_id(v), iparams[p, s, 1], iparams[p, s, 0])
+                        made = sigrid_hash(float_to_id(v), iparams[p, s, 1], div)
                     elif valid and code == D_MODULO:
-                        made = float_to_id(v) % iparams[p, s, 0]
+                        made = floor_mod(float_to_id(v), div)
                     elif valid:
                         made = float_to_id(v)
                     ids_out[row, lo + r] = made
@@ -118,28 +122,64 @@ def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, 
 
 
 # -- sparse --------------------------------------------------------------------------------------
+# A mapping is the Hash / Modulo steps on the ids of one slot of a sparse app, as a [MAX_MAPS, 7]
+# table: code (M_END stops), salt, then the divisor() of num_buckets or n.
+@numba.njit(cache=True)
+def _mappings(maps, map_params):
+    """The mapping tables of every app and slot of a level, once per run."""
+    out = np.zeros(maps.shape + (7,), np.int64)
+    for i in range(maps.shape[0]):
+        for slot in range(maps.shape[1]):
+            for j in range(maps.shape[2]):
+                if maps[i, slot, j] == M_HASH or maps[i, slot, j] == M_MODULO:
+                    out[i, slot, j, 0], out[i, slot, j, 1] = maps[i, slot, j], map_params[i, slot, j, 1]
+                    div = divisor(map_params[i, slot, j, 0])
+                    for k in range(5):
+                        out[i, slot, j, 2 + k] = np.int64(div[k])
+    return out
+
+
 @numba.njit(inline="always")
-def _map(v, codes, params):
-    for j in range(codes.shape[0]):
-        code = codes[j]
-        if code == M_HASH:
-            v = sigrid_hash(v, params[j, 1], params[j, 0])
-        elif code == M_MODULO:
-            v = v % params[j, 0]
-        else:
+def _divisor_at(mapping, j):
+    """Step j's divisor as scalars (a row view would count references per id)."""
+    return (np.uint64(mapping[j, 2]), np.uint64(mapping[j, 3]), np.uint64(mapping[j, 4]),
+            np.uint64(mapping[j, 5]), np.uint64(mapping[j, 6]))  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _map(v, mapping):
+    for j in range(mapping.shape[0]):
+        code = mapping[j, 0]
+        if code == 0:
             break
+        div = _divisor_at(mapping, j)
+        v = sigrid_hash(v, mapping[j, 1], div) if code == M_HASH else floor_mod(v, div)
     return v
 
 
 @numba.njit(inline="always")
-def _copy_mapped(source, lo, hi, dest, at, pre, pre_params, post, post_params):
-    """dest[at:] = post(pre(source[lo:hi])); a plain slice copy when there are no maps."""
-    if pre[0] == 0 and post[0] == 0:
-        for j in range(hi - lo):  # a loop: numba's slice assignment costs more for short rows
-            dest[at + j] = source[lo + j]
-    else:
-        for j in range(hi - lo):
-            dest[at + j] = _map(_map(source[lo + j], pre, pre_params), post, post_params)
+def _map_all(values, mapping):
+    """values[:] = mapping(values), a step at a time: each loop keeps its constants in registers
+    and vectorizes (all steps per id, read from the table, ran 2.5x slower; so did indexing a
+    range of the whole array rather than a view from 0)."""
+    for j in range(mapping.shape[0]):
+        code = mapping[j, 0]
+        if code == 0:
+            break
+        salt = mapping[j, 1]
+        div = _divisor_at(mapping, j)
+        if code == M_HASH:
+            for e in range(len(values)):
+                values[e] = sigrid_hash(values[e], salt, div)
+        else:
+            for e in range(len(values)):
+                values[e] = floor_mod(values[e], div)
+
+
+@numba.njit(inline="always")
+def _copy(source, lo, hi, dest, at):
+    for j in range(hi - lo):  # a loop: numba's slice assignment costs more for short rows
+        dest[at + j] = source[lo + j]
 
 
 @numba.njit(cache=True)
@@ -183,10 +223,10 @@ def _set_op(kind, va, vb):
 
 
 @numba.njit(cache=True)
-def _row(values, start, length, codes, params):
+def _row(values, start, length, mapping):
     out = np.empty(length, np.int64)
     for j in range(length):
-        out[j] = _map(values[start + j], codes, params)
+        out[j] = _map(values[start + j], mapping)
     return out
 
 
@@ -233,7 +273,7 @@ def _top_order(scores, descending, count, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def _level_lengths(kind, a, b, params, maps, map_params, out, n, in_lengths, in_offsets, in_values, out_lengths, derived):
+def _level_lengths(kind, a, b, params, mappings, out, n, in_lengths, in_offsets, in_values, out_lengths, derived):
     blocks = (n + BLOCK - 1) // BLOCK
     for t in prange(len(kind) * blocks):
         i, lo = t // blocks, (t % blocks) * BLOCK
@@ -256,8 +296,8 @@ def _level_lengths(kind, a, b, params, maps, map_params, out, n, in_lengths, in_
                 if k == S_CROSS:
                     length = la * lb
                 else:
-                    va = _row(in_values, in_offsets[ia + r], la, maps[i, 0], map_params[i, 0])
-                    vb = _row(in_values, in_offsets[b[i] * n + r], lb, maps[i, 1], map_params[i, 1])
+                    va = _row(in_values, in_offsets[ia + r], la, mappings[i, 0])
+                    vb = _row(in_values, in_offsets[b[i] * n + r], lb, mappings[i, 1])
                     result = _set_op(k, va, vb)
                     if k == S_OVERLAP:
                         derived[out[i], r] = np.float32(result[0])
@@ -268,7 +308,7 @@ def _level_lengths(kind, a, b, params, maps, map_params, out, n, in_lengths, in_
 
 @numba.njit(parallel=True, cache=True)
 def _level_values(
-    kind, a, b, params, maps, map_params, weighted, out, n,
+    kind, a, b, params, mappings, weighted, out, n,
     in_lengths, in_offsets, in_values, in_weights, out_offsets, out_values, out_weights, has_out_weights,
 ):  # fmt: skip
     blocks = (n + BLOCK - 1) // BLOCK
@@ -279,24 +319,26 @@ def _level_values(
         if k == S_OVERLAP:
             continue
         ia, o = a[i] * n, out[i] * n
-        pre, pre_params, post, post_params = maps[i, 0], map_params[i, 0], maps[i, 2], map_params[i, 2]
+        pre, post = mappings[i, 0], mappings[i, 2]
+        div = divisor(params[i, 1] if k == S_NGRAM else params[i, 0] if k == S_CROSS else 1)
         order = np.empty(64, np.int64)  # scratch for SortByScore, reused by the rows of this tile
         if k == S_COPY:  # key-major layout: a block of rows is one contiguous range of values
             src, dst, end = in_offsets[ia + lo], out_offsets[o + lo], in_offsets[ia + hi]
-            _copy_mapped(in_values, src, end, out_values, dst, pre, pre_params, post, post_params)
+            _copy(in_values, src, end, out_values, dst)
             if has_out_weights:
                 if weighted[i]:
                     out_weights[dst : dst + end - src] = in_weights[src:end]
                 else:
                     out_weights[dst : dst + end - src] = np.float32(1)
-            continue
         for r in range(lo, hi):
+            if k == S_COPY:
+                break
             dst = out_offsets[o + r]
             length = out_offsets[o + r + 1] - dst
             sa, la = in_offsets[ia + r], in_lengths[ia + r]
             if k == S_TRUNCATE:
                 src = sa + la - length if params[i, 1] != 0 else sa  # keep="last" takes the tail
-                _copy_mapped(in_values, src, src + length, out_values, dst, pre, pre_params, post, post_params)
+                _copy(in_values, src, src + length, out_values, dst)
                 if has_out_weights:
                     for j in range(length):
                         out_weights[dst + j] = in_weights[src + j] if weighted[i] else np.float32(1)
@@ -306,35 +348,39 @@ def _level_values(
                     order = np.empty(max(length, 2 * len(order)), np.int64)
                 _top_order(in_weights[sa : sa + la], params[i, 0] != 0, length, order)
                 for j in range(length):
-                    v = _map(in_values[sa + order[j]], pre, pre_params)
-                    out_values[dst + j] = _map(v, post, post_params)
+                    out_values[dst + j] = in_values[sa + order[j]]
                     if has_out_weights:
                         out_weights[dst + j] = in_weights[sa + order[j]] if weighted[i] else np.float32(1)
                 continue
             if k == S_NGRAM:
                 for j in range(length):
-                    h = np.uint64(_map(in_values[sa + j], pre, pre_params))
+                    h = np.uint64(_map(in_values[sa + j], pre))
                     for m in range(1, params[i, 0]):
-                        h = hash_128_to_64(h, np.uint64(_map(in_values[sa + j + m], pre, pre_params)))
-                    out_values[dst + j] = _map(sigrid_hash(np.int64(h), params[i, 2], params[i, 1]), post, post_params)
+                        h = hash_128_to_64(h, np.uint64(_map(in_values[sa + j + m], pre)))
+                    out_values[dst + j] = sigrid_hash(np.int64(h), params[i, 2], div)
             elif k == S_CROSS:
                 sb, lb = in_offsets[b[i] * n + r], in_lengths[b[i] * n + r]
-                pre_b, pre_b_params = maps[i, 1], map_params[i, 1]
+                pre_b = mappings[i, 1]
                 for x in range(la):
-                    u = _map(in_values[sa + x], pre, pre_params)
+                    u = _map(in_values[sa + x], pre)
                     for y in range(lb):
-                        w = _map(in_values[sb + y], pre_b, pre_b_params)
-                        v = sigrid_hash(cross_id(u, w), params[i, 1], params[i, 0])
-                        out_values[dst + x * lb + y] = _map(v, post, post_params)
+                        w = _map(in_values[sb + y], pre_b)
+                        out_values[dst + x * lb + y] = sigrid_hash(cross_id(u, w), params[i, 1], div)
             else:
-                va = _row(in_values, sa, la, pre, pre_params)
+                va = _row(in_values, sa, la, pre)
                 lb = in_lengths[b[i] * n + r]
-                vb = _row(in_values, in_offsets[b[i] * n + r], lb, maps[i, 1], map_params[i, 1])
+                vb = _row(in_values, in_offsets[b[i] * n + r], lb, mappings[i, 1])
                 result = _set_op(k, va, vb)
                 for j in range(length):
-                    out_values[dst + j] = _map(result[j], post, post_params)
+                    out_values[dst + j] = result[j]
             if has_out_weights:  # ids made by these ops carry no scores
                 out_weights[dst : dst + length] = np.float32(1)
+        # The tile's outputs are one range; copy, truncate and sort moved their ids unmapped, and
+        # as maps act on each id alone they apply here as well as before the move.
+        made = out_values[out_offsets[o + lo] : out_offsets[o + hi]]
+        if k == S_COPY or k == S_TRUNCATE or k == S_SORT:
+            _map_all(made, pre)
+        _map_all(made, post)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -409,7 +455,7 @@ class CpuExecutor:
             derived = np.zeros((0, n), np.float32)
         in_offsets = _offsets(lengths)
         out_lengths = np.zeros(level.num_outputs * n, np.int32)
-        args = (level.kind, level.a, level.b, level.params, level.maps, level.map_params)
+        args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
         if n:
             _level_lengths(*args, level.out, n, lengths, in_offsets, values, out_lengths, derived)
         out_offsets = _offsets(out_lengths)

@@ -39,7 +39,7 @@ def both(ops, batch):
     return pipe.compile(batch.schema, "cuda").run(batch), pipe.compile(batch.schema, "cpu").run(batch)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_cuda_executor_equals_numba(data):
     batch = data.draw(jagged_batches())

@@ -48,7 +48,7 @@ def assert_equal_batches(got: gp.Batch, want: gp.Batch) -> None:
             column.to_pylist() if isinstance(column, pa.Array) else list(column))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=4))
 def test_staged_rows_equal_the_concatenated_rows(spec):
     parts = [batch(rows, seed) for seed, (rows, _, _) in enumerate(spec)]

@@ -24,7 +24,7 @@ def item_batches(draw):
                       num_rows=n)  # fmt: skip
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(item_batches())
 def test_rows_round_trip_exactly(batch):
     codec = FeatureCodec(batch.schema)

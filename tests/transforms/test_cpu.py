@@ -81,7 +81,7 @@ def random_ops(draw, batch):
     return ops
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_numba_executor_equals_oracle(data):
     batch = data.draw(jagged_batches())

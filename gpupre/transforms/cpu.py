@@ -141,7 +141,7 @@ def _mappings(maps, map_params):
 
 @numba.njit(inline="always")
 def _divisor_at(mapping, j):
-    """Step j's divisor as scalars (a row view would count references per id)."""
+    """Step j's divisor as a tuple of scalars, read from the table."""
     return (np.uint64(mapping[j, 2]), np.uint64(mapping[j, 3]), np.uint64(mapping[j, 4]),
             np.uint64(mapping[j, 5]), np.uint64(mapping[j, 6]))  # fmt: skip
 

@@ -4,7 +4,7 @@ All arithmetic is mod 2**64 on uint64; ids are int64 reinterpreted bit for bit. 
 live in kernels/hash.cuh and must stay bit-identical.
 
 Bucketing divides by a divisor that is fixed for a whole op, so it goes through `divisor(n)`, a
-multiply-high reciprocal computed once per tile (Granlund & Montgomery, "Division by invariant
+multiply-high reciprocal computed before the loop over ids (Granlund & Montgomery, "Division by invariant
 integers using multiplication", 1994, fig. 4.1): exact for every int64, and 2.5x cheaper than the
 hardware's 64-bit division, which was most of a hash's cost.
 

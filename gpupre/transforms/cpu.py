@@ -330,9 +330,11 @@ def _level_values(
                     out_weights[dst : dst + end - src] = in_weights[src:end]
                 else:
                     out_weights[dst : dst + end - src] = np.float32(1)
+            made = out_values[dst : dst + end - src]
+            _map_all(made, pre)  # maps act on each id alone, so they may follow the move
+            _map_all(made, post)
+            continue
         for r in range(lo, hi):
-            if k == S_COPY:
-                break
             dst = out_offsets[o + r]
             length = out_offsets[o + r + 1] - dst
             sa, la = in_offsets[ia + r], in_lengths[ia + r]
@@ -375,10 +377,10 @@ def _level_values(
                     out_values[dst + j] = result[j]
             if has_out_weights:  # ids made by these ops carry no scores
                 out_weights[dst : dst + length] = np.float32(1)
-        # The tile's outputs are one range; copy, truncate and sort moved their ids unmapped, and
-        # as maps act on each id alone they apply here as well as before the move.
+        # The tile's outputs are one range; truncate and sort moved their ids unmapped, and as maps
+        # act on each id alone they apply here as well as before the move.
         made = out_values[out_offsets[o + lo] : out_offsets[o + hi]]
-        if k == S_COPY or k == S_TRUNCATE or k == S_SORT:
+        if k == S_TRUNCATE or k == S_SORT:
             _map_all(made, pre)
         _map_all(made, post)
 

@@ -16,7 +16,6 @@ warm-up one, 2 workers).
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 import torch
@@ -28,6 +27,7 @@ from gpupre.storage.synth import planted_features
 
 from .common import markdown_table, repeats_main, save, targets_table
 from .dlrm import DLRM, train
+from .loader import _epochs
 from .transforms import DATA_DIR
 
 SPEC = SynthSpec(rows=150_000, num_dense=40, num_sparse=60, num_scored=0, num_planted=8, list_fraction=0.3,
@@ -73,14 +73,10 @@ def reading(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int) -> dict:
     fs = CountingFileSystem()
     counted = gp.Dataset(ds.paths, features=list(ds.schema.names), filesystem=fs, label=ds.schema.labels)
     loader = gp.DataLoader(counted, BATCH, pipe, device="cpu", num_workers=WORKERS)
-    times = []
-    for epoch in range(repeats + 1):
-        start = time.perf_counter()
-        rows = sum(b.num_rows for b in loader)
-        times.append(time.perf_counter() - start)
+    epochs = _epochs(lambda: loader, repeats)
     loader.close()
     bytes_read = loader.stats()["bytes_read"] // (repeats + 1)  # counted over every epoch
-    return {"rows": rows, "rows_per_s": rows / statistics.median(times[1:]), "bytes_read": bytes_read}
+    return {"rows": epochs["rows"], "rows_per_s": epochs["rows"] / epochs["epoch_s"], "bytes_read": bytes_read}
 
 
 def run(repeats: int = 3, save_results: bool = True, progress: bool = True) -> dict:
@@ -96,9 +92,7 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True) -> d
     rows = []
     for threshold in THRESHOLDS:
         if threshold is None:
-            sizes = train_ds.bytes_per_column()
-            stored = sum(sizes[c][0] for f in train_ds.schema for c in f.columns)
-            names, pipe, ds = report.names, full, train_ds
+            names, pipe, ds, stored = report.names, full, train_ds, report.dataset_bytes
         else:
             pruned = prune(report, full, threshold=threshold)
             names, pipe, ds, stored = pruned.features, pruned.pipeline, pruned.dataset(train_ds), pruned.stored_bytes

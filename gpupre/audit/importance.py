@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..batch import Batch
+from ..batch import Batch, _jagged_take
 from ..errors import ConfigError
 
 __all__ = ["METRICS", "auc", "permutation_importance", "permuted", "weight_scores"]
@@ -64,16 +64,11 @@ def permuted(batch: Batch, name: str, perm: torch.Tensor) -> Batch:
         return replace(batch, dense=dense)
     sparse = batch.sparse
     k, n = sparse.keys.index(name), batch.num_rows
-    lengths = sparse.lengths.long()
-    start = int(lengths[: k * n].sum())
-    mine = lengths[k * n : (k + 1) * n]
-    row_starts = start + torch.cumsum(mine, 0) - mine
-    new = mine[perm]
-    total = int(new.sum())
-    first_of_row = torch.cumsum(new, 0) - new
-    index = torch.repeat_interleave(row_starts[perm] - first_of_row, new) + torch.arange(total, device=new.device)
+    start = int(sparse.lengths[: k * n].long().sum())
+    new, index = _jagged_take(sparse.lengths[k * n : (k + 1) * n], 1, n, perm)
+    index, total = index + start, len(index)
     out_lengths = sparse.lengths.clone()
-    out_lengths[k * n : (k + 1) * n] = new.to(sparse.lengths.dtype)
+    out_lengths[k * n : (k + 1) * n] = new
     values = sparse.values.clone()
     values[start : start + total] = sparse.values[index]
     weights = sparse.weights

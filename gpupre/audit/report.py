@@ -203,8 +203,7 @@ class Pruned:
 
     def dataset(self, dataset: Dataset) -> Dataset:
         """`dataset` projected to what the kept features need."""
-        return Dataset(dataset.paths, features=self.read, filesystem=dataset.filesystem,
-                       label=dataset.schema.labels, passthrough=dataset.schema.extras)  # fmt: skip
+        return dataset.with_columns(features=self.read)
 
 
 def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: float | None = None,

@@ -209,7 +209,6 @@ class RayReaders:
                 try:
                     slabs, unit_stats = ray.get(ref)
                 except (RayActorError, ObjectLostError) as e:  # the reader (or its result) is gone
-                    load[actor] -= 1
                     self._replace(actor, load)
                     if tries >= self.retries:
                         flight.popleft()

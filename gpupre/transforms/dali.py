@@ -56,14 +56,15 @@ class DaliImages:
         if keys is None:  # a batch built by hand: rows are keyed by their position in it
             keys = mix64(np.arange(batch.num_rows, dtype=np.uint64)).view(np.int64)
         keys = keys.cpu().numpy() if hasattr(keys, "cpu") else np.asarray(keys)  # a sync on a GPU: the draws are host-side
-        images = dict(batch.images)
+        images, rows = dict(batch.images), {}
         for index, chain in enumerate(self.chains):
-            images[chain.out] = self._chain(index, chain, batch.images[chain.source], keys, batch)
+            if chain.source not in rows:  # views of one feature (out=) share its rows
+                rows[chain.source] = _rows(batch.images[chain.source], chain.source, batch)
+            images[chain.out] = self._chain(index, chain, rows[chain.source], keys, batch)
         return replace(batch, images=images)
 
     # -- one chain ------------------------------------------------------------------------------
-    def _chain(self, index: int, chain: ImageChain, encoded, keys, batch):
-        rows = _rows(encoded, chain.source, batch)
+    def _chain(self, index: int, chain: ImageChain, rows, keys, batch):
         keys, params = chain.keys(keys), {}
         if isinstance(chain.sizing, RandomResizedCrop):
             params["window"] = chain.sizing.windows(keys)

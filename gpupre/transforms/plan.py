@@ -143,7 +143,7 @@ class Plan:
         _check_batch(self, batch)
         out = self.executor.run(self, batch, host_stage)
         if self.images is not None:
-            out = replace(self.images.run(out), schema=self.output_schema)
+            out = self.images.run(out)
         return out
 
     def run_host(self, batch):

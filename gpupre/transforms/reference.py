@@ -6,6 +6,8 @@ functions use Python integers masked to 64 bits.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..batch import Batch
@@ -77,8 +79,9 @@ class ReferenceExecutor:
         return stage_launches(plan)
 
     def run(self, plan, batch: Batch, host_stage: bool = True) -> Batch:
-        # one op at a time; a host stage run already is harmless again (Truncate, SortByScore)
-        return run_ops(plan.pipeline.ops, plan.input_schema, batch)
+        # one op at a time; a host stage run already is harmless again (Truncate, SortByScore). The
+        # plan's ops leave out image ops; its output schema has their outputs, for the image stage.
+        return replace(run_ops(plan.pipeline.ops, plan.input_schema, batch), schema=plan.output_schema)
 
 
 def run_ops(ops, schema, batch: Batch) -> Batch:

@@ -41,6 +41,9 @@ def describe_machine() -> dict:
 
 
 def git_commit() -> str:
+    """HEAD (with -dirty for uncommitted changes), or $BENCH_COMMIT where the copy has no usable git metadata."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True).strip()

@@ -24,6 +24,9 @@ Rebatching: the DLRM-style model of the demo trains on batches of 16,384 rows ga
 read_batch_size=1,024, without client-side rebatching); rows/s of the training loop.
 Transfer (with a GPU): a batch's staging buffer, pinned, copied in one transfer, against one copy
 per pinned tensor and against a plain pinned copy of as many bytes (CUDA events, median).
+With --device cuda (results: loader-gpu.json) every contender delivers its batches on the GPU:
+gp.DataLoader runs its device stage there; the baselines pin their batches and the consumer copies
+each tensor (non_blocking); the rebatching comparison trains on the GPU.
 Each loader runs one epoch to start its workers, then the median of `repeats` epochs.
 """
 
@@ -127,7 +130,7 @@ class ArrowBatches(IterableDataset):
             yield to_tensors(transform(pa.Table.from_batches([part]), self.ops))
 
 
-def _ray_loader(path: str, columns: list[str], ops, batch_size: int):
+def _ray_loader(path: str, columns: list[str], ops, batch_size: int, device: str = "cpu"):
     import logging
 
     import ray
@@ -147,7 +150,8 @@ def _ray_loader(path: str, columns: list[str], ops, batch_size: int):
                                else table.column(name).to_numpy() for name in table.column_names})  # fmt: skip
 
     data = ray.data.read_parquet(path, columns=columns).map_batches(transformed, batch_format="pyarrow", batch_size=batch_size)
-    return lambda: data.iter_torch_batches(batch_size=batch_size, collate_fn=Collate())
+    where = {} if device == "cpu" else {"device": device}
+    return lambda: data.iter_torch_batches(batch_size=batch_size, collate_fn=Collate(), **where)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -156,6 +160,8 @@ def _epochs(make_iter, repeats: int) -> dict:
     for epoch in range(repeats + 1):
         start = time.perf_counter()
         rows = sum(_rows(b) for b in make_iter())
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # batches delivered on a GPU have arrived
         if epoch:
             times.append(time.perf_counter() - start)
         else:
@@ -170,26 +176,46 @@ def _rows(batch) -> int:
     return len(first) if isinstance(first, torch.Tensor) else len(first[1]) - 1
 
 
-def contenders(ds: gp.Dataset, pipe: gp.Pipeline, size: int) -> dict:
-    """{name: (make an epoch's iterator, close)} for one batch size."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
+def contenders(ds: gp.Dataset, pipe: gp.Pipeline, size: int, device: str = "cpu") -> dict:
+    """{name: () -> (make an epoch's iterator, close)} for one batch size, batches delivered on `device`.
 
+    On a GPU the baselines pin their batches (pin_memory=True) and the consumer copies each tensor
+    with non_blocking=True, as a user would write it; gp.DataLoader runs its device stage there."""
     path, columns = ds.paths[0], ds.columns
     arrow_schema = pq.read_schema(path)
     collate = Collate(pa.schema([arrow_schema.field(c) for c in columns]), pipe.ops)
-    ours = gp.DataLoader(ds, size, pipe, device="cpu", num_workers=WORKERS, read_batch_size=min(size, 8192))
-    kw = {"batch_size": size, "num_workers": WORKERS, "collate_fn": collate, "persistent_workers": True}
-    torch_map = torch.utils.data.DataLoader(ArrowRows(path, columns), **kw)
-    stateful = StatefulDataLoader(ArrowRows(path, columns), **kw)
-    iterable = torch.utils.data.DataLoader(ArrowBatches(path, columns, pipe.ops, size), batch_size=None,
-                                           num_workers=WORKERS, persistent_workers=True)  # fmt: skip
+    kw = {"batch_size": size, "num_workers": WORKERS, "collate_fn": collate, "persistent_workers": True,
+          "pin_memory": device != "cpu"}  # fmt: skip
+
+    def moved(loader):
+        if device == "cpu":
+            return lambda: loader, lambda: None
+        return lambda: ({k: _to(v, device) for k, v in b.items()} for b in loader), lambda: None
+
+    def ours():
+        loader = gp.DataLoader(ds, size, pipe, device=device, num_workers=WORKERS, read_batch_size=min(size, 8192))
+        return lambda: loader, loader.close
+
+    def stateful():
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        return moved(StatefulDataLoader(ArrowRows(path, columns), **kw))
+
     return {
-        "gpupre": (lambda: ours, ours.close),
-        "torch_map": (lambda: torch_map, lambda: None),
-        "stateful": (lambda: stateful, lambda: None),
-        "torch_iterable": (lambda: iterable, lambda: None),
-        "ray": (_ray_loader(path, columns, pipe.ops, size), lambda: None),
+        "gpupre": ours,
+        "torch_map": lambda: moved(torch.utils.data.DataLoader(ArrowRows(path, columns), **kw)),
+        "stateful": stateful,
+        "torch_iterable": lambda: moved(torch.utils.data.DataLoader(ArrowBatches(path, columns, pipe.ops, size), batch_size=None,
+                                                                    num_workers=WORKERS, persistent_workers=True,
+                                                                    pin_memory=device != "cpu")),  # fmt: skip
+        "ray": lambda: (_ray_loader(path, columns, pipe.ops, size, device), lambda: None),
     }
+
+
+def _to(value, device: str):
+    if isinstance(value, tuple):
+        return tuple(t.to(device, non_blocking=True) for t in value)
+    return value.to(device, non_blocking=True)
 
 
 def _merlin(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int) -> dict:
@@ -202,16 +228,16 @@ def _merlin(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int) -> dict:
     return _nvtabular.measure(spec, timeout=1800)
 
 
-def rebatching(ds: gp.Dataset, pipe: gp.Pipeline) -> dict:
+def rebatching(ds: gp.Dataset, pipe: gp.Pipeline, device: str = "cpu") -> dict:
     """Training rows/s with batches rebatched from small slabs against the small slabs themselves."""
     from .dlrm import DLRM, train
 
     out = {}
     cap = REBATCH["read_batch_size"]
     for name, size in (("rebatched", REBATCH["batch_size"]), ("slabs", cap)):
-        loader = gp.DataLoader(ds, size, pipe, device="cpu", num_workers=WORKERS, read_batch_size=cap)
+        loader = gp.DataLoader(ds, size, pipe, device=device, num_workers=WORKERS, read_batch_size=cap)
         torch.manual_seed(0)
-        model = DLRM(len(ds.schema.dense), [f.name for f in pipe.output_schema(ds.schema).sparse], 100_000)
+        model = DLRM(len(ds.schema.dense), [f.name for f in pipe.output_schema(ds.schema).sparse], 100_000).to(device)
         rows = REBATCH["steps"] * REBATCH["batch_size"]
         train(loader, model, steps=max(1, 8 * REBATCH["batch_size"] // size))  # warm up workers and kernels
         result = train(loader, model, steps=rows // size)
@@ -255,20 +281,21 @@ def transfer(ds: gp.Dataset, pipe: gp.Pipeline) -> list[dict]:
     return rows
 
 
-def run(repeats: int = 3, save_results: bool = True, progress: bool = True, names=None) -> dict:
+def run(repeats: int = 3, save_results: bool = True, progress: bool = True, names=None, device: str = "cpu") -> dict:
     names = None if not names else {"gpupre", *names}  # the others are measured against gpupre
     ds, _ = transforms_dataset("criteo", progress)
     pipe = pipeline(ds).fit(ds, progress=progress)
     results, targets = [], []
-    merlin = _merlin(ds, pipe, repeats) if not names or "merlin" in names else None
+    merlin = _merlin(ds, pipe, repeats) if (not names or "merlin" in names) and device == "cpu" else None
     for size in BATCH_SIZES:
         row = {"batch_size": size}
         for m in (merlin or {}).get("loader_results", ()):
             if m["batch_size"] == size:
                 row["merlin_rows_per_s"], row["merlin_first_epoch_s"] = m["rows_per_s"], m["first_epoch_s"]
-        for name, (make, close) in contenders(ds, pipe, size).items():
+        for name, start in contenders(ds, pipe, size, device).items():
             if names and name not in names:
                 continue
+            make, close = start()
             m = _epochs(make, repeats)
             close()
             row["rows"] = m["rows"]
@@ -281,7 +308,7 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True, name
                 goal = GOALS.get(name)
                 targets.append({"name": f"{size:,} rows/batch: gp.DataLoader vs {LABELS[name]}", "value": value,
                                 "goal": goal, "met": None if goal is None else value >= goal})  # fmt: skip
-    rebatch = rebatching(ds, pipe) if not names or "rebatching" in names else None
+    rebatch = rebatching(ds, pipe, device) if not names or "rebatching" in names else None
     if rebatch:
         targets.append({"name": "training rows/s: rebatched 16,384-row batches vs 1,024-row slabs", "value": rebatch["ratio"],
                         "goal": 1.4, "met": rebatch["ratio"] >= 1.4})  # fmt: skip
@@ -289,11 +316,12 @@ def run(repeats: int = 3, save_results: bool = True, progress: bool = True, name
     for row in moved or ():
         targets.append({"name": f"{row['batch_size']:,} rows: packed transfer of pinned-copy bandwidth",
                         "value": row["packed_of_copy"], "goal": 0.85, "met": row["packed_of_copy"] >= 0.85})  # fmt: skip
-    result = {"config": {"repeats": repeats, "workers": WORKERS, "batch_sizes": list(BATCH_SIZES), "rebatching": REBATCH},
+    result = {"config": {"device": device, "repeats": repeats, "workers": WORKERS, "batch_sizes": list(BATCH_SIZES),
+                         "rebatching": REBATCH, "contenders": sorted(names) if names else None},
               "results": results, "rebatching": rebatch, "transfer": moved, "targets": targets,
               "merlin": None if merlin is None else {k: v for k, v in merlin.items() if k != "loader_results"}}  # fmt: skip
     if save_results:
-        result["path"] = save("loader", result)
+        result["path"] = save("loader", result, filename="loader" if device == "cpu" else "loader-gpu")
     return result
 
 
@@ -305,7 +333,8 @@ LABELS = {"gpupre": "gp.DataLoader", "torch_map": "torch DataLoader (map-style r
 def report(result: dict) -> str:
     columns = [("batch_size", "rows/batch")] + [(f"{n}_rows_per_s", f"{label} rows/s") for n, label in LABELS.items()]
     first = [("batch_size", "rows/batch")] + [(f"{n}_first_epoch_s", f"{label}") for n, label in LABELS.items()]
-    text = [f"loader: median of {result['config']['repeats']} epochs, {result['config']['workers']} workers each, CPU",
+    cfg = result["config"]
+    text = [f"loader: median of {cfg['repeats']} epochs, {cfg['workers']} workers each, batches on {cfg.get('device', 'cpu')}",
             markdown_table(result["results"], columns), "first epoch (s, includes starting workers):",
             markdown_table(result["results"], first)]  # fmt: skip
     if result.get("rebatching"):
@@ -331,8 +360,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench loader", description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help=f"contenders to run: {', '.join(LABELS)}, rebatching, transfer")
+    parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu, or cuda (results: loader-gpu.json)")
+    parser.add_argument("--save", action="store_true", help="save the results also when --only picks contenders")
     args = parser.parse_args(argv)
-    result = run(repeats=args.repeats, names=args.only, save_results=not args.only)
+    result = run(repeats=args.repeats, names=args.only, save_results=args.save or not args.only, device=args.device)
     print(report(result))
     if "path" in result:
         print(f"\nsaved {result['path']}")

@@ -6,6 +6,9 @@ Item features: 20 dense, 10 id lists (mean 5 ids); user features: 10 dense, 20 i
 Both loggers see the same requests and scrolls. Measured: bytes and operations written to the KV
 store, serialization CPU seconds (gather + encode, ranking time and pages), and the latency that
 `log_ranking` adds to the ranking path (p50/p99 over requests).
+With --device cuda the ranked items' and the user's features are CUDA tensors, as a ranking model
+holds them: the loggers gather the rows they log on the GPU and copy only those to the host
+(results: serving-gpu.json).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from .common import markdown_table, save, targets_table
 REQUESTS, ITEMS, HEAD, PAGE, P_STOP = 400, 100, 6, 9, 0.7
 
 
-def run(save_results: bool = True) -> dict:
+def run(save_results: bool = True, device: str = "cpu") -> dict:
     rng = np.random.default_rng(0)
     requests = [(synthetic_features(ITEMS, 20, 10, 5, "item", rng), synthetic_features(1, 10, 20, 20, "user", rng)) for _ in range(20)]
+    if device != "cpu":
+        requests = [(items.to(device), user.to(device)) for items, user in requests]
     scrolls = HEAD + PAGE * rng.geometric(P_STOP, REQUESTS) - PAGE  # items seen: head, then whole pages
     out = {}
     for batch in requests[0]:  # the encoder is compiled (or loaded from numba's cache) before timing
@@ -58,11 +63,11 @@ def run(save_results: bool = True) -> dict:
         {"name": "lazy logging: fewer bytes written than eager", "value": bytes_cut, "goal": 0.9, "met": bytes_cut >= 0.9},
         {"name": "lazy logging: less serialization CPU than eager", "value": cpu_cut, "goal": 0.9, "met": cpu_cut >= 0.9},
     ]
-    result = {"config": {"requests": REQUESTS, "items": ITEMS, "head": HEAD, "page": PAGE, "p_stop": P_STOP,
+    result = {"config": {"device": device, "requests": REQUESTS, "items": ITEMS, "head": HEAD, "page": PAGE, "p_stop": P_STOP,
                          "mean_items_seen": float(np.minimum(scrolls, ITEMS).mean())},
               "results": [eager, lazy], "targets": targets}  # fmt: skip
     if save_results:
-        result["path"] = save("serving", result)
+        result["path"] = save("serving", result, filename="serving" if device == "cpu" else "serving-gpu")
     return result
 
 
@@ -71,7 +76,7 @@ def report(result: dict) -> str:
                ("kv_put_ops", "KV writes"), ("serialize_s", "serialization s"), ("p50_ms", "ranking p50 ms"),
                ("p99_ms", "ranking p99 ms")]  # fmt: skip
     cfg = result["config"]
-    head = (f"serving: {cfg['requests']} requests of {cfg['items']} ranked items, head {cfg['head']}, pages of "
+    head = (f"serving ({cfg.get('device', 'cpu')}): {cfg['requests']} requests of {cfg['items']} ranked items, head {cfg['head']}, pages of "
             f"{cfg['page']}, {cfg['mean_items_seen']:.1f} items seen on average; SQLite KV")  # fmt: skip
     return "\n\n".join([head, markdown_table(result["results"], columns), targets_table(result["targets"])])
 
@@ -79,7 +84,8 @@ def report(result: dict) -> str:
 def main(argv=None) -> None:
     import argparse
 
-    argparse.ArgumentParser(prog="python -m bench serving", description=__doc__).parse_args(argv)
-    result = run()
+    parser = argparse.ArgumentParser(prog="python -m bench serving", description=__doc__)
+    parser.add_argument("--device", default="cpu", help="where the ranked features live: cpu or cuda")
+    result = run(device=parser.parse_args(argv).device)
     print(report(result))
     print(f"\nsaved {result['path']}")

@@ -1,14 +1,15 @@
 """python -m bench <benchmark> [options] | python -m bench report [results.json ...]"""
 
 import glob
+import importlib
 import json
 import os
 import sys
 
-from . import audit, cuda, dedup, distributed, images, loader, reader, serving, storage, transforms
 from .common import RESULTS_DIR
 
-BENCHMARKS = {"audit": audit, "cuda": cuda, "dedup": dedup, "distributed": distributed, "images": images, "loader": loader, "reader": reader, "serving": serving, "storage": storage, "transforms": transforms}
+# imported when run, so that one benchmark's optional dependencies (ray, DALI) don't stop the others
+BENCHMARKS = ("audit", "cuda", "dedup", "distributed", "images", "loader", "reader", "serving", "storage", "transforms")
 
 
 def main(argv=None) -> None:
@@ -20,11 +21,11 @@ def main(argv=None) -> None:
         for path in argv[1:] or sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
             with open(path) as f:
                 result = json.load(f)
-            module = BENCHMARKS[result["benchmark"]]
+            module = importlib.import_module(f".{result['benchmark']}", __package__)
             print(f"## {result['benchmark']} ({result['date']}, {result['commit'][:12]}, {result['machine']['cpu']})\n")
             print(module.report(result) + "\n")
         return
-    BENCHMARKS[argv[0]].main(argv[1:])
+    importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
 
 
 if __name__ == "__main__":

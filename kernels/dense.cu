@@ -11,16 +11,43 @@
 
 #define DENSE_ROWS_PER_THREAD 4
 
-__device__ __forceinline__ float dense_step(int code, float y, float a, float b) {
+// One float step over a thread's rows. The switch is taken once per step (the code is the same for
+// the whole block) and each case is a straight loop over the rows, with no branch per row.
+__device__ __forceinline__ void dense_step(int code, float (&y)[DENSE_ROWS_PER_THREAD], float a, float b) {
     switch (code) {
-        case D_FILL: return isnan(y) ? a : y;
-        case D_LOG1P: return isnan(y) ? y : log1p32(less(y, 0.0f) ? 0.0f : y);
-        case D_CLAMP: return less(y, a) ? a : (greater(y, b) ? b : y);  // NaN stays NaN
-        case D_NORMALIZE: return equal(b, 0.0f) ? sub_rn(y, a) : div_rn(sub_rn(y, a), b);
+        case D_FILL:
+#pragma unroll
+            for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = isnan(y[j]) ? a : y[j];
+            break;
+        case D_LOG1P:  // negatives count as 0; NaN passes through log1p32
+#pragma unroll
+            for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = log1p32(less(y[j], 0.0f) ? 0.0f : y[j]);
+            break;
+        case D_CLAMP:  // NaN stays NaN
+#pragma unroll
+            for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = less(y[j], a) ? a : (greater(y[j], b) ? b : y[j]);
+            break;
+        case D_NORMALIZE:
+            if (equal(b, 0.0f)) {
+#pragma unroll
+                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = sub_rn(y[j], a);
+            } else {
+#pragma unroll
+                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = div_rn(sub_rn(y[j], a), b);
+            }
+            break;
         case D_MINMAX:
-            if (equal(b, a)) return isnan(y) ? y : 0.0f;
-            return div_rn(sub_rn(y, a), sub_rn(b, a));
-        default: return y;
+            if (equal(b, a)) {
+#pragma unroll
+                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = isnan(y[j]) ? y[j] : 0.0f;
+            } else {
+                const float range = sub_rn(b, a);
+#pragma unroll
+                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = div_rn(sub_rn(y[j], a), range);
+            }
+            break;
+        default:
+            break;
     }
 }
 
@@ -67,9 +94,7 @@ extern "C" __global__ void dense_pass(
             id_step = (int)at;
             break;
         }
-        const float a = fparams[2 * at], b = fparams[2 * at + 1];
-#pragma unroll
-        for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = dense_step(code, y[j], a, b);
+        dense_step(code, y, fparams[2 * at], fparams[2 * at + 1]);
     }
 
     if (out_dense[p] >= 0) {

@@ -55,21 +55,15 @@ __host__ __device__ __forceinline__ float bits_float(int i) {
 }
 
 // log(1 + x) for float32 x >= 0 (NaN and inf pass through): the operations of log1p32 in
-// gpupre/transforms/_log1p.py, one for one (see there).
+// gpupre/transforms/_log1p.py, one for one (see there). Without branches: both reductions of the
+// mantissa are computed and one is selected, and the special cases are selected at the end.
 __host__ __device__ __forceinline__ float log1p32(float x) {
-    if (x != x || float_bits(x) == 0x7f800000) return x;  // NaN, +inf
     const float u = add_rn(1.0f, x);
-    if (equal(u, 1.0f)) return x;
     const int bits = float_bits(u);  // u >= 1, normal: frexp by its bits, m in [0.5, 1)
-    int e = ((bits >> 23) & 0xff) - 126;
     const float m = bits_float((bits & 0x007fffff) | 0x3f000000);
-    float t;
-    if (less(m, 0.70710677f)) {
-        e -= 1;
-        t = sub_rn(add_rn(m, m), 1.0f);
-    } else {
-        t = sub_rn(m, 1.0f);
-    }
+    const bool low = less(m, 0.70710677f);
+    const int e = ((bits >> 23) & 0xff) - 126 - (low ? 1 : 0);
+    const float t = low ? sub_rn(add_rn(m, m), 1.0f) : sub_rn(m, 1.0f);
     const float z = mul_rn(t, t);
     const float c[9] = {7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
                         -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f};
@@ -82,5 +76,7 @@ __host__ __device__ __forceinline__ float log1p32(float x) {
     p = sub_rn(p, mul_rn(0.5f, z));
     float r = add_rn(t, p);
     r = add_rn(r, mul_rn(0.693359375f, fe));
-    return add_rn(r, div_rn(sub_rn(x, sub_rn(u, 1.0f)), u));
+    r = add_rn(r, div_rn(sub_rn(x, sub_rn(u, 1.0f)), u));
+    const bool passes = (x != x) | (float_bits(x) == 0x7f800000) | equal(u, 1.0f);  // NaN, +inf, tiny x
+    return passes ? x : r;
 }

@@ -213,7 +213,7 @@ def contenders(ds: gp.Dataset, pipe: gp.Pipeline, size: int, device: str = "cpu"
 
 
 def _to(value, device: str):
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):  # (values, offsets); pin_memory makes the tuple a list
         return tuple(t.to(device, non_blocking=True) for t in value)
     return value.to(device, non_blocking=True)
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from gpupre.serving import EagerLogger, FeatureCodec, LazyLogger, SqliteKV
+from gpupre.serving.codec import encode_rows
 from gpupre.serving.simulate import synthetic_features
 
 from .common import markdown_table, save, targets_table
@@ -35,7 +36,7 @@ def run(save_results: bool = True, device: str = "cpu") -> dict:
     scrolls = HEAD + PAGE * rng.geometric(P_STOP, REQUESTS) - PAGE  # items seen: head, then whole pages
     out = {}
     for batch in requests[0]:  # the encoder is compiled (or loaded from numba's cache) before timing
-        FeatureCodec(batch.schema).encode(batch, [0])
+        encode_rows(FeatureCodec(batch.schema), batch, [0])
     with tempfile.TemporaryDirectory() as tmp:
         for name, cls in (("eager", EagerLogger), ("lazy", LazyLogger)):
             store = SqliteKV(os.path.join(tmp, f"{name}.sqlite"))

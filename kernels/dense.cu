@@ -33,7 +33,7 @@ __device__ __forceinline__ void dense_step(int code, float (&y)[DENSE_ROWS_PER_T
                 for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = sub_rn(y[j], a);
             } else {
 #pragma unroll
-                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = div_rn(sub_rn(y[j], a), b);
+                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = div_rn_z(sub_rn(y[j], a), b);
             }
             break;
         case D_MINMAX:
@@ -43,7 +43,7 @@ __device__ __forceinline__ void dense_step(int code, float (&y)[DENSE_ROWS_PER_T
             } else {
                 const float range = sub_rn(b, a);
 #pragma unroll
-                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = div_rn(sub_rn(y[j], a), range);
+                for (int j = 0; j < DENSE_ROWS_PER_THREAD; j++) y[j] = div_rn_z(sub_rn(y[j], a), range);
             }
             break;
         default:

@@ -54,6 +54,14 @@ __host__ __device__ __forceinline__ float bits_float(int i) {
 #endif
 }
 
+// a / b, the same as div_rn for every a and b. A zero dividend would send the lane's whole warp through the
+// division's slow path (FCHK flags it), so it is divided as 1 / 1 and its signed zero selected.
+__host__ __device__ __forceinline__ float div_rn_z(float a, float b) {
+    const bool zero = equal(a, 0.0f) & equal(b, b) & !equal(b, 0.0f);
+    const float q = div_rn(zero ? 1.0f : a, zero ? 1.0f : b);
+    return zero ? bits_float((float_bits(a) ^ float_bits(b)) & 0x80000000) : q;
+}
+
 // log(1 + x) for float32 x >= 0 (NaN and inf pass through): the operations of log1p32 in
 // gpupre/transforms/_log1p.py, one for one (see there). Without branches: both reductions of the
 // mantissa are computed and one is selected, and the special cases are selected at the end.
@@ -76,7 +84,8 @@ __host__ __device__ __forceinline__ float log1p32(float x) {
     p = sub_rn(p, mul_rn(0.5f, z));
     float r = add_rn(t, p);
     r = add_rn(r, mul_rn(0.693359375f, fe));
-    r = add_rn(r, div_rn(sub_rn(x, sub_rn(u, 1.0f)), u));
     const bool passes = (x != x) | (float_bits(x) == 0x7f800000) | equal(u, 1.0f);  // NaN, +inf, tiny x
+    const float lost = sub_rn(x, sub_rn(u, 1.0f));  // what rounding took from u; 0 where 1 + x is exact
+    r = add_rn(r, div_rn_z(passes ? 0.0f : lost, passes ? 1.0f : u));
     return passes ? x : r;
 }

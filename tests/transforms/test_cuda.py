@@ -47,16 +47,17 @@ HOST_PROGRAM = r"""
 #include "ieee.cuh"
 int main() {
     long long x, salt, buckets;
-    float f;
-    while (scanf("%lld %lld %lld %f", &x, &salt, &buckets, &f) == 4)
-        printf("%llu %llu %lld %lld %lld %d\n", twang_mix64((u64)x), hash_128_to_64((u64)x, (u64)salt),
-               sigrid_hash(x, salt, buckets), floor_mod(x, buckets), float_to_id(f), float_bits(log1p32(f < 0 ? -f : f)));
+    float f, g;
+    while (scanf("%lld %lld %lld %f %f", &x, &salt, &buckets, &f, &g) == 5)
+        printf("%llu %llu %lld %lld %lld %d %d\n", twang_mix64((u64)x), hash_128_to_64((u64)x, (u64)salt),
+               sigrid_hash(x, salt, buckets), floor_mod(x, buckets), float_to_id(f), float_bits(log1p32(f < 0 ? -f : f)),
+               float_bits(div_rn_z(f, g)));
 }
 """
 
 
 @needs_nvcc
-def test_cuda_hash_and_log1p_functions_are_bit_identical_to_the_cpu_ones(tmp_path):
+def test_cuda_hash_log1p_and_division_are_bit_identical_to_the_cpu_ones(tmp_path):
     (tmp_path / "h.cu").write_text(HOST_PROGRAM)
     exe = tmp_path / "h"
     build = subprocess.run([NVCC, f"-I{KERNELS}", "-o", str(exe), str(tmp_path / "h.cu")], capture_output=True, text=True)
@@ -65,16 +66,19 @@ def test_cuda_hash_and_log1p_functions_are_bit_identical_to_the_cpu_ones(tmp_pat
     ids = [0, 1, 2, 3, -1, 2**63 - 1, -(2**63)] + rng.integers(-(2**63), 2**63 - 1, 200).tolist()
     salts = [0, 1, -5, 2**62] + rng.integers(-(2**63), 2**63 - 1, 203).tolist()
     buckets = [100, 1, 7, 2**63 - 1] + rng.integers(1, 2**40, 203).tolist()
-    floats = [0.0, -0.0, 1.9, -3.7, 3e38, -3e38, 9.3e18, -9.3e18, 9.2e18] + rng.normal(0, 1e6, 98).astype(np.float32).tolist()
+    floats = [0.0, -0.0, 0.0, -0.0, 1.0, 3.0, 0.5, 1023.0, 1.9, -3.7, 3e38, -3e38, 9.3e18, -9.3e18, 9.2e18]  # 1 + x exact, or not
+    floats += rng.normal(0, 1e6, 92).astype(np.float32).tolist()
     floats += (rng.random(100) * 10.0 ** rng.integers(-44, 38, 100)).astype(np.float32).tolist()  # every scale
-    lines = [f"{x} {s} {b} {float(np.float32(f))!r}" for x, s, b, f in zip(ids, salts, buckets, floats)]
+    divisors = [-1.0, 1.0, 2.0, -2.0, float("inf"), float("-inf")] + rng.normal(0, 1e3, 201).astype(np.float32).tolist()
+    lines = [f"{x} {s} {b} {float(np.float32(f))!r} {float(np.float32(d))!r}" for x, s, b, f, d in zip(ids, salts, buckets, floats, divisors)]
     run = subprocess.run([str(exe)], input="\n".join(lines), capture_output=True, text=True, check=True)
     got = [list(map(int, line.split())) for line in run.stdout.splitlines()]
     assert len(got) == len(lines)
-    for (x, s, b, f), row in zip(zip(ids, salts, buckets, floats), got):
+    for (x, s, b, f, d), row in zip(zip(ids, salts, buckets, floats, divisors), got):
         mask = 2**64 - 1
         log1p_bits = int(log1p32_array(np.float32([-f if f < 0 else f])).view(np.int32)[0])
+        quotient_bits = int((np.float32([f]) / np.float32(d)).view(np.int32)[0])  # zero dividends: signed zeros
         assert row == [
             twang_mix64(x), hash_128_to_64(x & mask, s & mask), sigrid_hash(x, s, b), x % b,
-            float_to_id(float(np.float32(f))), log1p_bits,
+            float_to_id(float(np.float32(f))), log1p_bits, quotient_bits,
         ]  # fmt: skip

@@ -29,7 +29,7 @@ def object_store_cost(ds: gp.Dataset, plan) -> dict:
     """Seconds to put one unit's slabs into the object store and get them back."""
     from gpupre.loader._worker import read_unit
 
-    slabs = [b for b, _ in read_unit(ds, (plan, True), (0, ds.units()[0], 0, None), READ_BATCH_SIZE)]
+    slabs = [b for b, _ in read_unit(ds, (plan, True), (0, ds.units()[0], 0, None, (0, 0)), READ_BATCH_SIZE)]
     nbytes = sum(b.dense.nbytes + b.sparse.values.nbytes + b.sparse.lengths.nbytes for b in slabs)
     times = []
     for _ in range(21):

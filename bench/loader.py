@@ -255,8 +255,8 @@ def transfer(ds: gp.Dataset, pipe: gp.Pipeline) -> list[dict]:
 
     from .cuda import gpu_time
 
-    host = pipe.compile(ds.schema, "cpu", host_stage=True).host  # what the workers run before the transfer
-    slabs = [b for unit in ds.units() for b, _ in read_unit(ds, host, (0, unit, 0, None), 1_024)]
+    host = (pipe.compile(ds.schema, "cpu"), False)  # the plan's host stage, as workers run it before the transfer
+    slabs = [b for unit in ds.units() for b, _ in read_unit(ds, host, (0, unit, 0, None, (0, 0)), 1_024)]
     rows = []
     for size in BATCH_SIZES:
         pieces, left = [], size

@@ -34,7 +34,7 @@ log = logging.getLogger("gpupre")
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 THREADS = 256  # threads per block; also the rows of a sparse tile (ROWS in sparse.cu)
-DENSE_ROWS_PER_THREAD = 4
+DENSE_ROWS_PER_THREAD = 8  # as kernels/dense.cu
 SCAN_LAUNCHES = 2  # CUB's DeviceScan: a tile-state init kernel and the single-pass scan
 SET_KINDS = (S_INTERSECT, S_UNION, S_OVERLAP)
 ERR_NEGATIVE_LENGTH, ERR_TOO_LONG = 1, 2
@@ -157,7 +157,7 @@ class CudaExecutor:
         valid = self._empty((program.num_ids, n), torch.int32)
         if len(program.src) and n:
             t = self._table(program)
-            vec4 = n % DENSE_ROWS_PER_THREAD == 0 and x.data_ptr() % 16 == 0 and dense_out.data_ptr() % 16 == 0
+            vec4 = n % 4 == 0 and x.data_ptr() % 16 == 0 and dense_out.data_ptr() % 16 == 0
             grid = (_blocks(n, THREADS * DENSE_ROWS_PER_THREAD), len(program.src))
             self._launch(
                 "dense_pass", grid,

@@ -28,7 +28,7 @@ import numpy as np
 import gpupre as gp
 from gpupre.schema import Feature
 
-from .common import markdown_table, measure, save, targets_table
+from .common import describe_machine, markdown_table, measure, save, targets_table
 
 DENSE = (13, 100, 500)
 SPARSE = (26, 200)
@@ -312,7 +312,7 @@ def report(result: dict) -> str:
         ("without_log1p_gb_per_s", "without Log1p GB/s"), ("fraction_without_log1p", "fraction without Log1p"),
         ("plan_run_gb_per_s", "plan.run GB/s"), ("plan_run_fraction_of_copy", "plan.run fraction"),
     ]  # fmt: skip
-    gpu = result["machine"].get("gpu") if "machine" in result else None
+    gpu = (result.get("machine") or describe_machine())["gpu"]  # printed right after a run: this machine
     head = f"cuda executor on {gpu}: CUDA-event medians; numba on {result['config']['numba_threads']} threads"
     return "\n\n".join([head, markdown_table(result["results"], columns), markdown_table(result["bandwidth"], bw),
                         targets_table(result["targets"])])  # fmt: skip

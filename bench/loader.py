@@ -184,11 +184,11 @@ def contenders(ds: gp.Dataset, pipe: gp.Pipeline, size: int, device: str = "cpu"
     path, columns = ds.paths[0], ds.columns
     arrow_schema = pq.read_schema(path)
     collate = Collate(pa.schema([arrow_schema.field(c) for c in columns]), pipe.ops)
-    kw = {"batch_size": size, "num_workers": WORKERS, "collate_fn": collate, "persistent_workers": True,
-          "pin_memory": device != "cpu"}  # fmt: skip
+    pin = device != "cpu"
+    kw = {"batch_size": size, "num_workers": WORKERS, "collate_fn": collate, "persistent_workers": True, "pin_memory": pin}
 
     def moved(loader):
-        if device == "cpu":
+        if not pin:
             return lambda: loader, lambda: None
         return lambda: ({k: _to(v, device) for k, v in b.items()} for b in loader), lambda: None
 
@@ -207,7 +207,7 @@ def contenders(ds: gp.Dataset, pipe: gp.Pipeline, size: int, device: str = "cpu"
         "stateful": stateful,
         "torch_iterable": lambda: moved(torch.utils.data.DataLoader(ArrowBatches(path, columns, pipe.ops, size), batch_size=None,
                                                                     num_workers=WORKERS, persistent_workers=True,
-                                                                    pin_memory=device != "cpu")),  # fmt: skip
+                                                                    pin_memory=pin)),  # fmt: skip
         "ray": lambda: (_ray_loader(path, columns, pipe.ops, size, device), lambda: None),
     }
 

@@ -1,8 +1,8 @@
 """Ray reader tier benchmark: the same loader fed by Ray actors, by its own worker processes, and
 Ray Data doing the same work.
 
-Data and pipeline: the loader benchmark's (the Criteo-like dataset, 65,540 rows; fill, log1p,
-normalize, truncate, hash). On this machine every contender gets 2 CPUs: 2 loader workers, 2 Ray
+Data and pipeline: the loader benchmark's (the Criteo-like dataset, 65,540 rows in 9 row groups;
+fill, log1p, normalize, truncate, hash). On this machine every contender gets 2 CPUs: 2 loader workers, 2 Ray
 readers on a local Ray instance of 2 CPUs, Ray Data on the same instance. Rows/s: median of
 `repeats` epochs after a warm-up epoch (which starts the workers or actors). The object store's
 cost per slab: a unit's slabs (as the readers return them) put into Ray's object store and taken
@@ -19,7 +19,7 @@ import ray
 import gpupre as gp
 
 from .common import markdown_table, repeats_main, save, targets_table
-from .loader import WORKERS, _epochs, _ray_loader, pipeline
+from .loader import ROW_GROUP_ROWS, WORKERS, _epochs, _ray_loader, pipeline
 from .transforms import dataset as transforms_dataset
 
 BATCH_SIZE, READ_BATCH_SIZE = 16_384, 8_192
@@ -42,7 +42,7 @@ def object_store_cost(ds: gp.Dataset, plan) -> dict:
 
 
 def run(repeats: int = 3, save_results: bool = True, progress: bool = True) -> dict:
-    ds, _ = transforms_dataset("criteo", progress)
+    ds, _ = transforms_dataset("criteo", progress, ROW_GROUP_ROWS)
     pipe = pipeline(ds).fit(ds, progress=progress)
     if not ray.is_initialized():
         ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)

@@ -38,26 +38,34 @@ NVTABULAR_TIMEOUT_S = 900
 
 
 # -- data and pipelines ------------------------------------------------------------------------
-def dataset(kind: str, progress: bool) -> tuple[gp.Dataset, pa.Table]:
-    """The synthetic dataset of a pipeline kind, projected, and its first ROWS rows in memory."""
+def dataset(kind: str, progress: bool, row_group_rows: int = ROWS) -> tuple[gp.Dataset, pa.Table]:
+    """The synthetic dataset of a pipeline kind, projected, and its ROWS rows in memory.
+
+    row_group_rows: one row group (one work unit) by default; the loader benchmarks take smaller
+    ones, so that every worker has units to read."""
     if kind == "criteo":
         spec = SynthSpec(rows=ROWS, num_dense=13, num_sparse=40, num_scored=0, list_fraction=0.2,
-                         mean_list_length=20, max_list_length=1000, row_group_rows=ROWS, num_planted=4)  # fmt: skip
+                         mean_list_length=20, max_list_length=1000, row_group_rows=row_group_rows, num_planted=4)  # fmt: skip
     else:
-        spec = SynthSpec(rows=ROWS, row_group_rows=ROWS, max_list_length=1000)
-    path = os.path.join(DATA_DIR, f"transforms-{kind}-{ROWS}.parquet")
+        spec = SynthSpec(rows=ROWS, row_group_rows=row_group_rows, max_list_length=1000)
+    groups = "" if row_group_rows == ROWS else f"-g{row_group_rows}"
+    path = os.path.join(DATA_DIR, f"transforms-{kind}-{ROWS}{groups}.parquet")
     if not os.path.exists(path):
         synthesize(path + ".tmp", spec, progress=progress)
         os.replace(path + ".tmp", path)
     full = gp.Dataset(path)
-    table = full.read_arrow(full.units()[0])
+    table = _read_all(full)
     singles, lists = _split_sparse(full.schema, table)
     if kind == "criteo":
         features = [f.name for f in full.schema.dense] + singles[:26] + lists[:5]
         ds = gp.Dataset(path, features=features)
     else:
         ds = full
-    return ds, ds.read_arrow(ds.units()[0])
+    return ds, _read_all(ds)
+
+
+def _read_all(ds: gp.Dataset) -> pa.Table:
+    return pa.concat_tables([ds.read_arrow(unit) for unit in ds.units()])
 
 
 def _split_sparse(schema, table):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -23,6 +24,8 @@ from ._worker import main as worker_main
 from ._worker import read_unit
 
 __all__ = ["DataLoader"]
+
+log = logging.getLogger("gpupre")
 
 STATE_VERSION = 2
 
@@ -105,6 +108,14 @@ class DataLoader:
         self.steps = 0  # batches of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
         self._stats = _new_stats()
+        units = len(self._units(0, rank))
+        if self._source is None and units < self.num_workers:
+            log.warning(
+                "gp.DataLoader: rank %d's share has %d work units (row groups) for num_workers=%d, so only %d "
+                "workers read and the rest stay idle; write the data in smaller row groups "
+                "(gp.storage.write_table(..., row_group_rows=...)) or use fewer workers",
+                rank, units, self.num_workers, units,
+            )  # fmt: skip
 
     # -- shares and steps ------------------------------------------------------------------------
     def _units(self, epoch: int, rank: int):

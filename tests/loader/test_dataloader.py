@@ -172,6 +172,13 @@ def test_bad_arguments_are_config_errors(ds, kw, words):
         _loader(ds, **kw)
 
 
+def test_more_workers_than_units_in_the_share_is_warned(ds, caplog):
+    _loader(ds, num_workers=2, rank=1, world_size=4)  # 3 units each: every worker has one
+    assert "stay idle" not in caplog.text
+    _loader(ds, num_workers=4, rank=1, world_size=6)  # 2 units for 4 workers
+    assert "has 2 work units (row groups) for num_workers=4" in caplog.text and "row_group_rows" in caplog.text
+
+
 def test_a_dataset_is_required():
     with pytest.raises(gp.ConfigError, match="gp.Dataset"):
         gp.DataLoader("data.parquet", 10)

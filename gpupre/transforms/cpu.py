@@ -33,6 +33,7 @@ from .plan import (
     S_OVERLAP,
     S_SORT,
     S_TRUNCATE,
+    S_UNION,
     DenseProgram,
     Plan,
     SparseLevel,
@@ -43,7 +44,6 @@ from .plan import (
 __all__ = ["CpuExecutor"]
 
 BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
-SCAN_CHUNK = 1 << 16  # lengths per chunk of the parallel prefix sum
 
 
 # -- dense ---------------------------------------------------------------------------------------
@@ -272,140 +272,187 @@ def _top_order(scores, descending, count, out):
         out[j] = i
 
 
+# A level's input keys are the batch's keys, then (level 0) the ids the dense pass made: key
+# K + j is ids[j], a list of one id where valid[j] and of none elsewhere, read in place. Offsets
+# are kept per tile of BLOCK rows of a key ([keys * blocks + 1], key-major like the values) and run
+# on through the rows of a tile, so no pass writes or reads an offset per row.
+@numba.njit(inline="always")
+def _source(k, num_keys, values, ids):
+    """The array holding key k's ids."""
+    return values if k < num_keys else ids[k - num_keys]
+
+
+@numba.njit(inline="always")
+def _length(k, r, n, num_keys, lengths, valid):
+    return lengths[k * n + r] if k < num_keys else np.int32(valid[k - num_keys, r])
+
+
+@numba.njit(inline="always")
+def _start(k, block, lo, num_keys, tiles, blocks):
+    """Where the ids of row lo (the tile's first) start in _source(k): ids[j] has one slot a row."""
+    return tiles[k * blocks + block] if k < num_keys else lo
+
+
+@numba.njit(inline="always")
+def _advance(k, length, num_keys):
+    return length if k < num_keys else 1
+
+
 @numba.njit(parallel=True, cache=True)
-def _level_lengths(kind, a, b, params, mappings, out, n, in_lengths, in_offsets, in_values, out_lengths, derived):
+def _tile_offsets(lengths, n):
+    """The offset of each tile's first id: a sum per tile, then a (short) prefix sum of those."""
     blocks = (n + BLOCK - 1) // BLOCK
+    tiles = np.zeros(len(lengths) // n * blocks + 1, np.int64)
+    for t in prange(len(tiles) - 1):
+        k, lo = t // blocks, (t % blocks) * BLOCK
+        total = np.int64(0)
+        for r in range(k * n + lo, k * n + min(n, lo + BLOCK)):
+            total += lengths[r]
+        tiles[t + 1] = total
+    _running_sum(tiles)
+    return tiles
+
+
+@numba.njit(cache=True)
+def _running_sum(tiles):
+    for t in range(1, len(tiles)):
+        tiles[t] += tiles[t - 1]
+
+
+@numba.njit(parallel=True, cache=True)
+def _level_lengths(
+    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived,
+):  # fmt: skip
+    """Output lengths of every app; out_tiles[t + 1] gets the sum of output tile t."""
+    blocks = (n + BLOCK - 1) // BLOCK
+    num_keys = len(in_lengths) // n
     for t in prange(len(kind) * blocks):
-        i, lo = t // blocks, (t % blocks) * BLOCK
+        i, block = t // blocks, t % blocks
+        lo = block * BLOCK
         hi = min(n, lo + BLOCK)
-        k = kind[i]
-        ia, o = a[i] * n, out[i] * n
-        if k == S_COPY:
-            out_lengths[o + lo : o + hi] = in_lengths[ia + lo : ia + hi]
-            continue
-        for r in range(lo, hi):
-            la = in_lengths[ia + r]
-            if k == S_TRUNCATE:
-                length = min(la, params[i, 0])
-            elif k == S_SORT:
-                length = la if params[i, 1] < 0 else min(la, params[i, 1])
-            elif k == S_NGRAM:
-                length = max(la - params[i, 0] + 1, 0)
-            else:
-                lb = in_lengths[b[i] * n + r]
-                if k == S_CROSS:
-                    length = la * lb
+        k, ka, kb = kind[i], a[i], b[i]
+        o = out[i] * n
+        total = np.int64(0)
+        if k == S_COPY and ka < num_keys:
+            out_lengths[o + lo : o + hi] = in_lengths[ka * n + lo : ka * n + hi]
+            total = in_tiles[ka * blocks + block + 1] - in_tiles[ka * blocks + block]
+        elif k == S_OVERLAP or k == S_INTERSECT or k == S_UNION:
+            source_a, source_b = _source(ka, num_keys, in_values, ids), _source(kb, num_keys, in_values, ids)
+            sa, sb = _start(ka, block, lo, num_keys, in_tiles, blocks), _start(kb, block, lo, num_keys, in_tiles, blocks)
+            for r in range(lo, hi):
+                la, lb = _length(ka, r, n, num_keys, in_lengths, valid), _length(kb, r, n, num_keys, in_lengths, valid)
+                result = _set_op(k, _row(source_a, sa, la, mappings[i, 0]), _row(source_b, sb, lb, mappings[i, 1]))
+                sa, sb = sa + _advance(ka, la, num_keys), sb + _advance(kb, lb, num_keys)
+                if k == S_OVERLAP:
+                    derived[out[i], r] = np.float32(result[0])
                 else:
-                    va = _row(in_values, in_offsets[ia + r], la, mappings[i, 0])
-                    vb = _row(in_values, in_offsets[b[i] * n + r], lb, mappings[i, 1])
-                    result = _set_op(k, va, vb)
-                    if k == S_OVERLAP:
-                        derived[out[i], r] = np.float32(result[0])
-                        continue
-                    length = len(result)
-            out_lengths[o + r] = length
+                    out_lengths[o + r] = len(result)
+                    total += len(result)
+        else:
+            for r in range(lo, hi):
+                la = _length(ka, r, n, num_keys, in_lengths, valid)
+                if k == S_COPY:
+                    length = la
+                elif k == S_TRUNCATE:
+                    length = min(la, params[i, 0])
+                elif k == S_SORT:
+                    length = la if params[i, 1] < 0 else min(la, params[i, 1])
+                elif k == S_NGRAM:
+                    length = max(la - params[i, 0] + 1, 0)
+                else:  # S_CROSS
+                    length = la * _length(kb, r, n, num_keys, in_lengths, valid)
+                out_lengths[o + r] = length
+                total += length
+        if k != S_OVERLAP:  # its out is a derived column, not an output key
+            out_tiles[out[i] * blocks + block + 1] = total
 
 
 @numba.njit(parallel=True, cache=True)
 def _level_values(
     kind, a, b, params, mappings, weighted, out, n,
-    in_lengths, in_offsets, in_values, in_weights, out_offsets, out_values, out_weights, has_out_weights,
+    in_lengths, in_tiles, in_values, ids, valid, in_weights, out_lengths, out_tiles, out_values, out_weights, has_out_weights,
 ):  # fmt: skip
     blocks = (n + BLOCK - 1) // BLOCK
+    num_keys = len(in_lengths) // n
     for t in prange(len(kind) * blocks):
-        i, lo = t // blocks, (t % blocks) * BLOCK
+        i, block = t // blocks, t % blocks
+        lo = block * BLOCK
         hi = min(n, lo + BLOCK)
-        k = kind[i]
+        k, ka, kb = kind[i], a[i], b[i]
         if k == S_OVERLAP:
             continue
-        ia, o = a[i] * n, out[i] * n
+        o = out[i] * n
+        first, last = out_tiles[out[i] * blocks + block], out_tiles[out[i] * blocks + block + 1]
         pre, post = mappings[i, 0], mappings[i, 2]
         div = divisor(params[i, 1] if k == S_NGRAM else params[i, 0] if k == S_CROSS else 1)
+        source = _source(ka, num_keys, in_values, ids)
+        sa, dst = _start(ka, block, lo, num_keys, in_tiles, blocks), first
+        sb = _start(kb, block, lo, num_keys, in_tiles, blocks) if kb >= 0 else 0
         order = np.empty(64, np.int64)  # scratch for SortByScore, reused by the rows of this tile
-        if k == S_COPY:  # key-major layout: a block of rows is one contiguous range of values
-            src, dst, end = in_offsets[ia + lo], out_offsets[o + lo], in_offsets[ia + hi]
-            _copy(in_values, src, end, out_values, dst)
+        if k == S_COPY and ka < num_keys:  # key-major layout: a block of rows is one contiguous range
+            _copy(in_values, sa, sa + last - first, out_values, first)
             if has_out_weights:
                 if weighted[i]:
-                    out_weights[dst : dst + end - src] = in_weights[src:end]
+                    out_weights[first:last] = in_weights[sa : sa + last - first]
                 else:
-                    out_weights[dst : dst + end - src] = np.float32(1)
-            made = out_values[dst : dst + end - src]
-            _map_all(made, pre)  # maps act on each id alone, so they may follow the move
-            _map_all(made, post)
-            continue
-        for r in range(lo, hi):
-            dst = out_offsets[o + r]
-            length = out_offsets[o + r + 1] - dst
-            sa, la = in_offsets[ia + r], in_lengths[ia + r]
-            if k == S_TRUNCATE:
-                src = sa + la - length if params[i, 1] != 0 else sa  # keep="last" takes the tail
-                _copy(in_values, src, src + length, out_values, dst)
-                if has_out_weights:
-                    for j in range(length):
-                        out_weights[dst + j] = in_weights[src + j] if weighted[i] else np.float32(1)
-                continue
-            if k == S_SORT:
-                if len(order) < length:
-                    order = np.empty(max(length, 2 * len(order)), np.int64)
-                _top_order(in_weights[sa : sa + la], params[i, 0] != 0, length, order)
-                for j in range(length):
-                    out_values[dst + j] = in_values[sa + order[j]]
+                    out_weights[first:last] = np.float32(1)
+        elif k == S_COPY:  # ids made by the dense pass: the valid ones
+            for r in range(lo, hi):
+                if valid[ka - num_keys, r]:
+                    out_values[dst] = source[r]
+                    dst += 1
+            if has_out_weights:
+                out_weights[first:last] = np.float32(1)
+        else:
+            for r in range(lo, hi):
+                length = out_lengths[o + r]
+                la = _length(ka, r, n, num_keys, in_lengths, valid)
+                if k == S_TRUNCATE:
+                    src = sa + la - length if params[i, 1] != 0 else sa  # keep="last" takes the tail
+                    _copy(source, src, src + length, out_values, dst)
                     if has_out_weights:
-                        out_weights[dst + j] = in_weights[sa + order[j]] if weighted[i] else np.float32(1)
-                continue
-            if k == S_NGRAM:
-                for j in range(length):
-                    h = np.uint64(_map(in_values[sa + j], pre))
-                    for m in range(1, params[i, 0]):
-                        h = hash_128_to_64(h, np.uint64(_map(in_values[sa + j + m], pre)))
-                    out_values[dst + j] = sigrid_hash(np.int64(h), params[i, 2], div)
-            elif k == S_CROSS:
-                sb, lb = in_offsets[b[i] * n + r], in_lengths[b[i] * n + r]
-                pre_b = mappings[i, 1]
-                for x in range(la):
-                    u = _map(in_values[sa + x], pre)
-                    for y in range(lb):
-                        w = _map(in_values[sb + y], pre_b)
-                        out_values[dst + x * lb + y] = sigrid_hash(cross_id(u, w), params[i, 1], div)
-            else:
-                va = _row(in_values, sa, la, pre)
-                lb = in_lengths[b[i] * n + r]
-                vb = _row(in_values, in_offsets[b[i] * n + r], lb, mappings[i, 1])
-                result = _set_op(k, va, vb)
-                for j in range(length):
-                    out_values[dst + j] = result[j]
-            if has_out_weights:  # ids made by these ops carry no scores
-                out_weights[dst : dst + length] = np.float32(1)
-        # The tile's outputs are one range; truncate and sort moved their ids unmapped, and as maps
-        # act on each id alone they apply here as well as before the move.
-        made = out_values[out_offsets[o + lo] : out_offsets[o + hi]]
-        if k == S_TRUNCATE or k == S_SORT:
+                        for j in range(length):
+                            out_weights[dst + j] = in_weights[src + j] if weighted[i] else np.float32(1)
+                elif k == S_SORT:
+                    if len(order) < length:
+                        order = np.empty(max(length, 2 * len(order)), np.int64)
+                    _top_order(in_weights[sa : sa + la], params[i, 0] != 0, length, order)
+                    for j in range(length):
+                        out_values[dst + j] = source[sa + order[j]]
+                        if has_out_weights:
+                            out_weights[dst + j] = in_weights[sa + order[j]] if weighted[i] else np.float32(1)
+                else:
+                    if k == S_NGRAM:
+                        for j in range(length):
+                            h = np.uint64(_map(source[sa + j], pre))
+                            for m in range(1, params[i, 0]):
+                                h = hash_128_to_64(h, np.uint64(_map(source[sa + j + m], pre)))
+                            out_values[dst + j] = sigrid_hash(np.int64(h), params[i, 2], div)
+                    else:
+                        source_b = _source(kb, num_keys, in_values, ids)
+                        lb = _length(kb, r, n, num_keys, in_lengths, valid)
+                        if k == S_CROSS:
+                            pre_b = mappings[i, 1]
+                            for x in range(la):
+                                u = _map(source[sa + x], pre)
+                                for y in range(lb):
+                                    w = _map(source_b[sb + y], pre_b)
+                                    out_values[dst + x * lb + y] = sigrid_hash(cross_id(u, w), params[i, 1], div)
+                        else:
+                            result = _set_op(k, _row(source, sa, la, pre), _row(source_b, sb, lb, mappings[i, 1]))
+                            for j in range(length):
+                                out_values[dst + j] = result[j]
+                        sb += _advance(kb, lb, num_keys)
+                    if has_out_weights:  # ids made by these ops carry no scores
+                        out_weights[dst : dst + length] = np.float32(1)
+                sa += _advance(ka, la, num_keys)
+                dst += length
+        # The tile's outputs are one range; copy, truncate and sort moved their ids unmapped, and
+        # as maps act on each id alone they apply here as well as before the move.
+        made = out_values[first:last]
+        if k == S_COPY or k == S_TRUNCATE or k == S_SORT:
             _map_all(made, pre)
         _map_all(made, post)
-
-
-@numba.njit(parallel=True, cache=True)
-def _offsets(lengths):
-    """offsets_of(lengths) as a parallel scan: a sum per chunk, then each chunk from its start."""
-    n = len(lengths)
-    chunks = (n + SCAN_CHUNK - 1) // SCAN_CHUNK
-    starts = np.zeros(chunks + 1, np.int64)
-    for c in prange(chunks):
-        total = np.int64(0)
-        for i in range(c * SCAN_CHUNK, min(n, (c + 1) * SCAN_CHUNK)):
-            total += lengths[i]
-        starts[c + 1] = total
-    for c in range(chunks):
-        starts[c + 1] += starts[c]
-    out = np.empty(n + 1, np.int64)
-    out[0] = 0
-    for c in prange(chunks):
-        total = starts[c]
-        for i in range(c * SCAN_CHUNK, min(n, (c + 1) * SCAN_CHUNK)):
-            total += lengths[i]
-            out[i + 1] = total
-    return out
 
 
 class CpuExecutor:
@@ -423,15 +470,12 @@ class CpuExecutor:
         if plan.host is not None and host_stage:
             lengths, values, weights = self.run_level(plan.host, n, lengths, values, weights, None)
         dense, ids, valid = self.run_dense(plan.dense, np.asarray(batch.dense, np.float32), n)
-        if plan.dense.num_ids:  # ids made from dense features join level 0 as extra keys
-            lengths = np.concatenate([lengths, valid.ravel().astype(np.int32)])
-            values = np.concatenate([values, ids.ravel()[valid.ravel()]])
-            if weights is not None:
-                weights = np.concatenate([weights, np.ones(int(valid.sum()), np.float32)])
         derived = np.zeros((plan.levels[-1].num_derived if plan.levels else 0, n), np.float32)
-        for level in plan.levels:
-            if not level.identity:
-                lengths, values, weights = self.run_level(level, n, lengths, values, weights, derived)
+        for index, level in enumerate(plan.levels):
+            # ids made by the dense pass join level 0 as extra input keys, which it runs even when it copies
+            made = (ids, valid) if index == 0 and plan.dense.num_ids else (None, None)
+            if not level.identity or made[0] is not None:
+                lengths, values, weights = self.run_level(level, n, lengths, values, weights, derived, *made)
         if plan.derived is not None:
             self.run_dense(plan.derived, derived, n, dense)
         return output_batch(plan.output_schema, batch, dense, lengths, values, weights)
@@ -452,29 +496,36 @@ class CpuExecutor:
         return dense_out, ids, valid
 
     @staticmethod
-    def run_level(level: SparseLevel, n: int, lengths, values, weights, derived):
+    def run_level(level: SparseLevel, n: int, lengths, values, weights, derived, ids=None, valid=None):
+        """One sparse level; ids, valid: the ids the dense pass made ([num_ids, n]), which follow
+        the batch's keys as input keys."""
+        out_lengths = np.zeros(level.num_outputs * n, np.int32)
+        out_weights = np.empty(0, np.float32)
+        if not n:
+            return out_lengths, np.empty(0, np.int64), out_weights if level.has_weights else None
         if derived is None:
             derived = np.zeros((0, n), np.float32)
-        in_offsets = _offsets(lengths)
-        out_lengths = np.zeros(level.num_outputs * n, np.int32)
+        if ids is None:
+            ids, valid = np.empty((0, n), np.int64), np.empty((0, n), np.bool_)
+        in_tiles = _tile_offsets(lengths, n)
+        out_tiles = np.zeros(level.num_outputs * -(-n // BLOCK) + 1, np.int64)
         args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
-        if n:
-            _level_lengths(*args, level.out, n, lengths, in_offsets, values, out_lengths, derived)
-        out_offsets = _offsets(out_lengths)
-        total = int(out_offsets[-1])
+        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived)
+        _running_sum(out_tiles)
+        total = int(out_tiles[-1])
         out_values = np.empty(total, np.int64)
-        out_weights = np.empty(total if level.has_weights else 0, np.float32)
+        if level.has_weights:
+            out_weights = np.empty(total, np.float32)
         in_weights = weights if weights is not None else np.empty(0, np.float32)
-        if n:
-            _level_values(
-                *args, level.weighted, level.out, n, lengths, in_offsets, values, in_weights,
-                out_offsets, out_values, out_weights, level.has_weights,
-            )  # fmt: skip
+        _level_values(
+            *args, level.weighted, level.out, n, lengths, in_tiles, values, ids, valid, in_weights,
+            out_lengths, out_tiles, out_values, out_weights, level.has_weights,
+        )  # fmt: skip
         return out_lengths, out_values, out_weights if level.has_weights else None
 
 
 def _host_arrays(sparse: KeyedJagged):
-    lengths = np.asarray(sparse.lengths, np.int32)
-    values = np.asarray(sparse.values, np.int64)
-    weights = None if sparse.weights is None else np.asarray(sparse.weights, np.float32)
+    lengths = np.ascontiguousarray(sparse.lengths, np.int32)
+    values = np.ascontiguousarray(sparse.values, np.int64)
+    weights = None if sparse.weights is None else np.ascontiguousarray(sparse.weights, np.float32)
     return lengths, values, weights

@@ -1,10 +1,12 @@
 """The numba executor equals the oracle on random jagged batches and random pipelines."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpupre as gp
+from gpupre.transforms.cpu import BLOCK
 
 from .helpers import assert_same, make_batch
 
@@ -138,3 +140,19 @@ def test_batches_of_other_sizes_one_after_another_and_from_several_threads_equal
     with ThreadPoolExecutor(4) as pool:
         for got, want in zip(pool.map(plan.run, batches * 4), expected * 4):
             assert_same(got, want)
+
+
+@pytest.mark.parametrize("n", [BLOCK, 2 * BLOCK + 3])
+def test_batches_of_several_tiles_of_rows_equal_the_oracle(n):
+    """Offsets run on from tile to tile, and ids made by the dense pass feed every kind of op."""
+    rng = np.random.default_rng(n)
+    lists = lambda: [rng.integers(0, 30, rng.integers(0, 9)).tolist() for _ in range(n)]  # noqa: E731
+    dense = {f"d{i}": np.where(rng.random(n) < 0.1, np.nan, rng.normal(0, 3, n)).tolist() for i in range(3)}
+    scored = {"w": (rows, [rng.random(len(r)).tolist() for r in rows]) for rows in [lists()]}
+    batch = make_batch(dense, {f"s{i}": lists() for i in range(4)}, scored)
+    ops = [gp.Bucketize(f"d{i}", [-1.0, 0.0, 1.0], out=f"b{i}") for i in range(2)] + [gp.Hash("d2", 7, out="h")]
+    ops += [gp.Hash(["s0", "b0"], 50), gp.Truncate(["s1", "b1"], 3, keep="last"), gp.SortByScore("w", top_k=2)]
+    ops += [gp.Cross("s2", "b1", 77, out="x"), gp.Cross("s3", "s2", 77, out="y"), gp.NGram("s3", 2, 100, out="g")]
+    ops += [gp.Intersect("s2", "h", out="i"), gp.Union("b0", "s3", out="u"), gp.OverlapCount("s0", "s1", out="o")]
+    pipe = gp.Pipeline(ops)
+    assert_same(pipe.compile(batch.schema, "cpu").run(batch), pipe.compile(batch.schema, "reference").run(batch))

@@ -111,30 +111,20 @@ class Batch:
             for i, f in enumerate(dense_features):
                 dense[i] = _float32(columns[f.name], f.name, source)
 
-        lengths, values, weights = [], [], []
-        any_scored = any(f.kind == SCORED for f in schema.sparse)
-        for f in schema.sparse:
+        parts, scores = [], {}  # (lengths, ids) per feature; {feature index: scores}
+        for i, f in enumerate(schema.sparse):
             ln, vals = _ids(columns[f.name], f.name, source)
-            lengths.append(ln)
-            values.append(vals)
+            parts.append((ln, vals))
             if f.kind == SCORED:
                 score_name = f.name + SCORE_SUFFIX
-                score_lengths, scores = _scores(columns[score_name], score_name, source)
+                score_lengths, scores[i] = _scores(columns[score_name], score_name, source)
                 if not np.array_equal(ln, score_lengths):
                     row = int(np.flatnonzero(ln != score_lengths)[0])
                     raise DataError(
                         f"{source}: scored feature {f.name!r} row {row} has {ln[row]} ids but "
                         f"{score_lengths[row]} scores; every id needs exactly one score"
                     )
-                weights.append(scores)
-            elif any_scored:
-                weights.append(np.ones(len(vals), np.float32))
-        sparse = KeyedJagged(
-            tuple(f.name for f in schema.sparse),
-            _concat(lengths, np.int32),
-            _concat(values, np.int64),
-            _concat(weights, np.float32) if any_scored else None,
-        )
+        sparse = KeyedJagged(tuple(f.name for f in schema.sparse), *_pack(parts, scores, n))
 
         labels = None
         if schema.labels:
@@ -444,10 +434,22 @@ def _extra(arr: pa.Array):
     return arr
 
 
-def _concat(parts, dtype):
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else np.empty(0, dtype)
+def _pack(parts, scores: dict, n: int):
+    """Key-major (lengths, values, weights) of features [(lengths, ids)], each written once into
+    its place; weights (when any feature is scored) are the scores, 1 for the other features."""
+    if len(parts) == 1 and not scores:  # nothing to gather: the arrays as read
+        return parts[0][0], parts[0][1], None
+    lengths = np.empty(len(parts) * n, np.int32)
+    values = np.empty(sum(len(ids) for _, ids in parts), np.int64)
+    weights = np.empty(len(values), np.float32) if scores else None
+    at = 0
+    for k, (ln, ids) in enumerate(parts):
+        lengths[k * n : (k + 1) * n] = ln
+        values[at : at + len(ids)] = ids
+        if weights is not None:
+            weights[at : at + len(ids)] = scores.get(k, 1.0)
+        at += len(ids)
+    return lengths, values, weights
 
 
 def offsets_of(lengths, dtype=np.int64) -> np.ndarray:

@@ -2,11 +2,11 @@
 Ray Data doing the same work.
 
 Data and pipeline: the loader benchmark's (the Criteo-like dataset, 65,540 rows in 9 row groups;
-fill, log1p, normalize, truncate, hash). On this machine every contender gets 2 CPUs: 2 loader workers, 2 Ray
-readers on a local Ray instance of 2 CPUs, Ray Data on the same instance. Rows/s: median of
-`repeats` epochs after a warm-up epoch (which starts the workers or actors). The object store's
-cost per slab: a unit's slabs (as the readers return them) put into Ray's object store and taken
-back, median of 20, per slab and per MB.
+fill, log1p, normalize, truncate, hash). On this machine every contender gets 2 CPUs: 2 loader
+workers, 2 Ray readers on a local Ray instance of 2 CPUs, Ray Data on the same instance. Rows/s:
+median of `repeats` epochs after a warm-up epoch (which starts the workers or actors). The object
+store's cost per slab: a unit's slabs (as the readers return them) put into Ray's object store and
+taken back, median of 20, per slab and per MB.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Loader benchmark: gp.DataLoader against the loaders a user would otherwise write, same data and pipeline.
 
 Data: the transforms benchmark's Criteo-like dataset (13 dense, 26 single-id and 5 list features,
-65,540 rows), written in row groups of 8,190 rows: 9 work units, so that both workers read. Pipeline: fill, log1p, normalize (dense); hash (all sparse);
-truncate to 20 (lists). Every contender uses 2 worker processes (Ray: 2 CPUs), runs the pipeline
-with the same per-feature numpy code (bench.transforms' numpy contender, checked there against the
-plan) unless it is gpupre, and delivers torch tensors of batch_size rows with their labels and
-row ids on the CPU:
+65,540 rows), written in row groups of 8,190 rows: 9 work units, so that both workers read.
+Pipeline: fill, log1p, normalize (dense); hash (all sparse); truncate to 20 (lists). Every contender
+uses 2 worker processes (Ray: 2 CPUs), runs the pipeline with the same per-feature numpy code
+(bench.transforms' numpy contender, checked there against the plan) unless it is gpupre, and
+delivers torch tensors of batch_size rows with their labels and row ids on the CPU:
 - gpupre: gp.DataLoader(dataset, batch_size, pipeline, device="cpu", num_workers=2);
 - torch map-style: torch.utils.data.DataLoader over a map-style dataset whose __getitem__ reads a
   row with pyarrow (the row group it is in decoded once and kept), and a collate_fn that builds an

@@ -108,8 +108,7 @@ class DataLoader:
         self.steps = 0  # batches of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
         self._stats = _new_stats()
-        units = len(self._units(0, rank))
-        if self._source is None and units < self.num_workers:
+        if self._source is None and (units := len(self._units(0, rank))) < self.num_workers:
             log.warning(
                 "gp.DataLoader: rank %d's share has %d work units (row groups) for num_workers=%d, so only %d "
                 "workers read and the rest stay idle; write the data in smaller row groups "

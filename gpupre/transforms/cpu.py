@@ -383,9 +383,9 @@ def _level_values(
             continue
         o = out[i] * n
         first, last = out_tiles[out[i] * blocks + block], out_tiles[out[i] * blocks + block + 1]
-        pre, post = mappings[i, 0], mappings[i, 2]
+        pre, pre_b, post = mappings[i, 0], mappings[i, 1], mappings[i, 2]
         div = divisor(params[i, 1] if k == S_NGRAM else params[i, 0] if k == S_CROSS else 1)
-        source = _source(ka, num_keys, in_values, ids)
+        source, source_b = _source(ka, num_keys, in_values, ids), _source(kb, num_keys, in_values, ids)
         sa, dst = _start(ka, block, lo, num_keys, in_tiles, blocks), first
         sb = _start(kb, block, lo, num_keys, in_tiles, blocks) if kb >= 0 else 0
         order = np.empty(64, np.int64)  # scratch for SortByScore, reused by the rows of this tile
@@ -405,48 +405,45 @@ def _level_values(
                 out_weights[first:last] = np.float32(1)
         else:
             for r in range(lo, hi):
-                length = out_lengths[o + r]
-                la = _length(ka, r, n, num_keys, in_lengths, valid)
+                length, la = out_lengths[o + r], _length(ka, r, n, num_keys, in_lengths, valid)
+                at, row = dst, sa  # the row's first output slot and first input id
+                dst, sa = dst + length, sa + _advance(ka, la, num_keys)
                 if k == S_TRUNCATE:
-                    src = sa + la - length if params[i, 1] != 0 else sa  # keep="last" takes the tail
-                    _copy(source, src, src + length, out_values, dst)
+                    src = row + la - length if params[i, 1] != 0 else row  # keep="last" takes the tail
+                    _copy(source, src, src + length, out_values, at)
                     if has_out_weights:
                         for j in range(length):
-                            out_weights[dst + j] = in_weights[src + j] if weighted[i] else np.float32(1)
-                elif k == S_SORT:
+                            out_weights[at + j] = in_weights[src + j] if weighted[i] else np.float32(1)
+                    continue
+                if k == S_SORT:
                     if len(order) < length:
                         order = np.empty(max(length, 2 * len(order)), np.int64)
-                    _top_order(in_weights[sa : sa + la], params[i, 0] != 0, length, order)
+                    _top_order(in_weights[row : row + la], params[i, 0] != 0, length, order)
                     for j in range(length):
-                        out_values[dst + j] = source[sa + order[j]]
+                        out_values[at + j] = source[row + order[j]]
                         if has_out_weights:
-                            out_weights[dst + j] = in_weights[sa + order[j]] if weighted[i] else np.float32(1)
+                            out_weights[at + j] = in_weights[row + order[j]] if weighted[i] else np.float32(1)
+                    continue
+                if has_out_weights:  # ids made by the other ops carry no scores
+                    out_weights[at : at + length] = np.float32(1)
+                if k == S_NGRAM:
+                    for j in range(length):
+                        h = np.uint64(_map(source[row + j], pre))
+                        for m in range(1, params[i, 0]):
+                            h = hash_128_to_64(h, np.uint64(_map(source[row + j + m], pre)))
+                        out_values[at + j] = sigrid_hash(np.int64(h), params[i, 2], div)
+                    continue
+                lb, row_b = _length(kb, r, n, num_keys, in_lengths, valid), sb
+                sb += _advance(kb, lb, num_keys)
+                if k == S_CROSS:
+                    for x in range(la):
+                        u = _map(source[row + x], pre)
+                        for y in range(lb):
+                            w = _map(source_b[row_b + y], pre_b)
+                            out_values[at + x * lb + y] = sigrid_hash(cross_id(u, w), params[i, 1], div)
                 else:
-                    if k == S_NGRAM:
-                        for j in range(length):
-                            h = np.uint64(_map(source[sa + j], pre))
-                            for m in range(1, params[i, 0]):
-                                h = hash_128_to_64(h, np.uint64(_map(source[sa + j + m], pre)))
-                            out_values[dst + j] = sigrid_hash(np.int64(h), params[i, 2], div)
-                    else:
-                        source_b = _source(kb, num_keys, in_values, ids)
-                        lb = _length(kb, r, n, num_keys, in_lengths, valid)
-                        if k == S_CROSS:
-                            pre_b = mappings[i, 1]
-                            for x in range(la):
-                                u = _map(source[sa + x], pre)
-                                for y in range(lb):
-                                    w = _map(source_b[sb + y], pre_b)
-                                    out_values[dst + x * lb + y] = sigrid_hash(cross_id(u, w), params[i, 1], div)
-                        else:
-                            result = _set_op(k, _row(source, sa, la, pre), _row(source_b, sb, lb, mappings[i, 1]))
-                            for j in range(length):
-                                out_values[dst + j] = result[j]
-                        sb += _advance(kb, lb, num_keys)
-                    if has_out_weights:  # ids made by these ops carry no scores
-                        out_weights[dst : dst + length] = np.float32(1)
-                sa += _advance(ka, la, num_keys)
-                dst += length
+                    result = _set_op(k, _row(source, row, la, pre), _row(source_b, row_b, lb, pre_b))
+                    out_values[at : at + length] = result
         # The tile's outputs are one range; copy, truncate and sort moved their ids unmapped, and
         # as maps act on each id alone they apply here as well as before the move.
         made = out_values[first:last]

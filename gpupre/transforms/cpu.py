@@ -146,8 +146,10 @@ def _divisor_at(mapping, j):
             np.uint64(mapping[j, 5]), np.uint64(mapping[j, 6]))  # fmt: skip
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _map(v, mapping):
+    """mapping's steps applied to one id. A call, not inlined: inlining its hashes at each call site
+    made the first compile 6 s slower and ran no faster."""
     for j in range(mapping.shape[0]):
         code = mapping[j, 0]
         if code == 0:

@@ -306,6 +306,10 @@ class DataLoader:
     # -- the slab source -----------------------------------------------------------------------
     def _slabs(self, tasks, generation: int):
         """Host slabs of `tasks` in task order (workers may finish them in any order)."""
+        if self._stage is not None and (self._stage[1] or self.plan.host is not None):
+            from ..transforms.cpu import warm_up
+
+            warm_up()  # the readers run numba kernels: compiled here once, not once per reader
         if self._source is not None:
             yield from self._from_source(tasks, generation)
             return

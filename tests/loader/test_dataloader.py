@@ -179,6 +179,21 @@ def test_more_workers_than_units_in_the_share_is_warned(ds, caplog):
     assert "has 2 work units (row groups) for num_workers=4" in caplog.text and "row_group_rows" in caplog.text
 
 
+def test_the_kernels_are_readied_before_the_workers_start(ds, monkeypatch):
+    """On a machine's first run each worker would compile the numba kernels at once (91 s for 4
+    workers on 2 cores); the client compiles them first and the workers load them."""
+    from gpupre.transforms import cpu
+
+    calls = []
+    monkeypatch.setattr(cpu, "warm_up", lambda: calls.append(len(loader._workers)))
+    loader = _loader(ds, num_workers=2, pipeline=gp.Pipeline([gp.Hash(ds.schema.sparse[0].name, 10)]))
+    next(iter(loader))
+    loader.close()
+    assert calls == [0]
+    list(_loader(ds, num_workers=0))  # no pipeline: no kernels to ready
+    assert calls == [0]
+
+
 def test_a_dataset_is_required():
     with pytest.raises(gp.ConfigError, match="gp.Dataset"):
         gp.DataLoader("data.parquet", 10)

@@ -158,3 +158,27 @@ def test_batches_of_several_tiles_of_rows_equal_the_oracle(n):
     gaps = [gp.Hash("d2", 7, out="h"), gp.Cross("h", "s3", 77, out="z"), gp.Cross("s1", "h", 77, out="y")]
     for pipe in (gp.Pipeline(ops), gp.Pipeline(gaps)):
         assert_same(pipe.compile(batch.schema, "cpu").run(batch), pipe.compile(batch.schema, "reference").run(batch))
+
+
+def test_warm_up_compiles_the_only_kernels_any_batch_runs():
+    """numba compiles a kernel anew (half a minute) for each layout and read-only flag of its
+    arguments: batches whose arrays are views of Arrow's read-only buffers (a single feature of
+    a kind), or strided (rows cut from a batch), still run what warm_up compiled."""
+    import pyarrow as pa
+
+    from gpupre.transforms import cpu
+
+    cpu.warm_up()
+    kernels = (cpu._dense_pass, cpu._tile_offsets, cpu._level_lengths, cpu._level_values)
+    compiled = [list(k.signatures) for k in kernels]
+    assert all(len(s) == 1 for s in compiled)
+    table = pa.table({"d0": pa.array([0.5, 2.0, -1.0], pa.float32()), "d1": pa.array([1.0, 2.0, 3.0], pa.float32()),
+                      "s0": pa.array([[1, 2], [], [3]], pa.list_(pa.int64()))})  # fmt: skip
+    one_of_each = gp.Schema((gp.Feature("d0", "dense"), gp.Feature("s0", "sparse")))
+    strided = make_batch({"d0": [0.5, 2.0, -1.0], "d1": [1.0, 2.0, 3.0]}, {"s0": [[1, 2], [], [3]]}).rows(1, 3)
+    batches = [gp.Batch.from_arrow(table, one_of_each), strided]
+    assert not batches[0].sparse.values.flags.writeable and not batches[1].dense.flags.c_contiguous
+    for batch in batches:
+        pipe = gp.Pipeline([gp.Bucketize("d0", [0.0, 1.0], out="b"), gp.Hash(["s0", "b"], 10)])
+        assert_same(pipe.compile(batch.schema, "cpu").run(batch), pipe.compile(batch.schema, "reference").run(batch))
+    assert [list(k.signatures) for k in kernels] == compiled

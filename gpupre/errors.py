@@ -32,3 +32,15 @@ class BackendUnavailable(GpupreError):
 
 class KernelError(GpupreError):
     """A kernel reported an error code (an id out of range, a corrupt offset)."""
+
+
+def describe(e: BaseException) -> str:
+    """An exception in words: a gpupre error's own message, any other's type and message."""
+    return str(e) if isinstance(e, GpupreError) else f"{type(e).__name__}: {e}"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an error in another process, chained to the error raised here."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]

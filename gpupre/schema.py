@@ -249,6 +249,11 @@ def infer_kind(fld: pa.Field, names, source: str) -> str:
         return SCORED if fld.name + SCORE_SUFFIX in names else SPARSE
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return IMAGE
+    if pa.types.is_map(t):
+        raise SchemaError(
+            f"{source}: column {fld.name!r} has type {t}: the map layout, which holds many features in one "
+            f"column; flatten the file first (gp.storage.flatten(path, out), or `gpupre flatten PATH OUT`)"
+        )
     raise SchemaError(
         f"{source}: column {fld.name!r} has type {t}, which is no feature kind (dense: float, "
         "sparse: integer or list<integer>, scored: list<integer> plus a list<float> "
@@ -266,7 +271,13 @@ def _is_number(t: pa.DataType) -> bool:
 
 
 def unknown_message(what: str, name, known) -> str:
-    """`what name is unknown`, with the closest known names as a hint."""
-    close = difflib.get_close_matches(str(name), list(known), n=3)
+    """`what name is unknown`, with the closest known names as a hint (case aside), or all of
+    them when there are few."""
+    lower: dict[str, str] = {}
+    for k in known:
+        lower.setdefault(str(k).lower(), k)
+    close = [lower[c] for c in difflib.get_close_matches(str(name).lower(), list(lower), n=3)]
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    if not close and 0 < len(lower) <= 12:
+        hint = f"; the known ones are {', '.join(map(repr, sorted(lower.values())))}"
     return f"{what} {name!r} does not exist ({len(known)} known){hint}"

@@ -1,6 +1,7 @@
 """The gpupre command: synth, import, flatten, inspect, and clean errors."""
 
 import numpy as np
+import pytest
 
 import gpupre as gp
 from gpupre.cli import main
@@ -48,3 +49,25 @@ def test_errors_exit_2_with_the_message(tmp_path, capsys):
     bad.write_text("not parquet")
     assert main(["flatten", str(bad), str(tmp_path / "out.parquet")]) == 2
     assert "bad.parquet" in capsys.readouterr().err
+
+
+def test_import_errors_exit_2_with_one_line_naming_the_problem(tmp_path, capsys):
+    assert main(["import", "criteo", str(tmp_path / "nope.txt"), str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gpupre import: error: cannot read" in err and "nope.txt" in err
+    text = tmp_path / "c.csv"
+    gp.storage.write_criteo_text(text, rows=5, header=True)
+    assert main(["import", "taobao", str(text), str(tmp_path / "x.parquet")]) == 2
+    assert "use gp.storage.import_criteo (command line: gpupre import criteo)" in capsys.readouterr().err
+    assert main(["import", "criteo", str(text), str(tmp_path)]) == 2
+    assert "is a directory; pass the path of a Parquet file to write" in capsys.readouterr().err
+
+
+def test_inspect_of_a_map_layout_file_names_the_flatten_command(tmp_path, capsys):
+    maps = tmp_path / "m.parquet"
+    main(["synth", str(maps), "--rows", "20", "--dense", "1", "--sparse", "1", "--layout", "map"])
+    capsys.readouterr()
+    assert main(["inspect", str(maps)]) == 2
+    assert "the map layout" in capsys.readouterr().err
+    with pytest.raises(gp.SchemaError, match=r"gp.storage.flatten\(path, out\), or `gpupre flatten PATH OUT`"):
+        gp.Dataset(maps)

@@ -69,6 +69,10 @@ def test_kinds_keep_column_order():
 def test_unknown_feature_suggests_close_names():
     with pytest.raises(gp.SchemaError, match=r"'item_id' does not exist.*did you mean 'item_ids'"):
         example_schema()["item_id"]
+    with pytest.raises(gp.SchemaError, match=r"'AGE' does not exist.*did you mean 'age'"):  # case aside
+        example_schema()["AGE"]
+    with pytest.raises(gp.SchemaError, match=r"'click' does not exist.*known ones are 'age', 'income', 'item_ids', 'terms'"):
+        example_schema()["click"]  # nothing close: a few names are all listed
 
 
 def test_select_keeps_the_given_order_labels_and_extras():

@@ -24,7 +24,7 @@ import collections
 import logging
 import time
 
-from ..errors import BackendUnavailable, ConfigError, DataError
+from ..errors import BackendUnavailable, ConfigError, DataError, describe
 from ..reader import Dataset
 
 __all__ = ["RayReaders"]
@@ -222,7 +222,7 @@ class RayReaders:
                     flight.popleft()
                     done(actor)
                     cause = e.cause if getattr(e, "cause", None) is not None else e
-                    yield index, f"{type(cause).__name__}: {cause}"
+                    yield index, describe(cause)
                     submit()
                     continue
                 except RayError as e:

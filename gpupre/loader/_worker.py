@@ -3,7 +3,7 @@
 Messages to the client (through the result queue), in order per unit:
     ("start", worker, position)
     ("slab", position, index, description, stats)    one per slab of up to read_batch_size rows
-    ("done", position, slabs sent)  or  ("error", position, message, slabs sent)
+    ("done", position, slabs sent)  or  ("error", position, message, traceback, slabs sent)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..errors import describe
 from ..reader.units import rekey
 
 
@@ -97,4 +98,4 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
                     break
             results.put(("done", position, sent))
         except Exception as e:  # noqa: BLE001 - every failure goes to the client, named
-            results.put(("error", position, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", sent))
+            results.put(("error", position, describe(e), traceback.format_exc(), sent))

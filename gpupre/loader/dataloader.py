@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import copy
 import itertools
@@ -11,13 +12,15 @@ import multiprocessing as mp
 import os
 import queue
 import time
+import weakref
 
 import numpy as np
 
 from ..batch import Batch
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RemoteTraceback, describe
 from ..reader import Dataset
 from ..storage.iostats import CountingFileSystem
+from ..transforms.pipeline import Pipeline
 from ..transforms.plan import resolve_device
 from ._slabs import Slab, Staged, stage
 from ._worker import main as worker_main
@@ -82,20 +85,31 @@ class DataLoader:
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
         self.batch_size = _positive(batch_size, "batch_size")
-        self.read_batch_size = _positive(read_batch_size or min(batch_size, 8192), "read_batch_size")
+        self.read_batch_size = _positive(min(batch_size, 8192) if read_batch_size is None else read_batch_size,
+                                         "read_batch_size")  # fmt: skip
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else _positive(num_workers, "num_workers", 0)
         self.prefetch = _positive(prefetch, "prefetch")
         if not (isinstance(world_size, int) and world_size > 0 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
         if on_bad_unit not in ("raise", "skip"):
             raise ConfigError(f"on_bad_unit={on_bad_unit!r} must be 'raise' or 'skip'")
+        if pipeline is not None and not isinstance(pipeline, Pipeline):
+            raise ConfigError(
+                f"pipeline must be a gp.Pipeline or None, got {type(pipeline).__name__}; wrap the ops: "
+                "gp.Pipeline([...]).fit(dataset)"
+            )
         if label is not None or passthrough is not None:
             dataset = dataset.with_columns(label, passthrough)
-        self.dataset, self.shuffle, self.seed, self.drop_last = dataset, bool(shuffle), int(seed), bool(drop_last)
+        self.dataset, self.shuffle, self.drop_last = dataset, bool(shuffle), bool(drop_last)
+        self.seed = _positive(seed, "seed", 0)
         self._local = copy.copy(dataset)  # in-process reads (num_workers=0), counted
         self._local.filesystem = CountingFileSystem(dataset.filesystem)
         self.rank, self.world_size, self.on_bad_unit = rank, world_size, on_bad_unit
         self.device = resolve_device(device)
+        if self.device.startswith("cuda"):
+            from ..transforms.cuda import torch_device
+
+            torch_device(self.device)  # a GPU is there, with pipeline or without
         self.plan = None if pipeline is None else pipeline.compile(dataset.schema, self.device, True, dataset.dedup)
         # on the CPU the whole plan runs in the workers, in parallel (it works row by row, so per
         # slab is the same as per batch); with a GPU they run its host stage only
@@ -145,6 +159,8 @@ class DataLoader:
         Raises:
             ConfigError: the state is from another dataset, seed, shuffle or share.
         """
+        if not isinstance(state, dict):
+            raise ConfigError(f"load_state_dict takes the dict that state_dict() returned, got {type(state).__name__}")
         mine = self.state_dict()
         for key in ("version", "seed", "shuffle", "rank", "world_size", "read_batch_size", "units"):
             if state.get(key) != mine[key]:
@@ -347,7 +363,7 @@ class DataLoader:
                 yield batch
                 wait = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - named, then raised or skipped
-            self._bad_unit(task[1], f"{type(e).__name__}: {e}")
+            self._bad_unit(task[1], describe(e))
             yield _Gap(task[1].num_rows - task[2] - rows)
 
     def _from_workers(self, tasks, generation: int):
@@ -405,9 +421,9 @@ class DataLoader:
                 elif kind == "done":
                     done[mkey] = message[2]
                 else:  # "error": the slabs sent before it still count
-                    self._bad_unit(units[mkey], message[2].splitlines()[0], message[2])
+                    self._bad_unit(units[mkey], message[2], message[3])
                     gaps[mkey] = True
-                    done[mkey] = message[3]
+                    done[mkey] = message[4]
         finally:
             for slab in slabs.values():
                 slab.release()
@@ -433,12 +449,17 @@ class DataLoader:
                             "`if __name__ == '__main__':` (see the worker's error above)"
                         )
 
-    def _bad_unit(self, unit, message: str, details: str = "") -> None:
+    def _bad_unit(self, unit, message: str, remote_traceback: str = "") -> None:
+        """Skip the unit that could not be read, or raise (in an `except` block: chained to its error)."""
+        message = f"{unit}: " + message.removeprefix(f"{unit}: ")  # said once, though the reader may say it too
         if self.on_bad_unit == "skip":
-            self._stats["skipped_units"].append(f"{unit}: {message}")
+            self._stats["skipped_units"].append(message)
             return
         self.close()
-        raise DataError(f"{unit}: {message}; pass on_bad_unit='skip' to leave bad units out" + (f"\n{details}" if details else ""))
+        error = DataError(f"{message}; pass on_bad_unit='skip' to leave bad units out")
+        if remote_traceback:
+            raise error from RemoteTraceback(remote_traceback)
+        raise error
 
     # -- workers -------------------------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -459,6 +480,7 @@ class DataLoader:
             )
             process.start()
             self._workers.append(process)
+        _WITH_WORKERS.add(self)
 
     def close(self) -> None:
         """Stop the worker processes or readers (they start again on the next iteration)."""
@@ -494,6 +516,15 @@ class DataLoader:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # before multiprocessing's own exit handler kills the workers with slabs unread
+def _close_at_exit() -> None:
+    for loader in list(_WITH_WORKERS):
+        loader.close()
 
 
 def _streams(device: str):

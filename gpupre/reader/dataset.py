@@ -70,6 +70,13 @@ class Dataset:
         for name in (labels or ()) + passthrough:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
+        both = [n for n in features or () if n in (labels or ()) + passthrough]
+        if both:
+            role = "a label" if both[0] in (labels or ()) else "a pass-through column"
+            raise SchemaError(
+                f"{first}: column {both[0]!r} is asked for as a feature and as {role}; a column is one or "
+                "the other: leave it out of features= or out of label= / passthrough="
+            )
         full = Schema.from_arrow(arrow_schema, first, columns=features, extras=passthrough, labels=labels)
         labels = full.labels if labels is None else labels
         if features is not None:

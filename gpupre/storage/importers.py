@@ -7,6 +7,7 @@ categories become stable hashed ids (`strings_to_ids`).
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 
@@ -78,7 +79,9 @@ def import_csv(
         column_names: the names of the columns when the file has no header line.
     Returns the schema written.
     Raises:
-        DataError: the text cannot be parsed (names the file and what the parser said).
+        DataError: the file cannot be read, lacks one of `columns`, or cannot be parsed (names the
+            file and what was wrong).
+        ConfigError: `dst` is a directory.
     """
     features = tuple(
         Feature(name, c.kind, c.group) for name, c in columns.items() if c.role not in ("label", "time", "extra")
@@ -88,11 +91,9 @@ def import_csv(
     schema = Schema(features, labels, extras)
     extra_types = {n: pa.int64() if columns[n].role == "time" else columns[n].arrow_type for n in extras}
     read_types = {n: _READ_TYPES.get(c.role, c.arrow_type) for n, c in columns.items()}
-    size = os.path.getsize(src)
-    with open(src, "rb") as f, TableWriter(dst, schema, extra_types, row_group_rows) as writer, tqdm(
-        total=size, desc=f"importing {os.path.basename(src)}", unit="B", unit_scale=True, disable=not progress
-    ) as bar:
+    with _open_source(src) as f:
         try:
+            # the reader is opened before the writer so that a file of another format leaves no output
             reader = pacsv.open_csv(
                 f,
                 read_options=pacsv.ReadOptions(block_size=block_size, column_names=column_names),
@@ -101,15 +102,47 @@ def import_csv(
                     column_types=read_types, include_columns=list(columns), strings_can_be_null=True
                 ),
             )
-            row = 0
-            for block in reader:
-                table = pa.Table.from_batches([block])
-                writer.write(_convert(table, columns, str(src), row))
-                row += table.num_rows
-                bar.update(f.tell() - bar.n)
+            with TableWriter(dst, schema, extra_types, row_group_rows) as writer, tqdm(
+                total=os.fstat(f.fileno()).st_size,
+                desc=f"importing {os.path.basename(src)}",
+                unit="B",
+                unit_scale=True,
+                disable=not progress,
+            ) as bar:
+                row = 0
+                for block in reader:
+                    table = pa.Table.from_batches([block])
+                    writer.write(_convert(table, columns, str(src), row))
+                    row += table.num_rows
+                    bar.update(f.tell() - bar.n)
+        except pa.ArrowKeyError:  # raised only for an include_columns name the file lacks
+            raise _missing_columns(src, columns, delimiter, column_names) from None
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise DataError(f"{src}: cannot parse as {', '.join(columns)} text: {e}; fix the file") from e
     return schema
+
+
+def _open_source(src):
+    """`open(src, "rb")`, with a DataError naming the path when it is missing or unreadable."""
+    try:
+        return open(src, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read {src}: {e.strerror}; pass the path of an existing text file") from e
+
+
+def _missing_columns(src, columns, delimiter: str, column_names) -> DataError:
+    """The error for `columns` absent from `src`: which are missing, which it has, which importer fits."""
+    with open(src, encoding="utf-8-sig", errors="replace", newline="") as f:
+        found = list(column_names or next(csv.reader(f, delimiter=delimiter), []))
+    missing = [name for name in columns if name not in found]
+    shown = ", ".join(found[:12]) + (f", ... ({len(found)} in all)" if len(found) > 12 else "")
+    fits = [name for name, wanted in _IMPORTER_COLUMNS.items() if set(wanted) <= set(found)]
+    fix = (
+        f"it is {fits[0]} data: use gp.storage.import_{fits[0]} (command line: gpupre import {fits[0]})"
+        if fits
+        else "name only columns the file has, or pass column_names= if it has no header line"
+    )
+    return DataError(f"{src} has no column {', '.join(missing)} (its columns: {shown}); {fix}")
 
 
 def _convert(table: pa.Table, columns: dict[str, Column], source: str, first_row: int) -> pa.Table:
@@ -159,7 +192,7 @@ def import_criteo(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progre
     line. I columns become dense features (empty -> missing); C columns sparse features whose id
     is the hex string read as a base-16 integer (empty -> empty list).
     """
-    with open(src, "rb") as f:
+    with _open_source(src) as f:
         first = f.readline().decode("utf-8", "replace")
     delimiter = "\t" if "\t" in first else ","
     header = first.split(delimiter)[0].strip() == "label"
@@ -220,3 +253,7 @@ def import_movielens(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, pro
     The rating is the label; genres become a list of hashed genre ids; gender and zip hashed ids.
     """
     return import_csv(src, dst, MOVIELENS_COLUMNS, ",", None, row_group_rows, progress=progress)
+
+
+# the importers by format name, for naming the one that fits a file given to another
+_IMPORTER_COLUMNS = {"criteo": CRITEO_COLUMNS, "movielens": MOVIELENS_COLUMNS, "taobao": TAOBAO_COLUMNS}

@@ -15,6 +15,7 @@ from ..schema import Schema
 __all__ = ["DEFAULT_ROW_GROUP_ROWS", "TableWriter", "to_flat_table", "write_table"]
 
 DEFAULT_ROW_GROUP_ROWS = 65_536
+_PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")  # what pyarrow can write
 
 
 def to_flat_table(table: pa.Table, schema: Schema) -> pa.Table:
@@ -73,6 +74,13 @@ class TableWriter:
     ):
         if not isinstance(row_group_rows, int) or row_group_rows <= 0:
             raise ConfigError(f"{row_group_rows=} must be a positive integer")
+        if compression is not None and str(compression).lower() not in _PARQUET_CODECS:
+            raise ConfigError(
+                f"{compression=} is not a Parquet codec; pass one of {', '.join(_PARQUET_CODECS)}"
+            )
+        if os.path.isdir(path):
+            example = os.path.join(str(path), "part-0.parquet")
+            raise ConfigError(f"{path} is a directory; pass the path of a Parquet file to write, such as {example}")
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.rows_written = 0
@@ -137,7 +145,14 @@ def write_table(
             (see `gpupre.schema`).
         row_group_rows: rows per row group, the unit of parallel reading.
         compression, write_statistics, write_page_index: passed to Parquet.
+    Raises:
+        ConfigError: `table` is not a pyarrow Table, `path` is a directory, or `row_group_rows` or
+            `compression` is invalid.
     """
+    if not isinstance(table, pa.Table):
+        raise ConfigError(
+            f"table must be a pyarrow Table, got {type(table).__name__}; wrap columns with pyarrow.table(...)"
+        )
     if schema is None:
         schema = Schema.from_arrow(table.schema)
     with TableWriter(

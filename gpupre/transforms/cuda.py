@@ -53,6 +53,27 @@ def available() -> bool:
     return torch.cuda.is_available()
 
 
+def torch_device(device: str):
+    """device ("cuda" or "cuda:N") as a torch.device with its index, checked against the GPUs torch sees.
+
+    Raises:
+        BackendUnavailable: torch sees no CUDA GPU, or not that many.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable(
+            f"device={device!r}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+            "use device='cpu' (or 'auto', which falls back to it)"
+        )
+    found = torch.device(device)
+    if found.index is None:
+        found = torch.device("cuda", torch.cuda.current_device())
+    if found.index >= torch.cuda.device_count():
+        raise BackendUnavailable(f"device={device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
+    return found
+
+
 class CudaExecutor:
     """Runs a `Plan` on one CUDA device; host batches go through the host stage first."""
 
@@ -61,23 +82,15 @@ class CudaExecutor:
     def __init__(self, device: str = "cuda"):
         import torch
 
-        if not torch.cuda.is_available():
-            raise BackendUnavailable(
-                f"device={device!r}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
-                "use device='cpu' (or 'auto', which falls back to it)"
-            )
-        try:
-            import cupy  # noqa: F401
-        except ImportError as e:
-            raise BackendUnavailable(
-                f"device={device!r} needs CuPy to launch its kernels ({e}); install it with "
-                "`pip install 'gpupre[gpu]'` (cupy-cuda13x; cupy-cuda12x for CUDA 12 drivers)"
-            ) from e
-        self.device = torch.device(device)
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        if self.device.index >= torch.cuda.device_count():
-            raise BackendUnavailable(f"device={device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
+        if torch.cuda.is_available():  # else torch_device says so
+            try:
+                import cupy  # noqa: F401
+            except ImportError as e:
+                raise BackendUnavailable(
+                    f"device={device!r} needs CuPy to launch its kernels ({e}); install it with "
+                    "`pip install 'gpupre[gpu]'` (cupy-cuda13x; cupy-cuda12x for CUDA 12 drivers)"
+                ) from e
+        self.device = torch_device(device)
         self._tables: dict = {}  # id(stage table) -> device copies, uploaded once per plan
         self._status = None
         self._pinned = None

@@ -38,7 +38,10 @@ LISTS = (SPARSE, SCORED)
 
 
 def _names(value, what: str, op: str) -> tuple[str, ...]:
-    names = (value,) if isinstance(value, str) else tuple(value) if value is not None else ()
+    try:
+        names = (value,) if isinstance(value, str) else tuple(value) if value is not None else ()
+    except TypeError:  # neither a name nor a list of them
+        names = ()
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"{op}: {what} must be a feature name or a non-empty list of names, got {value!r}")
     return names

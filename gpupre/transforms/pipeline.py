@@ -23,10 +23,12 @@ def output_schema(ops, schema: Schema) -> Schema:
 
     Raises:
         SchemaError: an op names a feature that does not exist at that point.
-        ConfigError: an op is given a feature of a kind it does not take.
+        ConfigError: an op is given a feature of a kind it does not take, or its out= names a
+            feature that exists (other than its input, or a stored derived feature to recompute).
     """
     features = list(schema.features)
     position = {f.name: i for i, f in enumerate(features)}
+    written = set()
     for op in ops:
         for inputs, out in op.applications():
             kinds = []
@@ -42,6 +44,13 @@ def output_schema(ops, schema: Schema) -> Schema:
                     )
                 kinds.append(kind)
             made = Feature(out, op.output_kind(tuple(kinds)), features[position[inputs[0]]].group)
+            if out in position and out not in inputs and features[position[out]].derived is None:
+                who = "an earlier op writes" if out in written else "the schema has"
+                raise ConfigError(
+                    f"{op}: out={out!r} names a feature that {who} already, which it would overwrite; "
+                    f"give the output a new name, or leave out= unset to transform {inputs[0]!r} in place"
+                )
+            written.add(out)
             if out in position:
                 features[position[out]] = made
             else:
@@ -95,6 +104,8 @@ class Pipeline(JsonFile):
     """
 
     def __init__(self, ops, input_schema: Schema | None = None):
+        if isinstance(ops, Op) or not hasattr(ops, "__iter__"):
+            raise ConfigError(f"Pipeline takes a list of ops, got {ops!r}; wrap a single op: gp.Pipeline([op])")
         ops = list(ops)
         for op in ops:
             if not isinstance(op, Op):
@@ -243,10 +254,11 @@ def _independent_unfitted(ops, first: int) -> list[int]:
 
 
 class _Stats:
-    """Streaming moments (float64, Chan's merge), min/max and a uniform sample, ignoring NaN."""
+    """Streaming moments (float64, Chan's merge), min/max and a uniform sample, ignoring NaN;
+    infinite values are counted."""
 
     def __init__(self, sample_size: int):
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.count, self.mean, self.m2, self.infinite = 0, 0.0, 0.0, 0
         self.min, self.max = math.inf, -math.inf
         self.sample_size = sample_size
         self.sample = np.empty(0, np.float32)
@@ -256,9 +268,11 @@ class _Stats:
         x = np.asarray(x)[~np.isnan(x)]
         if not len(x):
             return
+        self.infinite += int(np.isinf(x).sum())  # then the moments are not finite (inf - inf), nor used
         x64 = x.astype(np.float64)
-        n, mean = len(x64), float(x64.mean())
-        m2 = float(((x64 - mean) ** 2).sum())
+        with np.errstate(invalid="ignore"):
+            n, mean = len(x64), float(x64.mean())
+            m2 = float(((x64 - mean) ** 2).sum())
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * n / total
@@ -284,6 +298,12 @@ def _fitted(op: Op, s: _Stats) -> Op:
         raise ConfigError(
             f"cannot fit {op}: feature {op.features[0]!r} has no non-missing values in the data read; "
             "give the parameters explicitly or fit on more rows"
+        )
+    if s.infinite and isinstance(op, (Normalize, MinMax)):
+        raise ConfigError(
+            f"cannot fit {op}: feature {op.features[0]!r} holds {s.infinite} infinite values in the data read, "
+            f"so its {'mean and std' if isinstance(op, Normalize) else 'range'} are not finite; put a "
+            f"gp.Clamp({op.features[0]!r}, lo, hi) before it, or give the parameters explicitly"
         )
     if isinstance(op, Normalize):
         return with_params(op, mean=s.mean, std=math.sqrt(s.m2 / s.count))

@@ -21,6 +21,7 @@ depends on the depth of the pipeline, never on the number of features.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -231,9 +232,15 @@ def stage_launches(plan: Plan) -> int:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU and CuPy are there, else "cpu" (the choice is logged)."""
+    """"auto" -> "cuda" when a GPU and CuPy are there, else "cpu" (the choice is logged).
+
+    Raises:
+        ConfigError: device is none of "cpu", "reference", "cuda", "cuda:N" and "auto".
+    """
     if device != "auto":
-        return device
+        if device in ("cpu", "reference") or re.fullmatch(r"cuda(:\d+)?", str(device)):
+            return device
+        raise ConfigError(f"device={device!r} must be 'cpu', 'reference', 'cuda', 'cuda:N' or 'auto'")
     from .cuda import available
 
     chosen = "cuda" if available() else "cpu"
@@ -250,11 +257,9 @@ def _executor(device: str):
         from .cpu import CpuExecutor
 
         return CpuExecutor()
-    if device == "cuda" or device.startswith("cuda:"):
-        from .cuda import CudaExecutor
+    from .cuda import CudaExecutor
 
-        return CudaExecutor(device)
-    raise ConfigError(f"device={device!r} must be 'cpu', 'reference', 'cuda', 'cuda:N' or 'auto'")
+    return CudaExecutor(device)  # "cuda" or "cuda:N": resolve_device lets no other through
 
 
 # -- the builder: symbolic execution of the ops --------------------------------------------------

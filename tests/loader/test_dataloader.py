@@ -102,13 +102,20 @@ def ds_with_a_bad_unit(synth_dir, tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_unit_raises_naming_it_or_is_skipped_and_listed(ds_with_a_bad_unit, workers):
     ds, unit = ds_with_a_bad_unit
-    with pytest.raises(gp.DataError, match=unit):
+    with pytest.raises(gp.DataError, match=unit) as info:
         list(_loader(ds, num_workers=workers))
+    message = str(info.value)  # one line, the unit named once; a worker's traceback is chained
+    assert message.count(unit) == 1 and "Traceback" not in message and "cannot be read" in message
+    if workers:
+        assert "Traceback (most recent call last)" in str(info.value.__cause__)
+    else:
+        assert isinstance(info.value.__context__, gp.DataError)  # the reader's own, with its traceback
     loader = _loader(ds, num_workers=workers, on_bad_unit="skip")
     ids = epoch_ids(list(loader))
     loader.close()
     assert len(ids) == 550 and len(set(ids)) == 550
-    assert [s.split(":")[0] for s in loader.stats()["skipped_units"]] == [unit]
+    (skipped,) = loader.stats()["skipped_units"]
+    assert skipped.startswith(f"{unit}: ") and skipped.count(unit) == 1
 
 
 def _ranks_with_a_bad_unit(ds, **kw):
@@ -165,11 +172,22 @@ def test_stats_report_rows_bytes_and_stage_times(ds):
 @pytest.mark.parametrize(
     "kw,words",
     [({"batch_size": 0}, "batch_size=0"), ({"num_workers": -1}, "num_workers=-1"), ({"rank": 2, "world_size": 2}, "rank=2"),
-     ({"on_bad_unit": "ignore"}, "on_bad_unit='ignore'"), ({"read_batch_size": 1.5}, "read_batch_size=1.5")],
+     ({"on_bad_unit": "ignore"}, "on_bad_unit='ignore'"), ({"read_batch_size": 1.5}, "read_batch_size=1.5"),
+     ({"read_batch_size": 0}, "read_batch_size=0"), ({"seed": "a"}, "seed='a'"), ({"device": "gpu"}, "device='gpu'"),
+     ({"pipeline": [gp.Hash("x", 10)]}, "wrap the ops: gp.Pipeline")],
 )  # fmt: skip
 def test_bad_arguments_are_config_errors(ds, kw, words):
     with pytest.raises(gp.ConfigError, match=words.replace("[", r"\[")):
         _loader(ds, **kw)
+    with pytest.raises(gp.ConfigError, match="takes the dict that state_dict"):
+        _loader(ds).load_state_dict(None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_a_gpu_device_without_a_gpu_says_so_with_or_without_a_pipeline(ds):
+    for pipeline in (None, gp.Pipeline([gp.Hash(ds.schema.sparse[0].name, 10)])):
+        with pytest.raises(gp.BackendUnavailable, match="no CUDA GPU is visible.*device='cpu'"):
+            _loader(ds, device="cuda", pipeline=pipeline)
 
 
 def test_more_workers_than_units_in_the_share_is_warned(ds, caplog):

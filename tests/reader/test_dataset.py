@@ -137,6 +137,9 @@ def test_label_override_on_a_plain_file(tmp_path):
     pq.write_table(pa.table({"clk": [0.0, 1.0], "price": [1.0, 2.0]}), tmp_path / "plain.parquet")
     ds = gp.Dataset(tmp_path / "plain.parquet", label="clk")
     assert ds.schema.names == ("price",) and ds.schema.labels == ("clk",)
+    for kw, role in (({"label": "price"}, "a label"), ({"passthrough": "price"}, "a pass-through column")):
+        with pytest.raises(gp.SchemaError, match=rf"'price' is asked for as a feature and as {role}"):
+            gp.Dataset(tmp_path / "plain.parquet", features=["price"], **kw)
 
 
 # -- bad input --------------------------------------------------------------------------------------

@@ -241,3 +241,47 @@ def test_extra_column_keeps_its_arrow_type(tmp_path):
         progress=False,
     )
     assert pq.read_table(tmp_path / "x.parquet").schema.field("v").type == pa.float64()
+
+
+# -- errors for a wrong source or destination ------------------------------------------------------
+@pytest.mark.parametrize("importer", [import_criteo, import_taobao, import_movielens])
+def test_a_missing_source_is_a_data_error_naming_it(tmp_path, importer):
+    with pytest.raises(gp.DataError, match=r"cannot read .*nope\.txt"):
+        importer(tmp_path / "nope.txt", tmp_path / "x.parquet", progress=False)
+    (tmp_path / "src").mkdir()
+    with pytest.raises(gp.DataError, match=r"cannot read .*src"):
+        importer(tmp_path / "src", tmp_path / "x.parquet", progress=False)
+
+
+def test_a_destination_directory_is_a_config_error(tmp_path):
+    gp.storage.write_criteo_text(tmp_path / "day.tsv", rows=5, header=False)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(gp.ConfigError, match=r"out is a directory; pass the path of a Parquet file to write"):
+        import_criteo(tmp_path / "day.tsv", tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize(
+    "text, importer, match",
+    [
+        ("criteo", import_taobao, r"has no column clk, time_stamp, .*\(its columns: label, I1, .*criteo"),
+        ("taobao", import_movielens, r"has no column user_id, .*\(its columns: clk, .*import_taobao"),
+        ("movielens", import_taobao, r"has no column clk, .*\(its columns: user_id, .*import_movielens"),
+    ],
+)
+def test_a_file_of_another_format_names_the_missing_columns_and_its_importer(tmp_path, text, importer, match):
+    src = tmp_path / "data.csv"
+    if text == "criteo":
+        gp.storage.write_criteo_text(src, rows=5, header=True)
+    else:
+        taobao = "\n".join([TAOBAO_HEADER, *TAOBAO_ROWS]) + "\n"
+        src.write_text({"taobao": taobao, "movielens": MOVIELENS}[text])
+    with pytest.raises(gp.DataError, match=match):
+        importer(src, tmp_path / "x.parquet", progress=False)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_import_csv_names_a_column_the_file_lacks(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(gp.DataError, match=r"x\.csv has no column Z \(its columns: a, b\); name only"):
+        columns = {"a": Column("dense"), "Z": Column("dense")}
+        import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", columns, progress=False)

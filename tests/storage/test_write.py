@@ -147,3 +147,21 @@ def test_a_column_missing_from_the_table_is_a_schema_error(tmp_path):
 def test_row_group_rows_must_be_a_positive_integer(tmp_path, rows):
     with pytest.raises(gp.ConfigError, match="row_group_rows"):
         gp.storage.write_table(source_table(), tmp_path / "t.parquet", SCHEMA, row_group_rows=rows)
+
+
+def test_a_table_that_is_not_an_arrow_table_is_a_config_error(tmp_path):
+    with pytest.raises(gp.ConfigError, match=r"table must be a pyarrow Table, got dict; wrap columns"):
+        gp.storage.write_table({"a": [1.0]}, tmp_path / "t.parquet")
+
+
+def test_an_unknown_compression_is_a_config_error_listing_the_codecs(tmp_path):
+    with pytest.raises(gp.ConfigError, match=r"compression='bogus' is not a Parquet codec; pass one of none"):
+        gp.storage.write_table(source_table(), tmp_path / "t.parquet", SCHEMA, compression="bogus")
+    assert not (tmp_path / "t.parquet").exists()
+    gp.storage.write_table(source_table(), tmp_path / "t.parquet", SCHEMA, compression="SNAPPY")
+    assert pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0).column(0).compression == "SNAPPY"
+
+
+def test_a_directory_as_the_path_is_a_config_error(tmp_path):
+    with pytest.raises(gp.ConfigError, match=r"is a directory; pass the path of a Parquet file to write"):
+        gp.storage.write_table(source_table(), tmp_path, SCHEMA)

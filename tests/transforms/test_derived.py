@@ -153,9 +153,9 @@ def test_features_to_read_keeps_requested_features_and_names_unknown_ones(fitted
     [
         ([gp.Hash("sparse_000", num_buckets=10)], gp.ConfigError, "in place; give it out="),
         ([gp.Normalize("dense_000", out="n")], gp.ConfigError, "pipeline.fit"),
-        ([gp.Hash("sparse_000", num_buckets=10, out="sparse_001")], gp.ConfigError, "dataset has already"),
+        ([gp.Hash("sparse_000", num_buckets=10, out="sparse_001")], gp.ConfigError, "the schema has already"),
         ([gp.Hash("sparse_000", num_buckets=10, out="h"), gp.Modulo("sparse_001", n=3, out="h")],
-         gp.ConfigError, "an earlier op"),
+         gp.ConfigError, "an earlier op writes"),
         ([gp.Hash("row_id", num_buckets=10, out="h")], gp.SchemaError, "'row_id' does not exist"),
     ],
 )  # fmt: skip

@@ -155,6 +155,8 @@ def test_empty_batch(device):
         (lambda: gp.Hash(["a", "b"], 10, out=["x"]), "one output per feature"),
         (lambda: gp.NGram("c", 0, 10), "n=0"),
         (lambda: gp.Hash([], 10), "features"),
+        (lambda: gp.Hash(5, 10), "features must be a feature name or a non-empty list of names, got 5"),
+        (lambda: gp.Pipeline(gp.Hash("c", 10)), r"wrap a single op: gp.Pipeline\(\[op\]\)"),
     ],
 )
 def test_bad_parameters_raise_config_error(make, message):

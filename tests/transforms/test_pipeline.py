@@ -123,6 +123,17 @@ def test_fit_an_all_missing_feature_raises_naming_it(table_ds):
         gp.Pipeline([gp.Normalize("b"), gp.Normalize("z")]).fit(table_ds, progress=False)
 
 
+
+def test_fit_on_infinite_values_says_to_clamp_first(tmp_path):
+    path = tmp_path / "inf.parquet"
+    gp.storage.write_table(pa.table({"x": pa.array([1.0, np.inf, 2.0, -np.inf, 3.0], pa.float32())}), path)
+    ds = gp.Dataset(path)
+    for op in (gp.Normalize("x"), gp.MinMax("x")):
+        with pytest.raises(gp.ConfigError, match=r"'x' holds 2 infinite values.*gp.Clamp\('x'"):
+            gp.Pipeline([op]).fit(ds, progress=False)
+    fitted = gp.Pipeline([gp.Clamp("x", -10.0, 10.0), gp.Normalize("x")]).fit(ds, progress=False)
+    assert fitted.ops[1].mean == pytest.approx(np.mean([1, 10, 2, -10, 3]))
+
 # -- persistence -----------------------------------------------------------------------------------
 def _mixed_pipeline(table_ds):
     ops = [
@@ -217,6 +228,19 @@ def test_an_unknown_input_raises_schema_error_with_a_hint(ops):
         gp.Pipeline(ops).compile(SCHEMA)
 
 
+@pytest.mark.parametrize(
+    "ops, who",
+    [
+        ([gp.Log1p("x", out="y")], "the schema has"),
+        ([gp.Cross("c", "w", 10, out="cw"), gp.Cross("w", "c", 10, out="cw")], "an earlier op writes"),
+    ],
+)  # fmt: skip
+def test_an_output_never_overwrites_another_feature(ops, who):
+    with pytest.raises(gp.ConfigError, match=rf"out='(y|cw)' names a feature that {who} already.*new name"):
+        gp.Pipeline(ops).compile(SCHEMA)
+    gp.Pipeline([gp.Log1p("x", out="x"), gp.Log1p("y")]).compile(SCHEMA)  # in place, by name or not
+
+
 def test_compiling_an_unfitted_pipeline_says_to_fit():
     with pytest.raises(gp.ConfigError, match=r"unfitted.*Normalize.*fit\(dataset\)"):
         gp.Pipeline([gp.Log1p("x"), gp.Normalize("y")]).compile(SCHEMA)
@@ -269,3 +293,21 @@ def test_eager_call_without_batch_schema_uses_the_input_schema():
     out = pipe(batch)
     assert rows_of(out, "c") == [[1], []]
     np.testing.assert_allclose(out.dense[0], [np.log(2.0), 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (None, ["cannot read the Pipeline file", "No such file"]),
+        ("{not json", ["does not hold a saved Pipeline", "JSONDecodeError"]),
+        ("[1, 2]", ["does not hold a saved Pipeline"]),
+        ('{"ops": [{"op": "Hash", "features": ["c"], "num_buckets": 3, "bogus": 1}]}', ["'bogus'"]),
+    ],
+)  # fmt: skip
+def test_loading_a_file_that_is_no_saved_pipeline_names_the_file(tmp_path, text, words):
+    path = tmp_path / "pipe.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(gp.DataError) as info:
+        gp.Pipeline.load(path)
+    assert all(w in str(info.value) for w in words + [str(path)])

@@ -212,6 +212,17 @@ def test_the_kernels_are_readied_before_the_workers_start(ds, monkeypatch):
     assert calls == [0]
 
 
+def test_loaders_with_workers_are_closed_at_exit(ds):
+    """Else multiprocessing's exit handler kills the workers with slabs unread, left in /dev/shm."""
+    from gpupre.loader import dataloader
+
+    loader = _loader(ds, num_workers=2)
+    next(iter(loader))
+    workers = list(loader._workers)
+    dataloader._close_at_exit()  # what atexit runs
+    assert workers and loader._workers == [] and not any(p.is_alive() for p in workers)
+
+
 def test_a_dataset_is_required():
     with pytest.raises(gp.ConfigError, match="gp.Dataset"):
         gp.DataLoader("data.parquet", 10)

@@ -300,6 +300,18 @@ class Batch:
         return self.to_torch().map_arrays(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
+        """Page-locked copies of the tensors, which copy to a GPU asynchronously.
+
+        Raises:
+            BackendUnavailable: torch sees no CUDA GPU, whose driver pinned memory needs.
+        """
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                "Batch.pin_memory needs a CUDA GPU visible to torch (torch.cuda.is_available() is False); "
+                "pin batches only on a GPU machine"
+            )
         return self.to_torch().map_arrays(lambda t: t.pin_memory())
 
     def record_stream(self, stream) -> None:

@@ -185,6 +185,12 @@ def test_to_cpu_gives_equal_tensors():
     assert t.labels.tolist() == b.labels.tolist()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_pinning_without_a_gpu_says_so():
+    with pytest.raises(gp.BackendUnavailable, match="pin_memory needs a CUDA GPU"):
+        Batch.from_arrow(mixed_table(), MIXED).pin_memory()
+
+
 def test_map_arrays_applies_to_every_array_and_nothing_else():
     b = Batch.from_arrow(mixed_table(), MIXED)
     b.inverse = np.array([0, 0, 1], np.int32)

@@ -67,10 +67,11 @@ class Dataset:
         passthrough = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
         features = [features] if isinstance(features, str) else features
         labels = None if label is None else ((label,) if isinstance(label, str) else tuple(label))
-        for name in (labels or ()) + passthrough:
+        not_features = (labels or ()) + passthrough
+        for name in not_features:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
-        both = [n for n in features or () if n in (labels or ()) + passthrough]
+        both = [n for n in features or () if n in not_features]
         if both:
             role = "a label" if both[0] in (labels or ()) else "a pass-through column"
             raise SchemaError(

@@ -82,8 +82,9 @@ def skip_materialized(ops, schema: Schema) -> tuple[list[Op], list[str]]:
     """(the single-application ops of `ops` left to run on `schema`, the outputs read instead).
 
     An application is skipped when `schema` stores its output with `derived` equal to its
-    provenance and no earlier op has written that name; a feature of the same name with other
-    provenance (or none) is computed and overwritten as usual.
+    provenance and no earlier op has written that name; a derived feature of the same name with
+    other provenance is computed and overwritten (`output_schema` refuses to overwrite a stored
+    feature that is not derived).
     """
     run, read, written = [], [], set()
     for op, chain in provenance(ops):

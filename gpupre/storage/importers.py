@@ -93,7 +93,6 @@ def import_csv(
     read_types = {n: _READ_TYPES.get(c.role, c.arrow_type) for n, c in columns.items()}
     with _open_source(src) as f:
         try:
-            # the reader is opened before the writer so that a file of another format leaves no output
             reader = pacsv.open_csv(
                 f,
                 read_options=pacsv.ReadOptions(block_size=block_size, column_names=column_names),

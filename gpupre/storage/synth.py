@@ -108,16 +108,16 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
     with tqdm(total=spec.rows, desc=f"synthesizing {layout}", unit="rows", disable=not progress) as bar:
         for i, file_path in enumerate(paths):
             start, stop = i * per_file, min(spec.rows, (i + 1) * per_file)
-            writer = _writer(file_path, schema, spec, layout, meta)
-            for lo in range(start, stop, spec.chunk_rows):
-                table = _generate(spec, schema, weights, lo, min(stop, lo + spec.chunk_rows), chunk)
-                if layout == "flat":
-                    writer.write(table)
-                else:
-                    writer.write_table(flat_to_map(table, schema)[0].replace_schema_metadata(writer.schema.metadata))
-                bar.update(table.num_rows)
-                chunk += 1
-            writer.close()
+            with _writer(file_path, schema, spec, layout, meta) as writer:
+                for lo in range(start, stop, spec.chunk_rows):
+                    table = _generate(spec, schema, weights, lo, min(stop, lo + spec.chunk_rows), chunk)
+                    if layout == "flat":
+                        writer.write(table)
+                    else:
+                        table = flat_to_map(table, schema)[0]
+                        writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
+                    bar.update(table.num_rows)
+                    chunk += 1
     return schema
 
 

@@ -59,6 +59,10 @@ class TableWriter:
 
     Buffers what it is given until a whole row group is ready, so that streaming writers produce
     the same file as one big write. Use as a context manager; `close()` writes the last group.
+
+    The file is written under a hidden temporary name beside `path` (which `gp.Dataset` ignores)
+    and renamed to `path` by `close()`, so `path` never holds a partial file: when the `with` block
+    raises, or on `abort()`, the temporary file is removed and whatever was at `path` stays.
     """
 
     def __init__(
@@ -88,9 +92,12 @@ class TableWriter:
         if metadata:
             arrow_schema = arrow_schema.with_metadata({**arrow_schema.metadata, **metadata})
         self._arrow_schema = arrow_schema
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = os.fspath(path)
+        directory, name = os.path.split(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        self._tmp = os.path.join(directory, f".{name}.tmp")
         self._writer = pq.ParquetWriter(
-            path,
+            self._tmp,
             arrow_schema,
             compression=compression,
             write_statistics=write_statistics,
@@ -121,12 +128,24 @@ class TableWriter:
             self._flush(self._pending_rows)
         self._writer.close()
         self._writer = None
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Stop without writing anything to `path`."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        os.remove(self._tmp)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_table(

@@ -285,3 +285,18 @@ def test_import_csv_names_a_column_the_file_lacks(tmp_path):
     with pytest.raises(gp.DataError, match=r"x\.csv has no column Z \(its columns: a, b\); name only"):
         columns = {"a": Column("dense"), "Z": Column("dense")}
         import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", columns, progress=False)
+
+
+def test_a_parse_error_late_in_the_file_leaves_no_output(tmp_path):
+    good = "".join(f"{i % 2},{i}.5\n" for i in range(2000))
+    (tmp_path / "x.csv").write_text("label,price\n" + good + "0,abc\n")
+    with pytest.raises(gp.DataError, match="cannot parse"):
+        import_csv(
+            tmp_path / "x.csv",
+            tmp_path / "x.parquet",
+            {"label": Column("label"), "price": Column("dense")},
+            row_group_rows=100,
+            block_size=4096,
+            progress=False,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]

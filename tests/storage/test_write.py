@@ -165,3 +165,27 @@ def test_an_unknown_compression_is_a_config_error_listing_the_codecs(tmp_path):
 def test_a_directory_as_the_path_is_a_config_error(tmp_path):
     with pytest.raises(gp.ConfigError, match=r"is a directory; pass the path of a Parquet file to write"):
         gp.storage.write_table(source_table(), tmp_path, SCHEMA)
+
+
+def test_a_writer_that_fails_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    path = tmp_path / "t.parquet"
+    gp.storage.write_table(source_table(3), path, SCHEMA)
+    before = path.read_bytes()
+    with pytest.raises(gp.SchemaError):
+        with gp.storage.TableWriter(path, SCHEMA, {"row_id": pa.string()}, row_group_rows=2) as writer:
+            writer.write(source_table(7))  # three row groups reach the file
+            writer.write(source_table(7).drop_columns(["price"]))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+
+
+def test_the_file_appears_only_when_the_writer_closes(tmp_path):
+    path = tmp_path / "t.parquet"
+    writer = gp.storage.TableWriter(path, SCHEMA, {"row_id": pa.string()}, row_group_rows=2)
+    writer.write(source_table(7))
+    assert not path.exists()
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # hidden: gp.Dataset skips it
+    writer.close()
+    assert pq.read_table(path).num_rows == 7
+    writer.abort()  # after close: nothing to undo
+    assert path.exists()

@@ -52,6 +52,14 @@ class FeatureCodec:
             bad = int(rows[(rows < 0) | (rows >= batch.num_rows)][0])
             raise DataError(f"row {bad} to log is outside the batch of {batch.num_rows} rows; pass rows in [0, {batch.num_rows})")
         sparse = batch.sparse
+        if self.weighted != (sparse.weights is not None):
+            scored = [f.name for f in self.schema.sparse if f.kind == SCORED]
+            raise DataError(
+                f"the logger's schema has scored features {scored} but the batch has no scores (sparse.weights is None); "
+                "pass the scores as the KeyedJagged's weights" if self.weighted else
+                "the batch has scores (sparse.weights) but the logger's schema has no scored feature, so they would be "
+                "dropped; declare the scored features with kind 'scored' or drop the weights"
+            )  # fmt: skip
         weights = np.asarray(sparse.weights, np.float32) if self.weighted else np.empty(0, np.float32)
         data, ends = _encode(
             np.ascontiguousarray(batch.dense, np.float32).view(np.uint8),

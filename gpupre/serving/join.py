@@ -22,6 +22,7 @@ event then a click event give click = 1; the same event twice changes nothing).
 from __future__ import annotations
 
 import collections
+import collections.abc
 import json
 import math
 import numbers
@@ -30,9 +31,9 @@ import time as _time
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .kv import KVStore
-from .loggers import item_key, user_key
+from .loggers import _ensure_item_id, _ensure_request_id, item_key, user_key
 from .writers import JoinedRequest
 
 __all__ = ["LabelJoiner"]
@@ -61,16 +62,26 @@ class LabelJoiner:
             raise ConfigError(f"LabelJoiner max_open={max_open!r} must be a positive integer")
         self.store, self.writer, self.ttl_s, self.window_s = store, writer, float(ttl_s), float(window_s)
         self.clock, self.max_open = clock, max_open
-        self._id_type = None  # int or str: the first event's, for every later one
+        self._id_type = writer.request_id_type  # int or str: the dataset's, or the first valid event's
         self.num_labels = len(writer.labels)
         self.needs_user = writer.user_codec is not None
         self._open: collections.OrderedDict = collections.OrderedDict()  # request -> [time, user, {item: [bytes, labels]}]
         self._rejects_path = os.path.join(writer.path, "_rejected.jsonl")
         self.stats = {"events": 0, "joined": 0, "duplicates": 0, "already_written": 0, "closed_early": 0,
                       "requests_written": 0, **{reason: 0 for reason in REASONS}}  # fmt: skip
+        self._closed = False
 
     def add(self, events) -> None:
-        """Join a batch of events (one KV round trip for all of them), then write what is due."""
+        """Join a batch of events (one KV round trip for all of them), then write what is due.
+
+        Raises:
+            ConfigError: the joiner is closed, or `events` is not an iterable of events.
+        """
+        self._check_open()
+        if not isinstance(events, collections.abc.Iterable) or isinstance(events, (str, bytes)):
+            raise ConfigError(
+                f"LabelJoiner.add needs an iterable of (request_id, item_id, labels, time) events, got {events!r}"
+            )
         now = self.clock()
         fresh, rejected, written = [], [], {}  # written: request -> already written? (one lookup each)
         for event in events:
@@ -103,14 +114,10 @@ class LabelJoiner:
             request, item, labels, served = event
         except (TypeError, ValueError):
             return f"expected (request_id, item_id, labels, time), got {type(event).__name__}"
-        if not isinstance(request, (numbers.Integral, str)) or isinstance(request, bool):
-            return f"request_id {request!r} is neither an integer nor a string"
-        kind = str if isinstance(request, str) else int
-        self._id_type = self._id_type or kind
-        if kind is not self._id_type:
-            return f"request_id {request!r} is a {kind.__name__} but earlier ones are {self._id_type.__name__}s"
-        if not isinstance(item, numbers.Integral) or isinstance(item, bool):
-            return f"item_id {item!r} is not an integer"
+        try:
+            request, item = _ensure_request_id(request), _ensure_item_id(item)
+        except DataError as e:
+            return str(e)
         try:
             labels = np.asarray(labels, np.float32).reshape(-1)
             served = float(served)
@@ -120,7 +127,11 @@ class LabelJoiner:
             return f"labels {labels.tolist()} must be {self.num_labels} finite numbers ({list(self.writer.labels)})"
         if not math.isfinite(served):
             return f"time {served!r} is not finite"
-        return (request if isinstance(request, str) else int(request)), int(item), labels, served
+        kind = type(request)
+        if self._id_type not in (None, kind):
+            return f"request_id {request!r} is a {kind.__name__} but the dataset's are {self._id_type.__name__}s"
+        self._id_type = kind  # only now: a malformed event fixes nothing
+        return request, item, labels, served
 
     def _join(self, fresh, rejected: list) -> None:
         if not fresh:
@@ -175,10 +186,12 @@ class LabelJoiner:
     def _write(self, requests) -> None:
         joined = []
         for request in requests:
-            served, user, items = self._open.pop(request)
+            served, user, items = self._open[request]
             ids = np.fromiter(items, np.int64, len(items))
             labels = np.stack([v[1] for v in items.values()])
             joined.append(JoinedRequest(request, served, user, ids, [v[0] for v in items.values()], labels))
+        for request in requests:  # removed only once every one is built; the writer keeps them from here
+            del self._open[request]
         if joined:
             self.writer.write(joined)
             self.stats["requests_written"] += len(joined)
@@ -186,13 +199,20 @@ class LabelJoiner:
 
     def flush(self) -> None:
         """Write every open request now, and commit the writer's files."""
+        self._check_open()
         self._write(list(self._open))
         self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the writer."""
-        self.flush()
-        self.writer.close()
+        if not self._closed:
+            self.flush()
+            self.writer.close()
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("this LabelJoiner is closed (its writer too); create a new writer and joiner for more events")
 
     @property
     def open_requests(self) -> int:

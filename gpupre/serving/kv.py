@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import math
+import numbers
 import os
 import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable
+import warnings
 
 from ..errors import BackendUnavailable, ConfigError, DataError
 
@@ -74,9 +77,15 @@ class KVStore(abc.ABC):
 
 
 def _pairs(items) -> list[tuple[bytes, bytes]]:
-    pairs = items.items() if isinstance(items, dict) else items
+    try:
+        pairs = list(items.items() if isinstance(items, dict) else items)
+    except TypeError as e:
+        raise ConfigError(f"put_many items must be a dict or (key, value) pairs, got {items!r}") from e
     out = []
-    for key, value in pairs:
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ConfigError(f"put_many item {pair!r} must be a (key, value) pair; pass a dict or a list of pairs")
+        key, value = pair
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise ConfigError(f"KV value for key {key!r} must be bytes, got {type(value).__name__}; serialize it first")
         out.append((_key(key), bytes(value)))
@@ -92,7 +101,7 @@ def _key(key) -> bytes:
 
 
 def _ttl(ttl_s) -> float:
-    if not isinstance(ttl_s, (int, float)) or isinstance(ttl_s, bool) or not ttl_s > 0:
+    if not isinstance(ttl_s, numbers.Real) or isinstance(ttl_s, bool) or not ttl_s > 0:
         raise ConfigError(f"ttl_s={ttl_s!r} must be a positive number of seconds")
     return float(ttl_s)
 
@@ -121,52 +130,71 @@ class SqliteKV(KVStore):
             raise DataError(f"{path}: cannot open the SQLite KV store ({e}); check the path and its permissions") from e
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _using(self, what: str):
+        """The connection, under the lock; a failed `what` is rolled back and raised as a DataError,
+        so the store stays usable (no transaction is left open)."""
+        with self._lock:
+            if self._db is None:
+                raise ConfigError(f"SqliteKV {self.path!r} is closed; {what} needs an open store: create a new SqliteKV")
+            try:
+                yield self._db
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise DataError(
+                    f"SqliteKV {self.path!r}: {what} failed and was rolled back ({e}); nothing of it was written. "
+                    "If the database is locked, another connection held the write lock too long: retry"
+                ) from e
+
     def put_many(self, items, ttl_s: float) -> None:
         pairs, expires = _pairs(items), self.clock() + _ttl(ttl_s)
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, expires) for k, v in pairs])
-            self._db.execute("COMMIT")
+        with self._using("put_many") as db:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, expires) for k, v in pairs])
+            db.execute("COMMIT")
         self._count_put(pairs)
 
     def get_many(self, keys) -> list[bytes | None]:
         keys = [_key(k) for k in keys]
         found = {}
         now = self.clock()
-        with self._lock:
+        with self._using("get_many") as db:
             for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires > ?"
-                found.update(self._db.execute(query, (*chunk, now)).fetchall())
+                found.update(db.execute(query, (*chunk, now)).fetchall())
         values = [found.get(k) for k in keys]
         self._count_get(keys, values)
         return values
 
     def delete(self, keys) -> int:
         keys = [(_key(k),) for k in keys]
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM kv WHERE key = ?", keys)
-            self._db.execute("COMMIT")
-            deleted = self._db.total_changes - before
+        with self._using("delete") as db:
+            before = db.total_changes
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM kv WHERE key = ?", keys)
+            db.execute("COMMIT")
+            deleted = db.total_changes - before
         self.stats["deleted"] += deleted
         return deleted
 
     def purge_expired(self) -> int:
-        with self._lock:
-            purged = self._db.execute("DELETE FROM kv WHERE expires <= ?", (self.clock(),)).rowcount
+        with self._using("purge_expired") as db:
+            purged = db.execute("DELETE FROM kv WHERE expires <= ?", (self.clock(),)).rowcount
         self.stats["purged"] += purged
         return purged
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM kv WHERE expires > ?", (self.clock(),)).fetchone()[0]
+        with self._using("len") as db:
+            return db.execute("SELECT COUNT(*) FROM kv WHERE expires > ?", (self.clock(),)).fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 class RedisKV(KVStore):
@@ -188,7 +216,10 @@ class RedisKV(KVStore):
             raise BackendUnavailable(f"RedisKV needs redis-py ({e}); install it with `pip install 'gpupre[redis]'`") from e
         self._redis = redis
         self.url, self.retries, self.backoff_s = url, retries, backoff_s
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        try:
+            self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        except ValueError as e:
+            raise ConfigError(f"RedisKV url={url!r} is not a Redis URL ({e}); pass one like 'redis://host:6379/0'") from e
         port = self.client.connection_pool.connection_kwargs.get("port", 6379)
         self.spill_path = spill_path or os.path.abspath(f"gpupre-redis-{port}.spill")
         self.stats.update({"spilled": 0, "replayed": 0})
@@ -203,6 +234,15 @@ class RedisKV(KVStore):
                     raise
                 time.sleep(self.backoff_s * 2**attempt)
 
+    def _answer(self, fn, what: str):
+        """`fn()` retried; Redis still down is a BackendUnavailable that names the URL (reads cannot spill)."""
+        try:
+            return self._retry(fn)
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as e:
+            raise BackendUnavailable(
+                f"Redis at {self.url} did not answer {what} after {self.retries} attempts ({e}); start it or check the URL"
+            ) from e
+
     def _write(self, pairs, ttl_ms: int) -> None:
         pipe = self.client.pipeline(transaction=False)
         for k, v in pairs:
@@ -210,7 +250,10 @@ class RedisKV(KVStore):
         pipe.execute()
 
     def put_many(self, items, ttl_s: float) -> None:
-        pairs, ttl_ms = _pairs(items), max(1, int(_ttl(ttl_s) * 1000))
+        pairs, ttl_s = _pairs(items), _ttl(ttl_s)
+        if not math.isfinite(ttl_s):
+            raise ConfigError(f"RedisKV ttl_s={ttl_s!r} must be finite: Redis keys expire after a number of milliseconds")
+        ttl_ms = max(1, int(ttl_s * 1000))
         with self._lock:
             try:
                 self._replay()
@@ -232,24 +275,24 @@ class RedisKV(KVStore):
         self.stats["spilled"] += len(pairs)
 
     def _replay(self) -> None:
-        """Write the spilled batches to Redis (with their remaining TTL), then drop the file."""
+        """Write the spilled batches to Redis (with their remaining TTL), then drop the file.
+
+        A last batch cut short (a process killed while spilling it) is dropped with a warning:
+        its `put_many` never returned, and a cut value must not reach Redis.
+        """
         if not os.path.exists(self.spill_path):
             return
         with open(self.spill_path, "rb") as f:
             data = f.read()
-        at, now_ms, replayed = 0, int(time.time() * 1000), 0
-        while at < len(data):
-            count, expires_ms = struct.unpack_from("<IQ", data, at)
-            at += 12
-            pairs = []
-            for _ in range(count):
-                kl, vl = struct.unpack_from("<II", data, at)
-                at += 8
-                pairs.append((data[at : at + kl], data[at + kl : at + kl + vl]))
-                at += kl + vl
+        batches, cut = _spilled_batches(data)
+        now_ms, replayed = int(time.time() * 1000), 0
+        for expires_ms, pairs in batches:
             if expires_ms > now_ms:  # expired entries would be gone from Redis too
                 self._retry(lambda: self._write(pairs, expires_ms - now_ms))
                 replayed += len(pairs)
+        if cut:
+            warnings.warn(f"{self.spill_path}: dropped the last {cut} bytes, a spilled batch cut short (a process "
+                          "killed while writing it); the batches before it were replayed", stacklevel=3)  # fmt: skip
         os.remove(self.spill_path)
         self.stats["replayed"] += replayed
 
@@ -269,13 +312,13 @@ class RedisKV(KVStore):
                 self._replay()  # reads see what was spilled
             except (self._redis.ConnectionError, self._redis.TimeoutError):
                 pass
-            values = self._retry(lambda: self.client.mget(keys)) if keys else []
+            values = self._answer(lambda: self.client.mget(keys), "get_many") if keys else []
         self._count_get(keys, values)
         return values
 
     def delete(self, keys) -> int:
         keys = [_key(k) for k in keys]
-        deleted = self._retry(lambda: self.client.delete(*keys)) if keys else 0
+        deleted = self._answer(lambda: self.client.delete(*keys), "delete") if keys else 0
         self.stats["deleted"] += deleted
         return deleted
 
@@ -284,3 +327,25 @@ class RedisKV(KVStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _spilled_batches(data: bytes) -> tuple[list, int]:
+    """([(expiry in ms, [(key, value)])] of the whole batches in spill file bytes, bytes left after them).
+
+    Every length is checked against what is left, so a batch cut short is left over, never read.
+    """
+    batches, at = [], 0
+    while len(data) - at >= 12:
+        count, expires_ms = struct.unpack_from("<IQ", data, at)
+        end, pairs = at + 12, []
+        for _ in range(count):
+            if len(data) - end < 8:
+                return batches, len(data) - at
+            kl, vl = struct.unpack_from("<II", data, end)
+            if len(data) - end - 8 < kl + vl:
+                return batches, len(data) - at
+            pairs.append((data[end + 8 : end + 8 + kl], data[end + 8 + kl : end + 8 + kl + vl]))
+            end += 8 + kl + vl
+        batches.append((expires_ms, pairs))
+        at = end
+    return batches, len(data) - at

@@ -12,6 +12,8 @@ one item's features. Values are `FeatureCodec` bytes.
 from __future__ import annotations
 
 import collections
+import numbers
+import operator
 import queue
 import threading
 import time
@@ -26,6 +28,8 @@ from .kv import KVStore
 
 __all__ = ["EagerLogger", "LazyLogger", "item_key", "user_key"]
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def user_key(request_id) -> str:
     return f"u/{request_id}"
@@ -33,6 +37,52 @@ def user_key(request_id) -> str:
 
 def item_key(request_id, item_id) -> str:
     return f"i/{request_id}/{item_id}"
+
+
+def _ensure_request_id(request_id) -> int | str:
+    """`request_id` as an int (any integer type) or a str, as the writers store it.
+
+    Raises:
+        DataError: neither an integer in int64 range nor a string.
+    """
+    if isinstance(request_id, str):
+        return request_id
+    if isinstance(request_id, numbers.Integral) and not isinstance(request_id, bool):
+        if INT64_MIN <= request_id <= INT64_MAX:
+            return operator.index(request_id)
+    raise DataError(
+        f"request_id {request_id!r} ({type(request_id).__name__}) must be an integer in int64 range or a string; "
+        "pass the id the label events will carry, as an int or a str"
+    )
+
+
+def _ensure_item_id(item_id) -> int:
+    """`item_id` as an int.
+
+    Raises:
+        DataError: not an integer in int64 range.
+    """
+    if isinstance(item_id, numbers.Integral) and not isinstance(item_id, bool) and INT64_MIN <= item_id <= INT64_MAX:
+        return operator.index(item_id)
+    raise DataError(f"item_id {item_id!r} ({type(item_id).__name__}) must be an integer in int64 range")
+
+
+def _ensure_item_ids(item_ids) -> np.ndarray:
+    """`item_ids` as int64 [n]: integer arrays (and lists of ints) only, since a float or str id
+    would give keys (`i/1/11.0`) that no label event looks up.
+
+    Raises:
+        DataError: not one-dimensional, not integers, or outside int64.
+    """
+    ids = np.asarray(item_ids)
+    if ids.ndim != 1:
+        raise DataError(f"item ids must be one-dimensional, got shape {ids.shape}; pass one id per ranked row")
+    if ids.size and (ids.dtype.kind not in "iu" or (ids.dtype.kind == "u" and ids.max() > INT64_MAX)):
+        raise DataError(
+            f"item ids must be integers in int64 range, got {ids.dtype} ids {ids[:3].tolist()}...; "
+            "pass integer ids (e.g. ids.astype(np.int64)) so the label events' item ids find their features"
+        )
+    return ids.astype(np.int64, copy=False)
 
 
 class EagerLogger:
@@ -50,16 +100,29 @@ class EagerLogger:
         self.items_codec = FeatureCodec(item_schema)
         self.user_codec = None if user_schema is None else FeatureCodec(user_schema)
         self.stats = {"requests": 0, "items_logged": 0, "serialize_s": 0.0, "write_s": 0.0, "bytes_logged": 0}
+        self._closed = False
 
     def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
-        """Log a ranked list: `item_ids` [n] in rank order, `items` their features (n rows)."""
-        item_ids = self._check(request_id, item_ids, items, user)
+        """Log a ranked list: `item_ids` [n] (integers) in rank order, `items` their features (n rows).
+
+        Raises:
+            ConfigError: the logger is closed.
+            DataError: a request id that is not an int64 integer or a str, item ids that are not
+                integers or do not match the rows, user features that do not match the schema.
+        """
+        request_id, item_ids = self._check(request_id, item_ids, items, user)
         self.stats["requests"] += 1
         self._write(request_id, item_ids, items, np.arange(len(item_ids)), user)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError(f"this {type(self).__name__} is closed; create a new logger to log more requests")
+
     def _check(self, request_id, item_ids, items: Batch, user: Batch | None):
-        item_ids = np.asarray(item_ids)
-        if item_ids.ndim != 1 or len(item_ids) != items.num_rows:
+        """(request id, item ids int64 [n]) once the ranked list is valid."""
+        self._check_open()
+        request_id, item_ids = _ensure_request_id(request_id), _ensure_item_ids(item_ids)
+        if len(item_ids) != items.num_rows:
             raise DataError(
                 f"request {request_id}: {len(item_ids)} item ids for {items.num_rows} rows of item features; "
                 "pass one id per ranked row"
@@ -69,7 +132,7 @@ class EagerLogger:
                 f"request {request_id}: user features must be one row when the logger has a user schema "
                 "and absent otherwise"
             )
-        return item_ids
+        return request_id, item_ids
 
     def _write(self, request_id, item_ids, items: Batch, rows, user: Batch | None) -> None:
         cpu = time.thread_time()  # this thread's CPU: pages are written on another thread
@@ -92,6 +155,7 @@ class EagerLogger:
 
     def close(self) -> None:
         self.flush()
+        self._closed = True
 
 
 class LazyLogger(EagerLogger):
@@ -113,9 +177,9 @@ class LazyLogger(EagerLogger):
                  head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000, clock=time.time):  # fmt: skip
         super().__init__(store, item_schema, user_schema, ttl_s)
         for name, value in (("head", head), ("page", page), ("max_items", max_items), ("max_pending", max_pending)):
-            if not isinstance(value, int) or value < (0 if name == "head" else 1):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < (0 if name == "head" else 1):
                 raise ConfigError(f"LazyLogger {name}={value!r} must be a positive integer")
-        self.head, self.page, self.max_items, self.max_pending = head, page, max_items, max_pending
+        self.head, self.page, self.max_items, self.max_pending = map(operator.index, (head, page, max_items, max_pending))
         self.clock = clock
         self._pending = collections.OrderedDict()  # request -> [item ids, items, rows logged so far, ranked at]
         self._lock = threading.Lock()
@@ -128,7 +192,8 @@ class LazyLogger(EagerLogger):
     def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
         """Log the user and the head now; keep the rest of the list for `on_paginate`."""
         self._raise_background_error()
-        item_ids = self._check(request_id, item_ids, items, user)[: self.max_items]
+        request_id, item_ids = self._check(request_id, item_ids, items, user)
+        item_ids = item_ids[: self.max_items]
         head = min(self.head, len(item_ids))
         self.stats["requests"] += 1
         self._write(request_id, item_ids, items, np.arange(head), user)
@@ -145,15 +210,24 @@ class LazyLogger(EagerLogger):
                 self.stats["pending"] = len(self._pending)
 
     def on_paginate(self, request_id, seen_upto: int) -> None:
-        """The user reached item `seen_upto - 1`: log the pages up to it (asynchronously)."""
+        """The user reached item `seen_upto - 1`: log the pages up to it (asynchronously).
+
+        Raises:
+            ConfigError: the logger is closed, or `seen_upto` is not an integer.
+            DataError: a request id that is not an int64 integer or a str.
+        """
+        self._check_open()
+        if not isinstance(seen_upto, numbers.Integral) or isinstance(seen_upto, bool):
+            raise ConfigError(f"on_paginate seen_upto={seen_upto!r} must be an integer: how many items the user reached")
         self._raise_background_error()
+        request_id = _ensure_request_id(request_id)
         with self._lock:
             entry = self._pending.get(request_id)
             if entry is None:
                 self.stats["unknown_requests"] += 1  # never ranked, evicted, or already complete
                 return
             item_ids, items, logged, _ = entry
-            pages = -(-(max(int(seen_upto), 0) - self.head) // self.page)
+            pages = -(-(max(operator.index(seen_upto), 0) - self.head) // self.page)
             upto = min(len(item_ids), self.head + max(pages, 0) * self.page)
             if upto <= logged:
                 return
@@ -188,6 +262,7 @@ class LazyLogger(EagerLogger):
 
     def close(self) -> None:
         """Write what is queued and stop the background thread."""
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()

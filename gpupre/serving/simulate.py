@@ -12,6 +12,9 @@ arrive, joined in batches.
 from __future__ import annotations
 
 import heapq
+import math
+import numbers
+import operator
 import os
 import time
 
@@ -62,24 +65,38 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     """
     if logger not in ("lazy", "eager") or layout not in ("dedup", "tabular"):
         raise ConfigError(f"simulate logger={logger!r} must be 'lazy' or 'eager', layout={layout!r} 'dedup' or 'tabular'")
-    if not (isinstance(requests, int) and requests > 0 and isinstance(items, int) and 0 < items <= catalog):
-        raise ConfigError(f"simulate needs requests={requests!r} > 0 and 0 < items={items!r} <= catalog={catalog!r}")
+    counts = (requests, items, catalog)
+    if not (all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in counts) and requests > 0
+            and 0 < items <= catalog):  # fmt: skip
+        raise ConfigError(
+            f"simulate needs integers requests={requests!r} > 0 and 0 < items={items!r} <= catalog={catalog!r}"
+        )
+    requests, items, catalog = map(operator.index, counts)
+    if not (isinstance(duration_s, numbers.Real) and math.isfinite(duration_s) and duration_s >= 0):
+        raise ConfigError(f"simulate duration_s={duration_s!r} must be a finite number of seconds >= 0")
+    for name, rate in (("duplicate_rate", duplicate_rate), ("late_rate", late_rate)):
+        if not (isinstance(rate, numbers.Real) and 0 <= rate <= 1):
+            raise ConfigError(f"simulate {name}={rate!r} must be a share of the label events, in [0, 1]")
     rng = np.random.default_rng(seed)
+    catalog_batch = synthetic_features(catalog, *ITEM_FEATURES, "item", rng)
+    users = synthetic_features(requests, *USER_FEATURES, "user", rng)
+    item_weights, user_weights = rng.normal(0, 1.5, ITEM_FEATURES[0]), rng.normal(0, 1.5, USER_FEATURES[0])
+    seen = np.asarray(scroll(rng, head, page, requests))
+    if seen.shape != (requests,) or seen.dtype.kind not in "iu":
+        raise ConfigError(f"simulate scroll returned {seen.dtype} of shape {seen.shape}; it must return "
+                          f"{requests} integers (the items each user sees), like default_scroll")  # fmt: skip
+    seen = np.clip(seen, 1, items)
     now = [START]
     clock = lambda: now[0]  # noqa: E731 - the simulation's time, shared by the store and the joiner
     os.makedirs(path, exist_ok=True)
     own_store = store is None
     if own_store:
         store = SqliteKV(os.path.join(path, "_kv.sqlite"), clock=clock)
-    catalog_batch = synthetic_features(catalog, *ITEM_FEATURES, "item", rng)
-    users = synthetic_features(requests, *USER_FEATURES, "user", rng)
-    item_weights, user_weights = rng.normal(0, 1.5, ITEM_FEATURES[0]), rng.normal(0, 1.5, USER_FEATURES[0])
     cls = LazyLogger if logger == "lazy" else EagerLogger
     extra = {"head": head, "page": page, "max_items": items, "clock": clock} if logger == "lazy" else {}
     log = cls(store, catalog_batch.schema, users.schema, ttl_s=ttl_s, **extra)
     writer = (DedupWriter if layout == "dedup" else TabularWriter)(path, catalog_batch.schema, users.schema, ("click",))
     joiner = LabelJoiner(store, writer, ttl_s=ttl_s, window_s=window_s, clock=clock)
-    seen = np.clip(scroll(rng, head, page, requests), 1, items)
     served = START + np.arange(requests) * (duration_s / requests)
     events, pending, pending_since, peak = [], [], 0.0, {"logger": 0, "joiner": 0}
     started = time.perf_counter()

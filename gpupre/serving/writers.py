@@ -16,7 +16,9 @@ synced to disk and renamed into place before it is committed. A ledger (`<path>/
 records every committed file and the requests in it, in one transaction after the file is in
 place: a replayed request is recognized and not written twice, and a file left by a process that
 died before its ledger commit is removed when the writer opens again (its requests are not in
-the ledger, so replaying their events writes them once).
+the ledger, so replaying their events writes them once). The ledger also keeps the dataset's type
+of request id (int or str), so a writer opened again refuses the other type (str "1" and int 1
+would be one request in the ledger and two types in the files).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class _HourlyWriter:
         requests_per_file: an hour's buffer is committed as a file when it holds this many
             requests (and on `flush()`/`close()`).
         row_group_rows: rows per row group (requests for the de-dup layout).
+
+    `request_id_type` is the dataset's type of request id (int or str; None before the first
+    request), kept in the ledger.
     """
 
     def __init__(self, path, item_schema: Schema, user_schema: Schema | None = None, labels=("click",),
@@ -84,14 +89,18 @@ class _HourlyWriter:
                                                for f in user_schema]  # fmt: skip
         self.schema = Schema(tuple(user) + tuple(Feature(f.name, f.kind, "item") for f in item_schema), self.labels,
                              EXTRAS)  # fmt: skip
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ConfigError(f"{type(self).__name__} path {self.path!r} is a file; pass a directory, new or one it wrote")
         os.makedirs(self.path, exist_ok=True)
         self._ledger = sqlite3.connect(os.path.join(self.path, "_ledger.sqlite"))
         self._ledger.execute("PRAGMA journal_mode=WAL")
         self._ledger.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
         self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
         self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
+        self._ledger.execute("CREATE TABLE IF NOT EXISTS dataset (key TEXT PRIMARY KEY, value TEXT)")
         self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
-        self._id_type = None  # int or str, fixed by the first request
+        stored = self._ledger.execute("SELECT value FROM dataset WHERE key = 'request_id_type'").fetchone()
+        self.request_id_type = None if stored is None else {"int": int, "str": str}[stored[0]]
         self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
 
     def _recover(self) -> int:
@@ -104,27 +113,34 @@ class _HourlyWriter:
                 removed += 1
         return removed
 
+    def _open_ledger(self) -> sqlite3.Connection:
+        if self._ledger is None:
+            raise ConfigError(f"this {type(self).__name__} of {self.path!r} is closed; open a new one on the path")
+        return self._ledger
+
     def contains(self, request_id) -> bool:
         """Whether the request is already written (or buffered to be): its events are replays."""
         key = str(request_id)
         if any(key in pending for pending in self._pending.values()):
             return True
-        return self._ledger.execute("SELECT 1 FROM requests WHERE id = ?", (key,)).fetchone() is not None
+        return self._open_ledger().execute("SELECT 1 FROM requests WHERE id = ?", (key,)).fetchone() is not None
 
     def write(self, requests) -> None:
         """Buffer joined requests; an hour whose buffer is full is committed.
 
         Raises:
+            ConfigError: the writer is closed.
             DataError: request ids of both types (integers and strings) in one dataset.
         """
+        self._open_ledger()
         for request in requests:
             kind = str if isinstance(request.request_id, str) else int
-            if self._id_type is None:
-                self._id_type = kind
-            elif kind is not self._id_type:
+            if self.request_id_type is None:
+                self.request_id_type = kind
+            elif kind is not self.request_id_type:
                 raise DataError(
                     f"request id {request.request_id!r} is a {kind.__name__} but earlier ones are "
-                    f"{self._id_type.__name__}s; use one type of request id for a dataset"
+                    f"{self.request_id_type.__name__}s in {self.path}; use one type of request id for a dataset"
                 )
             hour = _hour(request.time)
             pending = self._pending.setdefault(hour, {})
@@ -145,10 +161,11 @@ class _HourlyWriter:
     def forget_before(self, before: float) -> None:
         """Drop ledger entries of requests served before `before` (their features have expired,
         so no replay can join them again)."""
-        with self._ledger:
-            self._ledger.execute("DELETE FROM requests WHERE time < ?", (before,))
+        with self._open_ledger() as ledger:
+            ledger.execute("DELETE FROM requests WHERE time < ?", (before,))
 
     def _commit(self, hour: str) -> None:
+        ledger = self._open_ledger()
         requests = list(self._pending[hour].values())
         directory = os.path.join(self.path, f"hour={hour}")
         os.makedirs(directory, exist_ok=True)
@@ -158,10 +175,11 @@ class _HourlyWriter:
         _fsync(tmp)  # the data is on disk before the rename and the ledger say it is there
         os.replace(tmp, final)
         _fsync(directory)
-        with self._ledger:  # the file is in place; the commit makes it count
-            self._ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
-            self._ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
-                                     [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
+        with ledger:  # the file is in place; the commit makes it count
+            ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
+            ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
+                               [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
+            ledger.execute("INSERT OR IGNORE INTO dataset VALUES ('request_id_type', ?)", (self.request_id_type.__name__,))
         del self._pending[hour]  # only now: a failed write keeps the requests buffered
         self.stats["files"] += 1
         self.stats["requests"] += len(requests)

@@ -59,6 +59,17 @@ def test_corrupt_bytes_and_other_features_are_data_errors():
         codec.encode(make_batch({"z": [1.0]}, {"a": [[7]]}))
 
 
+SCORED = make_batch({"x": [1.0]}, scored={"a": ([[7]], [[0.5]])})
+PLAIN = make_batch({"x": [1.0]}, {"a": [[7]]})
+
+
+@pytest.mark.parametrize("schema,batch,words", [
+    (SCORED.schema, PLAIN, r"scored features \['a'\] but the batch has no scores"),  # not a made-up NaN score
+    (PLAIN.schema, SCORED, "has no scored feature, so they would be dropped"),
+], ids=["no-scores", "scores-dropped"])  # fmt: skip
+def test_scores_are_neither_made_up_nor_dropped(schema, batch, words):
+    with pytest.raises(gp.DataError, match=words):
+        FeatureCodec(schema).encode(batch)
 
 
 def test_a_schema_with_an_image_feature_is_refused_not_dropped():

@@ -139,3 +139,49 @@ def test_bad_arguments_are_config_errors(served):
     for kw in ({"ttl_s": 0}, {"window_s": -1}, {"max_open": 0}):
         with pytest.raises(gp.ConfigError, match="LabelJoiner"):
             LabelJoiner(store, joiner.writer, **kw)
+
+
+@pytest.mark.parametrize("request_id,item_id", [(2**63, 10), (1, 2**63)], ids=["request-id", "item-id"])
+def test_ids_outside_int64_are_malformed_and_the_rest_is_written(served, request_id, item_id):
+    _, store, _, _, joiner = served
+    user, item = store.get_many(["u/1", item_key(1, 10)])
+    store.put_many({f"u/{request_id}": user, item_key(request_id, item_id): item}, ttl_s=100)  # as if logged
+    joiner.add([(request_id, item_id, [1.0], T0), (1, 10, [1.0], T0), (2, 20, [0.0], T0)])
+    joiner.close()
+    assert joiner.stats["malformed"] == 1 and joiner.stats["requests_written"] == 2
+    assert "int64" in rejected(joiner)[0]["why"]
+    out = rows(joiner)
+    assert out.extras["request_id"].tolist() == [1, 2] and out.extras["item_id"].tolist() == [10, 20]
+
+
+def test_a_malformed_event_does_not_fix_the_request_id_type(served):
+    _, _, _, _, joiner = served
+    joiner.add([("oops", "not-an-item", [1.0], T0)])
+    joiner.add([(1, 10, [1.0], T0), (np.int64(2), np.int64(20), [0.0], T0)])
+    joiner.close()
+    assert (joiner.stats["malformed"], joiner.stats["joined"]) == (1, 2)
+    assert rows(joiner).extras["request_id"].tolist() == [1, 2]
+
+
+def test_a_reopened_dataset_keeps_its_request_id_type(served):
+    _, store, items, user, joiner = served
+    joiner.add([(1, 10, [1.0], T0)])
+    joiner.close()
+    writer = DedupWriter(joiner.writer.path, items.schema, user.schema, ("click",))
+    again = LabelJoiner(store, writer, ttl_s=100, window_s=10, clock=joiner.clock)
+    again.add([("1", 10, [1.0], T0), (2, 20, [1.0], T0)])  # str "1" would pass for int 1 in the ledger
+    again.close()
+    assert (again.stats["malformed"], again.stats["already_written"], again.stats["joined"]) == (1, 0, 1)
+    assert "is a str but the dataset's are ints" in rejected(again)[-1]["why"]
+
+
+def test_a_closed_joiner_and_events_that_are_not_a_list_are_config_errors(served):
+    _, _, _, _, joiner = served
+    with pytest.raises(gp.ConfigError, match="iterable of"):
+        joiner.add(None)
+    joiner.close()
+    joiner.close()  # twice is fine
+    with pytest.raises(gp.ConfigError, match="LabelJoiner is closed"):
+        joiner.add([(1, 10, [1.0], T0)])
+    with pytest.raises(gp.ConfigError, match="DedupWriter .* is closed"):
+        joiner.writer.write([])

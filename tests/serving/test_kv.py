@@ -1,5 +1,9 @@
 """KV stores: batched puts with a TTL, gets, deletes, expiry; Redis restarts lose nothing."""
 
+import socket
+import sqlite3
+
+import numpy as np
 import pytest
 
 import gpupre as gp
@@ -103,3 +107,74 @@ def test_bad_keys_and_values_are_config_errors(tmp_path, bad, words):
         SqliteKV(str(tmp_path / "kv.sqlite")).put_many(bad, ttl_s=1)
     with pytest.raises(gp.ConfigError, match="ttl_s"):
         SqliteKV().put_many({"a": b"1"}, ttl_s=0)
+
+
+def test_numpy_ttls_are_seconds_too(store):
+    store.put_many({"a": b"1"}, ttl_s=np.int64(60))
+    store.put_many({"b": b"2"}, ttl_s=np.float32(60))
+    assert store.get_many(["a", "b"]) == [b"1", b"2"]
+
+
+def test_a_locked_sqlite_write_is_rolled_back_and_the_store_stays_usable(tmp_path):
+    path = str(tmp_path / "kv.sqlite")
+    store = SqliteKV(path)
+    store.put_many({"kept": b"1"}, ttl_s=60)
+    store._db.execute("PRAGMA busy_timeout = 50")  # not the default 5 s
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process in a long write holds the lock
+    with pytest.raises(gp.DataError, match="put_many failed and was rolled back .*database is locked"):
+        store.put_many({"a": b"1"}, ttl_s=60)
+    with pytest.raises(gp.DataError, match="delete failed and was rolled back"):
+        store.delete(["kept"])
+    other.execute("COMMIT")
+    store.put_many({"a": b"1"}, ttl_s=60)  # no transaction was left open
+    assert store.delete(["kept"]) == 1 and store.get_many(["a", "kept"]) == [b"1", None]
+    other.close(), store.close()
+
+
+def test_a_closed_sqlite_store_and_bad_items_are_config_errors(tmp_path):
+    store = SqliteKV(str(tmp_path / "kv.sqlite"))
+    for bad in (5, [("a", b"1", 3)], ["ab"]):
+        with pytest.raises(gp.ConfigError, match="put_many item"):
+            store.put_many(bad, ttl_s=60)
+    store.close()
+    store.close()
+    for use in (lambda: store.put_many({"a": b"1"}, 60), lambda: store.get_many(["a"]), lambda: store.delete(["a"]),
+                lambda: store.purge_expired(), lambda: len(store)):  # fmt: skip
+        with pytest.raises(gp.ConfigError, match="is closed"):
+            use()
+
+
+def _unused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+
+
+def test_redis_bad_arguments_and_an_unreachable_server_are_clear_errors(tmp_path):
+    pytest.importorskip("redis")
+    with pytest.raises(gp.ConfigError, match="url='not-a-url' is not a Redis URL"):
+        RedisKV("not-a-url")
+    url = _unused_url()
+    store = RedisKV(url, spill_path=str(tmp_path / "spill"), retries=1)
+    with pytest.raises(gp.ConfigError, match="ttl_s=inf must be finite"):
+        store.put_many({"a": b"1"}, ttl_s=float("inf"))
+    for use, what in ((lambda: store.get_many(["a"]), "get_many"), (lambda: store.delete(["a"]), "delete")):
+        with pytest.raises(gp.BackendUnavailable, match=f"Redis at {url} did not answer {what}"):
+            use()
+
+
+@pytest.mark.parametrize("where", ["inside-a-value", "inside-a-header"])
+def test_a_spill_file_cut_short_replays_whole_batches_only(redis_server, tmp_path, where):
+    spill = tmp_path / "spill"
+    down = RedisKV(_unused_url(), spill_path=str(spill), retries=1)
+    down.put_many({"whole": b"v1"}, ttl_s=600)
+    first = spill.stat().st_size
+    down.put_many({"after": b"v3", "cut": b"v2" * 100}, ttl_s=600)
+    data = spill.read_bytes()
+    spill.write_bytes(data[: len(data) - 50 if where == "inside-a-value" else first + 11])  # killed while appending
+    store = RedisKV(redis_server.url, spill_path=str(spill))
+    with pytest.warns(UserWarning, match="dropped the last .* bytes, a spilled batch cut short"):
+        store.put_many({"new": b"x"}, ttl_s=60)
+    assert store.get_many(["whole", "cut", "after", "new"]) == [b"v1", None, None, b"x"]
+    assert not spill.exists() and store.stats["replayed"] == 1

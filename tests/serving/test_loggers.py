@@ -116,3 +116,56 @@ def test_mismatched_ids_and_rows_are_data_errors():
         logger.log_ranking("r", item_ids, items, USER)
     with pytest.raises(gp.ConfigError, match="page=0"):
         LazyLogger(SqliteKV(), items.schema, page=0)
+
+
+@pytest.mark.parametrize("cls", [EagerLogger, LazyLogger])
+def test_a_closed_logger_refuses_more_requests(cls):
+    item_ids, items = ranked(20)
+    logger = cls(SqliteKV(), items.schema)
+    logger.close()
+    with pytest.raises(gp.ConfigError, match=f"this {cls.__name__} is closed"):
+        logger.log_ranking("r", item_ids, items)
+    if cls is LazyLogger:
+        with pytest.raises(gp.ConfigError, match="is closed"):
+            logger.on_paginate("r", seen_upto=10)
+    logger.flush()  # nothing was queued: returns at once
+
+
+def test_request_ids_are_int64_integers_or_strings():
+    item_ids, items = ranked(3)
+    store = SqliteKV()
+    logger = EagerLogger(store, items.schema)
+    for bad in (2**63, -(2**63) - 1, True, 1.5, None):
+        with pytest.raises(gp.DataError, match=r"request_id .* must be an integer in int64 range or a string"):
+            logger.log_ranking(bad, item_ids, items)
+    logger.log_ranking(np.int64(7), item_ids, items)
+    logger.log_ranking(2**63 - 1, item_ids, items)
+    assert None not in store.get_many([item_key(7, 100), item_key(2**63 - 1, 102)])
+    assert logger.stats["requests"] == 2
+
+
+def test_item_ids_must_be_integers_so_label_events_find_them():
+    item_ids, items = ranked(3)
+    store = SqliteKV()
+    logger = EagerLogger(store, items.schema)
+    for bad in (item_ids.astype(np.float64), item_ids.astype(str), np.array([True, False, True]),
+                np.array([1, 2, 2**63], np.uint64), [100, 101, 2**64]):  # fmt: skip
+        with pytest.raises(gp.DataError, match="item ids must be integers in int64 range"):
+            logger.log_ranking("r", bad, items)
+    assert len(store) == 0
+    logger.log_ranking("r", item_ids.astype(np.uint16), items)
+    logger.log_ranking("s", [100, 101, 102], items)
+    assert None not in store.get_many([item_key(r, i) for r in "rs" for i in (100, 101, 102)])
+
+
+def test_on_paginate_needs_an_integer_seen_upto():
+    item_ids, items = ranked(30)
+    store = SqliteKV()
+    logger = LazyLogger(store, items.schema, head=6, page=9)
+    logger.log_ranking("r", item_ids, items)
+    for bad in ("x", float("nan"), float("inf"), 7.0, True):
+        with pytest.raises(gp.ConfigError, match="seen_upto=.* must be an integer"):
+            logger.on_paginate("r", bad)
+    logger.on_paginate("r", np.int64(7))
+    logger.close()
+    assert logged(store, "r", item_ids, items)[0] == list(range(15))

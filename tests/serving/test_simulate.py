@@ -46,3 +46,21 @@ def test_bad_arguments_are_config_errors(tmp_path):
         simulate(tmp_path, logger="fast")
     with pytest.raises(gp.ConfigError, match="items=200"):
         simulate(tmp_path, items=200, catalog=100)
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"requests": True}, "integers requests=True"),
+    ({"duration_s": -10}, "duration_s=-10 must be"),
+    ({"duplicate_rate": -1}, r"duplicate_rate=-1 must be .* in \[0, 1\]"),
+    ({"late_rate": 2}, r"late_rate=2 must be .* in \[0, 1\]"),
+    ({"scroll": lambda rng, head, page, size: np.full(size, 7.5)}, "scroll returned float64 of shape"),
+    ({"scroll": lambda rng, head, page, size: 5}, r"scroll returned int64 of shape \(\)"),
+], ids=["bool-requests", "negative-duration", "duplicate-rate", "late-rate", "float-scroll", "scalar-scroll"])  # fmt: skip
+def test_bad_counts_rates_and_scroll_functions_are_config_errors(tmp_path, kw, words):
+    with pytest.raises(gp.ConfigError, match=words):
+        simulate(tmp_path, **{"requests": 20, "progress": False, **kw})
+
+
+def test_numpy_integer_counts_are_accepted(tmp_path):
+    report = simulate(tmp_path, requests=np.int64(20), items=np.int64(10), progress=False)
+    assert report["requests"] == 20 and report["ranked_items"] == 200

@@ -104,3 +104,25 @@ def test_hours_are_committed_once_they_are_over(tmp_path):
         writer.write(requests)
         writer.commit_before(requests[0].time + 3600)  # the first hour has ended
         assert writer.stats["files"] == 1 and writer.stats["requests"] == 30
+
+
+def test_a_reopened_writer_refuses_the_other_request_id_type(tmp_path):
+    item_schema, user_schema, requests = joined_requests(2)
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
+        writer.write(requests)
+    writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))  # the type is in the ledger
+    with pytest.raises(gp.DataError, match="request id '1' is a str but earlier ones are ints"):
+        writer.write([requests[1]._replace(request_id="1")])
+    writer.close()
+
+
+def test_a_closed_writer_and_a_file_for_a_path_are_config_errors(tmp_path):
+    item_schema, user_schema, requests = joined_requests(2)
+    writer = DedupWriter(tmp_path / "out", item_schema, user_schema, ("click", "like"))
+    writer.close()
+    writer.close()
+    for use in (lambda: writer.write(requests), lambda: writer.contains(1), lambda: writer.forget_before(0.0)):
+        with pytest.raises(gp.ConfigError, match="DedupWriter of .* is closed"):
+            use()
+    with pytest.raises(gp.ConfigError, match="is a file; pass a directory"):
+        TabularWriter(tmp_path / "out" / "_ledger.sqlite", item_schema, user_schema)

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
-from .errors import DataError, GpupreError
+import os
+
+from .errors import ConfigError, DataError, GpupreError
+
+
+def ensure_output_path(path, what: str) -> None:
+    """A ConfigError unless `path` can be a file to write: its directory exists and it is no directory."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"the {what} path {path} is a directory; pass the path of a file in it")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise ConfigError(
+            f"the {what} path {path}: its directory {os.path.dirname(path)} does not exist; create it or "
+            "write elsewhere"
+        )
 
 
 class JsonFile:
     """Adds `save(path)` and `cls.load(path)` to a class with `to_json()` and `from_json(text)`."""
 
     def save(self, path) -> None:
+        """Write the object's JSON to `path` (`load` reads it back).
+
+        Raises:
+            ConfigError: `path` is a directory, or its directory does not exist.
+        """
+        ensure_output_path(path, type(self).__name__)
         with open(path, "w") as f:
             f.write(self.to_json())
 

@@ -87,11 +87,15 @@ def _load_model(spec: str):
 
 def _audit(args) -> None:
     from .audit import audit, prune
+    from ._jsonfile import ensure_output_path
     from .loader import DataLoader
     from .transforms import Pipeline
 
     if args.pruned_pipeline and args.threshold is None and args.budget_bytes is None:
         raise ConfigError("--pruned-pipeline needs --threshold or --budget-bytes (what to prune by)")
+    for option in ("json", "plot", "pruned_pipeline"):  # before the audit runs, not after
+        if getattr(args, option):
+            ensure_output_path(getattr(args, option), "--" + option.replace("_", "-"))
     pipeline = Pipeline.load(args.pipeline) if args.pipeline else None
     dataset = Dataset(args.path, features=args.features.split(",") if args.features else None)
     loader = DataLoader(dataset, args.batch_size, pipeline, device=args.device, num_workers=0)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batch import Batch, _jagged_take
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 __all__ = ["METRICS", "auc", "permutation_importance", "permuted", "weight_scores"]
 
@@ -80,10 +80,28 @@ def permuted(batch: Batch, name: str, perm: torch.Tensor) -> Batch:
 
 def _evaluate(model, batches, labels, metric) -> float:
     with torch.no_grad():
-        logits = [model(b).reshape(-1).float() for b in batches]
+        logits = [_logits(model(b), labels.device) for b in batches]
     if any(len(x) != b.num_rows for x, b in zip(logits, batches)):
         raise ConfigError("model(batch) must give one logit per row of the batch")
-    return metric(torch.cat(logits), labels)
+    logits = torch.cat(logits)
+    bad = int(torch.isnan(logits).sum())
+    if bad:
+        raise DataError(
+            f"model(batch) gave NaN logits for {bad} of {len(logits)} held-out rows; find where the model "
+            "makes them (a NaN input feature? fill it: gp.FillMissing) before auditing it"
+        )
+    return metric(logits, labels)
+
+
+def _logits(output, device) -> torch.Tensor:
+    """A model's output (a tensor, or an array) as a flat float tensor on `device`."""
+    try:
+        return torch.as_tensor(output, device=device).reshape(-1).float()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"model(batch) must give one logit per row as a tensor or array, got {type(output).__name__} "
+            f"({e})"
+        ) from e
 
 
 def permutation_importance(model, batches: list[Batch], features=None, repeats: int = 5, metric: str = "logloss",
@@ -104,6 +122,11 @@ def permutation_importance(model, batches: list[Batch], features=None, repeats: 
             "held-out loader with label= naming the one the model predicts"
         )
     labels = torch.cat([b.labels.float() for b in batches])
+    if torch.isnan(labels).any():
+        raise DataError(
+            f"{int(torch.isnan(labels).sum())} of {len(labels)} held-out labels are NaN; drop those rows "
+            "from the held-out data"
+        )
     keys = list(batches[0].dense_keys) + list(batches[0].sparse.keys)
     features = keys if features is None else list(features)
     unknown = [f for f in features if f not in keys]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 
 import numpy as np
 
-from .._jsonfile import JsonFile
+from .._jsonfile import JsonFile, ensure_output_path
 from ..batch import Batch
 from ..errors import BackendUnavailable, ConfigError
 from ..reader import Dataset
@@ -94,7 +95,13 @@ class AuditReport(JsonFile):
         return cls(features=features, **data)
 
     def plot(self, path, top: int | None = 40) -> None:
-        """A PNG: importance with its interval per feature (bars), and bytes per row (dots)."""
+        """A PNG: importance with its interval per feature (bars), and bytes per row (dots).
+
+        Raises:
+            ConfigError: the directory of `path` does not exist.
+            BackendUnavailable: matplotlib is not installed.
+        """
+        ensure_output_path(path, "plot")
         try:
             import matplotlib
 
@@ -151,19 +158,33 @@ def audit(model, batches, dataset: Dataset | None = None, pipeline: Pipeline | N
         dense_weight, embedding: for the weight-based score (see `weight_scores`).
 
     Raises:
-        ConfigError: no batches, batches without labels, an unknown metric, repeats < 2.
+        ConfigError: no batches, batches without labels, an unknown metric, repeats < 2, or
+            another argument of the wrong type or out of range.
+        DataError: the model gives NaN logits, or a label is NaN.
     """
+    if max_batches is not None and not _is_int(max_batches, 1):
+        raise ConfigError(f"{max_batches=} must be None (every batch) or an integer >= 1")
+    if dataset is not None and not isinstance(dataset, Dataset):
+        raise ConfigError(
+            f"dataset must be a gp.Dataset (its bytes per column give the costs) or None; got "
+            f"{type(dataset).__name__} {dataset!r}: wrap a path in gp.Dataset(path)"
+        )
+    if pipeline is not None and not isinstance(pipeline, Pipeline):
+        raise ConfigError(
+            f"pipeline must be a gp.Pipeline or None, got {type(pipeline).__name__}; load a saved one with "
+            "gp.Pipeline.load(path)"
+        )
     held_out = [_ready(b) for b in islice(iter(batches), max_batches)]
     if not held_out:
         raise ConfigError("audit needs at least one held-out batch; the loader or list gave none")
     if any(b.labels is None for b in held_out):
         raise ConfigError("audit needs labelled batches: build the held-out loader with its label column")
     base, drops = permutation_importance(model, held_out, repeats=repeats, metric=metric, seed=seed, progress=progress)
-    if math.isnan(base):
-        raise ConfigError(
-            f"the {metric} of the held-out rows is NaN (with 'auc': their labels are all one class); "
-            "use more held-out rows, or metric='logloss'"
-        )
+    if math.isnan(base):  # the logits and labels are not NaN (permutation_importance checked)
+        cause = "the model gives infinite logits; bound them (a sigmoid's input, not its output)"
+        if metric == "auc":
+            cause = "their labels are all one class; use more held-out rows, or metric='logloss'"
+        raise ConfigError(f"the {metric} of the held-out rows is NaN: {cause}")
     weights = weight_scores(held_out, dense_weight, embedding)
     schema = dataset.schema if dataset is not None else (pipeline.input_schema if pipeline is not None else None)
     sizes = dataset.bytes_per_column() if dataset is not None else {}
@@ -225,6 +246,12 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
     """
     if (threshold is None) == (budget_bytes is None):
         raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+        raise ConfigError(f"{threshold=} must be a number (an importance, such as 0.0)")
+    if budget_bytes is not None and not _is_int(budget_bytes, 0):
+        raise ConfigError(f"{budget_bytes=} must be a number of bytes >= 0")
+    if not isinstance(report, AuditReport):
+        raise ConfigError(f"report must be the AuditReport audit() gave, got {type(report).__name__}")
     keep = (keep,) if isinstance(keep, str) else tuple(keep)
     unknown = sorted(set(keep) - set(report.names))
     if unknown:
@@ -252,6 +279,10 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
             new.input_schema = schema.select(read_list)
     stored = int(sum(cost.get(s, 0) for s in read_list))
     return Pruned(kept, [n for n in report.names if n not in kept], read_list, new, stored)
+
+
+def _is_int(value, smallest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= smallest
 
 
 def _needed_ops(pipeline: Pipeline, outputs: set[str]) -> list:

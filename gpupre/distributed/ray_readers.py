@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import numbers
 import time
+import weakref
 
 from ..errors import BackendUnavailable, ConfigError, DataError, describe
 from ..reader import Dataset
@@ -30,6 +32,37 @@ from ..reader import Dataset
 __all__ = ["RayReaders"]
 
 log = logging.getLogger("gpupre.distributed")
+
+_RELEASE_S = 2.0  # the longest wait for the CPUs of killed actors to be free again
+
+
+def _ensure_integer(name: str, value, smallest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < smallest:
+        raise ConfigError(f"RayReaders {name}={value!r} must be an integer >= {smallest}, such as {name}={smallest + 1}")
+    return int(value)
+
+
+def _ensure_number(name: str, value, low: float, high: float | None, meaning: str) -> float:
+    """`value` as a float in (low, high), exclusive; high None: no upper bound."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (number and low < value and (high is None or value < high)):
+        bounds = f"{low} < {name}" + ("" if high is None else f" < {high}")
+        raise ConfigError(f"RayReaders {name}={value!r} must be a number with {bounds}: {meaning}")
+    return float(value)
+
+
+def _free_cpus(wanted: float) -> float:
+    """The CPUs of the Ray cluster not reserved now, waiting a moment for `wanted` of them: those of
+    readers just killed (a closed or dropped loader's) come back about 0.1 s after the kill."""
+    import ray
+
+    wanted = min(wanted, ray.cluster_resources().get("CPU", 0))
+    deadline = time.monotonic() + _RELEASE_S
+    while True:
+        free = ray.available_resources().get("CPU", 0)
+        if free >= wanted or time.monotonic() > deadline:
+            return free
+        time.sleep(0.05)
 
 
 class _Reader:
@@ -83,24 +116,22 @@ class RayReaders:
                  max_readers: int | None = None, num_cpus: float = 1.0, prefetch: int = 2,
                  scale_up_wait: float = 0.2, window: int = 8, address: str | None = None, retries: int = 2):  # fmt: skip
         if not isinstance(dataset, Dataset):
-            raise ConfigError(f"RayReaders needs a gp.Dataset, got {type(dataset).__name__}")
-        low = num_readers if min_readers is None else min_readers
-        high = num_readers if max_readers is None else max_readers
-        if not (isinstance(num_readers, int) and 1 <= low <= num_readers <= high):
             raise ConfigError(
-                f"readers must satisfy 1 <= min_readers ({low}) <= num_readers ({num_readers}) <= max_readers ({high})"
+                f"RayReaders needs a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)"
             )
-        values = {"num_cpus": num_cpus, "prefetch": prefetch, "scale_up_wait": scale_up_wait, "window": window,
-                  "retries": retries}  # fmt: skip
-        ok = {"num_cpus": num_cpus > 0, "prefetch": isinstance(prefetch, int) and prefetch >= 1,
-              "scale_up_wait": 0 < scale_up_wait < 1, "window": isinstance(window, int) and window >= 2,
-              "retries": isinstance(retries, int) and retries >= 0}  # fmt: skip
-        bad = [name for name, good in ok.items() if not good]
-        if bad:
+        num_readers = _ensure_integer("num_readers", num_readers, 1)
+        low = num_readers if min_readers is None else _ensure_integer("min_readers", min_readers, 1)
+        high = num_readers if max_readers is None else _ensure_integer("max_readers", max_readers, 1)
+        if not low <= num_readers <= high:
             raise ConfigError(
-                f"RayReaders {bad[0]}={values[bad[0]]!r} is out of range (num_cpus > 0, prefetch >= 1, "
-                "0 < scale_up_wait < 1, window >= 2, retries >= 0)"
+                f"readers must satisfy 1 <= min_readers ({low}) <= num_readers ({num_readers}) <= "
+                f"max_readers ({high}); change the one out of order"
             )
+        num_cpus = _ensure_number("num_cpus", num_cpus, 0, None, "the CPUs each reader reserves, such as 1")
+        scale_up_wait = _ensure_number("scale_up_wait", scale_up_wait, 0, 1, "a share of time, such as 0.2")
+        prefetch = _ensure_integer("prefetch", prefetch, 1)
+        window = _ensure_integer("window", window, 2)
+        retries = _ensure_integer("retries", retries, 0)
         try:
             import ray  # noqa: F401
         except ImportError as e:
@@ -109,13 +140,24 @@ class RayReaders:
         self.num_cpus, self.prefetch, self.scale_up_wait, self.window = num_cpus, prefetch, scale_up_wait, window
         self.address, self.retries = address, retries
         self.target = num_readers  # what autoscaling last decided; kept from epoch to epoch
-        self.owner = None  # the loader reading from it
+        self._owner = None  # a weak reference to the loader reading from it
         self._actors: list = []
         self._retiring: set = set()  # given no new units; killed when their last one is taken
         self._config = None  # (dataset, stage, read_batch_size) the actors were made for
         self._decisions: list[dict] = []
         self._replaced = 0
         self._waits = collections.deque(maxlen=window)  # (when the wait began, seconds, ready) per unit
+
+    @property
+    def owner(self):
+        """The DataLoader reading from these readers, or None. Held weakly: a loader dropped without
+        close() frees them, and its actors with them (they would hold the cluster's CPUs until the
+        garbage collector found the loader)."""
+        return None if self._owner is None else self._owner()
+
+    @owner.setter
+    def owner(self, loader) -> None:
+        self._owner = None if loader is None else weakref.ref(loader)
 
     # -- actors ----------------------------------------------------------------------------------
     def _ensure(self, dataset, stage, read_batch_size: int) -> None:
@@ -131,13 +173,17 @@ class RayReaders:
         if self._config is None or any(a is not b for a, b in zip(self._config, config)):
             self.close()
             self._config = config
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if self.min_readers * self.num_cpus > cpus:
+        missing = max(0, self.min_readers - len(self._actors))
+        free = _free_cpus(max(missing, self.target - len(self._actors)) * self.num_cpus)
+        if missing * self.num_cpus > free:
+            total = ray.cluster_resources().get("CPU", 0)
             raise ConfigError(
-                f"{self.min_readers} readers of {self.num_cpus} CPUs do not fit in the Ray cluster's {cpus:g} CPUs; "
-                "lower num_cpus or the reader counts"
+                f"{missing} readers of {self.num_cpus:g} CPUs do not fit in the {free:g} CPUs free of the "
+                f"Ray cluster's {total:g} (the readers of other loaders, or other actors, hold the rest); "
+                "close the loaders no longer in use (loader.close()), lower num_cpus or min_readers, or give "
+                "Ray more CPUs"
             )
-        self.target = max(self.min_readers, min(self.target, int(cpus // self.num_cpus)))
+        self.target = max(self.min_readers, min(self.target, len(self._actors) + int(free // self.num_cpus)))
         while len(self._actors) < self.target:
             self._actors.append(self._new_actor())
 

@@ -80,8 +80,7 @@ class DataLoader:
         if getattr(dataset, "is_slab_source", False):
             if dataset.owner is not None:
                 raise ConfigError("these readers already serve another DataLoader; give each loader its own")
-            self._source, dataset = dataset, dataset.dataset
-            self._source.owner = self
+            self._source, dataset = dataset, dataset.dataset  # claimed at the end, once all is valid
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
         self.batch_size = _positive(batch_size, "batch_size")
@@ -122,6 +121,8 @@ class DataLoader:
         self.steps = 0  # batches of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
         self._stats = _new_stats()
+        if self._source is not None:
+            self._source.owner = self
         if self._source is None and (units := len(self._units(0, rank))) < self.num_workers:
             log.warning(
                 "gp.DataLoader: rank %d's share has %d work units (row groups) for num_workers=%d, so only %d "

@@ -49,9 +49,10 @@ class Dataset:
     plain batch. `num_rows` and work units count impressions.
 
     Raises:
+        ConfigError: `filesystem` is not a pyarrow filesystem, or a URI pyarrow cannot open.
         DataError: a path does not exist, a file is not readable Parquet, a row group is empty.
         SchemaError: a projected feature does not exist, has an unsupported type, or files
-            disagree on the type of a projected column.
+            disagree on the type of a projected column or on whether they have it.
     """
 
     def __init__(self, path, features=None, filesystem=None, label=None, passthrough=(), expand: bool = False,
@@ -62,12 +63,14 @@ class Dataset:
         self.cache_options, self.access_log = cache_options, access_log
         self._fragments: dict = {}
         self._metadata = {p: _open_metadata(self.filesystem, p) for p in self.paths}
+        arrow_schemas = {p: md.schema.to_arrow_schema() for p, md in self._metadata.items()}
         first = self.paths[0]
-        arrow_schema = self._metadata[first].schema.to_arrow_schema()
+        arrow_schema = arrow_schemas[first]
         passthrough = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
         features = [features] if isinstance(features, str) else features
         labels = None if label is None else ((label,) if isinstance(label, str) else tuple(label))
         not_features = (labels or ()) + passthrough
+        _check_no_file_has_more(arrow_schemas, None if features is None else [*features, *not_features])
         for name in not_features:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
@@ -110,11 +113,10 @@ class Dataset:
         expected = {c: arrow_schema.field(c).type for c in self.columns}
         self._units = []
         for p in self.paths:
-            self._check_file(p, expected)
+            self._check_file(p, arrow_schemas[p], expected)
 
-    def _check_file(self, path: str, expected: dict) -> None:
+    def _check_file(self, path: str, arrow_schema: pa.Schema, expected: dict) -> None:
         md = self._metadata[path]
-        arrow_schema = md.schema.to_arrow_schema()
         for column, dtype in expected.items():
             index = arrow_schema.get_field_index(column)
             if index < 0:
@@ -175,10 +177,11 @@ class Dataset:
         try:
             parts = self._fragment(unit).to_batches(columns=self.columns, batch_size=rows, **self._scan_options())
             start = 0
-            for part in parts:
+            for index, part in enumerate(parts):
+                if index == 0:  # not after the last: a consumer with all the unit's rows need not resume us
+                    self._record(unit)
                 yield self._keyed(self._batch(part, str(unit)), unit, start)
                 start += part.num_rows
-            self._record(unit)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{unit}: cannot be read ({e}); the file is corrupt or was changed") from e
 
@@ -270,15 +273,30 @@ def _resolve(path, filesystem):
     if not paths:
         raise DataError("Dataset got an empty list of paths; pass a file, a directory or a list of files")
     paths = [os.fspath(p) for p in paths]
+    if filesystem is not None and not isinstance(filesystem, pafs.FileSystem):
+        raise ConfigError(
+            f"filesystem={filesystem!r} is not a pyarrow.fs.FileSystem; pass one, such as "
+            "pyarrow.fs.S3FileSystem(...), or give the path as a URI (s3://bucket/path) and no filesystem"
+        )
     if filesystem is None:
         if "://" in paths[0]:
-            filesystem, _ = pafs.FileSystem.from_uri(paths[0])
-            paths = [pafs.FileSystem.from_uri(p)[1] for p in paths]
+            try:
+                filesystem, _ = pafs.FileSystem.from_uri(paths[0])
+                paths = [pafs.FileSystem.from_uri(p)[1] for p in paths]
+            except (OSError, pa.ArrowException) as e:
+                raise ConfigError(
+                    f"{paths[0]} is not a URI pyarrow can open ({e}); fix the URI, or pass the path "
+                    "without its scheme and filesystem=pyarrow.fs.S3FileSystem(...)"
+                ) from e
         else:
             filesystem = pafs.LocalFileSystem()
             paths = [os.path.abspath(p) for p in paths]
+    try:
+        infos = filesystem.get_file_info(paths)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot look up {paths[0]} ({e}); check the path, and that its store is up") from e
     files = []
-    for p, info in zip(paths, filesystem.get_file_info(paths)):
+    for p, info in zip(paths, infos):
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"{p} does not exist; check the dataset path")
         if info.type == pafs.FileType.Directory:
@@ -296,6 +314,22 @@ def _resolve(path, filesystem):
         else:
             files.append(p)
     return filesystem, files
+
+
+def _check_no_file_has_more(arrow_schemas: dict, wanted) -> None:
+    """A SchemaError when a later file has a column the first lacks that the dataset would read
+    (`wanted`, or any with None): the projection comes from the first file, which would drop it.
+    The opposite, a later file missing a read column, `Dataset._check_file` names."""
+    first, *rest = arrow_schemas
+    have = set(arrow_schemas[first].names)
+    for path in rest:
+        extra = [n for n in arrow_schemas[path].names if n not in have and (wanted is None or n in wanted)]
+        if extra:
+            raise SchemaError(
+                f"{first}: column {extra[0]!r} is missing but {path} has it; every file of a dataset needs "
+                "the columns it reads: add it to every file, drop the files that have it, or project it out "
+                "with features=[...]"
+            )
 
 
 def _open_metadata(filesystem, path: str) -> pq.FileMetaData:

@@ -75,7 +75,7 @@ class _CacheHandler(DelegatingHandler):
     def read(self, remote, key: str, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of a remote file: cached extents where they exist, the rest fetched.
 
-        Gaps separated by cached pieces shorter than `hole_size_limit` are fetched as one range
+        Gaps separated by cached runs shorter than `hole_size_limit` are fetched as one range
         (one request costs more than re-reading a small piece); only the gaps are stored.
         """
         with self.lock:
@@ -112,10 +112,15 @@ class _CacheHandler(DelegatingHandler):
                 pieces.append(data)
                 i += 1
                 continue
-            j = i  # the gap i, and the gaps after it across short cached pieces, in one request
-            while j + 2 < len(segments) and segments[j + 1][1] - segments[j + 1][0] < self.hole_size_limit:
-                j += 2
-            gaps = [(g[0], g[1]) for g in segments[i : j + 1 : 2]]
+            j = i  # the gap i, and the gaps after it across short cached runs, in one request
+            while True:
+                k = j + 1  # past the cached pieces after gap j (adjacent extents make a run of several)
+                while k < len(segments) and segments[k][2] is not None:
+                    k += 1
+                if k == len(segments) or segments[k][0] - segments[j][1] >= self.hole_size_limit:
+                    break
+                j = k
+            gaps = [(g[0], g[1]) for g in segments[i : j + 1] if g[2] is None]
             pieces.append(self._fetch(remote, key, a, segments[j][1], gaps))
             i = j + 1
         if stale:
@@ -279,6 +284,10 @@ class CachedFileSystem(HandlerFileSystem):
             same store is a good value: the bytes one request's latency is worth).
 
     `cached_bytes`, `remote_bytes` and `remote_requests` count this process's reads.
+
+    Raises:
+        ConfigError: `remote` is not a pyarrow filesystem, `directory` (or a parent) is a file, or
+            a size is out of range.
     """
 
     def __init__(self, remote: pafs.FileSystem, directory, capacity_bytes: int, hole_size_limit: int = 1 << 20):
@@ -287,6 +296,14 @@ class CachedFileSystem(HandlerFileSystem):
         if not (isinstance(hole_size_limit, int) and hole_size_limit >= 0):
             raise ConfigError(f"{hole_size_limit=} must be a number of bytes >= 0")
         directory = os.path.abspath(os.fspath(directory))
+        existing = directory
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ConfigError(
+                f"cache directory {directory}: {existing} is a file, not a directory; pass the path of a "
+                "directory (it is made if missing) on a local SSD"
+            )
         super().__init__(_CacheHandler(remote, directory, capacity_bytes, hole_size_limit))
 
     @property

@@ -78,6 +78,8 @@ class MapLayout:
                 f"{path}: no map column ({', '.join(MAP_COLUMNS.values())}) found; it is not in "
                 "the map layout (a flattened file needs no flattening)"
             )
+        for kind in kinds:
+            _check_map_column(kind, pf.schema_arrow.field(MAP_COLUMNS[kind]).type, str(path))
         found = {kind: set() for kind in kinds}
         bar = tqdm(total=pf.metadata.num_rows, desc="scanning map keys", unit="rows", disable=not progress)
         for i in range(pf.num_row_groups):
@@ -125,6 +127,7 @@ def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str =
         if not wanted:
             continue
         arr = one_array(table.column(MAP_COLUMNS[kind]))
+        _check_map_column(kind, arr.type, source)
         columns.update(_extract(arr, kind, wanted, [key_of[n] for n in wanted], source))
     for name in schema.labels + schema.extras:
         columns[name] = one_array(table.column(name))
@@ -133,6 +136,26 @@ def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str =
         names=schema.column_names(),
         metadata=schema.to_arrow().metadata,
     )
+
+
+def _check_map_column(kind: str, t: pa.DataType, source: str) -> None:
+    """A SchemaError unless `t` is a map whose values `kind`'s map column holds (any number widths)."""
+    def number(x):
+        return pa.types.is_integer(x) or pa.types.is_floating(x)
+
+    items = t.item_type if pa.types.is_map(t) else None
+    if kind == DENSE:
+        ok = items is not None and number(items)
+    elif kind == SPARSE:
+        ok = items is not None and pa.types.is_list(items) and pa.types.is_integer(items.value_type)
+    else:
+        ok = items is not None and pa.types.is_map(items) and pa.types.is_integer(items.key_type)
+        ok = ok and number(items.item_type)
+    if not ok:
+        raise SchemaError(
+            f"{source}: map column {MAP_COLUMNS[kind]!r} has type {t}, but the map layout holds "
+            f"{MAP_TYPES[kind]} there (numeric values); convert the column's values, or rename it"
+        )
 
 
 def _extract(arr: pa.MapArray, kind: str, names, keys, source):
@@ -276,8 +299,9 @@ def flatten(
     schema = layout.schema if features is None else layout.schema.select(features)
     pf = open_parquet(src)
     extra_types = {n: pf.schema_arrow.field(n).type for n in schema.extras}
-    if row_group_rows is None:
-        row_group_rows = pf.metadata.row_group(0).num_rows if pf.num_row_groups else DEFAULT_ROW_GROUP_ROWS
+    if row_group_rows is None:  # as in the source, unless it has no rows to go by
+        first = pf.metadata.row_group(0).num_rows if pf.num_row_groups else 0
+        row_group_rows = first or DEFAULT_ROW_GROUP_ROWS
     with TableWriter(dst, schema, extra_types, row_group_rows) as writer, tqdm(
         total=pf.metadata.num_rows, desc=f"flattening {src}", unit="rows", disable=not progress
     ) as bar:

@@ -81,8 +81,9 @@ def import_csv(
     Raises:
         DataError: the file cannot be read, lacks one of `columns`, or cannot be parsed (names the
             file and what was wrong).
-        ConfigError: `dst` is a directory.
+        ConfigError: `dst` is a directory, or `columns` is not a dict of `Column`s.
     """
+    _ensure_columns(columns)
     features = tuple(
         Feature(name, c.kind, c.group) for name, c in columns.items() if c.role not in ("label", "time", "extra")
     )
@@ -119,6 +120,15 @@ def import_csv(
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise DataError(f"{src}: cannot parse as {', '.join(columns)} text: {e}; fix the file") from e
     return schema
+
+
+def _ensure_columns(columns) -> None:
+    if not (isinstance(columns, dict) and columns and all(isinstance(c, Column) for c in columns.values())):
+        raise ConfigError(
+            "columns must map each column name to a gp.storage.Column giving its role, such as "
+            f"{{'label': Column('label'), 'price': Column('dense')}}; got {type(columns).__name__} "
+            f"{str(columns)[:80]}"
+        )
 
 
 def _open_source(src):
@@ -192,7 +202,7 @@ def import_criteo(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progre
     is the hex string read as a base-16 integer (empty -> empty list).
     """
     with _open_source(src) as f:
-        first = f.readline().decode("utf-8", "replace")
+        first = f.readline().decode("utf-8-sig", "replace")  # without the byte-order mark of Windows tools
     delimiter = "\t" if "\t" in first else ","
     header = first.split(delimiter)[0].strip() == "label"
     names = None if header else list(CRITEO_COLUMNS)

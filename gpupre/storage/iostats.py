@@ -7,6 +7,8 @@ import threading
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from ..errors import ConfigError
+
 __all__ = ["CountingFileSystem", "HandlerFileSystem"]
 
 
@@ -21,6 +23,11 @@ class DelegatingHandler(pafs.FileSystemHandler):
     per_process: tuple[str, ...] = ()
 
     def __init__(self, base: pafs.FileSystem):
+        if not isinstance(base, pafs.FileSystem):
+            raise ConfigError(
+                f"the filesystem to wrap must be a pyarrow.fs.FileSystem, got {type(base).__name__} "
+                f"({base!r}); pass one such as pyarrow.fs.S3FileSystem(...) or LocalObjectStore.filesystem()"
+            )
         self.base = base
         self.lock = threading.Lock()
         for name in self.counters:

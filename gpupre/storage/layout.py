@@ -11,6 +11,7 @@ given the workload; `reorder` rewrites a dataset in it. Rows, row groups and val
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import statistics
@@ -22,8 +23,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
-from ..schema import score_owner
+from ..errors import ConfigError, DataError, SchemaError
+from ..schema import METADATA_KEY, Schema, infer_kind, score_owner
 
 __all__ = ["AccessLog", "Workload", "column_order", "measured_cache_options", "reorder"]
 
@@ -37,10 +38,12 @@ class Workload:
     def add(self, name: str, columns, weight: float = 1.0) -> Workload:
         """Add a job that reads `columns` (feature or column names; a gp.Dataset: its projection)."""
         columns = getattr(columns, "columns", columns)
-        columns = (columns,) if isinstance(columns, str) else tuple(dict.fromkeys(columns))
+        columns = (columns,) if isinstance(columns, str) else tuple(dict.fromkeys(() if columns is None else columns))
         if not columns:
             raise ConfigError(f"job {name!r} reads no columns; give it the names of what it projects")
-        if not (isinstance(weight, (int, float)) and weight > 0):
+        if not all(isinstance(c, str) for c in columns):
+            raise ConfigError(f"job {name!r} reads {list(columns)!r}; columns are named by strings")
+        if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0 < weight < math.inf):
             raise ConfigError(f"job {name!r}: weight={weight!r} must be a positive number (say, rows read)")
         self.jobs[str(name)] = (columns, float(weight))
         return self
@@ -50,9 +53,20 @@ class Workload:
 
     @classmethod
     def from_json(cls, text: str) -> Workload:
+        """The workload `to_json` wrote.
+
+        Raises:
+            DataError: `text` is not such JSON.
+        """
         workload = cls()
-        for name, job in json.loads(text).items():
-            workload.add(name, job["columns"], job["weight"])
+        try:
+            for name, job in json.loads(text).items():
+                workload.add(name, job["columns"], job["weight"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # a JSONDecodeError is a ValueError
+            raise DataError(
+                f"{str(text)[:60]!r} is not a Workload's JSON ({type(e).__name__}: {e}); pass what "
+                'Workload.to_json() wrote: {"job": {"columns": [...], "weight": 1.0}}'
+            ) from e
         return workload
 
 
@@ -66,14 +80,26 @@ class AccessLog:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise ConfigError(
+                f"AccessLog path {self.path} is a directory; pass the path of a SQLite file in it, such as "
+                f"{os.path.join(self.path, 'access.sqlite')}"
+            )
         self._db = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS reads (projection TEXT PRIMARY KEY, rows INTEGER, units INTEGER)")
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS reads (projection TEXT PRIMARY KEY, rows INTEGER, units INTEGER)")
+            except (OSError, sqlite3.Error) as e:
+                raise DataError(
+                    f"cannot open the access log {self.path} ({type(e).__name__}: {e}); pass a path in a "
+                    "writable directory, to a SQLite file or none yet"
+                ) from e
+            self._db = db
         return self._db
 
     def record(self, columns, rows: int) -> None:
@@ -96,17 +122,30 @@ class AccessLog:
 def measured_cache_options(filesystem, path: str, probes: int = 5, probe_bytes: int = 32 << 20) -> pa.CacheOptions:
     """`pyarrow.CacheOptions.from_network_metrics` on the measured time to first byte and bandwidth
     of `filesystem` (medians of `probes` reads of one byte and of `probe_bytes` from `path`): gaps
-    that cost less to read than a request are read through."""
+    that cost less to read than a request are read through.
+
+    Raises:
+        ConfigError: `filesystem` is not a `pyarrow.fs.FileSystem`.
+        DataError: `path` cannot be read.
+    """
+    if not isinstance(filesystem, pafs.FileSystem):
+        raise ConfigError(
+            f"filesystem must be a pyarrow.fs.FileSystem, got {type(filesystem).__name__}; pass the store's, "
+            "such as pyarrow.fs.S3FileSystem(...) or LocalObjectStore.filesystem()"
+        )
     small, large = [], []
-    with filesystem.open_input_file(path) as f:
-        size = min(probe_bytes, f.size())
-        for _ in range(probes):
-            start = time.perf_counter()
-            f.read_at(1, 0)
-            small.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            f.read_at(size, 0)
-            large.append(time.perf_counter() - start)
+    try:
+        with filesystem.open_input_file(path) as f:
+            size = min(probe_bytes, f.size())
+            for _ in range(probes):
+                start = time.perf_counter()
+                f.read_at(1, 0)
+                small.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                f.read_at(size, 0)
+                large.append(time.perf_counter() - start)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot be read to measure the store ({e}); pass a file on it") from e
     ttfb = statistics.median(small)
     mib_s = size / (1 << 20) / max(1e-6, statistics.median(large) - ttfb)
     return pa.CacheOptions.from_network_metrics(max(1, round(ttfb * 1e3)), max(1, round(mib_s)))
@@ -199,16 +238,26 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
         filesystem: where `out` is (default: local, or from an s3:// URI).
 
     Raises:
-        ConfigError: `out` already holds files, or the workload names unknown columns.
+        ConfigError: `out` is a file or already holds files, `workload` is not a Workload, or it
+            names unknown columns.
     """
     from ..reader.dataset import PARQUET_SUFFIXES, Dataset  # storage writes what the reader reads
 
+    if isinstance(request_bytes, bool) or not (isinstance(request_bytes, int) and request_bytes >= 0):
+        raise ConfigError(f"{request_bytes=} must be a number of bytes >= 0 (what a request costs), such as 1 << 20")
+    if not isinstance(workload, Workload):
+        raise ConfigError(
+            f"workload must be a gp.storage.Workload, got {type(workload).__name__}; build one with "
+            "Workload().add(name, columns, weight), or take AccessLog(path).workload()"
+        )
     dataset = source if isinstance(source, Dataset) else Dataset(source)
     out = os.fspath(out)
     if "://" in out:
         filesystem, out = pafs.FileSystem.from_uri(out)
     elif filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
         filesystem, out = filesystem or pafs.LocalFileSystem(), os.path.abspath(out)
+    if filesystem.get_file_info(out).type == pafs.FileType.File:
+        raise ConfigError(f"{out} is a file; reorder writes a new dataset, give it a new or empty directory")
     if filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True)):
         raise ConfigError(f"{out} is not empty; reorder writes a new dataset, give it an empty directory")
     groups = sum(md.num_row_groups for md in dataset._metadata.values())
@@ -227,6 +276,7 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
 def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> None:
     md = dataset._metadata[path]
     schema = md.schema.to_arrow_schema()
+    schema = schema.with_metadata(_stored_schema(schema, path, dataset.schema))
     fields = [schema.field(c) for c in order]
     arrow_schema = pa.schema(fields, metadata=schema.metadata)
     compression, dictionary = _encodings(md)
@@ -242,6 +292,28 @@ def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> N
         filesystem.move(temporary, target)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: cannot be rewritten to {target} ({e}); check both locations") from e
+
+
+def _stored_schema(arrow_schema: pa.Schema, path: str, read_as: Schema) -> dict:
+    """The file's metadata with the gpupre schema it is read with, in its own column order.
+
+    A plain file's features are inferred in column order: without the schema stored, its rewritten
+    copy would deliver them in the new order. Columns of no feature kind (strings) stay unnamed.
+    """
+    metadata = arrow_schema.metadata or {}
+    if METADATA_KEY in metadata:
+        return metadata
+    names = set(arrow_schema.names)
+
+    def has_kind(fld) -> bool:
+        try:
+            return score_owner(fld.name, names) is not None or bool(infer_kind(fld, names, path))
+        except SchemaError:
+            return False
+
+    columns = [fld.name for fld in arrow_schema if has_kind(fld)]
+    schema = Schema.from_arrow(arrow_schema, path, columns, read_as.extras, read_as.labels)
+    return {**metadata, METADATA_KEY: schema.to_json().encode()}
 
 
 def _encodings(md: pq.FileMetaData) -> tuple:

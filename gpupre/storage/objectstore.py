@@ -16,6 +16,7 @@ Needs `moto[server]` (`pip install gpupre[s3]`).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import select
 import socket
@@ -27,7 +28,7 @@ import time
 
 import pyarrow.fs as pafs
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ConfigError
 
 __all__ = ["LocalObjectStore"]
 
@@ -38,6 +39,13 @@ class LocalObjectStore:
     """moto's S3 server in a child process, behind a latency-injecting proxy on loopback."""
 
     def __init__(self, latency_ms: float = 0.0, bandwidth_mib_s: float | None = None, start_timeout_s: float = 60.0):
+        """Raises ConfigError: latency_ms < 0, or bandwidth_mib_s or start_timeout_s not > 0."""
+        if not (_is_number(latency_ms) and latency_ms >= 0):
+            raise ConfigError(f"LocalObjectStore {latency_ms=} must be a number >= 0 (ms per request), such as 20")
+        if bandwidth_mib_s is not None and not (_is_number(bandwidth_mib_s) and bandwidth_mib_s > 0):
+            raise ConfigError(f"LocalObjectStore {bandwidth_mib_s=} must be None (unpaced) or a number > 0")
+        if not (_is_number(start_timeout_s) and start_timeout_s > 0):
+            raise ConfigError(f"LocalObjectStore {start_timeout_s=} must be a number of seconds > 0, such as 60")
         self.latency_ms, self.bandwidth_mib_s = float(latency_ms), bandwidth_mib_s
         self.start_timeout_s = start_timeout_s
         self.endpoint: str | None = None
@@ -98,6 +106,10 @@ class LocalObjectStore:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _serve(latency_ms: float, bandwidth_mib_s: float | None) -> None:

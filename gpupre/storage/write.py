@@ -41,17 +41,17 @@ def _get(table: pa.Table, name: str) -> pa.Array:
 def _canonical(arr: pa.Array, target: pa.DataType, name: str) -> pa.Array:
     if arr.type == target:
         return arr
-    if pa.types.is_list(target) and pa.types.is_integer(arr.type):
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
-        offsets = offsets_of(valid, np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), arr.drop_null().cast(pa.int64()))
     try:
+        if pa.types.is_list(target) and pa.types.is_integer(arr.type):
+            valid = arr.is_valid().to_numpy(zero_copy_only=False)
+            offsets = offsets_of(valid, np.int32)
+            return pa.ListArray.from_arrays(pa.array(offsets), arr.drop_null().cast(pa.int64()))
         return arr.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise SchemaError(
-            f"column {name!r} of type {arr.type} cannot be stored as {target} ({e}); convert it "
-            "or declare another kind in the schema"
-        ) from e
+        fix = "convert it or declare another kind in the schema"
+        if pa.types.is_unsigned_integer(arr.type):  # ids of 64 bits: wrapped, as the importers' hex ids are
+            fix = "to keep 64-bit ids, wrap them to int64: pyarrow.compute.cast(column, pyarrow.int64(), safe=False)"
+        raise SchemaError(f"column {name!r} of type {arr.type} cannot be stored as {target} ({e}); {fix}") from e
 
 
 class TableWriter:

@@ -33,3 +33,10 @@ def test_gpupre_audit_prints_the_report_and_writes_the_pruned_pipeline(trained, 
 def test_a_model_that_cannot_be_loaded_is_an_error_naming_it(trained, capsys):
     assert main(["audit", trained.held_out.paths[0], "--model", "no_such_module:load"]) == 2
     assert "no_such_module" in capsys.readouterr().err
+
+
+def test_an_output_path_in_a_missing_directory_fails_before_the_audit_runs(synth_file, capsys):
+    """The model is not even loaded: the error is the path, not the audit's minutes later."""
+    assert main(["audit", synth_file, "--model", "no_such_module:load", "--json", "/nonexistent/a.json"]) == 2
+    err = capsys.readouterr().err
+    assert "--json path /nonexistent/a.json: its directory /nonexistent does not exist" in err

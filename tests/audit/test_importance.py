@@ -112,3 +112,14 @@ def test_nan_scores_and_several_labels_and_unknown_features_are_refused_not_gues
     one_class = __import__("dataclasses").replace(batch, labels=torch.ones(batch.num_rows))
     with pytest.raises(gp.ConfigError, match="all one class"):
         gp.audit.audit(lambda b: b.dense[0], [one_class], metric="auc", progress=False)
+
+
+def test_nan_logits_and_nan_labels_are_named_not_blamed_on_one_class():
+    batch = _batch()
+    with pytest.raises(gp.DataError, match="NaN logits for 50 of 50 held-out rows"):
+        gp.audit.audit(lambda b: torch.full((b.num_rows,), float("nan")), [batch], progress=False)
+    labels = batch.labels.clone()
+    labels[3] = float("nan")
+    unlabelled = __import__("dataclasses").replace(batch, labels=labels)
+    with pytest.raises(gp.DataError, match="1 of 50 held-out labels are NaN"):
+        permutation_importance(lambda b: b.dense[0], [unlabelled], progress=False)

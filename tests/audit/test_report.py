@@ -106,3 +106,29 @@ def test_prune_counts_a_shared_source_once_and_at_its_own_size():
     assert pruned.features == ["c", "d0", "s1", "s0"] and pruned.stored_bytes == 1110
     pruned = prune(report, pipe, threshold=10.0, keep="s1")
     assert (pruned.features, pruned.read, pruned.stored_bytes) == (["s1"], ["s1"], 10)
+
+
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [(lambda r, t: audit(t.model, t.held_out_batches(), max_batches=-1, progress=False), "max_batches=-1"),
+     (lambda r, t: audit(t.model, t.held_out_batches(), dataset="train", progress=False),
+      "dataset must be a gp.Dataset .*got str 'train'"),
+     (lambda r, t: audit(t.model, t.held_out_batches(), pipeline="pipeline.json", progress=False),
+      "pipeline must be a gp.Pipeline or None, got str"),
+     (lambda r, t: prune(r, threshold="0"), "threshold='0' must be a number"),
+     (lambda r, t: prune(r, budget_bytes=-5), "budget_bytes=-5"),
+     (lambda r, t: prune({"a": 1}, threshold=0), "got dict"),
+     (lambda r, t: r.save("/nonexistent/a.json"), "AuditReport path /nonexistent/a.json: its directory /nonexistent does not"),
+     (lambda r, t: r.plot("/nonexistent/a.png"), "plot path /nonexistent/a.png: its directory /nonexistent does not")],
+)  # fmt: skip
+def test_arguments_of_the_wrong_type_or_place_are_config_errors(report, trained, call, words):
+    with pytest.raises(gp.ConfigError, match=words):
+        call(report, trained)
+
+
+def test_a_model_that_returns_an_array_is_audited_like_one_that_returns_a_tensor(trained):
+    batches = trained.held_out_batches()[:1]
+    model = lambda b: b.dense[1]  # noqa: E731
+    tensor = audit(model, batches, repeats=2, progress=False)
+    array = audit(lambda b: model(b).numpy(), batches, repeats=2, progress=False)
+    assert array == tensor

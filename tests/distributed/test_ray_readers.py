@@ -150,6 +150,29 @@ def test_bad_arguments_are_config_errors(ds):
     with pytest.raises(gp.ConfigError, match="do not fit"):
         list(_loader(RayReaders(ds, num_readers=3, num_cpus=1.0)))
     readers = RayReaders(ds, num_readers=1)
-    _loader(readers)
+    first = _loader(readers)
     with pytest.raises(gp.ConfigError, match="another DataLoader"):
         _loader(readers)
+    del first  # a loader dropped without close() frees its readers
+    _loader(readers)
+
+
+def test_readers_that_do_not_fit_in_the_free_cpus_are_refused_not_waited_for(ds):
+    first = _loader(RayReaders(ds, num_readers=2))  # both CPUs of the cluster
+    assert len(epoch_ids(list(first))) == 600  # its readers stay alive for the next epoch
+    second = _loader(RayReaders(ds, num_readers=2))
+    with pytest.raises(gp.ConfigError, match=r"do not fit in the 0 CPUs free .*loader\.close\(\)"):
+        next(iter(second))
+    first.close()
+    assert len(epoch_ids(list(second))) == 600  # the CPUs of the closed loader's readers are free again
+    second.close()
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [({"num_cpus": "1"}, "num_cpus='1' must be a number"), ({"min_readers": "1"}, "min_readers='1' must be an integer"),
+     ({"max_readers": 2.0}, "max_readers=2.0 must be an integer"), ({"scale_up_wait": None}, "scale_up_wait=None")],
+)  # fmt: skip
+def test_arguments_of_the_wrong_type_are_config_errors(ds, kw, words):
+    with pytest.raises(gp.ConfigError, match=words):
+        RayReaders(ds, **kw)

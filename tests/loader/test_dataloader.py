@@ -301,3 +301,12 @@ def test_memory_does_not_grow_with_the_dataset(tmp_path):
     (client_a, workers_a), (client_b, workers_b) = marks.values()
     assert client_b - client_a < 25 * 1024, f"client grew by {(client_b - client_a) // 1024} MB"
     assert max(b - a for a, b in zip(workers_a, workers_b)) < 25 * 1024, f"worker peaks {workers_a} -> {workers_b} KiB"
+
+
+def test_a_loader_that_fails_validation_leaves_its_readers_to_the_corrected_call(ds):
+    pytest.importorskip("ray", reason="the Ray tier needs the ray extra")
+    readers = gp.distributed.RayReaders(ds, num_readers=1)  # starts no Ray cluster
+    with pytest.raises(gp.ConfigError, match="batch_size=0") as failed:  # its traceback keeps the failed loader
+        gp.DataLoader(readers, batch_size=0, device="cpu")
+    loader = gp.DataLoader(readers, batch_size=64, device="cpu")
+    assert readers.owner is loader and failed.value

@@ -266,3 +266,34 @@ def test_bytes_per_column(synth_file):
     )
     assert sum(c for c, _ in sizes.values()) == total
     assert sizes["sparse_007"][0] > sizes["sparse_000"][0]  # a long-list feature against a one-id one
+
+
+def test_read_slabs_records_a_unit_whose_reader_stops_at_its_last_row(synth_file, tmp_path):
+    log = gp.storage.AccessLog(tmp_path / "access.sqlite")
+    ds = gp.Dataset(synth_file, features=["dense_000"], access_log=log)
+    for unit in ds.units():
+        slabs = ds.read_slabs(unit, unit.num_rows)
+        assert next(slabs).num_rows == unit.num_rows  # every row taken; the generator is never resumed
+    [(_, rows)] = log.workload().jobs.values()
+    assert rows == ds.num_rows
+
+
+def test_a_column_missing_from_the_first_file_is_a_schema_error_naming_both(tmp_path):
+    with_y = pa.table({"x": pa.array([1.0, 2.0], pa.float32()), "y": pa.array([[1], [2, 3]]), "label": [0.0, 1.0]})
+    without_y = pa.table({"x": pa.array([3.0], pa.float32()), "label": [1.0]})
+    gp.storage.write_table(without_y, tmp_path / "a.parquet")
+    gp.storage.write_table(with_y, tmp_path / "b.parquet")
+    for features in (None, ["x", "y"]):
+        with pytest.raises(gp.SchemaError, match=r"a\.parquet: column 'y' is missing but .*b\.parquet has it"):
+            gp.Dataset(tmp_path, features=features)
+    assert gp.Dataset(tmp_path, features=["x"]).num_rows == 3  # projected out, it does not matter
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "words"),
+    [({"filesystem": "s3"}, gp.ConfigError, "filesystem='s3' is not a pyarrow.fs.FileSystem"),
+     ({"path": "s3://bucket/x?bogus=1"}, gp.ConfigError, "s3://bucket/x\\?bogus=1 is not a URI pyarrow can open")],
+)  # fmt: skip
+def test_a_filesystem_or_uri_that_cannot_be_used_is_a_config_error(synth_file, kw, error, words):
+    with pytest.raises(error, match=words):
+        gp.Dataset(**{"path": synth_file, **kw})

@@ -167,3 +167,25 @@ def test_the_loader_workers_read_through_the_cache(synth_file, tmp_path):
     remote.reset()
     read_all(synth_file, fs)
     assert remote.bytes_read == 0  # the workers' reads landed in the cache
+
+
+def test_a_gap_before_abutting_cached_extents_fetches_only_the_gap(tmp_path):
+    data = os.urandom(200_000)
+    (tmp_path / "remote.bin").write_bytes(data)
+    remote = CountingFileSystem()
+    fs = CachedFileSystem(remote, tmp_path / "cache", 1 << 30, hole_size_limit=1000)
+    with fs.open_input_file(str(tmp_path / "remote.bin")) as f:
+        f.read_at(100, 1000)  # a short extent, [1000, 1100)
+        f.read_at(100_000, 1100)  # a long one right after it, [1100, 101100)
+        remote.reset()
+        assert f.read_at(100_200, 900) == data[900:101_100]  # the gap [900, 1000), then both extents
+    assert (remote.read_requests, remote.bytes_read) == (1, 100)
+
+
+def test_a_cache_directory_that_is_a_file_is_a_config_error_naming_it(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for directory in (tmp_path / "afile", tmp_path / "afile" / "cache"):
+        with pytest.raises(gp.ConfigError, match=r"afile is a file, not a directory"):
+            CachedFileSystem(pafs.LocalFileSystem(), directory, 1 << 30)
+    with pytest.raises(gp.ConfigError, match="must be a pyarrow.fs.FileSystem, got str"):
+        CachedFileSystem("s3", tmp_path / "cache", 1 << 30)

@@ -268,3 +268,19 @@ def test_flattened_dense_values_match_the_map_entries(synth_map_file):
     got = flat.column("dense_001").to_pylist()
     assert got == expected and None in got and len(set(got)) > 100
     np.testing.assert_array_equal(flat.column("label"), table.column("label"))
+
+
+def test_a_map_column_of_strings_is_a_schema_error_naming_it(tmp_path):
+    strings = pa.array([[(1, "a")]], pa.map_(pa.int32(), pa.string()))
+    pq.write_table(pa.table({"float_features": strings}), tmp_path / "bad.parquet")
+    with pytest.raises(gp.SchemaError, match=r"bad\.parquet: map column 'float_features' has type map<int32, string"):
+        flatten(tmp_path / "bad.parquet", tmp_path / "out.parquet", progress=False)
+    with pytest.raises(gp.SchemaError, match=r"'float_features' has type map<int32, string"):
+        map_to_flat(pa.table({"float_features": strings}), MapLayout.of_file(tmp_path / "bad.parquet"))
+
+
+def test_a_map_file_with_no_rows_flattens_to_a_file_with_no_rows(tmp_path):
+    empty = pa.table({"float_features": pa.array([], pa.map_(pa.int32(), pa.float32())), "label": pa.array([], pa.float32())})
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    schema = flatten(tmp_path / "empty.parquet", tmp_path / "out.parquet", progress=False)
+    assert schema.labels == ("label",) and pq.read_table(tmp_path / "out.parquet").num_rows == 0

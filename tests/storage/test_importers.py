@@ -300,3 +300,17 @@ def test_a_parse_error_late_in_the_file_leaves_no_output(tmp_path):
             progress=False,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]
+
+
+def test_criteo_csv_with_a_byte_order_mark_imports_like_one_without(criteo, tmp_path):
+    text = (criteo / "day.csv").read_text()
+    (tmp_path / "bom.csv").write_text(text, encoding="utf-8-sig")  # as Excel and other Windows tools save it
+    import_criteo(tmp_path / "bom.csv", tmp_path / "bom.parquet", progress=False)
+    assert pq.read_table(tmp_path / "bom.parquet").equals(pq.read_table(criteo / "csv.parquet"), check_metadata=True)
+
+
+def test_import_csv_columns_must_map_names_to_columns(tmp_path):
+    (tmp_path / "x.csv").write_text("label,price\n1,2\n")
+    for columns in (["label"], {"label": "label"}, {}):
+        with pytest.raises(gp.ConfigError, match=r"columns must map each column name to a gp\.storage\.Column"):
+            import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", columns, progress=False)

@@ -4,7 +4,9 @@ import os
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
+import gpupre as gp
 from gpupre.storage import CountingFileSystem
 
 
@@ -41,3 +43,8 @@ def test_passes_metadata_calls_to_the_base(synth_dir, tmp_path):
     with fs.open_output_stream(str(tmp_path / "out.bin")) as f:
         f.write(b"abc")
     assert (tmp_path / "out.bin").read_bytes() == b"abc" and fs.bytes_read == 0
+
+
+def test_a_base_that_is_not_a_filesystem_is_a_config_error():
+    with pytest.raises(gp.ConfigError, match=r"must be a pyarrow\.fs\.FileSystem, got str \('s3'\)"):
+        CountingFileSystem("s3")

@@ -158,3 +158,39 @@ def test_reorder_of_a_dedup_table_still_reads_de_duplicated(dedup_tables, tmp_pa
         x, y = source.read(a), out.read(b)
         np.testing.assert_array_equal(x.inverse, y.inverse)
         assert x.expand().to_arrow().equals(y.expand().to_arrow())
+
+
+def test_reorder_of_plain_parquet_keeps_the_feature_order(tmp_path):
+    rng = np.random.default_rng(0)
+    table = pa.table({"a": rng.random(100), "b": rng.random(100), "c": rng.integers(0, 9, 100), "d": rng.random(100),
+                      "label": rng.random(100)})  # fmt: skip
+    pq.write_table(table, tmp_path / "x.parquet")  # by another writer: no gpupre schema in its metadata
+    source = gp.Dataset(tmp_path / "x.parquet")
+    out = reorder(source, tmp_path / "re", Workload().add("j", ["d", "a"]).add("k", ["c"]), progress=False)
+    assert pq.read_schema(out.paths[0]).names[:2] in (["d", "a"], ["a", "d"])  # the file's order did change
+    assert out.schema == source.schema
+    before, after = source.read(source.units()[0]), out.read(out.units()[0])
+    assert after.dense_keys == before.dense_keys == ("a", "b", "d")
+    np.testing.assert_array_equal(after.dense, before.dense)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [(lambda d, p: reorder(d, p / "afile", Workload().add("j", ["x"]), progress=False), gp.ConfigError, "afile is a file"),
+     (lambda d, p: reorder(d, p / "o", {"j": ["x"]}, progress=False), gp.ConfigError, "must be a gp.storage.Workload, got dict"),
+     (lambda d, p: reorder(d, p / "o", Workload().add("j", ["x"]), "1MB", progress=False), gp.ConfigError, "request_bytes='1MB'"),
+     (lambda d, p: Workload.from_json("{not json"), gp.DataError, "not a Workload's JSON"),
+     (lambda d, p: Workload().add("j", None), gp.ConfigError, "reads no columns"),
+     (lambda d, p: Workload().add("j", ["x"], True), gp.ConfigError, "weight=True"),
+     (lambda d, p: Workload().add("j", ["x"], float("inf")), gp.ConfigError, "weight=inf"),
+     (lambda d, p: gp.storage.measured_cache_options(pa.fs.LocalFileSystem(), str(p / "nope.parquet")), gp.DataError,
+      "nope.parquet: cannot be read"),
+     (lambda d, p: gp.storage.measured_cache_options("local", d.paths[0]), gp.ConfigError, "got str"),
+     (lambda d, p: AccessLog(p), gp.ConfigError, "is a directory; pass the path of a SQLite file"),
+     (lambda d, p: AccessLog(p / "afile" / "log.sqlite").workload(), gp.DataError, "cannot open the access log")],
+)  # fmt: skip
+def test_bad_arguments_are_gpupre_errors_naming_them(tmp_path, call, error, words):
+    pq.write_table(pa.table({"x": [1.0, 2.0]}), tmp_path / "x.parquet")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(error, match=words):
+        call(gp.Dataset(tmp_path / "x.parquet"), tmp_path)

@@ -100,3 +100,13 @@ def _running(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [({"latency_ms": -5}, "latency_ms=-5 must be a number >= 0"), ({"latency_ms": "5"}, "latency_ms='5'"),
+     ({"bandwidth_mib_s": 0}, "bandwidth_mib_s=0"), ({"start_timeout_s": float("nan")}, "start_timeout_s=nan")],
+)  # fmt: skip
+def test_bad_arguments_are_config_errors_before_anything_starts(kw, words):
+    with pytest.raises(gp.ConfigError, match=words):
+        LocalObjectStore(**kw)

@@ -189,3 +189,9 @@ def test_the_file_appears_only_when_the_writer_closes(tmp_path):
     assert pq.read_table(path).num_rows == 7
     writer.abort()  # after close: nothing to undo
     assert path.exists()
+
+
+def test_uint64_ids_above_2_63_are_a_schema_error_saying_how_to_keep_them(tmp_path):
+    table = pa.table({"ids": pa.array([2**63 + 5], pa.uint64())})
+    with pytest.raises(gp.SchemaError, match=r"'ids' of type uint64 cannot be stored .*safe=False"):
+        gp.storage.write_table(table, tmp_path / "x.parquet")

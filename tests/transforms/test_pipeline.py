@@ -311,3 +311,13 @@ def test_loading_a_file_that_is_no_saved_pipeline_names_the_file(tmp_path, text,
     with pytest.raises(gp.DataError) as info:
         gp.Pipeline.load(path)
     assert all(w in str(info.value) for w in words + [str(path)])
+
+
+def test_saving_into_a_missing_directory_or_onto_a_directory_is_a_config_error(tmp_path):
+    pipe = gp.Pipeline([gp.Hash("c", 3)])
+    with pytest.raises(gp.ConfigError, match="its directory .*missing does not exist"):
+        pipe.save(tmp_path / "missing" / "pipe.json")
+    with pytest.raises(gp.ConfigError, match="is a directory; pass the path of a file in it"):
+        pipe.save(tmp_path)
+    pipe.save(tmp_path / "pipe.json")
+    assert gp.Pipeline.load(tmp_path / "pipe.json") == pipe

@@ -47,10 +47,6 @@ class FeatureCodec:
                 f"features {list(batch.dense_keys) + list(batch.sparse.keys)} do not match the logger's schema "
                 f"{list(self.schema.names)}; pass batches with the schema's features in its order"
             )
-        rows = np.arange(batch.num_rows) if rows is None else np.asarray(rows, np.int64).reshape(-1)
-        if len(rows) and (rows.min() < 0 or rows.max() >= batch.num_rows):
-            bad = int(rows[(rows < 0) | (rows >= batch.num_rows)][0])
-            raise DataError(f"row {bad} to log is outside the batch of {batch.num_rows} rows; pass rows in [0, {batch.num_rows})")
         sparse = batch.sparse
         if self.weighted != (sparse.weights is not None):
             scored = [f.name for f in self.schema.sparse if f.kind == SCORED]
@@ -60,16 +56,22 @@ class FeatureCodec:
                 "the batch has scores (sparse.weights) but the logger's schema has no scored feature, so they would be "
                 "dropped; declare the scored features with kind 'scored' or drop the weights"
             )  # fmt: skip
-        weights = np.asarray(sparse.weights, np.float32) if self.weighted else np.empty(0, np.float32)
+        n = batch.num_rows
+        rows = np.arange(n) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+        # The arrays go to the kernel as they are when they have its types (the usual case): this
+        # runs once per logged request and page, so its fixed cost is most of a small page's.
         data, ends = _encode(
-            np.ascontiguousarray(batch.dense, np.float32).view(np.uint8),
-            np.ascontiguousarray(sparse.lengths, np.int32).view(np.uint8),
-            np.ascontiguousarray(sparse.values, np.int64).view(np.uint8),
-            np.ascontiguousarray(weights).view(np.uint8),
+            np.ascontiguousarray(batch.dense, np.float32),
+            np.ascontiguousarray(sparse.lengths, np.int32),
+            np.ascontiguousarray(sparse.values, np.int64),
+            _NO_WEIGHTS if sparse.weights is None else np.ascontiguousarray(sparse.weights, np.float32),
             rows,
             self.num_sparse,
-            batch.num_rows,
+            n,
         )
+        if len(ends) == 1 and len(rows):  # the kernel stopped at a row outside the batch
+            bad = int(rows[(rows < 0) | (rows >= n)][0])
+            raise DataError(f"row {bad} to log is outside the batch of {n} rows; pass rows in [0, {n})")
         data, ends = data.tobytes(), ends.tolist()
         return [data[ends[r] : ends[r + 1]] for r in range(len(rows))]
 
@@ -114,14 +116,22 @@ class FeatureCodec:
         return Batch(n, self._dense_keys, dense, sparse, schema=self.schema)
 
 
+_NO_WEIGHTS = np.empty(0, np.float32)
+
+
 @numba.njit(cache=True)
 def _encode(dense, lengths, values, weights, rows, keys: int, n: int):
     """(bytes of rows `rows` one after the other, where each row ends): one pass, no temporaries.
 
-    dense uint8 [D, 4N], lengths uint8 [4KN] (key-major), values uint8 [8V] and weights uint8 [4V]
-    (empty: unweighted) are byte views; every number is copied in its native byte order.
+    dense float32 [D, N], lengths int32 [KN] (key-major), values int64 [V], weights float32 [V]
+    (empty: unweighted); every number is copied in its native byte order. A row outside [0, n)
+    gives no bytes and ends of length 1.
     """
-    lengths_bytes, lengths = lengths, lengths.view(np.int32)
+    for r in rows:
+        if r < 0 or r >= n:
+            return np.empty(0, np.uint8), np.zeros(1, np.int64)
+    lengths_bytes, dense = lengths.view(np.uint8), dense.view(np.uint8)
+    values, weights = values.view(np.uint8), weights.view(np.uint8)
     starts = np.zeros(keys * n, np.int64)
     for j in range(1, keys * n):
         starts[j] = starts[j - 1] + lengths[j - 1]

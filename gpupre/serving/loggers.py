@@ -141,7 +141,8 @@ class EagerLogger:
             pairs.append((user_key(request_id), encode_rows(self.user_codec, user, [0])[0]))
         if len(rows):
             encoded = encode_rows(self.items_codec, items, rows)
-            pairs += [(item_key(request_id, item_ids[r]), v) for r, v in zip(rows, encoded)]
+            ids, prefix = item_ids.tolist(), item_key(request_id, "")  # Python ints format 3x faster than numpy's
+            pairs += [(prefix + str(ids[r]), v) for r, v in zip(rows.tolist(), encoded)]
         self.stats["serialize_s"] += time.thread_time() - cpu
         wall = time.perf_counter()
         if pairs:

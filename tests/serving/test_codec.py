@@ -57,6 +57,18 @@ def test_corrupt_bytes_and_other_features_are_data_errors():
         codec.decode([row[:-1]])
     with pytest.raises(gp.DataError, match="do not match the logger's schema"):
         codec.encode(make_batch({"z": [1.0]}, {"a": [[7]]}))
+    with pytest.raises(gp.DataError, match=r"row 1 to log is outside the batch of 1 rows; pass rows in \[0, 1\)"):
+        codec.encode(batch, [0, 1])
+    with pytest.raises(gp.DataError, match="row -1 to log is outside the batch"):
+        codec.encode(batch, [-1])
+
+
+def test_rows_in_any_order_are_the_rows_encoded_one_at_a_time():
+    batch = make_batch({"x": [1.0, 2.0, 3.0]}, {"a": [[1], [], [4, 5, 6]]}, {"s": ([[9], [8, 7], []], [[0.5], [0.25, 0.75], []])})
+    codec = FeatureCodec(batch.schema)
+    singles = [codec.encode(batch, [r])[0] for r in range(3)]
+    assert codec.encode(batch, np.array([2, 0, 2, 1])) == [singles[2], singles[0], singles[2], singles[1]]
+    assert codec.encode(batch, []) == []
 
 
 SCORED = make_batch({"x": [1.0]}, scored={"a": ([[7]], [[0.5]])})

@@ -25,7 +25,7 @@ from gpupre.serving.simulate import synthetic_features
 
 from .common import markdown_table, save, targets_table
 
-REQUESTS, ITEMS, HEAD, PAGE, P_STOP = 400, 100, 6, 9, 0.7
+REQUESTS, ITEMS, HEAD, PAGE, P_STOP = 2000, 100, 6, 9, 0.7
 
 
 def run(save_results: bool = True, device: str = "cpu") -> dict:

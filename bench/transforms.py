@@ -215,6 +215,10 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
                 t = measure(fn, repeats)
                 row[f"{name}_rows_per_s"] = size / t["median_s"]
                 row[f"{name}_first_s"] = t["first_s"]
+            # the gpupre time in its two parts: the gather into the batch layout, then the plan
+            row["gpupre_from_arrow_ms"] = 1e3 * measure(lambda: gp.Batch.from_arrow(part, ds.schema), repeats)["median_s"]
+            batch = gp.Batch.from_arrow(part, ds.schema)
+            row["gpupre_plan_ms"] = 1e3 * measure(lambda: plan.run(batch), repeats)["median_s"]
             if nvt:
                 match = next(r for r in nvt["results"] if r["batch_size"] == size)
                 row["nvtabular_rows_per_s"] = match["rows_per_s"]
@@ -226,7 +230,8 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
                     value = row["gpupre_rows_per_s"] / row[f"{contender}_rows_per_s"]
                     targets.append({"name": f"{kind} {size:,} rows: gpupre vs {contender}", "value": value, "goal": goal, "met": value >= goal})
     result = {
-        "config": {"repeats": repeats, "batch_sizes": list(BATCH_SIZES), "numba_threads": _threads()},
+        "config": {"repeats": repeats, "batch_sizes": list(BATCH_SIZES), "numba_threads": _threads(),
+                   "numba_threading_layer": _threading_layer()},
         "results": results,
         "targets": targets,
         "nvtabular_skipped": skipped,
@@ -306,6 +311,16 @@ def _threads() -> int:
     return numba.get_num_threads()
 
 
+def _threading_layer() -> str:
+    """The layer numba's parallel loops ran on (tbb, omp or workqueue), once a parallel kernel has run."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return "not started"
+
+
 def _nvtabular(ds: gp.Dataset, pipe: gp.Pipeline, repeats: int):
     from . import _nvtabular
 
@@ -326,6 +341,8 @@ def report(result: dict) -> str:
         ("launches", "launches"),
         ("gpupre_rows_per_s", "gpupre rows/s"),
         ("gpupre_first_s", "gpupre first call s"),
+        ("gpupre_from_arrow_ms", "of which from_arrow ms"),
+        ("gpupre_plan_ms", "of which plan ms"),
         ("numpy_rows_per_s", "numpy per-feature rows/s"),
         ("nvtabular_rows_per_s", "NVTabular CPU rows/s"),
         ("nvtabular_first_s", "NVTabular first call s"),
@@ -334,7 +351,8 @@ def report(result: dict) -> str:
         ("dense_dali_rows_per_s", "dense only: DALI CPU rows/s"),
     ]
     cfg = result["config"]
-    head = f"transforms: median of {cfg['repeats']}, numba on {cfg['numba_threads']} threads"
+    head = (f"transforms: median of {cfg['repeats']}, numba on {cfg['numba_threads']} threads"
+            f" ({cfg.get('numba_threading_layer', 'layer not recorded')})")
     text = [head, markdown_table(result["results"], columns), targets_table(result["targets"])]
     for kind, error in result.get("nvtabular_errors", {}).items():
         text.append(f"NVTabular ({kind}): {error}")

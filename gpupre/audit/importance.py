@@ -12,7 +12,6 @@ held-out ids look up.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batch import Batch, _jagged_take
+from .._checks import is_integer
 from ..errors import ConfigError, DataError
 
 __all__ = ["METRICS", "auc", "permutation_importance", "permuted", "weight_scores"]
@@ -113,7 +113,7 @@ def permutation_importance(model, batches: list[Batch], features=None, repeats: 
     """
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} must be one of {sorted(METRICS)}")
-    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 2:
+    if not is_integer(repeats) or repeats < 2:
         raise ConfigError(f"repeats={repeats!r} must be an integer >= 2 (the spread needs two permutations)")
     fn, sign = METRICS[metric]
     if any(b.labels.ndim != 1 for b in batches):

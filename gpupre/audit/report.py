@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 
 import numpy as np
 
+from .._checks import is_real
 from .._jsonfile import JsonFile, ensure_output_path
 from ..batch import Batch
 from ..errors import BackendUnavailable, ConfigError
@@ -246,7 +246,7 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
     """
     if (threshold is None) == (budget_bytes is None):
         raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+    if threshold is not None and not is_real(threshold):
         raise ConfigError(f"{threshold=} must be a number (an importance, such as 0.0)")
     if budget_bytes is not None and not _is_int(budget_bytes, 0):
         raise ConfigError(f"{budget_bytes=} must be a number of bytes >= 0")

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import numbers
 import time
 import weakref
 
+from .._checks import ensure_integer, is_real
 from ..errors import BackendUnavailable, ConfigError, DataError, describe
 from ..reader import Dataset
 
@@ -36,16 +36,9 @@ log = logging.getLogger("gpupre.distributed")
 _RELEASE_S = 2.0  # the longest wait for the CPUs of killed actors to be free again
 
 
-def _ensure_integer(name: str, value, smallest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < smallest:
-        raise ConfigError(f"RayReaders {name}={value!r} must be an integer >= {smallest}, such as {name}={smallest + 1}")
-    return int(value)
-
-
 def _ensure_number(name: str, value, low: float, high: float | None, meaning: str) -> float:
     """`value` as a float in (low, high), exclusive; high None: no upper bound."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (number and low < value and (high is None or value < high)):
+    if not (is_real(value) and low < value and (high is None or value < high)):
         bounds = f"{low} < {name}" + ("" if high is None else f" < {high}")
         raise ConfigError(f"RayReaders {name}={value!r} must be a number with {bounds}: {meaning}")
     return float(value)
@@ -119,9 +112,9 @@ class RayReaders:
             raise ConfigError(
                 f"RayReaders needs a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)"
             )
-        num_readers = _ensure_integer("num_readers", num_readers, 1)
-        low = num_readers if min_readers is None else _ensure_integer("min_readers", min_readers, 1)
-        high = num_readers if max_readers is None else _ensure_integer("max_readers", max_readers, 1)
+        num_readers = ensure_integer(num_readers, "RayReaders num_readers")
+        low = num_readers if min_readers is None else ensure_integer(min_readers, "RayReaders min_readers")
+        high = num_readers if max_readers is None else ensure_integer(max_readers, "RayReaders max_readers")
         if not low <= num_readers <= high:
             raise ConfigError(
                 f"readers must satisfy 1 <= min_readers ({low}) <= num_readers ({num_readers}) <= "
@@ -129,9 +122,9 @@ class RayReaders:
             )
         num_cpus = _ensure_number("num_cpus", num_cpus, 0, None, "the CPUs each reader reserves, such as 1")
         scale_up_wait = _ensure_number("scale_up_wait", scale_up_wait, 0, 1, "a share of time, such as 0.2")
-        prefetch = _ensure_integer("prefetch", prefetch, 1)
-        window = _ensure_integer("window", window, 2)
-        retries = _ensure_integer("retries", retries, 0)
+        prefetch = ensure_integer(prefetch, "RayReaders prefetch")
+        window = ensure_integer(window, "RayReaders window", 2)
+        retries = ensure_integer(retries, "RayReaders retries", 0)
         try:
             import ray  # noqa: F401
         except ImportError as e:

@@ -14,8 +14,7 @@ import queue
 import time
 import weakref
 
-import numpy as np
-
+from .._checks import ensure_integer
 from ..batch import Batch
 from ..errors import ConfigError, DataError, RemoteTraceback, describe
 from ..reader import Dataset
@@ -83,11 +82,11 @@ class DataLoader:
             self._source, dataset = dataset, dataset.dataset  # claimed at the end, once all is valid
         if not isinstance(dataset, Dataset):
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
-        self.batch_size = _positive(batch_size, "batch_size")
-        self.read_batch_size = _positive(min(batch_size, 8192) if read_batch_size is None else read_batch_size,
+        self.batch_size = ensure_integer(batch_size, "batch_size")
+        self.read_batch_size = ensure_integer(min(batch_size, 8192) if read_batch_size is None else read_batch_size,
                                          "read_batch_size")  # fmt: skip
-        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else _positive(num_workers, "num_workers", 0)
-        self.prefetch = _positive(prefetch, "prefetch")
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else ensure_integer(num_workers, "num_workers", 0)
+        self.prefetch = ensure_integer(prefetch, "prefetch")
         if not (isinstance(world_size, int) and world_size > 0 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
         if on_bad_unit not in ("raise", "skip"):
@@ -100,7 +99,7 @@ class DataLoader:
         if label is not None or passthrough is not None:
             dataset = dataset.with_columns(label, passthrough)
         self.dataset, self.shuffle, self.drop_last = dataset, bool(shuffle), bool(drop_last)
-        self.seed = _positive(seed, "seed", 0)
+        self.seed = ensure_integer(seed, "seed", 0)
         self._local = copy.copy(dataset)  # in-process reads (num_workers=0), counted
         self._local.filesystem = CountingFileSystem(dataset.filesystem)
         self.rank, self.world_size, self.on_bad_unit = rank, world_size, on_bad_unit
@@ -555,7 +554,3 @@ def _new_stats() -> dict:
             "rebatch_s": 0.0, "device_s": 0.0, "wall_s": 0.0, "skipped_units": [], "rows_left_for_balance": 0, "rows_repeated": 0}  # fmt: skip
 
 
-def _positive(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)

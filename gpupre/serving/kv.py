@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
-import numbers
 import os
 import sqlite3
 import struct
@@ -25,6 +24,7 @@ import threading
 import time
 import warnings
 
+from .._checks import is_real
 from ..errors import BackendUnavailable, ConfigError, DataError
 
 __all__ = ["KVStore", "RedisKV", "SqliteKV"]
@@ -101,7 +101,7 @@ def _key(key) -> bytes:
 
 
 def _ttl(ttl_s) -> float:
-    if not isinstance(ttl_s, numbers.Real) or isinstance(ttl_s, bool) or not ttl_s > 0:
+    if not is_real(ttl_s) or not ttl_s > 0:
         raise ConfigError(f"ttl_s={ttl_s!r} must be a positive number of seconds")
     return float(ttl_s)
 

@@ -12,7 +12,6 @@ one item's features. Values are `FeatureCodec` bytes.
 from __future__ import annotations
 
 import collections
-import numbers
 import operator
 import queue
 import threading
@@ -21,6 +20,7 @@ import time
 import numpy as np
 
 from ..batch import Batch
+from .._checks import is_integer
 from ..errors import ConfigError, DataError
 from ..schema import Schema
 from .codec import FeatureCodec, encode_rows
@@ -47,7 +47,7 @@ def _ensure_request_id(request_id) -> int | str:
     """
     if isinstance(request_id, str):
         return request_id
-    if isinstance(request_id, numbers.Integral) and not isinstance(request_id, bool):
+    if is_integer(request_id):
         if INT64_MIN <= request_id <= INT64_MAX:
             return operator.index(request_id)
     raise DataError(
@@ -62,7 +62,7 @@ def _ensure_item_id(item_id) -> int:
     Raises:
         DataError: not an integer in int64 range.
     """
-    if isinstance(item_id, numbers.Integral) and not isinstance(item_id, bool) and INT64_MIN <= item_id <= INT64_MAX:
+    if is_integer(item_id) and INT64_MIN <= item_id <= INT64_MAX:
         return operator.index(item_id)
     raise DataError(f"item_id {item_id!r} ({type(item_id).__name__}) must be an integer in int64 range")
 
@@ -141,8 +141,8 @@ class EagerLogger:
             pairs.append((user_key(request_id), encode_rows(self.user_codec, user, [0])[0]))
         if len(rows):
             encoded = encode_rows(self.items_codec, items, rows)
-            ids, prefix = item_ids.tolist(), item_key(request_id, "")  # Python ints format 3x faster than numpy's
-            pairs += [(prefix + str(ids[r]), v) for r, v in zip(rows.tolist(), encoded)]
+            prefix = item_key(request_id, "")  # Python ints (tolist) format 3x faster than numpy's
+            pairs += [(prefix + str(i), v) for i, v in zip(item_ids[rows].tolist(), encoded)]
         self.stats["serialize_s"] += time.thread_time() - cpu
         wall = time.perf_counter()
         if pairs:
@@ -178,7 +178,7 @@ class LazyLogger(EagerLogger):
                  head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000, clock=time.time):  # fmt: skip
         super().__init__(store, item_schema, user_schema, ttl_s)
         for name, value in (("head", head), ("page", page), ("max_items", max_items), ("max_pending", max_pending)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < (0 if name == "head" else 1):
+            if not is_integer(value) or value < (0 if name == "head" else 1):
                 raise ConfigError(f"LazyLogger {name}={value!r} must be a positive integer")
         self.head, self.page, self.max_items, self.max_pending = map(operator.index, (head, page, max_items, max_pending))
         self.clock = clock
@@ -218,7 +218,7 @@ class LazyLogger(EagerLogger):
             DataError: a request id that is not an int64 integer or a str.
         """
         self._check_open()
-        if not isinstance(seen_upto, numbers.Integral) or isinstance(seen_upto, bool):
+        if not is_integer(seen_upto):
             raise ConfigError(f"on_paginate seen_upto={seen_upto!r} must be an integer: how many items the user reached")
         self._raise_background_error()
         request_id = _ensure_request_id(request_id)

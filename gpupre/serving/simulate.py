@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..batch import Batch, KeyedJagged
+from .._checks import is_integer
 from ..errors import ConfigError
 from ..schema import Feature, Schema
 from .join import LabelJoiner
@@ -66,7 +67,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     if logger not in ("lazy", "eager") or layout not in ("dedup", "tabular"):
         raise ConfigError(f"simulate logger={logger!r} must be 'lazy' or 'eager', layout={layout!r} 'dedup' or 'tabular'")
     counts = (requests, items, catalog)
-    if not (all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in counts) and requests > 0
+    if not (all(is_integer(n) for n in counts) and requests > 0
             and 0 < items <= catalog):  # fmt: skip
         raise ConfigError(
             f"simulate needs integers requests={requests!r} > 0 and 0 < items={items!r} <= catalog={catalog!r}"

@@ -1,0 +1,28 @@
+"""Checks of loose user input at the API's edges: numbers of any type, never a bool."""
+
+from __future__ import annotations
+
+import numbers
+
+from .errors import ConfigError
+
+
+def is_integer(value) -> bool:
+    """An integer of any type (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A real number of any type (NaN and inf included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def ensure_integer(value, name: str, minimum: int = 1) -> int:
+    """`value` as an int.
+
+    Raises:
+        ConfigError: not an integer >= minimum; the message names it as `name`.
+    """
+    if not is_integer(value) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)

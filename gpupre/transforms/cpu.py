@@ -51,6 +51,27 @@ log = logging.getLogger("gpupre")
 BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
 
 
+@numba.njit(inline="always")
+def _schedule(units, blocks, threads):
+    """How a prange over units (programs or apps) x blocks of rows orders its tiles: numba splits
+    a prange into one contiguous part per thread, so the tiles go by ranges of rows (one per
+    thread, sizes within a block of each other), then unit, then block. Each thread gets a share of
+    every unit, so that a few heavy units (long lists, crosses) do not all fall to one thread, and
+    runs of blocks of one unit, for locality. Returns (tiles, ranges, per): the count of tiles
+    (some empty), of ranges, and of tiles per unit in a range."""
+    ranges = max(1, min(threads, blocks))
+    per = (blocks + ranges - 1) // ranges
+    return ranges * units * per, ranges, per
+
+
+@numba.njit(inline="always")
+def _tile(t, units, blocks, ranges, per):
+    """Tile t's (unit, block); block == blocks for an empty tile, which the loop skips."""
+    r, rest = t // (units * per), t % (units * per)
+    block = r * blocks // ranges + rest % per
+    return rest // per, block if block < (r + 1) * blocks // ranges else blocks
+
+
 # -- dense ---------------------------------------------------------------------------------------
 @numba.njit(inline="always")
 def _bucket(v, boundaries, offset, count, right):
@@ -71,12 +92,16 @@ def _bucket(v, boundaries, offset, count, right):
 
 
 @numba.njit(parallel=True, cache=True)
-def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, dense_out, ids_out, ids_valid):
+def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, dense_out, ids_out, ids_valid, threads):
     """Each (program, block of rows) tile runs the program one step at a time over the block."""
     n = x.shape[1]
     blocks = (n + BLOCK - 1) // BLOCK
-    for t in prange(len(src) * blocks):
-        p, lo = t // blocks, (t % blocks) * BLOCK
+    tiles, ranges, per = _schedule(len(src), blocks, threads)
+    for t in prange(tiles):
+        p, block = _tile(t, len(src), blocks, ranges, per)
+        if block >= blocks:
+            continue
+        lo = block * BLOCK
         hi = min(n, lo + BLOCK)
         y = dense_out[out_dense[p], lo:hi] if out_dense[p] >= 0 else np.empty(hi - lo, np.float32)
         y[:] = x[src[p], lo:hi]
@@ -328,13 +353,16 @@ def _running_sum(tiles):
 
 @numba.njit(parallel=True, cache=True)
 def _level_lengths(
-    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived,
+    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived, threads,
 ):  # fmt: skip
     """Output lengths of every app; out_tiles[t + 1] gets the sum of output tile t."""
     blocks = (n + BLOCK - 1) // BLOCK
     num_keys = len(in_lengths) // n
-    for t in prange(len(kind) * blocks):
-        i, block = t // blocks, t % blocks
+    tiles, ranges, per = _schedule(len(kind), blocks, threads)
+    for t in prange(tiles):
+        i, block = _tile(t, len(kind), blocks, ranges, per)
+        if block >= blocks:
+            continue
         lo = block * BLOCK
         hi = min(n, lo + BLOCK)
         k, ka, kb = kind[i], a[i], b[i]
@@ -377,12 +405,15 @@ def _level_lengths(
 @numba.njit(parallel=True, cache=True)
 def _level_values(
     kind, a, b, params, mappings, weighted, out, n,
-    in_lengths, in_tiles, in_values, ids, valid, in_weights, out_lengths, out_tiles, out_values, out_weights, has_out_weights,
+    in_lengths, in_tiles, in_values, ids, valid, in_weights, out_lengths, out_tiles, out_values, out_weights, has_out_weights, threads,
 ):  # fmt: skip
     blocks = (n + BLOCK - 1) // BLOCK
     num_keys = len(in_lengths) // n
-    for t in prange(len(kind) * blocks):
-        i, block = t // blocks, t % blocks
+    tiles, ranges, per = _schedule(len(kind), blocks, threads)
+    for t in prange(tiles):
+        i, block = _tile(t, len(kind), blocks, ranges, per)
+        if block >= blocks:
+            continue
         lo = block * BLOCK
         hi = min(n, lo + BLOCK)
         k, ka, kb = kind[i], a[i], b[i]
@@ -495,7 +526,7 @@ class CpuExecutor:
         if len(program.src) and n:
             _dense_pass(
                 x, program.src, program.steps, program.fparams, program.iparams, program.boundaries,
-                program.out_dense, program.out_id, dense_out, ids, valid,
+                program.out_dense, program.out_id, dense_out, ids, valid, numba.get_num_threads(),
             )  # fmt: skip
         return dense_out, ids, valid
 
@@ -514,7 +545,8 @@ class CpuExecutor:
         in_tiles = _tile_offsets(lengths, n)
         out_tiles = np.zeros(level.num_outputs * -(-n // BLOCK) + 1, np.int64)
         args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
-        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived)
+        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived,
+                       numba.get_num_threads())
         _running_sum(out_tiles)
         total = int(out_tiles[-1])
         out_values = np.empty(total, np.int64)
@@ -523,7 +555,7 @@ class CpuExecutor:
         in_weights = weights if weights is not None else np.empty(0, np.float32)
         _level_values(
             *args, level.weighted, level.out, n, lengths, in_tiles, values, ids, valid, in_weights,
-            out_lengths, out_tiles, out_values, out_weights, level.has_weights,
+            out_lengths, out_tiles, out_values, out_weights, level.has_weights, numba.get_num_threads(),
         )  # fmt: skip
         return out_lengths, out_values, out_weights if level.has_weights else None
 

@@ -1,5 +1,6 @@
 """The numba executor equals the oracle on random jagged batches and random pipelines."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -142,9 +143,35 @@ def test_batches_of_other_sizes_one_after_another_and_from_several_threads_equal
             assert_same(got, want)
 
 
-@pytest.mark.parametrize("n", [BLOCK, 2 * BLOCK + 3])
-def test_batches_of_several_tiles_of_rows_equal_the_oracle(n):
+@pytest.mark.parametrize("units, blocks, threads", [(47, 32, 2), (47, 32, 16), (5, 3, 2), (3, 2, 16), (4, 1, 1), (2, 7, 3), (3, 37, 16)])
+def test_the_schedule_covers_every_tile_once_and_shares_every_unit_among_threads(units, blocks, threads):
+    """numba splits a prange into one contiguous part per thread: each part gets rows of every
+    unit, so that heavy units (long lists) do not all fall to one thread."""
+    from gpupre.transforms.cpu import _schedule, _tile
+
+    tiles, ranges, per = _schedule(units, blocks, threads)
+    order = [_tile(t, units, blocks, ranges, per) for t in range(tiles)]
+    assert sorted(o for o in order if o[1] < blocks) == [(u, b) for u in range(units) for b in range(blocks)]
+    if blocks >= threads:
+        for part in np.array_split(np.arange(tiles), threads):
+            counts = np.bincount([order[t][0] for t in part if order[t][1] < blocks], minlength=units)
+            assert counts.min() >= blocks // threads and counts.max() <= -(-blocks // threads)
+
+
+@pytest.mark.parametrize("n, threads", [(BLOCK, 2), (2 * BLOCK + 3, 1), (2 * BLOCK + 3, 2)])
+def test_batches_of_several_tiles_of_rows_equal_the_oracle(n, threads):
     """Offsets run on from tile to tile, and ids made by the dense pass feed every kind of op."""
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        _several_tiles(n)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _several_tiles(n):
     rng = np.random.default_rng(n)
     lists = lambda: [rng.integers(0, 30, rng.integers(0, 9)).tolist() for _ in range(n)]  # noqa: E731
     dense = {f"d{i}": np.where(rng.random(n) < 0.1, np.nan, rng.normal(0, 3, n)).tolist() for i in range(3)}

@@ -238,8 +238,8 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
         filesystem: where `out` is (default: local, or from an s3:// URI).
 
     Raises:
-        ConfigError: `out` is a file or already holds files, `workload` is not a Workload, or it
-            names unknown columns.
+        ConfigError: `out` is a file or already holds files, `workload` is not a Workload, has no
+            jobs, or names unknown columns.
     """
     from ..reader.dataset import PARQUET_SUFFIXES, Dataset  # storage writes what the reader reads
 
@@ -249,6 +249,11 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
         raise ConfigError(
             f"workload must be a gp.storage.Workload, got {type(workload).__name__}; build one with "
             "Workload().add(name, columns, weight), or take AccessLog(path).workload()"
+        )
+    if not workload.jobs:
+        raise ConfigError(
+            "workload has no jobs, so there is no order to rewrite the dataset in; add the jobs that "
+            "read it, or train with an AccessLog first (an AccessLog that recorded no reads is empty)"
         )
     dataset = source if isinstance(source, Dataset) else Dataset(source)
     out = os.fspath(out)

@@ -179,6 +179,7 @@ def test_reorder_of_plain_parquet_keeps_the_feature_order(tmp_path):
     [(lambda d, p: reorder(d, p / "afile", Workload().add("j", ["x"]), progress=False), gp.ConfigError, "afile is a file"),
      (lambda d, p: reorder(d, p / "o", {"j": ["x"]}, progress=False), gp.ConfigError, "must be a gp.storage.Workload, got dict"),
      (lambda d, p: reorder(d, p / "o", Workload().add("j", ["x"]), "1MB", progress=False), gp.ConfigError, "request_bytes='1MB'"),
+     (lambda d, p: reorder(d, p / "o", Workload(), progress=False), gp.ConfigError, "workload has no jobs"),
      (lambda d, p: Workload.from_json("{not json"), gp.DataError, "not a Workload's JSON"),
      (lambda d, p: Workload().add("j", None), gp.ConfigError, "reads no columns"),
      (lambda d, p: Workload().add("j", ["x"], True), gp.ConfigError, "weight=True"),

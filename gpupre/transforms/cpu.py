@@ -52,24 +52,28 @@ BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small
 
 
 @numba.njit(inline="always")
-def _schedule(units, blocks, threads):
-    """How a prange over units (programs or apps) x blocks of rows orders its tiles: numba splits
-    a prange into one contiguous part per thread, so the tiles go by ranges of rows (one per
+def _schedule(units, n, threads):
+    """How a prange over units (programs or apps) x blocks of n rows orders its tiles: numba
+    splits a prange into one contiguous part per thread, so the tiles go by ranges of rows (one per
     thread, sizes within a block of each other), then unit, then block. Each thread gets a share of
     every unit, so that a few heavy units (long lists, crosses) do not all fall to one thread, and
     runs of blocks of one unit, for locality. Returns (tiles, ranges, per): the count of tiles
     (some empty), of ranges, and of tiles per unit in a range."""
+    blocks = (n + BLOCK - 1) // BLOCK
     ranges = max(1, min(threads, blocks))
     per = (blocks + ranges - 1) // ranges
     return ranges * units * per, ranges, per
 
 
 @numba.njit(inline="always")
-def _tile(t, units, blocks, ranges, per):
-    """Tile t's (unit, block); block == blocks for an empty tile, which the loop skips."""
+def _tile(t, units, n, ranges, per):
+    """Tile t's (unit, block, first row, end row); an empty tile, which the loop skips, has no rows."""
+    blocks = (n + BLOCK - 1) // BLOCK
     r, rest = t // (units * per), t % (units * per)
     block = r * blocks // ranges + rest % per
-    return rest // per, block if block < (r + 1) * blocks // ranges else blocks
+    if block >= (r + 1) * blocks // ranges:
+        return rest // per, blocks, n, n
+    return rest // per, block, block * BLOCK, min(n, (block + 1) * BLOCK)
 
 
 # -- dense ---------------------------------------------------------------------------------------
@@ -95,14 +99,11 @@ def _bucket(v, boundaries, offset, count, right):
 def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, dense_out, ids_out, ids_valid, threads):
     """Each (program, block of rows) tile runs the program one step at a time over the block."""
     n = x.shape[1]
-    blocks = (n + BLOCK - 1) // BLOCK
-    tiles, ranges, per = _schedule(len(src), blocks, threads)
+    tiles, ranges, per = _schedule(len(src), n, threads)
     for t in prange(tiles):
-        p, block = _tile(t, len(src), blocks, ranges, per)
-        if block >= blocks:
+        p, _, lo, hi = _tile(t, len(src), n, ranges, per)
+        if lo == hi:
             continue
-        lo = block * BLOCK
-        hi = min(n, lo + BLOCK)
         y = dense_out[out_dense[p], lo:hi] if out_dense[p] >= 0 else np.empty(hi - lo, np.float32)
         y[:] = x[src[p], lo:hi]
         for s in range(steps.shape[1]):
@@ -358,13 +359,11 @@ def _level_lengths(
     """Output lengths of every app; out_tiles[t + 1] gets the sum of output tile t."""
     blocks = (n + BLOCK - 1) // BLOCK
     num_keys = len(in_lengths) // n
-    tiles, ranges, per = _schedule(len(kind), blocks, threads)
+    tiles, ranges, per = _schedule(len(kind), n, threads)
     for t in prange(tiles):
-        i, block = _tile(t, len(kind), blocks, ranges, per)
-        if block >= blocks:
+        i, block, lo, hi = _tile(t, len(kind), n, ranges, per)
+        if lo == hi:
             continue
-        lo = block * BLOCK
-        hi = min(n, lo + BLOCK)
         k, ka, kb = kind[i], a[i], b[i]
         o = out[i] * n
         total = np.int64(0)
@@ -409,13 +408,11 @@ def _level_values(
 ):  # fmt: skip
     blocks = (n + BLOCK - 1) // BLOCK
     num_keys = len(in_lengths) // n
-    tiles, ranges, per = _schedule(len(kind), blocks, threads)
+    tiles, ranges, per = _schedule(len(kind), n, threads)
     for t in prange(tiles):
-        i, block = _tile(t, len(kind), blocks, ranges, per)
-        if block >= blocks:
+        i, block, lo, hi = _tile(t, len(kind), n, ranges, per)
+        if lo == hi:
             continue
-        lo = block * BLOCK
-        hi = min(n, lo + BLOCK)
         k, ka, kb = kind[i], a[i], b[i]
         if k == S_OVERLAP:
             continue

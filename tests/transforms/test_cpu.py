@@ -149,12 +149,15 @@ def test_the_schedule_covers_every_tile_once_and_shares_every_unit_among_threads
     unit, so that heavy units (long lists) do not all fall to one thread."""
     from gpupre.transforms.cpu import _schedule, _tile
 
-    tiles, ranges, per = _schedule(units, blocks, threads)
-    order = [_tile(t, units, blocks, ranges, per) for t in range(tiles)]
-    assert sorted(o for o in order if o[1] < blocks) == [(u, b) for u in range(units) for b in range(blocks)]
+    n = blocks * BLOCK - 5
+    tiles, ranges, per = _schedule(units, n, threads)
+    order = [_tile(t, units, n, ranges, per) for t in range(tiles)]
+    real = [(u, b) for u, b, lo, hi in order if lo < hi]
+    assert sorted(real) == [(u, b) for u in range(units) for b in range(blocks)]
+    assert all((lo, hi) == (b * BLOCK, min(n, (b + 1) * BLOCK)) for _, b, lo, hi in order if lo < hi)
     if blocks >= threads:
         for part in np.array_split(np.arange(tiles), threads):
-            counts = np.bincount([order[t][0] for t in part if order[t][1] < blocks], minlength=units)
+            counts = np.bincount([order[t][0] for t in part if order[t][2] < order[t][3]], minlength=units)
             assert counts.min() >= blocks // threads and counts.max() <= -(-blocks // threads)
 
 

@@ -191,6 +191,12 @@ def _map(v, mapping):
 
 
 @numba.njit(inline="always")
+def _hash_all(values, salt, div):
+    for e in range(len(values)):
+        values[e] = sigrid_hash(values[e], salt, div)
+
+
+@numba.njit(inline="always")
 def _map_all(values, mapping):
     """values[:] = mapping(values), a step at a time: each loop keeps its constants in registers
     and vectorizes (all steps per id, read from the table, ran 2.5x slower; indexing a
@@ -202,8 +208,7 @@ def _map_all(values, mapping):
         salt = mapping[j, 1]
         div = _divisor_at(mapping, j)
         if code == M_HASH:
-            for e in range(len(values)):
-                values[e] = sigrid_hash(values[e], salt, div)
+            _hash_all(values, salt, div)
         else:
             for e in range(len(values)):
                 values[e] = floor_mod(values[e], div)
@@ -466,7 +471,7 @@ def _level_values(
                         h = np.uint64(_map(source[row + j], pre))
                         for m in range(1, params[i, 0]):
                             h = hash_128_to_64(h, np.uint64(_map(source[row + j + m], pre)))
-                        out_values[at + j] = sigrid_hash(np.int64(h), params[i, 2], div)
+                        out_values[at + j] = np.int64(h)
                     continue
                 lb, row_b = _length(kb, r, n, num_keys, in_lengths, valid), sb
                 sb += _advance(kb, lb, num_keys)
@@ -475,15 +480,18 @@ def _level_values(
                         u = _map(source[row + x], pre)
                         for y in range(lb):
                             w = _map(source_b[row_b + y], pre_b)
-                            out_values[at + x * lb + y] = sigrid_hash(cross_id(u, w), params[i, 1], div)
+                            out_values[at + x * lb + y] = cross_id(u, w)
                 else:
                     result = _set_op(k, _row(source, row, la, pre), _row(source_b, row_b, lb, pre_b))
                     out_values[at : at + length] = result
         # The tile's outputs are one range; copy, truncate and sort moved their ids unmapped, and
-        # as maps act on each id alone they apply here as well as before the move.
+        # as maps act on each id alone they apply here as well as before the move. NGram and Cross
+        # left their pair hashes: their sigrid_hash runs here too, a loop that vectorizes.
         made = out_values[first:last]
         if k == S_COPY or k == S_TRUNCATE or k == S_SORT:
             _map_all(made, pre)
+        elif k == S_NGRAM or k == S_CROSS:
+            _hash_all(made, params[i, 2] if k == S_NGRAM else params[i, 1], div)
         _map_all(made, post)
 
 

@@ -84,7 +84,7 @@ class DataLoader:
             raise ConfigError(f"dataset must be a gp.Dataset, got {type(dataset).__name__}; wrap paths in gp.Dataset(path)")
         self.batch_size = ensure_integer(batch_size, "batch_size")
         self.read_batch_size = ensure_integer(min(batch_size, 8192) if read_batch_size is None else read_batch_size,
-                                         "read_batch_size")  # fmt: skip
+                                              "read_batch_size")  # fmt: skip
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else ensure_integer(num_workers, "num_workers", 0)
         self.prefetch = ensure_integer(prefetch, "prefetch")
         if not (isinstance(world_size, int) and world_size > 0 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -552,5 +552,3 @@ class _Gap:
 def _new_stats() -> dict:
     return {"rows": 0, "batches": 0, "bytes_read": 0, "bytes_staged": 0, "wait_s": 0.0, "read_s": 0.0, "host_s": 0.0,
             "rebatch_s": 0.0, "device_s": 0.0, "wall_s": 0.0, "skipped_units": [], "rows_left_for_balance": 0, "rows_repeated": 0}  # fmt: skip
-
-

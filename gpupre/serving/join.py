@@ -25,12 +25,12 @@ import collections
 import collections.abc
 import json
 import math
-import numbers
 import os
 import time as _time
 
 import numpy as np
 
+from .._checks import is_real
 from ..errors import ConfigError, DataError
 from .kv import KVStore
 from .loggers import _ensure_item_id, _ensure_request_id, item_key, user_key
@@ -56,7 +56,7 @@ class LabelJoiner:
 
     def __init__(self, store: KVStore, writer, ttl_s: float = 3600.0, window_s: float = 600.0, clock=_time.time,
                  max_open: int = 100_000):  # fmt: skip
-        if not (isinstance(ttl_s, numbers.Real) and ttl_s > 0 and isinstance(window_s, numbers.Real) and window_s >= 0):
+        if not (is_real(ttl_s) and ttl_s > 0 and is_real(window_s) and window_s >= 0):
             raise ConfigError(f"LabelJoiner ttl_s={ttl_s!r} must be > 0 and window_s={window_s!r} >= 0")
         if not isinstance(max_open, int) or max_open < 1:
             raise ConfigError(f"LabelJoiner max_open={max_open!r} must be a positive integer")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import numbers
 import operator
 import os
 import time
@@ -22,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..batch import Batch, KeyedJagged
-from .._checks import is_integer
+from .._checks import is_integer, is_real
 from ..errors import ConfigError
 from ..schema import Feature, Schema
 from .join import LabelJoiner
@@ -67,16 +66,15 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     if logger not in ("lazy", "eager") or layout not in ("dedup", "tabular"):
         raise ConfigError(f"simulate logger={logger!r} must be 'lazy' or 'eager', layout={layout!r} 'dedup' or 'tabular'")
     counts = (requests, items, catalog)
-    if not (all(is_integer(n) for n in counts) and requests > 0
-            and 0 < items <= catalog):  # fmt: skip
+    if not (all(is_integer(n) for n in counts) and requests > 0 and 0 < items <= catalog):
         raise ConfigError(
             f"simulate needs integers requests={requests!r} > 0 and 0 < items={items!r} <= catalog={catalog!r}"
         )
     requests, items, catalog = map(operator.index, counts)
-    if not (isinstance(duration_s, numbers.Real) and math.isfinite(duration_s) and duration_s >= 0):
+    if not (is_real(duration_s) and math.isfinite(duration_s) and duration_s >= 0):
         raise ConfigError(f"simulate duration_s={duration_s!r} must be a finite number of seconds >= 0")
     for name, rate in (("duplicate_rate", duplicate_rate), ("late_rate", late_rate)):
-        if not (isinstance(rate, numbers.Real) and 0 <= rate <= 1):
+        if not (is_real(rate) and 0 <= rate <= 1):
             raise ConfigError(f"simulate {name}={rate!r} must be a share of the label events, in [0, 1]")
     rng = np.random.default_rng(seed)
     catalog_batch = synthetic_features(catalog, *ITEM_FEATURES, "item", rng)

@@ -53,9 +53,10 @@ def test_bad_arguments_are_config_errors(tmp_path):
     ({"duration_s": -10}, "duration_s=-10 must be"),
     ({"duplicate_rate": -1}, r"duplicate_rate=-1 must be .* in \[0, 1\]"),
     ({"late_rate": 2}, r"late_rate=2 must be .* in \[0, 1\]"),
+    ({"late_rate": True}, r"late_rate=True must be .* in \[0, 1\]"),
     ({"scroll": lambda rng, head, page, size: np.full(size, 7.5)}, "scroll returned float64 of shape"),
     ({"scroll": lambda rng, head, page, size: 5}, r"scroll returned int64 of shape \(\)"),
-], ids=["bool-requests", "negative-duration", "duplicate-rate", "late-rate", "float-scroll", "scalar-scroll"])  # fmt: skip
+], ids=["bool-requests", "negative-duration", "duplicate-rate", "late-rate", "bool-rate", "float-scroll", "scalar-scroll"])  # fmt: skip
 def test_bad_counts_rates_and_scroll_functions_are_config_errors(tmp_path, kw, words):
     with pytest.raises(gp.ConfigError, match=words):
         simulate(tmp_path, **{"requests": 20, "progress": False, **kw})

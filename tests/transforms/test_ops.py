@@ -51,6 +51,18 @@ def test_bucketize_matches_torch_and_puts_nan_last(device, right):
     assert out.schema["x"].kind == "sparse"
 
 
+@pytest.mark.parametrize("count", [1, 128, 129, 1000])
+@pytest.mark.parametrize("right", [False, True])
+def test_bucketize_many_boundaries_matches_torch(device, count, right):
+    """Few boundaries are counted one by one, many are searched: both agree with torch."""
+    rng = np.random.default_rng(count)
+    boundaries = np.sort(rng.normal(size=count).round(1)).astype(np.float32)  # some repeated
+    x = np.concatenate([rng.normal(size=5000), rng.normal(size=500).round(1), [-math.inf, math.inf, NAN]]).astype(np.float32)
+    out = run([gp.Bucketize("x", boundaries.tolist(), right=right)], make_batch({"x": x.tolist()}), device)
+    expected = torch.bucketize(torch.from_numpy(x[:-1]), torch.from_numpy(boundaries), right=right).tolist()
+    assert rows_of(out, "x") == [[e] for e in expected] + [[count + 1]]
+
+
 def test_hash_published_vectors(device):
     out = run([gp.Hash("c", num_buckets=100)], make_batch(sparse={"c": [[1, 2, 3], []]}), device)
     assert rows_of(out, "c") == [[60, 54, 54], []]

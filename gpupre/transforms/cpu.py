@@ -49,31 +49,41 @@ __all__ = ["CpuExecutor", "warm_up"]
 log = logging.getLogger("gpupre")
 
 BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
+MIN_BLOCK = 256  # the fewest, in a batch too small to give every thread a block of BLOCK
+
+
+def block_rows(n: int, threads: int) -> int:
+    """Rows per tile for a batch of n rows: BLOCK, or fewer (a multiple of 64, at least
+    MIN_BLOCK) when that gives every thread a block of rows; with fewer blocks than threads, the
+    threads without rows would idle while others took whole features."""
+    per_thread = -(-n // max(threads, 1))
+    return max(MIN_BLOCK, min(BLOCK, -(-per_thread // 64) * 64))
 
 
 @numba.njit(inline="always")
-def _schedule(units, n, threads):
+def _schedule(units, n, rows, threads):
     """How a prange over units (programs or apps) x blocks of n rows orders its tiles: numba
     splits a prange into one contiguous part per thread, so the tiles go by ranges of rows (one per
     thread, sizes within a block of each other), then unit, then block. Each thread gets a share of
     every unit, so that a few heavy units (long lists, crosses) do not all fall to one thread, and
     runs of blocks of one unit, for locality. Returns (tiles, ranges, per): the count of tiles
     (some empty), of ranges, and of tiles per unit in a range."""
-    blocks = (n + BLOCK - 1) // BLOCK
+    blocks = (n + rows - 1) // rows
     ranges = max(1, min(threads, blocks))
     per = (blocks + ranges - 1) // ranges
     return ranges * units * per, ranges, per
 
 
 @numba.njit(inline="always")
-def _tile(t, units, n, ranges, per):
-    """Tile t's (unit, block, first row, end row); an empty tile, which the loop skips, has no rows."""
-    blocks = (n + BLOCK - 1) // BLOCK
+def _tile(t, units, n, rows, ranges, per):
+    """Tile t's (unit, block, first row, end row) for blocks of `rows` rows; an empty tile, which
+    the loop skips, has no rows."""
+    blocks = (n + rows - 1) // rows
     r, rest = t // (units * per), t % (units * per)
     block = r * blocks // ranges + rest % per
     if block >= (r + 1) * blocks // ranges:
         return rest // per, blocks, n, n
-    return rest // per, block, block * BLOCK, min(n, (block + 1) * BLOCK)
+    return rest // per, block, block * rows, min(n, (block + 1) * rows)
 
 
 # -- dense ---------------------------------------------------------------------------------------
@@ -113,12 +123,12 @@ def _bucket_block(y, boundaries, offset, count, right, ids):
 
 
 @numba.njit(parallel=True, cache=True)
-def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, dense_out, ids_out, ids_valid, threads):
+def _dense_pass(x, src, steps, fparams, iparams, boundaries, out_dense, out_id, dense_out, ids_out, ids_valid, rows, threads):
     """Each (program, block of rows) tile runs the program one step at a time over the block."""
     n = x.shape[1]
-    tiles, ranges, per = _schedule(len(src), n, threads)
+    tiles, ranges, per = _schedule(len(src), n, rows, threads)
     for t in prange(tiles):
-        p, _, lo, hi = _tile(t, len(src), n, ranges, per)
+        p, _, lo, hi = _tile(t, len(src), n, rows, ranges, per)
         if lo == hi:
             continue
         y = dense_out[out_dense[p], lo:hi] if out_dense[p] >= 0 else np.empty(hi - lo, np.float32)
@@ -330,7 +340,7 @@ def _top_order(scores, descending, count, out):
 
 # A level's input keys are the batch's keys, then (level 0) the ids the dense pass made: key
 # K + j is ids[j], a list of one id where valid[j] and of none elsewhere, read in place. Offsets
-# are kept per tile of BLOCK rows of a key ([keys * blocks + 1], key-major like the values) and run
+# are kept per tile of `rows` rows of a key ([keys * blocks + 1], key-major like the values) and run
 # on through the rows of a tile, so no pass writes or reads an offset per row.
 @numba.njit(inline="always")
 def _source(k, num_keys, values, ids):
@@ -355,14 +365,14 @@ def _advance(k, length, num_keys):
 
 
 @numba.njit(parallel=True, cache=True)
-def _tile_offsets(lengths, n):
+def _tile_offsets(lengths, n, rows):
     """The offset of each tile's first id: a sum per tile, then a (short) prefix sum of those."""
-    blocks = (n + BLOCK - 1) // BLOCK
+    blocks = (n + rows - 1) // rows
     tiles = np.zeros(len(lengths) // n * blocks + 1, np.int64)
     for t in prange(len(tiles) - 1):
-        k, lo = t // blocks, (t % blocks) * BLOCK
+        k, lo = t // blocks, (t % blocks) * rows
         total = np.int64(0)
-        for r in range(k * n + lo, k * n + min(n, lo + BLOCK)):
+        for r in range(k * n + lo, k * n + min(n, lo + rows)):
             total += lengths[r]
         tiles[t + 1] = total
     _running_sum(tiles)
@@ -377,14 +387,14 @@ def _running_sum(tiles):
 
 @numba.njit(parallel=True, cache=True)
 def _level_lengths(
-    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived, threads,
+    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived, rows, threads,
 ):  # fmt: skip
     """Output lengths of every app; out_tiles[t + 1] gets the sum of output tile t."""
-    blocks = (n + BLOCK - 1) // BLOCK
+    blocks = (n + rows - 1) // rows
     num_keys = len(in_lengths) // n
-    tiles, ranges, per = _schedule(len(kind), n, threads)
+    tiles, ranges, per = _schedule(len(kind), n, rows, threads)
     for t in prange(tiles):
-        i, block, lo, hi = _tile(t, len(kind), n, ranges, per)
+        i, block, lo, hi = _tile(t, len(kind), n, rows, ranges, per)
         if lo == hi:
             continue
         k, ka, kb = kind[i], a[i], b[i]
@@ -427,13 +437,13 @@ def _level_lengths(
 @numba.njit(parallel=True, cache=True)
 def _level_values(
     kind, a, b, params, mappings, weighted, out, n,
-    in_lengths, in_tiles, in_values, ids, valid, in_weights, out_lengths, out_tiles, out_values, out_weights, has_out_weights, threads,
+    in_lengths, in_tiles, in_values, ids, valid, in_weights, out_lengths, out_tiles, out_values, out_weights, has_out_weights, rows, threads,
 ):  # fmt: skip
-    blocks = (n + BLOCK - 1) // BLOCK
+    blocks = (n + rows - 1) // rows
     num_keys = len(in_lengths) // n
-    tiles, ranges, per = _schedule(len(kind), n, threads)
+    tiles, ranges, per = _schedule(len(kind), n, rows, threads)
     for t in prange(tiles):
-        i, block, lo, hi = _tile(t, len(kind), n, ranges, per)
+        i, block, lo, hi = _tile(t, len(kind), n, rows, ranges, per)
         if lo == hi:
             continue
         k, ka, kb = kind[i], a[i], b[i]
@@ -547,9 +557,10 @@ class CpuExecutor:
         ids = np.empty((program.num_ids, n), np.int64)
         valid = np.empty((program.num_ids, n), np.bool_)
         if len(program.src) and n:
+            threads = numba.get_num_threads()
             _dense_pass(
                 x, program.src, program.steps, program.fparams, program.iparams, program.boundaries,
-                program.out_dense, program.out_id, dense_out, ids, valid, numba.get_num_threads(),
+                program.out_dense, program.out_id, dense_out, ids, valid, block_rows(n, threads), threads,
             )  # fmt: skip
         return dense_out, ids, valid
 
@@ -565,11 +576,12 @@ class CpuExecutor:
             derived = np.zeros((0, n), np.float32)
         if ids is None:
             ids, valid = np.empty((0, n), np.int64), np.empty((0, n), np.bool_)
-        in_tiles = _tile_offsets(lengths, n)
-        out_tiles = np.zeros(level.num_outputs * -(-n // BLOCK) + 1, np.int64)
+        threads = numba.get_num_threads()
+        rows = block_rows(n, threads)
+        in_tiles = _tile_offsets(lengths, n, rows)
+        out_tiles = np.zeros(level.num_outputs * -(-n // rows) + 1, np.int64)
         args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
-        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived,
-                       numba.get_num_threads())
+        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived, rows, threads)
         _running_sum(out_tiles)
         total = int(out_tiles[-1])
         out_values = np.empty(total, np.int64)
@@ -578,7 +590,7 @@ class CpuExecutor:
         in_weights = weights if weights is not None else np.empty(0, np.float32)
         _level_values(
             *args, level.weighted, level.out, n, lengths, in_tiles, values, ids, valid, in_weights,
-            out_lengths, out_tiles, out_values, out_weights, level.has_weights, numba.get_num_threads(),
+            out_lengths, out_tiles, out_values, out_weights, level.has_weights, rows, threads,
         )  # fmt: skip
         return out_lengths, out_values, out_weights if level.has_weights else None
 

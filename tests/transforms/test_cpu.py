@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpupre as gp
-from gpupre.transforms.cpu import BLOCK
+from gpupre.transforms.cpu import BLOCK, MIN_BLOCK, block_rows
 
 from .helpers import assert_same, make_batch
 
@@ -144,24 +144,25 @@ def test_batches_of_other_sizes_one_after_another_and_from_several_threads_equal
 
 
 @pytest.mark.parametrize("units, blocks, threads", [(47, 32, 2), (47, 32, 16), (5, 3, 2), (3, 2, 16), (4, 1, 1), (2, 7, 3), (3, 37, 16)])
-def test_the_schedule_covers_every_tile_once_and_shares_every_unit_among_threads(units, blocks, threads):
+@pytest.mark.parametrize("rows", [BLOCK, MIN_BLOCK])
+def test_the_schedule_covers_every_tile_once_and_shares_every_unit_among_threads(units, blocks, threads, rows):
     """numba splits a prange into one contiguous part per thread: each part gets rows of every
     unit, so that heavy units (long lists) do not all fall to one thread."""
     from gpupre.transforms.cpu import _schedule, _tile
 
-    n = blocks * BLOCK - 5
-    tiles, ranges, per = _schedule(units, n, threads)
-    order = [_tile(t, units, n, ranges, per) for t in range(tiles)]
+    n = blocks * rows - 5
+    tiles, ranges, per = _schedule(units, n, rows, threads)
+    order = [_tile(t, units, n, rows, ranges, per) for t in range(tiles)]
     real = [(u, b) for u, b, lo, hi in order if lo < hi]
     assert sorted(real) == [(u, b) for u in range(units) for b in range(blocks)]
-    assert all((lo, hi) == (b * BLOCK, min(n, (b + 1) * BLOCK)) for _, b, lo, hi in order if lo < hi)
+    assert all((lo, hi) == (b * rows, min(n, (b + 1) * rows)) for _, b, lo, hi in order if lo < hi)
     if blocks >= threads:
         for part in np.array_split(np.arange(tiles), threads):
             counts = np.bincount([order[t][0] for t in part if order[t][2] < order[t][3]], minlength=units)
             assert counts.min() >= blocks // threads and counts.max() <= -(-blocks // threads)
 
 
-@pytest.mark.parametrize("n, threads", [(BLOCK, 2), (2 * BLOCK + 3, 1), (2 * BLOCK + 3, 2)])
+@pytest.mark.parametrize("n, threads", [(BLOCK, 2), (2 * BLOCK + 3, 1), (2 * BLOCK + 3, 2), (3 * MIN_BLOCK - 7, 2)])
 def test_batches_of_several_tiles_of_rows_equal_the_oracle(n, threads):
     """Offsets run on from tile to tile, and ids made by the dense pass feed every kind of op."""
     if threads > numba.config.NUMBA_NUM_THREADS:
@@ -172,6 +173,16 @@ def test_batches_of_several_tiles_of_rows_equal_the_oracle(n, threads):
         _several_tiles(n)
     finally:
         numba.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("n, threads", [(4096, 16), (1024, 2), (100, 4), (0, 2), (BLOCK * 40, 16), (BLOCK * 3, 2)])
+def test_small_batches_are_cut_into_a_block_for_every_thread(n, threads):
+    """A batch of fewer than `threads` blocks of BLOCK rows gets smaller blocks, so that every
+    thread has rows of every feature to work on; large batches keep BLOCK."""
+    rows = block_rows(n, threads)
+    assert MIN_BLOCK <= rows <= BLOCK and rows % 64 == 0
+    assert -(-n // rows) >= threads or rows == MIN_BLOCK
+    assert rows == BLOCK or -(-n // BLOCK) < threads
 
 
 def _several_tiles(n):

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import BackendUnavailable, DataError, SchemaError
-from .schema import SCORE_SUFFIX, SCORED, Schema
+from .errors import BackendUnavailable, ConfigError, DataError, SchemaError
+from .schema import SCORE_SUFFIX, SCORED, Schema, is_number_type
 
 __all__ = ["Batch", "KeyedJagged", "offsets_of"]
 
@@ -173,14 +173,27 @@ class Batch:
         """Rows `index` (integers, any order) as a new batch, on the batch's own device.
 
         A de-duplicated batch keeps the requests its rows use, in order of first use.
+
+        Raises:
+            ConfigError: `index` is not integers (a mask: pass its nonzero positions), or (host
+                batches) holds a row outside [0, num_rows).
         """
         numpy = isinstance(self.dense, np.ndarray)
         if numpy:
-            index = np.asarray(index, np.int64)
+            raw = np.asarray(index)
+            if raw.size and raw.dtype.kind not in "iu":
+                raise ConfigError(f"take: rows must be integers, got {raw.dtype}; for a mask pass np.flatnonzero(mask)")
+            index = raw.astype(np.int64).reshape(-1)
+            if len(index) and (index.min() < 0 or index.max() >= self.num_rows):
+                bad = int(index[(index < 0) | (index >= self.num_rows)][0])
+                raise ConfigError(f"take: row {bad} is outside the batch of {self.num_rows} rows; pass rows in [0, {self.num_rows})")
         else:
             import torch
 
-            index = torch.as_tensor(index, device=self.dense.device).long()
+            index = torch.as_tensor(index, device=self.dense.device)
+            if index.numel() and (index.dtype == torch.bool or index.is_floating_point() or index.is_complex()):
+                raise ConfigError(f"take: rows must be integers, got {index.dtype}; for a mask pass mask.nonzero().ravel()")
+            index = index.long().reshape(-1)
         lengths, gather = _jagged_take(self.sparse.lengths, len(self.sparse.keys), self.num_rows, index)
         weights = None if self.sparse.weights is None else self.sparse.weights[gather]
         sparse = KeyedJagged(self.sparse.keys, lengths, self.sparse.values[gather], weights)
@@ -358,7 +371,7 @@ def one_array(col) -> pa.Array:
 
 def _float32(arr: pa.Array, name: str, source: str) -> np.ndarray:
     t = arr.type
-    if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+    if not is_number_type(t):
         raise SchemaError(
             f"{source}: {name!r} must be a number column (dense feature or label), found {t}; "
             "declare it with another kind or leave it out of the projection"
@@ -397,6 +410,11 @@ def _scores(arr: pa.Array, name: str, source: str):
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_floating(t.value_type):
         raise SchemaError(f"{source}: score column {name!r} must be list<float32>, found {t}")
     lengths, flat = list_parts(arr)
+    if flat.null_count:
+        raise DataError(
+            f"{source}: score column {name!r} holds {flat.null_count} null scores inside its lists; "
+            "every id needs a score: replace them with a real score (or NaN, which ranks last) before writing"
+        )
     return lengths, flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
 
 

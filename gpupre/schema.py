@@ -215,7 +215,7 @@ class Schema:
             raise SchemaError(unknown_message(f"{source}: column", missing[0], names))
         if labels is None:
             default = arrow_schema.get_field_index(DEFAULT_LABEL)
-            labels = (DEFAULT_LABEL,) if default >= 0 and _is_number(arrow_schema.field(default).type) else ()
+            labels = (DEFAULT_LABEL,) if default >= 0 and is_number_type(arrow_schema.field(default).type) else ()
         wanted = names if columns is None else set(columns)
         features = []
         for fld in arrow_schema:
@@ -266,7 +266,8 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
-def _is_number(t: pa.DataType) -> bool:
+def is_number_type(t: pa.DataType) -> bool:
+    """A column type that reads as float32: a dense feature or a label."""
     return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
 
 

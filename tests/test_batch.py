@@ -250,6 +250,29 @@ def test_scored_feature_with_fewer_scores_than_ids_names_the_row():
         Batch.from_arrow(table, gp.Schema((F("sc", "scored"),)), source="src")
 
 
+def test_null_score_inside_a_list_is_a_data_error():
+    table = pa.table({"sc": pa.array([[1], [2, 3]], INT64), "sc.score": pa.array([[0.1], [0.2, None]], FLOAT32)})
+    with pytest.raises(gp.DataError, match=r"src: score column 'sc.score' holds 1 null scores"):
+        Batch.from_arrow(table, gp.Schema((F("sc", "scored"),)), source="src")
+
+
+@pytest.mark.parametrize("to_torch", [False, True])
+def test_take_refuses_masks_and_rows_outside_the_batch(to_torch):
+    batch = Batch.from_arrow(mixed_table(), MIXED)
+    batch = batch.to_torch() if to_torch else batch
+    mask = np.array([True, False, True])
+    with pytest.raises(gp.ConfigError, match="rows must be integers, got (torch.)?bool"):
+        batch.take(torch.from_numpy(mask) if to_torch else mask)
+    assert batch.take(np.flatnonzero(mask)).num_rows == 2 and batch.take([]).num_rows == 0
+    if not to_torch:  # a host batch checks its rows; a GPU one would have to sync to
+        with pytest.raises(gp.ConfigError, match="row 3 is outside the batch of 3 rows"):
+            batch.take([0, 3])
+        with pytest.raises(gp.ConfigError, match="row -1 is outside"):
+            batch.take([-1])
+        with pytest.raises(gp.ConfigError, match="outside the batch"):
+            batch.rows(2, 5)
+
+
 # -- hypothesis: jagged shapes against a plain-Python construction --------------------------------
 IDS = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([-(2**63), 2**63 - 1, 0, -1]))
 ROW = st.one_of(

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from ..batch import Batch, list_parts, one_array
 from ..errors import ConfigError, DataError, SchemaError
-from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Schema, score_owner, unknown_message
+from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Schema, is_number_type, score_owner, unknown_message
 from .units import WorkUnit, row_keys, shard
 
 __all__ = ["Dataset"]
@@ -83,6 +83,15 @@ class Dataset:
             )
         full = Schema.from_arrow(arrow_schema, first, columns=features, extras=passthrough, labels=labels)
         labels = full.labels if labels is None else labels
+        for name in labels:
+            t = arrow_schema.field(name).type
+            if DEDUP_METADATA_KEY in (arrow_schema.metadata or {}) and pa.types.is_list(t):
+                t = t.value_type  # a de-dup table holds a request's labels as a list, one per item
+            if not is_number_type(t):
+                raise SchemaError(
+                    f"{first}: label {name!r} must be a number column (integer, float or bool), found "
+                    f"{arrow_schema.field(name).type}; pass a numeric column as label="
+                )
         if features is not None:
             known = full.names if METADATA_KEY in (arrow_schema.metadata or {}) else _feature_columns(arrow_schema)
             for name in features:
@@ -215,8 +224,21 @@ class Dataset:
         whole = self._fragments.get(unit.path)
         if whole is None or whole[0] is not self.filesystem:  # one footer read per file and process
             fragment = pds.ParquetFileFormat().make_fragment(unit.path, filesystem=self.filesystem)
+            self._check_unchanged(unit, fragment.metadata)
             whole = self._fragments[unit.path] = (self.filesystem, fragment)
         return whole[1].subset(row_group_ids=[unit.row_group])
+
+    def _check_unchanged(self, unit: WorkUnit, now: pq.FileMetaData) -> None:
+        """The file still has the row groups (and rows in each) it had when the dataset was opened:
+        the work units, the loader's steps and its resume points all count them."""
+        then = self._metadata[unit.path]
+        before = [then.row_group(g).num_rows for g in range(then.num_row_groups)]
+        after = [now.row_group(g).num_rows for g in range(now.num_row_groups)]
+        if before != after:
+            raise DataError(
+                f"{unit}: the file had {len(before)} row groups of {sum(before):,} rows when the Dataset was opened, and "
+                f"has {len(after)} of {sum(after):,} rows now; it was changed: open a new Dataset (and loader) over it"
+            )
 
     def _scan_options(self) -> dict:
         # With decoding threads calling into a filesystem written in Python (a counting or caching
@@ -232,13 +254,18 @@ class Dataset:
 
     def with_columns(self, label=None, passthrough=None, features=None) -> "Dataset":
         """The same files with another projection, label or pass-through columns (None keeps them).
+        Columns named as the new label or pass-through columns leave the kept projection.
 
         Raises:
             SchemaError: a named column does not exist.
         """
+        if features is None:
+            moved = {label} if isinstance(label, str) else set(label or ())
+            moved |= {passthrough} if isinstance(passthrough, str) else set(passthrough or ())
+            features = [name for name in self.schema.names if name not in moved]
         return Dataset(
             self.paths,
-            features=list(self.schema.names) if features is None else features,
+            features=features,
             filesystem=self.filesystem,
             label=self.schema.labels if label is None else label,
             passthrough=self.schema.extras if passthrough is None else passthrough,

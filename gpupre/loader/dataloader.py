@@ -29,7 +29,7 @@ __all__ = ["DataLoader"]
 
 log = logging.getLogger("gpupre")
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: shuffled unit orders seeded by (seed, epoch)
 
 
 class DataLoader:
@@ -132,7 +132,7 @@ class DataLoader:
 
     # -- shares and steps ------------------------------------------------------------------------
     def _units(self, epoch: int, rank: int):
-        seed = self.seed + epoch if self.shuffle else None
+        seed = (self.seed, epoch) if self.shuffle else None  # seed + epoch would give seed 1's epoch 0 again as seed 0's epoch 1
         return self.dataset.units(rank, self.world_size, seed=seed)
 
     def _rows_this_epoch(self, epoch: int) -> tuple[int, int]:
@@ -168,7 +168,14 @@ class DataLoader:
                     f"state_dict {key}={state.get(key)!r} differs from this loader's {mine[key]!r}; "
                     "restore into a loader built with the same dataset and arguments"
                 )
-        self.epoch, self.delivered, self.steps = int(state["epoch"]), int(state["delivered"]), int(state["steps"])
+        epoch, delivered, steps = (ensure_integer(state.get(k), f"state_dict {k}", 0) for k in ("epoch", "delivered", "steps"))
+        most, _ = self._rows_this_epoch(epoch)
+        if steps > most:
+            raise ConfigError(
+                f"state_dict steps={steps} is more than epoch {epoch}'s {most} steps; "
+                "restore the dict that state_dict() returned, unchanged"
+            )
+        self.epoch, self.delivered, self.steps = epoch, delivered, steps
 
     def stats(self) -> dict:
         """Rows/s, bytes read and staged (what goes to a GPU), the consumer's wait, time per stage (s)."""
@@ -182,6 +189,9 @@ class DataLoader:
 
     # -- iteration -------------------------------------------------------------------------------
     def __iter__(self):
+        steps, _ = self._rows_this_epoch(self.epoch)
+        if 0 < steps <= self.steps:  # the epoch's last batch went out, but its iterator was not run to its end
+            self.epoch, self.delivered, self.steps = self.epoch + 1, 0, 0
         epoch, cursor = self.epoch, self.delivered
         _, target = self._rows_this_epoch(epoch)
         units = self._units(epoch, self.rank)

@@ -30,13 +30,13 @@ def shard(
     world_size: int = 1,
     worker: int = 0,
     num_workers: int = 1,
-    seed: int | None = None,
+    seed: int | tuple[int, ...] | None = None,
 ) -> list[WorkUnit]:
     """The units of one (rank, worker) share, the same on every call with the same arguments.
 
-    Units are ordered by (path, row group), shuffled when `seed` is given, dealt round-robin to
-    ranks, and each rank's units round-robin to its workers. Shares are disjoint and together
-    cover every unit.
+    Units are ordered by (path, row group), shuffled when `seed` (an int or a tuple of them, as
+    numpy's `default_rng` takes) is given, dealt round-robin to ranks, and each rank's units
+    round-robin to its workers. Shares are disjoint and together cover every unit.
     """
     for name, index, count in (("rank", rank, world_size), ("worker", worker, num_workers)):
         if not (isinstance(count, int) and count > 0 and isinstance(index, int) and 0 <= index < count):

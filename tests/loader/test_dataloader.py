@@ -310,3 +310,70 @@ def test_a_loader_that_fails_validation_leaves_its_readers_to_the_corrected_call
         gp.DataLoader(readers, batch_size=0, device="cpu")
     loader = gp.DataLoader(readers, batch_size=64, device="cpu")
     assert readers.owner is loader and failed.value
+
+
+def _plain_file(tmp_path, rows=300, row_group_size=100):
+    """A plain Parquet file (no gpupre schema): every column but the label is inferred a feature."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    table = pa.table({
+        "x": rng.normal(size=rows).astype(np.float32),
+        "ids": pa.array([[i, i + 1] for i in range(rows)], pa.list_(pa.int64())),
+        "row_id": np.arange(rows),
+        "click": rng.integers(0, 2, rows).astype(np.float32),
+    })  # fmt: skip
+    path = str(tmp_path / "plain.parquet")
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_label_and_passthrough_move_columns_out_of_an_inferred_projection(tmp_path):
+    ds = gp.Dataset(_plain_file(tmp_path))
+    assert "row_id" in ds.schema.names and "click" in ds.schema.names  # inferred as features
+    loader = _loader(ds, label="click", passthrough="row_id")
+    batches = list(loader)
+    assert sorted(epoch_ids(batches)) == list(range(300))
+    assert loader.dataset.schema.labels == ("click",) and set(loader.dataset.schema.names) == {"x", "ids"}
+
+
+def test_a_label_that_is_not_a_number_is_refused_when_the_dataset_opens(tmp_path):
+    with pytest.raises(gp.SchemaError, match="label 'ids' must be a number column"):
+        gp.Dataset(_plain_file(tmp_path), features=["x"], label="ids")
+
+
+def test_an_epoch_whose_last_batch_went_out_is_over_though_its_iterator_was_not_exhausted(ds):
+    loader = _loader(ds)
+    steps = len(loader)
+    first = [b.num_rows for _, b in zip(range(steps), loader)]  # zip stops before the generator's end
+    state = loader.state_dict()
+    second = [b.num_rows for _, b in zip(range(steps), loader)]
+    assert first == second and sum(first) == 600 and loader.state_dict()["epoch"] == 1
+    resumed = _loader(ds)
+    resumed.load_state_dict(state)
+    assert sum(b.num_rows for b in resumed) == 600 and resumed.state_dict()["epoch"] == 2
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"delivered": None}, "delivered=None"), ({"steps": -1}, "steps=-1"), ({"epoch": 1.5}, "epoch=1.5"),
+    ({"steps": 11}, "more than epoch 0's 10 steps"),
+])  # fmt: skip
+def test_a_state_with_a_bad_cursor_is_refused(ds, change, words):
+    loader = _loader(ds)
+    with pytest.raises(gp.ConfigError, match=words):
+        loader.load_state_dict({**loader.state_dict(), **change})
+
+
+def test_shuffled_unit_orders_differ_between_seeds_and_epochs(ds):
+    orders = {(seed, epoch): _loader(ds, shuffle=True, seed=seed)._units(epoch, 0) for seed in (0, 1) for epoch in (0, 1)}
+    assert orders[0, 1] != orders[1, 0] and orders[0, 0] != orders[0, 1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_changed_after_the_dataset_opened_is_an_error_not_other_rows(tmp_path, workers):
+    path = _plain_file(tmp_path)
+    loader = _loader(gp.Dataset(path, passthrough="row_id"), num_workers=workers)
+    _plain_file(tmp_path, rows=500)  # rewritten in place: 5 row groups now
+    with pytest.raises(gp.DataError, match="had 3 row groups of 300 rows when the Dataset was opened, and has 5 of 500"):
+        list(loader)
+    loader.close()

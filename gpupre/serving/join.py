@@ -34,7 +34,7 @@ from .._checks import is_real
 from ..errors import ConfigError, DataError
 from .kv import KVStore
 from .loggers import _ensure_item_id, _ensure_request_id, item_key, user_key
-from .writers import JoinedRequest
+from .writers import JoinedRequest, hour_of
 
 __all__ = ["LabelJoiner"]
 
@@ -119,19 +119,25 @@ class LabelJoiner:
         except DataError as e:
             return str(e)
         try:
-            labels = np.asarray(labels, np.float32).reshape(-1)
+            with np.errstate(over="ignore"):  # too large for a float32: inf, refused below
+                labels = np.asarray(labels, np.float32).reshape(-1)
             served = float(served)
-        except (TypeError, ValueError):
-            return f"labels {labels!r} or time {served!r} are not numbers"
+        except (TypeError, ValueError, OverflowError):
+            return f"labels {labels!r} or time {served!r} are not numbers (or too large for one)"
         if len(labels) != self.num_labels or not np.isfinite(labels).all():
             return f"labels {labels.tolist()} must be {self.num_labels} finite numbers ({list(self.writer.labels)})"
         if not math.isfinite(served):
             return f"time {served!r} is not finite"
-        kind = type(request)
-        if self._id_type not in (None, kind):
-            return f"request_id {request!r} is a {kind.__name__} but the dataset's are {self._id_type.__name__}s"
-        self._id_type = kind  # only now: a malformed event fixes nothing
+        try:
+            hour_of(served)  # the writer's partition of it
+        except (OverflowError, ValueError, OSError):
+            return f"time {served!r} is not a Unix time in seconds of the years 1-9999 (milliseconds?)"
+        if self._id_type not in (None, type(request)):
+            return self._id_type_problem(request)
         return request, item, labels, served
+
+    def _id_type_problem(self, request) -> str:
+        return f"request_id {request!r} is a {type(request).__name__} but the dataset's are {self._id_type.__name__}s"
 
     def _join(self, fresh, rejected: list) -> None:
         if not fresh:
@@ -150,7 +156,11 @@ class LabelJoiner:
             if problem:
                 rejected.append(("corrupt", (request, item, labels.tolist(), served), problem))
                 continue
+            if entry is None and self._id_type not in (None, type(request)):  # a batch of both kinds
+                rejected.append(("malformed", (request, item, labels.tolist(), served), self._id_type_problem(request)))
+                continue
             if entry is None:
+                self._id_type = type(request)  # only a request written fixes the dataset's kind of id
                 entry = self._open[request] = [served, user, {}]
             elif item in entry[2]:  # twice in this batch
                 np.maximum(entry[2][item][1], labels, out=entry[2][item][1])

@@ -11,12 +11,13 @@
 `TabularWriter` (the baseline) writes one row per impression, user features repeated on each.
 Both store the schema (with feature groups) in the file's metadata, so `gp.Dataset` reads either.
 
-Files land in `<path>/hour=YYYY-MM-DDTHH/part-<commit time>-<random>.parquet`, each written,
-synced to disk and renamed into place before it is committed. A ledger (`<path>/_ledger.sqlite`)
-records every committed file and the requests in it, in one transaction after the file is in
-place: a replayed request is recognized and not written twice, and a file left by a process that
-died before its ledger commit is removed when the writer opens again (its requests are not in
-the ledger, so replaying their events writes them once). The ledger also keeps the dataset's type
+Files land in `<path>/hour=YYYY-MM-DDTHH/part-<commit time>-<random>.parquet`, each written under
+a `.tmp` name (which `gp.Dataset` does not read) and synced to disk, then committed, then renamed
+into place. A ledger (`<path>/_ledger.sqlite`) records every committed file and the requests in it,
+in one transaction: a replayed request is recognized and not written twice. When the writer opens
+again, a file left by a process that died before its ledger commit is removed (its requests are
+not in the ledger, so replaying their events writes them once), and one that died between commit
+and rename is renamed into place. The ledger also keeps the dataset's type
 of request id (int or str), so a writer opened again refuses the other type (str "1" and int 1
 would be one request in the ledger and two types in the files).
 """
@@ -104,8 +105,12 @@ class _HourlyWriter:
         self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
 
     def _recover(self) -> int:
-        """Remove files that were written but never committed to the ledger."""
+        """Rename committed files left under their .tmp name; remove files never committed."""
         committed = {name for (name,) in self._ledger.execute("SELECT name FROM files")}
+        for name in committed:
+            final = os.path.join(self.path, name)
+            if not os.path.exists(final) and os.path.exists(final + ".tmp"):
+                os.replace(final + ".tmp", final)
         removed = 0
         for found in glob.glob(os.path.join(self.path, "hour=*", "*")):
             if os.path.relpath(found, self.path) not in committed:
@@ -130,23 +135,46 @@ class _HourlyWriter:
 
         Raises:
             ConfigError: the writer is closed.
-            DataError: request ids of both types (integers and strings) in one dataset.
+            DataError: request ids of both types (integers and strings) in one dataset, or a
+                request that is not a well-formed `JoinedRequest`; nothing of the call is buffered.
         """
         self._open_ledger()
+        requests = list(requests)
         for request in requests:
-            kind = str if isinstance(request.request_id, str) else int
-            if self.request_id_type is None:
-                self.request_id_type = kind
-            elif kind is not self.request_id_type:
-                raise DataError(
-                    f"request id {request.request_id!r} is a {kind.__name__} but earlier ones are "
-                    f"{self.request_id_type.__name__}s in {self.path}; use one type of request id for a dataset"
-                )
-            hour = _hour(request.time)
-            pending = self._pending.setdefault(hour, {})
-            pending[str(request.request_id)] = request
-            if len(pending) >= self.requests_per_file:
+            problem = self._problem(request)
+            if problem:
+                raise DataError(f"{self.path}: request {getattr(request, 'request_id', request)!r} cannot be written: {problem}")
+        kinds = {str if isinstance(r.request_id, str) else int for r in requests} | {self.request_id_type} - {None}
+        if len(kinds) > 1:  # checked before any is buffered: a batch is taken whole or not at all
+            raise DataError(
+                f"request ids of both types (integers and strings) for {self.path}"
+                f"{'' if self.request_id_type is None else f', whose are {self.request_id_type.__name__}s'}; "
+                "use one type of request id for a dataset"
+            )
+        hours = [hour_of(r.time) for r in requests]
+        if kinds:
+            self.request_id_type = kinds.pop()
+        for request, hour in zip(requests, hours):  # all buffered before any commit, which may fail
+            self._pending.setdefault(hour, {})[str(request.request_id)] = request
+        for hour in dict.fromkeys(hours):
+            if len(self._pending[hour]) >= self.requests_per_file:
                 self._commit(hour)
+
+    def _problem(self, r) -> str:
+        """Why `r` is not a JoinedRequest this writer can write, or ""."""
+        if not isinstance(r, JoinedRequest):
+            return f"expected a JoinedRequest, got {type(r).__name__}"
+        n = len(r.item_ids)
+        labels = np.asarray(r.labels)
+        if not all(isinstance(row, bytes) for row in r.items):
+            return "item rows must be bytes (FeatureCodec rows)"
+        if len(r.items) != n or labels.shape != (n, len(self.labels)):
+            return (f"{n} item ids, {len(r.items)} item rows and labels of shape {labels.shape}; expected "
+                    f"[{n}, {len(self.labels)}] labels ({list(self.labels)}) and a row per item")  # fmt: skip
+        problem = next(filter(None, map(self.items_codec.check, r.items)), "")
+        if not problem and self.user_codec is not None:
+            problem = self.user_codec.check(r.user) if isinstance(r.user, bytes) else "no user features"
+        return f"logged features of {problem}" if problem else ""
 
     def flush(self) -> None:
         """Commit every buffered request."""
@@ -172,14 +200,14 @@ class _HourlyWriter:
         final = os.path.join(directory, f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")  # in commit order
         tmp = final + ".tmp"
         rows = self._write_file(requests, tmp)
-        _fsync(tmp)  # the data is on disk before the rename and the ledger say it is there
-        os.replace(tmp, final)
-        _fsync(directory)
-        with ledger:  # the file is in place; the commit makes it count
+        _fsync(tmp)  # the data is on disk before the ledger says it is there
+        with ledger:  # the commit makes the file count; readers see it once renamed, next
             ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
             ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
                                [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
             ledger.execute("INSERT OR IGNORE INTO dataset VALUES ('request_id_type', ?)", (self.request_id_type.__name__,))
+        os.replace(tmp, final)
+        _fsync(directory)
         del self._pending[hour]  # only now: a failed write keeps the requests buffered
         self.stats["files"] += 1
         self.stats["requests"] += len(requests)
@@ -260,7 +288,8 @@ def _columns(table: pa.Table) -> dict:
     return {name: one_array(table.column(name)) for name in table.column_names}
 
 
-def _hour(at: float) -> str:
+def hour_of(at: float) -> str:
+    """The partition (an hour, UTC) of a Unix time in seconds."""
     return datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc).strftime(HOUR_FORMAT)
 
 

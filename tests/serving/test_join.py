@@ -163,6 +163,23 @@ def test_a_malformed_event_does_not_fix_the_request_id_type(served):
     assert rows(joiner).extras["request_id"].tolist() == [1, 2]
 
 
+def test_an_event_never_joined_does_not_fix_the_request_id_type(served):
+    _, _, _, _, joiner = served
+    joiner.add([("never-logged", 10, [1.0], T0)])  # valid, but unknown
+    joiner.add([(1, 10, [1.0], T0), (2, 20, [0.0], T0)])
+    joiner.close()
+    assert (joiner.stats["unknown"], joiner.stats["joined"], joiner.stats["malformed"]) == (1, 2, 0)
+
+
+def test_times_in_milliseconds_and_numbers_too_large_are_malformed_and_the_rest_is_written(served):
+    _, _, _, _, joiner = served
+    joiner.add([(1, 10, [1.0], T0 * 1000), (1, 11, [10**40], T0), (1, 12, [1.0], 10**400), (2, 20, [0.0], T0)])
+    joiner.close()
+    assert (joiner.stats["malformed"], joiner.stats["requests_written"]) == (3, 1)
+    assert "milliseconds?" in rejected(joiner)[0]["why"] and "too large" in rejected(joiner)[2]["why"]
+    assert rows(joiner).extras["item_id"].tolist() == [20]
+
+
 def test_a_reopened_dataset_keeps_its_request_id_type(served):
     _, store, items, user, joiner = served
     joiner.add([(1, 10, [1.0], T0)])

@@ -93,9 +93,40 @@ def test_a_failed_write_keeps_its_requests_and_mixed_id_types_are_refused(tmp_pa
     monkeypatch.undo()
     writer.flush()
     assert writer.stats["requests"] == 3
-    with pytest.raises(gp.DataError, match="request id '7' is a str but earlier ones are ints"):
+    with pytest.raises(gp.DataError, match="both types .* whose are ints"):
         writer.write([requests[0]._replace(request_id="7")])
     writer.close()
+
+
+def test_a_malformed_request_is_refused_with_the_rest_of_its_call(tmp_path):
+    item_schema, user_schema, requests = joined_requests(3)
+    writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    bad = [requests[1]._replace(labels=requests[1].labels[:, :1]), requests[1]._replace(items=[b"x"] * len(requests[1].items)),
+           requests[1]._replace(user=None), "not a request"]  # fmt: skip
+    for wrong in bad:
+        with pytest.raises(gp.DataError, match="cannot be written"):
+            writer.write([requests[0], wrong])
+        assert not writer.contains(requests[0].request_id)  # all or nothing
+    with pytest.raises(gp.DataError, match="both types"):
+        writer.write([requests[0], requests[1]._replace(request_id="x")])
+    assert not writer.contains(requests[0].request_id)
+    writer.close()
+
+
+def test_a_file_is_invisible_until_committed_and_renamed_into_place_after_a_crash(tmp_path, monkeypatch):
+    item_schema, user_schema, requests = joined_requests(3)
+    writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    writer.write(requests)
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError, match="killed"):
+        writer.flush()  # the ledger commit happened, the rename did not
+    monkeypatch.undo()
+    with pytest.raises(gp.DataError, match="holds no Parquet files"):
+        gp.Dataset(str(tmp_path))  # readers see nothing uncommitted or half-placed
+    reopened = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    committed = [r for r in requests if reopened.contains(r.request_id)]  # the first hour's file
+    assert reopened.stats["removed_uncommitted"] == 0 and 0 < len(committed) < len(requests)
+    assert whole(str(tmp_path)).num_rows == sum(len(r.item_ids) for r in committed)
 
 
 def test_hours_are_committed_once_they_are_over(tmp_path):
@@ -111,7 +142,7 @@ def test_a_reopened_writer_refuses_the_other_request_id_type(tmp_path):
     with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
         writer.write(requests)
     writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))  # the type is in the ledger
-    with pytest.raises(gp.DataError, match="request id '1' is a str but earlier ones are ints"):
+    with pytest.raises(gp.DataError, match="both types .* whose are ints"):
         writer.write([requests[1]._replace(request_id="1")])
     writer.close()
 

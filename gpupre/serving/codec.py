@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from ..batch import Batch, KeyedJagged, _segments, offsets_of
-from ..errors import DataError, SchemaError
+from ..errors import ConfigError, DataError, SchemaError
 from ..schema import SCORED, Schema
 
 __all__ = ["FeatureCodec", "encode_rows", "gather_rows"]
@@ -58,9 +58,17 @@ class FeatureCodec:
             )  # fmt: skip
         n = batch.num_rows
         rows = np.arange(n) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+        shapes = (np.shape(batch.dense), np.shape(sparse.lengths), np.shape(sparse.values))
+        weights = () if sparse.weights is None else np.shape(sparse.weights)
+        if shapes[:2] != ((self.num_dense, n), (self.num_sparse * n,)) or weights not in ((), shapes[2]):
+            raise DataError(
+                f"a batch of {n} rows has dense {shapes[0]}, lengths {shapes[1]}, values {shapes[2]} and weights "
+                f"{weights or None}; expected dense ({self.num_dense}, {n}), lengths ({self.num_sparse * n},) and "
+                "weights as long as values: build the Batch with Batch.from_arrow or check its arrays"
+            )
         # The arrays go to the kernel as they are when they have its types (the usual case): this
         # runs once per logged request and page, so its fixed cost is most of a small page's.
-        data, ends = _encode(
+        data, ends, status = _encode(
             np.ascontiguousarray(batch.dense, np.float32),
             np.ascontiguousarray(sparse.lengths, np.int32),
             np.ascontiguousarray(sparse.values, np.int64),
@@ -69,9 +77,14 @@ class FeatureCodec:
             self.num_sparse,
             n,
         )
-        if len(ends) == 1 and len(rows):  # the kernel stopped at a row outside the batch
+        if status == _ROW_OUTSIDE:
             bad = int(rows[(rows < 0) | (rows >= n)][0])
             raise DataError(f"row {bad} to log is outside the batch of {n} rows; pass rows in [0, {n})")
+        if status == _BAD_LENGTHS:
+            raise DataError(
+                f"the batch's sparse lengths (sum {int(np.sum(sparse.lengths))}, least {int(np.min(sparse.lengths))}) "
+                f"do not describe its {shapes[2][0]} values; lengths must be >= 0 and add up to the values"
+            )
         data, ends = data.tobytes(), ends.tolist()
         return [data[ends[r] : ends[r + 1]] for r in range(len(rows))]
 
@@ -117,6 +130,7 @@ class FeatureCodec:
 
 
 _NO_WEIGHTS = np.empty(0, np.float32)
+_ROW_OUTSIDE, _BAD_LENGTHS = 1, 2  # what _encode found wrong
 
 
 @numba.njit(cache=True)
@@ -124,17 +138,22 @@ def _encode(dense, lengths, values, weights, rows, keys: int, n: int):
     """(bytes of rows `rows` one after the other, where each row ends): one pass, no temporaries.
 
     dense float32 [D, N], lengths int32 [KN] (key-major), values int64 [V], weights float32 [V]
-    (empty: unweighted); every number is copied in its native byte order. A row outside [0, n)
-    gives no bytes and ends of length 1.
+    (empty: unweighted); every number is copied in its native byte order. The third result is 0,
+    or what is wrong (no bytes then): a row outside [0, n), or lengths that are negative or do not
+    add up to the values.
     """
     for r in rows:
         if r < 0 or r >= n:
-            return np.empty(0, np.uint8), np.zeros(1, np.int64)
+            return np.empty(0, np.uint8), np.zeros(1, np.int64), _ROW_OUTSIDE
+    starts = np.zeros(keys * n + 1, np.int64)
+    for j in range(keys * n):
+        if lengths[j] < 0:
+            return np.empty(0, np.uint8), np.zeros(1, np.int64), _BAD_LENGTHS
+        starts[j + 1] = starts[j] + lengths[j]
+    if starts[-1] != len(values):
+        return np.empty(0, np.uint8), np.zeros(1, np.int64), _BAD_LENGTHS
     lengths_bytes, dense = lengths.view(np.uint8), dense.view(np.uint8)
     values, weights = values.view(np.uint8), weights.view(np.uint8)
-    starts = np.zeros(keys * n, np.int64)
-    for j in range(1, keys * n):
-        starts[j] = starts[j - 1] + lengths[j - 1]
     per_id = 12 if len(weights) else 8
     head = dense.shape[0] * 4 + keys * 4
     ends = np.zeros(len(rows) + 1, np.int64)
@@ -161,7 +180,7 @@ def _encode(dense, lengths, values, weights, rows, keys: int, n: int):
                 lo, length = starts[k * n + r], lengths[k * n + r]
                 out[at : at + 4 * length] = weights[4 * lo : 4 * (lo + length)]
                 at += 4 * length
-    return out, ends
+    return out, ends, 0
 
 
 def encode_rows(codec: FeatureCodec, batch: Batch, rows) -> list[bytes]:
@@ -183,7 +202,11 @@ def gather_rows(batch: Batch, rows) -> Batch:
     import torch
 
     device = batch.dense.device
-    index = torch.as_tensor(np.asarray(rows, np.int64), device=device)
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    if len(rows) and (rows.min() < 0 or rows.max() >= batch.num_rows):  # as take() checks host rows
+        raise ConfigError(f"rows to gather {rows[(rows < 0) | (rows >= batch.num_rows)][:3].tolist()} are outside "
+                          f"the batch of {batch.num_rows} rows; pass rows in [0, {batch.num_rows})")  # fmt: skip
+    index = torch.as_tensor(rows, device=device)
     keys, n = len(batch.sparse.keys), batch.num_rows
     lengths = batch.sparse.lengths.view(keys, n).long()
     starts = (torch.cumsum(lengths.ravel(), 0) - lengths.ravel()).view(keys, n)

@@ -24,7 +24,7 @@ from .._checks import is_integer
 from ..errors import ConfigError, DataError
 from ..schema import Schema
 from .codec import FeatureCodec, encode_rows
-from .kv import KVStore
+from .kv import KVStore, _ttl
 
 __all__ = ["EagerLogger", "LazyLogger", "item_key", "user_key"]
 
@@ -96,7 +96,7 @@ class EagerLogger:
     """
 
     def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0):
-        self.store, self.ttl_s = store, ttl_s
+        self.store, self.ttl_s = store, _ttl(ttl_s)
         self.items_codec = FeatureCodec(item_schema)
         self.user_codec = None if user_schema is None else FeatureCodec(user_schema)
         self.stats = {"requests": 0, "items_logged": 0, "serialize_s": 0.0, "write_s": 0.0, "bytes_logged": 0}
@@ -122,6 +122,14 @@ class EagerLogger:
         """(request id, item ids int64 [n]) once the ranked list is valid."""
         self._check_open()
         request_id, item_ids = _ensure_request_id(request_id), _ensure_item_ids(item_ids)
+        for name, value in (("items", items), ("user", user)):
+            if not isinstance(value, Batch) and (value is not None or name == "items"):
+                raise DataError(f"request {request_id}: {name} must be a gp.Batch of features, got {type(value).__name__}")
+        if len(np.unique(item_ids)) != len(item_ids):
+            raise DataError(
+                f"request {request_id}: item ids {item_ids[:10].tolist()}... repeat; each ranked item is logged under "
+                "its id, so a repeated one would overwrite the other's features: rank each item once"
+            )
         if len(item_ids) != items.num_rows:
             raise DataError(
                 f"request {request_id}: {len(item_ids)} item ids for {items.num_rows} rows of item features; "
@@ -172,6 +180,11 @@ class LazyLogger(EagerLogger):
             `stats["evicted"]`): memory stays bounded under any load.
         clock: the time now, in seconds; a request is dropped from the buffer `ttl_s` after it
             was ranked (its labels could no longer join), counted in `stats["expired"]`.
+
+    The buffer keeps the `items` batch of each request, not a copy (which the ranking path would
+    pay for every request): leave its arrays unchanged until the request is paginated to its
+    end, dropped, or expired. A page whose write fails is counted in `stats["failed_pages"]` and
+    `stats["items_not_logged"]`, and the first failure is raised on the caller's next call.
     """
 
     def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0,
@@ -188,7 +201,8 @@ class LazyLogger(EagerLogger):
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gpupre-lazy-logger", daemon=True)
         self._thread.start()
-        self.stats.update({"paginations": 0, "unknown_requests": 0, "evicted": 0, "expired": 0, "pending": 0})
+        self.stats.update({"paginations": 0, "unknown_requests": 0, "evicted": 0, "expired": 0, "pending": 0,
+                           "failed_pages": 0, "items_not_logged": 0})
 
     def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
         """Log the user and the head now; keep the rest of the list for `on_paginate`."""
@@ -202,10 +216,11 @@ class LazyLogger(EagerLogger):
             now = self.clock()
             with self._lock:
                 self._pending[request_id] = [item_ids, items, head, now]
+                self._pending.move_to_end(request_id)  # ranked again: the newest
                 while len(self._pending) > self.max_pending:
                     self._pending.popitem(last=False)
                     self.stats["evicted"] += 1
-                while now - next(iter(self._pending.values()))[3] > self.ttl_s:
+                while self._pending and now - next(iter(self._pending.values()))[3] > self.ttl_s:
                     self._pending.popitem(last=False)
                     self.stats["expired"] += 1
                 self.stats["pending"] = len(self._pending)
@@ -223,9 +238,15 @@ class LazyLogger(EagerLogger):
         self._raise_background_error()
         request_id = _ensure_request_id(request_id)
         with self._lock:
+            self._check_open()  # under the lock: a page asked for is queued before close's stop
             entry = self._pending.get(request_id)
+            if entry is not None and self.clock() - entry[3] > self.ttl_s:  # its labels could no longer join
+                del self._pending[request_id]
+                self.stats["expired"] += 1
+                self.stats["pending"] = len(self._pending)
+                entry = None
             if entry is None:
-                self.stats["unknown_requests"] += 1  # never ranked, evicted, or already complete
+                self.stats["unknown_requests"] += 1  # never ranked, evicted, expired, or already complete
                 return
             item_ids, items, logged, _ = entry
             pages = -(-(max(operator.index(seen_upto), 0) - self.head) // self.page)
@@ -237,7 +258,7 @@ class LazyLogger(EagerLogger):
                 del self._pending[request_id]
                 self.stats["pending"] = len(self._pending)
             self.stats["paginations"] += 1
-        self._queue.put((request_id, item_ids, items, np.arange(logged, upto)))
+            self._queue.put((request_id, item_ids, items, np.arange(logged, upto)))
 
     def _run(self) -> None:
         while True:
@@ -247,14 +268,20 @@ class LazyLogger(EagerLogger):
                     return
                 self._write(task[0], task[1], task[2], task[3], None)
             except BaseException as e:  # noqa: BLE001 - the first is re-raised on the caller's thread
-                self._error = self._error or e
+                with self._lock:
+                    self.stats["failed_pages"] += 1
+                    self.stats["items_not_logged"] += len(task[3])
+                    self._error = self._error or e
             finally:
                 self._queue.task_done()
 
     def _raise_background_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
-            raise DataError(f"lazy logging of a page failed: {type(error).__name__}: {error}") from error
+            raise DataError(
+                f"lazy logging of a page failed: {type(error).__name__}: {error} ({self.stats['failed_pages']} pages, "
+                f"{self.stats['items_not_logged']} items not logged so far: stats['failed_pages'], stats['items_not_logged'])"
+            ) from error
 
     def flush(self) -> None:
         """Wait until every page asked for is written."""
@@ -263,8 +290,9 @@ class LazyLogger(EagerLogger):
 
     def close(self) -> None:
         """Write what is queued and stop the background thread."""
-        self._closed = True
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        with self._lock:  # no page is queued after the stop
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        self._thread.join()
         self._raise_background_error()

@@ -87,18 +87,44 @@ def test_the_buffer_is_bounded_and_unknown_requests_are_counted():
 
 
 def test_a_failed_page_write_is_raised_on_the_callers_thread():
+    import threading
+
+    asked = threading.Event()
+
     class Failing(SqliteKV):
         def put_many(self, items, ttl_s):
-            if any(k.startswith("i/bad/") and not k.endswith(("/100", "/101", "/102", "/103", "/104", "/105")) for k, _ in items):
+            if any(k.startswith("i/bad") and not k.endswith(("/100", "/101", "/102", "/103", "/104", "/105")) for k, _ in items):
+                asked.wait(10)  # both pages are queued before the first fails
                 raise OSError("disk full")
             super().put_many(items, ttl_s)
 
     logger = LazyLogger(Failing(), ranked(1)[1].schema)
     item_ids, items = ranked(20)
     logger.log_ranking("bad", item_ids, items)
+    logger.log_ranking("bad2", item_ids, items)
     logger.on_paginate("bad", seen_upto=10)
-    with pytest.raises(gp.DataError, match="disk full"):
+    logger.on_paginate("bad2", seen_upto=20)  # its pages fail too: counted, though one error is raised
+    asked.set()
+    with pytest.raises(gp.DataError, match=r"disk full \(2 pages, 23 items not logged"):
         logger.flush()
+    assert (logger.stats["failed_pages"], logger.stats["items_not_logged"]) == (2, 23)
+
+
+def test_a_request_expires_from_the_buffer_on_pagination_and_a_rerank_is_the_newest():
+    clock = [0.0]
+    item_ids, items = ranked(30)
+    logger = LazyLogger(SqliteKV(clock=lambda: clock[0]), items.schema, ttl_s=60, clock=lambda: clock[0])
+    logger.log_ranking(1, item_ids, items)
+    logger.log_ranking(2, item_ids, items)
+    clock[0] = 50.0
+    logger.log_ranking(1, item_ids, items)  # ranked again: now newer than 2
+    clock[0] = 100.0
+    logger.log_ranking(3, item_ids, items)  # 2 is past its TTL and goes; 1 stays
+    assert logger.stats["expired"] == 1 and logger.stats["pending"] == 2
+    clock[0] = 200.0
+    logger.on_paginate(1, seen_upto=30)  # its labels could no longer join: not logged
+    logger.close()
+    assert logger.stats["expired"] == 2 and logger.stats["items_logged"] == 4 * 6
 
 
 def test_lazy_logging_from_torch_tensors_writes_the_same_bytes():
@@ -116,6 +142,31 @@ def test_mismatched_ids_and_rows_are_data_errors():
         logger.log_ranking("r", item_ids, items, USER)
     with pytest.raises(gp.ConfigError, match="page=0"):
         LazyLogger(SqliteKV(), items.schema, page=0)
+    with pytest.raises(gp.DataError, match="repeat"):
+        logger.log_ranking("r", [1, 2, 1, 3, 4], items)
+    with pytest.raises(gp.DataError, match="items must be a gp.Batch"):
+        logger.log_ranking("r", item_ids, items.dense)
+    for ttl in (-1, "3600", None, float("nan")):
+        with pytest.raises(gp.ConfigError, match="ttl_s"):
+            LazyLogger(SqliteKV(), items.schema, ttl_s=ttl)
+
+
+@pytest.mark.parametrize("case", ["short lengths", "few values", "negative length", "short dense"])
+def test_a_batch_whose_arrays_disagree_is_a_data_error_not_a_crash(case):
+    n = 5
+    dense, lengths, values = np.ones((1, n), np.float32), np.ones(n, np.int32), np.arange(n, dtype=np.int64)
+    if case == "short lengths":
+        lengths = lengths[:2]
+    elif case == "few values":
+        values = values[:2]
+    elif case == "negative length":
+        lengths[0] = -1
+    else:
+        dense = dense[:, :2]
+    schema = gp.Schema((gp.Feature("price", "dense"), gp.Feature("cat", "sparse")))
+    batch = gp.Batch(n, ("price",), dense, gp.KeyedJagged(("cat",), lengths, values), schema=schema)
+    with pytest.raises(gp.DataError, match="build the Batch|do not describe"):
+        EagerLogger(SqliteKV(), schema).log_ranking(1, np.arange(n), batch)
 
 
 @pytest.mark.parametrize("cls", [EagerLogger, LazyLogger])

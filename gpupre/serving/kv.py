@@ -9,13 +9,16 @@
   every transaction.
 - `RedisKV`: redis-py, pipelined (`SET key value PX ttl` for every key in one round trip, `MGET`).
   While Redis is unreachable, writes are appended to a local spill file and replayed, in order,
-  once it answers again: nothing logged is lost.
+  once it answers again: nothing logged is lost. Processes that share a spill file (the default
+  one of a server: host, port and database) take turns on it through a file lock.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import fcntl
+import hashlib
 import math
 import os
 import sqlite3
@@ -24,7 +27,7 @@ import threading
 import time
 import warnings
 
-from .._checks import is_real
+from .._checks import ensure_integer, is_real
 from ..errors import BackendUnavailable, ConfigError, DataError
 
 __all__ = ["KVStore", "RedisKV", "SqliteKV"]
@@ -92,6 +95,12 @@ def _pairs(items) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _keys(keys, what: str) -> list[bytes]:
+    if isinstance(keys, (str, bytes, bytearray)) or not hasattr(keys, "__iter__"):
+        raise ConfigError(f"{what} takes an iterable of keys, got {keys!r}; wrap a single key in a list")
+    return [_key(k) for k in keys]
+
+
 def _key(key) -> bytes:
     if isinstance(key, str):
         return key.encode()
@@ -119,6 +128,8 @@ class SqliteKV(KVStore):
         super().__init__()
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigError(f"synchronous={synchronous!r} must be 'NORMAL' or 'FULL'")
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"SqliteKV path={path!r} must be a file path (or ':memory:')")
         self.path, self.clock = path, clock
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -156,7 +167,7 @@ class SqliteKV(KVStore):
         self._count_put(pairs)
 
     def get_many(self, keys) -> list[bytes | None]:
-        keys = [_key(k) for k in keys]
+        keys = _keys(keys, "get_many")
         found = {}
         now = self.clock()
         with self._using("get_many") as db:
@@ -170,7 +181,7 @@ class SqliteKV(KVStore):
         return values
 
     def delete(self, keys) -> int:
-        keys = [(_key(k),) for k in keys]
+        keys = [(k,) for k in _keys(keys, "delete")]
         with self._using("delete") as db:
             before = db.total_changes
             db.execute("BEGIN")
@@ -203,8 +214,10 @@ class RedisKV(KVStore):
     Args:
         url: a redis:// URL (default: localhost, port 6379).
         spill_path: the local file that writes go to while Redis is unreachable (default: a file
-            next to the working directory named after the URL's port); replayed on reconnect.
-        retries, backoff_s: attempts per operation before a write spills (reads raise).
+            in the working directory named after the URL's host, port and database); replayed on
+            reconnect, by whichever process sharing it gets there first.
+        retries, backoff_s: attempts per operation (at least 1) before a write spills (reads
+            raise), and the wait before the second (doubling after).
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", spill_path: str | None = None, retries: int = 3,
@@ -215,15 +228,38 @@ class RedisKV(KVStore):
         except ImportError as e:
             raise BackendUnavailable(f"RedisKV needs redis-py ({e}); install it with `pip install 'gpupre[redis]'`") from e
         self._redis = redis
-        self.url, self.retries, self.backoff_s = url, retries, backoff_s
+        if not (is_real(backoff_s) and backoff_s >= 0):
+            raise ConfigError(f"RedisKV backoff_s={backoff_s!r} must be a number of seconds >= 0")
+        self.url, self.retries, self.backoff_s = url, ensure_integer(retries, "RedisKV retries"), float(backoff_s)
         try:
             self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         except ValueError as e:
             raise ConfigError(f"RedisKV url={url!r} is not a Redis URL ({e}); pass one like 'redis://host:6379/0'") from e
-        port = self.client.connection_pool.connection_kwargs.get("port", 6379)
-        self.spill_path = spill_path or os.path.abspath(f"gpupre-redis-{port}.spill")
+        kw = self.client.connection_pool.connection_kwargs
+        server = f"{kw.get('host', kw.get('path'))}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        name = f"gpupre-redis-{kw.get('port', 6379)}-{hashlib.sha1(server.encode()).hexdigest()[:8]}.spill"
+        self.spill_path = os.path.abspath(os.fspath(spill_path or name))
+        if not os.path.isdir(os.path.dirname(self.spill_path)):
+            raise ConfigError(f"RedisKV spill_path={self.spill_path!r}: its directory does not exist; create it or pass another")
         self.stats.update({"spilled": 0, "replayed": 0})
         self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """This store's lock, and the spill file's lock across processes; a closed store refuses."""
+        with self._lock:
+            if self._closed:
+                raise ConfigError(f"RedisKV {self.url} is closed; create a new RedisKV")
+            try:
+                with open(self.spill_path + ".lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    yield
+            except OSError as e:
+                raise BackendUnavailable(
+                    f"RedisKV {self.url}: the spill file {self.spill_path} cannot be used ({e}); "
+                    "nothing of this call was spilled: free the disk or pass another spill_path"
+                ) from e
 
     def _retry(self, fn):
         for attempt in range(self.retries):
@@ -254,7 +290,7 @@ class RedisKV(KVStore):
         if not math.isfinite(ttl_s):
             raise ConfigError(f"RedisKV ttl_s={ttl_s!r} must be finite: Redis keys expire after a number of milliseconds")
         ttl_ms = max(1, int(ttl_s * 1000))
-        with self._lock:
+        with self._locked():
             try:
                 self._replay()
                 self._retry(lambda: self._write(pairs, ttl_ms))
@@ -298,7 +334,7 @@ class RedisKV(KVStore):
 
     def flush_spill(self) -> bool:
         """Replay the spill file now; True when nothing is left spilled."""
-        with self._lock:
+        with self._locked():
             try:
                 self._replay()
             except (self._redis.ConnectionError, self._redis.TimeoutError):
@@ -306,27 +342,34 @@ class RedisKV(KVStore):
         return True
 
     def get_many(self, keys) -> list[bytes | None]:
-        keys = [_key(k) for k in keys]
-        with self._lock:
-            try:
-                self._replay()  # reads see what was spilled
-            except (self._redis.ConnectionError, self._redis.TimeoutError):
-                pass
+        keys = _keys(keys, "get_many")
+        with self._locked():
+            self._try_replay()  # reads see what was spilled
             values = self._answer(lambda: self.client.mget(keys), "get_many") if keys else []
         self._count_get(keys, values)
         return values
 
     def delete(self, keys) -> int:
-        keys = [_key(k) for k in keys]
-        deleted = self._answer(lambda: self.client.delete(*keys), "delete") if keys else 0
+        keys = _keys(keys, "delete")
+        with self._locked():
+            self._try_replay()  # a spilled key deleted now must not come back with a later replay
+            deleted = self._answer(lambda: self.client.delete(*keys), "delete") if keys else 0
         self.stats["deleted"] += deleted
         return deleted
+
+    def _try_replay(self) -> None:
+        try:
+            self._replay()
+        except (self._redis.ConnectionError, self._redis.TimeoutError):
+            pass
 
     def purge_expired(self) -> int:
         return 0  # Redis expires keys itself
 
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            self._closed = True
+            self.client.close()
 
 
 def _spilled_batches(data: bytes) -> tuple[list, int]:

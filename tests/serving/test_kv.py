@@ -178,3 +178,36 @@ def test_a_spill_file_cut_short_replays_whole_batches_only(redis_server, tmp_pat
         store.put_many({"new": b"x"}, ttl_s=60)
     assert store.get_many(["whole", "cut", "after", "new"]) == [b"v1", None, None, b"x"]
     assert not spill.exists() and store.stats["replayed"] == 1
+
+
+def test_keys_must_be_an_iterable_of_keys_not_one_key(store):
+    store.put_many({"abc": b"1", "a": b"2"}, ttl_s=60)
+    for use in (store.get_many, store.delete):
+        for bad in ("abc", b"abc", 5, None):
+            with pytest.raises(gp.ConfigError, match="iterable of keys"):
+                use(bad)
+    assert store.get_many(["abc", "a"]) == [b"1", b"2"]
+
+
+def test_a_deleted_key_does_not_come_back_from_the_spill_file(redis_server, tmp_path):
+    store = RedisKV(redis_server.url, spill_path=str(tmp_path / "spill"), retries=1)
+    redis_server.stop()
+    store.put_many({"k": b"secret"}, ttl_s=60)
+    redis_server.start()
+    assert store.delete(["k"]) == 1 and store.get_many(["k"]) == [None]
+
+
+def test_redis_arguments_spill_files_and_a_closed_store(tmp_path):
+    pytest.importorskip("redis")
+    for kw, words in (({"retries": 0}, "retries=0"), ({"retries": "3"}, "retries='3'"), ({"backoff_s": -1}, "backoff_s=-1"),
+                      ({"spill_path": str(tmp_path / "no" / "spill")}, "directory does not exist")):  # fmt: skip
+        with pytest.raises(gp.ConfigError, match=words):
+            RedisKV(_unused_url(), **kw)
+    a, b = RedisKV("redis://127.0.0.1:7000/0"), RedisKV("redis://10.0.0.2:7000/0")
+    assert a.spill_path != b.spill_path  # two servers on one port do not share a spill file
+    store = RedisKV(_unused_url(), spill_path=str(tmp_path / "spill"), retries=1)
+    store.close()
+    with pytest.raises(gp.ConfigError, match="is closed"):
+        store.put_many({"a": b"1"}, ttl_s=1)
+    with pytest.raises(gp.ConfigError, match="must be a file path"):
+        SqliteKV(None)

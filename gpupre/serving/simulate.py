@@ -11,6 +11,7 @@ arrive, joined in batches.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import operator
@@ -88,60 +89,61 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     now = [START]
     clock = lambda: now[0]  # noqa: E731 - the simulation's time, shared by the store and the joiner
     os.makedirs(path, exist_ok=True)
-    own_store = store is None
-    if own_store:
-        store = SqliteKV(os.path.join(path, "_kv.sqlite"), clock=clock)
-    cls = LazyLogger if logger == "lazy" else EagerLogger
-    extra = {"head": head, "page": page, "max_items": items, "clock": clock} if logger == "lazy" else {}
-    log = cls(store, catalog_batch.schema, users.schema, ttl_s=ttl_s, **extra)
-    writer = (DedupWriter if layout == "dedup" else TabularWriter)(path, catalog_batch.schema, users.schema, ("click",))
-    joiner = LabelJoiner(store, writer, ttl_s=ttl_s, window_s=window_s, clock=clock)
-    served = START + np.arange(requests) * (duration_s / requests)
-    events, pending, pending_since, peak = [], [], 0.0, {"logger": 0, "joiner": 0}
-    started = time.perf_counter()
-    bar = tqdm(total=requests, desc="simulating requests", unit="req", disable=not progress)
-    order = 0  # ties keep the order they were pushed in
-    for r in range(requests):
-        heapq.heappush(events, (served[r], order, "rank", r))
-        order += 1
-        while events and (r == requests - 1 or events[0][0] <= served[min(r + 1, requests - 1)]):
-            at, _, kind, payload = heapq.heappop(events)
-            if pending and at - pending_since > JOIN_EVERY_S:  # join before the clock moves on
-                log.flush()  # pages asked for are written before their labels are looked up
-                joiner.add(pending)
-                pending = []
-            now[0] = max(now[0], at)
-            if kind == "rank":
-                ranked = rng.choice(catalog, items, replace=False)
-                features = catalog_batch.take(ranked)
-                log.log_ranking(payload, ranked, features, users.take([payload]))
-                if seen[payload] > head and logger == "lazy":
-                    heapq.heappush(events, (at + PAGINATION_DELAY_S, order, "page", payload))
-                    order += 1
-                for label_event, arrival in _labels(payload, ranked, features, users, seen[payload], head, at, item_weights,
-                                                    user_weights, ttl_s, duplicate_rate, late_rate, rng):  # fmt: skip
-                    heapq.heappush(events, (arrival, order, "label", label_event))
-                    order += 1
-                bar.update(1)
-            elif kind == "page":
-                log.on_paginate(payload, int(seen[payload]))
-            else:
-                pending_since = at if not pending else pending_since
-                pending.append(payload)
-            peak["logger"] = max(peak["logger"], log.stats.get("pending", 0))
-            peak["joiner"] = max(peak["joiner"], joiner.open_requests)
-    bar.close()
-    log.flush()
-    joiner.add(pending)
-    joiner.close()
-    log.close()
-    report = {"path": os.path.abspath(path), "requests": requests, "ranked_items": requests * items,
-              "items_seen": int(seen.sum()), "logger": dict(log.stats), "kv": dict(store.stats),
-              "joiner": dict(joiner.stats), "writer": dict(writer.stats), "peak_buffered_requests": peak,
-              "seconds": time.perf_counter() - started}  # fmt: skip
-    if own_store:
-        store.close()
-    return report
+    with contextlib.ExitStack() as cleanup:  # what was opened is closed, however the run ends
+        if store is None:
+            store = SqliteKV(os.path.join(path, "_kv.sqlite"), clock=clock)
+            cleanup.callback(store.close)
+        cls = LazyLogger if logger == "lazy" else EagerLogger
+        extra = {"head": head, "page": page, "max_items": items, "clock": clock} if logger == "lazy" else {}
+        log = cls(store, catalog_batch.schema, users.schema, ttl_s=ttl_s, **extra)
+        cleanup.callback(log.close)
+        writer = (DedupWriter if layout == "dedup" else TabularWriter)(path, catalog_batch.schema, users.schema, ("click",))
+        cleanup.callback(writer.close)
+        joiner = LabelJoiner(store, writer, ttl_s=ttl_s, window_s=window_s, clock=clock)
+        served = START + np.arange(requests) * (duration_s / requests)
+        events, pending, pending_since, peak = [], [], 0.0, {"logger": 0, "joiner": 0}
+        started = time.perf_counter()
+        bar = tqdm(total=requests, desc="simulating requests", unit="req", disable=not progress)
+        order = 0  # ties keep the order they were pushed in
+        for r in range(requests):
+            heapq.heappush(events, (served[r], order, "rank", r))
+            order += 1
+            while events and (r == requests - 1 or events[0][0] <= served[min(r + 1, requests - 1)]):
+                at, _, kind, payload = heapq.heappop(events)
+                if pending and at - pending_since > JOIN_EVERY_S:  # join before the clock moves on
+                    log.flush()  # pages asked for are written before their labels are looked up
+                    joiner.add(pending)
+                    pending = []
+                now[0] = max(now[0], at)
+                if kind == "rank":
+                    ranked = rng.choice(catalog, items, replace=False)
+                    features = catalog_batch.take(ranked)
+                    log.log_ranking(payload, ranked, features, users.take([payload]))
+                    if seen[payload] > head and logger == "lazy":
+                        heapq.heappush(events, (at + PAGINATION_DELAY_S, order, "page", payload))
+                        order += 1
+                    for label_event, arrival in _labels(payload, ranked, features, users, seen[payload], head, at, item_weights,
+                                                        user_weights, ttl_s, duplicate_rate, late_rate, rng):  # fmt: skip
+                        heapq.heappush(events, (arrival, order, "label", label_event))
+                        order += 1
+                    bar.update(1)
+                elif kind == "page":
+                    log.on_paginate(payload, int(seen[payload]))
+                else:
+                    pending_since = at if not pending else pending_since
+                    pending.append(payload)
+                peak["logger"] = max(peak["logger"], log.stats.get("pending", 0))
+                peak["joiner"] = max(peak["joiner"], joiner.open_requests)
+        bar.close()
+        log.flush()
+        joiner.add(pending)
+        joiner.close()
+        log.close()
+        report = {"path": os.path.abspath(path), "requests": requests, "ranked_items": requests * items,
+                  "items_seen": int(seen.sum()), "logger": dict(log.stats), "kv": dict(store.stats),
+                  "joiner": dict(joiner.stats), "writer": dict(writer.stats), "peak_buffered_requests": peak,
+                  "seconds": time.perf_counter() - started}  # fmt: skip
+        return report
 
 
 def _labels(request, ranked, features: Batch, users: Batch, seen: int, head: int, served: float, item_weights,

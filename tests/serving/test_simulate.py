@@ -1,5 +1,7 @@
 """The traffic simulator: it drives the loggers and the joiner and leaves a dataset gp.Dataset reads."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,16 @@ def test_bad_counts_rates_and_scroll_functions_are_config_errors(tmp_path, kw, w
 def test_numpy_integer_counts_are_accepted(tmp_path):
     report = simulate(tmp_path, requests=np.int64(20), items=np.int64(10), progress=False)
     assert report["requests"] == 20 and report["ranked_items"] == 200
+
+
+@pytest.mark.parametrize("kw", [{"ttl_s": -1}, {"window_s": -1}])
+def test_a_failed_run_closes_what_it_opened(tmp_path, kw):
+    import threading
+
+    before = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(gp.ConfigError):
+            simulate(tmp_path, **{"requests": 20, "progress": False, **kw})
+    assert threading.active_count() == before  # no lazy logger's thread left behind
+    kv = str(tmp_path / "_kv.sqlite")
+    assert not any(os.path.realpath(f"/proc/self/fd/{fd}").startswith(kv) for fd in os.listdir("/proc/self/fd"))

@@ -92,15 +92,25 @@ class _HourlyWriter:
                              EXTRAS)  # fmt: skip
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"{type(self).__name__} path {self.path!r} is a file; pass a directory, new or one it wrote")
-        os.makedirs(self.path, exist_ok=True)
-        self._ledger = sqlite3.connect(os.path.join(self.path, "_ledger.sqlite"))
-        self._ledger.execute("PRAGMA journal_mode=WAL")
-        self._ledger.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
-        self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
-        self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
-        self._ledger.execute("CREATE TABLE IF NOT EXISTS dataset (key TEXT PRIMARY KEY, value TEXT)")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{type(self).__name__} path {self.path!r} cannot be made a directory ({e}); pass another") from e
+        ledger = os.path.join(self.path, "_ledger.sqlite")
+        try:
+            self._ledger = sqlite3.connect(ledger)
+            self._ledger.execute("PRAGMA journal_mode=WAL")
+            self._ledger.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
+            self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
+            self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
+            self._ledger.execute("CREATE TABLE IF NOT EXISTS dataset (key TEXT PRIMARY KEY, value TEXT)")
+            stored = self._ledger.execute("SELECT value FROM dataset WHERE key = 'request_id_type'").fetchone()
+        except sqlite3.Error as e:
+            raise DataError(
+                f"{ledger}: the ledger of committed files cannot be opened ({e}); it is corrupt or not a ledger: "
+                "restore it, or write to a new path"
+            ) from e
         self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
-        stored = self._ledger.execute("SELECT value FROM dataset WHERE key = 'request_id_type'").fetchone()
         self.request_id_type = None if stored is None else {"int": int, "str": str}[stored[0]]
         self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
 

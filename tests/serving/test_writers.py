@@ -157,3 +157,14 @@ def test_a_closed_writer_and_a_file_for_a_path_are_config_errors(tmp_path):
             use()
     with pytest.raises(gp.ConfigError, match="is a file; pass a directory"):
         TabularWriter(tmp_path / "out" / "_ledger.sqlite", item_schema, user_schema)
+
+
+def test_a_path_that_cannot_be_a_directory_and_a_corrupt_ledger_are_clear_errors(tmp_path):
+    item_schema, user_schema, _ = joined_requests(1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(gp.ConfigError, match="cannot be made a directory"):
+        DedupWriter(tmp_path / "file" / "out", item_schema, user_schema, ("click", "like"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_ledger.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(gp.DataError, match="ledger of committed files cannot be opened"):
+        DedupWriter(tmp_path / "out", item_schema, user_schema, ("click", "like"))

@@ -89,8 +89,12 @@ class Batch:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_arrow(cls, table: pa.Table | pa.RecordBatch, schema: Schema, source: str = "<table>"):
+    def from_arrow(cls, table: pa.Table | pa.RecordBatch, schema: Schema, source: str = "<table>", arrow_extras=()):
         """Build a host batch from a flattened Arrow table holding `schema`'s columns.
+
+        Extras (pass-through columns) of numbers without nulls become numpy arrays, others stay
+        Arrow arrays, as do those named in `arrow_extras` (a dataset names the columns that
+        may hold nulls somewhere, so that a column has one type in every batch).
 
         Each Arrow buffer is viewed, not converted. A kind with a single feature and no nulls
         is not copied at all; otherwise the one copy is the gather into the contiguous layout.
@@ -130,7 +134,7 @@ class Batch:
         if schema.labels:
             rows = [_float32(columns[name], name, source) for name in schema.labels]
             labels = rows[0] if len(rows) == 1 else np.stack(rows)
-        extras = {name: _extra(columns[name]) for name in schema.extras}
+        extras = {name: _extra(columns[name], name in arrow_extras) for name in schema.extras}
         images = {f.name: _image(columns[f.name], f.name, source) for f in schema.images}
         return cls(n, tuple(f.name for f in dense_features), dense, sparse, labels, extras, schema=schema, images=images)
 
@@ -456,10 +460,8 @@ def binary_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _extra(arr: pa.Array):
-    t = arr.type
-    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-    if numeric and arr.null_count == 0:
+def _extra(arr: pa.Array, arrow: bool = False):
+    if not arrow and is_number_type(arr.type) and arr.null_count == 0:
         return arr.to_numpy(zero_copy_only=False)
     return arr
 

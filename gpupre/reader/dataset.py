@@ -120,6 +120,7 @@ class Dataset:
             if self._parts[2] not in self.columns:  # the column that counts impressions
                 self.columns.append(self._parts[2])
         expected = {c: arrow_schema.field(c).type for c in self.columns}
+        self._arrow_extras = frozenset(name for name in passthrough if _may_hold_nulls(self._metadata, name))
         self._units = []
         for p in self.paths:
             self._check_file(p, arrow_schemas[p], expected)
@@ -196,7 +197,7 @@ class Dataset:
 
     def _batch(self, table, source: str) -> Batch:
         if self._dedup is None:
-            return Batch.from_arrow(table, self.schema, source=source)
+            return Batch.from_arrow(table, self.schema, source=source, arrow_extras=self._arrow_extras)
         batch = _dedup_batch(table, self.schema, *self._parts, source)
         return batch.expand() if self.expand else batch
 
@@ -341,6 +342,18 @@ def _resolve(path, filesystem):
         else:
             files.append(p)
     return filesystem, files
+
+
+def _may_hold_nulls(metadata: dict, name: str) -> bool:
+    """Whether a row group of some file may hold a null in the top-level column `name` (one
+    without statistics may)."""
+    for md in metadata.values():
+        leaf = next((i for i in range(md.num_columns) if md.schema.column(i).path == name), None)
+        for rg in range(md.num_row_groups):
+            stats = None if leaf is None else md.row_group(rg).column(leaf).statistics
+            if stats is None or not stats.has_null_count or stats.null_count:
+                return True
+    return False
 
 
 def _check_no_file_has_more(arrow_schemas: dict, wanted) -> None:

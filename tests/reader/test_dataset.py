@@ -297,3 +297,13 @@ def test_a_column_missing_from_the_first_file_is_a_schema_error_naming_both(tmp_
 def test_a_filesystem_or_uri_that_cannot_be_used_is_a_config_error(synth_file, kw, error, words):
     with pytest.raises(error, match=words):
         gp.Dataset(**{"path": synth_file, **kw})
+
+
+def test_a_passthrough_column_with_nulls_anywhere_is_arrow_in_every_batch(tmp_path):
+    path = str(tmp_path / "ids.parquet")
+    ids = pa.array([None if i == 10 else i for i in range(40)], pa.int64())
+    pq.write_table(pa.table({"x": np.arange(40, dtype=np.float32), "row_id": ids, "t": np.arange(40)}), path, row_group_size=10)
+    ds = gp.Dataset(path, features=["x"], passthrough=["row_id", "t"])
+    batches = [ds.read(u) for u in ds.units()]
+    assert all(isinstance(b.extras["row_id"], pa.Array) for b in batches)  # the null is in the second only
+    assert all(isinstance(b.extras["t"], np.ndarray) for b in batches)

@@ -58,32 +58,28 @@ class FeatureCodec:
             )  # fmt: skip
         n = batch.num_rows
         rows = np.arange(n) if rows is None else np.asarray(rows, np.int64).reshape(-1)
-        shapes = (np.shape(batch.dense), np.shape(sparse.lengths), np.shape(sparse.values))
-        weights = () if sparse.weights is None else np.shape(sparse.weights)
-        if shapes[:2] != ((self.num_dense, n), (self.num_sparse * n,)) or weights not in ((), shapes[2]):
-            raise DataError(
-                f"a batch of {n} rows has dense {shapes[0]}, lengths {shapes[1]}, values {shapes[2]} and weights "
-                f"{weights or None}; expected dense ({self.num_dense}, {n}), lengths ({self.num_sparse * n},) and "
-                "weights as long as values: build the Batch with Batch.from_arrow or check its arrays"
-            )
         # The arrays go to the kernel as they are when they have its types (the usual case): this
         # runs once per logged request and page, so its fixed cost is most of a small page's.
-        data, ends, status = _encode(
-            np.ascontiguousarray(batch.dense, np.float32),
-            np.ascontiguousarray(sparse.lengths, np.int32),
-            np.ascontiguousarray(sparse.values, np.int64),
-            _NO_WEIGHTS if sparse.weights is None else np.ascontiguousarray(sparse.weights, np.float32),
-            rows,
-            self.num_sparse,
-            n,
-        )
+        dense = np.ascontiguousarray(batch.dense, np.float32)
+        lengths = np.ascontiguousarray(sparse.lengths, np.int32)
+        values = np.ascontiguousarray(sparse.values, np.int64)
+        weights = _NO_WEIGHTS if sparse.weights is None else np.ascontiguousarray(sparse.weights, np.float32)
+        if dense.shape != (self.num_dense, n) or lengths.shape != (self.num_sparse * n,) or (
+            self.weighted and weights.shape != values.shape
+        ):
+            raise DataError(
+                f"a batch of {n} rows has dense {dense.shape}, lengths {lengths.shape}, values {values.shape} and "
+                f"weights {weights.shape}; expected dense ({self.num_dense}, {n}), lengths ({self.num_sparse * n},) "
+                "and weights as long as values: build the Batch with Batch.from_arrow or check its arrays"
+            )
+        data, ends, status = _encode(dense, lengths, values, weights, rows, self.num_sparse, n)
         if status == _ROW_OUTSIDE:
             bad = int(rows[(rows < 0) | (rows >= n)][0])
             raise DataError(f"row {bad} to log is outside the batch of {n} rows; pass rows in [0, {n})")
         if status == _BAD_LENGTHS:
             raise DataError(
                 f"the batch's sparse lengths (sum {int(np.sum(sparse.lengths))}, least {int(np.min(sparse.lengths))}) "
-                f"do not describe its {shapes[2][0]} values; lengths must be >= 0 and add up to the values"
+                f"do not describe its {len(values)} values; lengths must be >= 0 and add up to the values"
             )
         data, ends = data.tobytes(), ends.tolist()
         return [data[ends[r] : ends[r + 1]] for r in range(len(rows))]

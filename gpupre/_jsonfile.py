@@ -29,8 +29,10 @@ class JsonFile:
             ConfigError: `path` is a directory, or its directory does not exist.
         """
         ensure_output_path(path, type(self).__name__)
-        with open(path, "w") as f:
-            f.write(self.to_json())
+        text = self.to_json()  # before the file is touched: a failure leaves it as it was
+        with open(f"{path}.tmp", "w") as f:
+            f.write(text)
+        os.replace(f"{path}.tmp", path)
 
     @classmethod
     def load(cls, path):

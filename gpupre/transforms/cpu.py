@@ -16,6 +16,7 @@ import numpy as np
 from numba import prange
 
 from ..batch import Batch, KeyedJagged
+from ..errors import DataError
 from ._hash import cross_id, divisor, float_to_id, floor_mod, hash_128_to_64, sigrid_hash
 from ._log1p import log1p32_block
 from .plan import (
@@ -387,9 +388,11 @@ def _running_sum(tiles):
 
 @numba.njit(parallel=True, cache=True)
 def _level_lengths(
-    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived, rows, threads,
+    kind, a, b, params, mappings, out, n, in_lengths, in_tiles, in_values, ids, valid, out_lengths, out_tiles, derived, status,
+    rows, threads,
 ):  # fmt: skip
-    """Output lengths of every app; out_tiles[t + 1] gets the sum of output tile t."""
+    """Output lengths of every app; out_tiles[t + 1] gets the sum of output tile t. A Cross row of
+    more than 2**31 - 1 ids gets none, and status (ids, app, row) says so."""
     blocks = (n + rows - 1) // rows
     num_keys = len(in_lengths) // n
     tiles, ranges, per = _schedule(len(kind), n, rows, threads)
@@ -427,7 +430,10 @@ def _level_lengths(
                 elif k == S_NGRAM:
                     length = max(la - params[i, 0] + 1, 0)
                 else:  # S_CROSS
-                    length = la * _length(kb, r, n, num_keys, in_lengths, valid)
+                    length = np.int64(la) * _length(kb, r, n, num_keys, in_lengths, valid)
+                    if length > 2147483647:
+                        status[0], status[1], status[2] = length, i, r
+                        length = 0
                 out_lengths[o + r] = length
                 total += length
         if k != S_OVERLAP:  # its out is a derived column, not an output key
@@ -581,7 +587,14 @@ class CpuExecutor:
         in_tiles = _tile_offsets(lengths, n, rows)
         out_tiles = np.zeros(level.num_outputs * -(-n // rows) + 1, np.int64)
         args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
-        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived, rows, threads)
+        status = np.zeros(3, np.int64)
+        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived, status,
+                       rows, threads)  # fmt: skip
+        if status[0]:
+            raise DataError(
+                f"a Cross (app {status[1]}) would make {status[0]} ids in row {status[2]}, more than 2**31 - 1; "
+                "Truncate its inputs first"
+            )
         _running_sum(out_tiles)
         total = int(out_tiles[-1])
         out_values = np.empty(total, np.int64)

@@ -8,7 +8,10 @@ Building an op touches no data; `Pipeline.fit` fills in the statistics of fitted
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
 
 from ..errors import ConfigError
 from ..schema import DENSE, SCORED, SPARSE
@@ -48,8 +51,32 @@ def _names(value, what: str, op: str) -> tuple[str, ...]:
 
 
 def _positive_int(value, what: str, op: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{op}: {what}={value!r} must be an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**63:
+        raise ConfigError(f"{op}: {what}={value!r} must be an integer >= {minimum} (and an int64)")
+
+
+def _real(value, what: str, op: str) -> None:
+    """A number (not a bool) that fits a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, int) and abs(value) > 2**1023):
+        raise ConfigError(f"{op}: {what}={value!r} must be a number")
+
+
+def _flag(value, what: str, op: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{op}: {what}={value!r} must be True or False")
+
+
+def _plain(value):
+    """numpy scalars (and tuples of them) as Python numbers, so that ops check and save them alike."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.generic) and isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, np.generic) and isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,9 @@ class Op:
             raise ConfigError(
                 f"{name}: out={self.out} must name one output per feature ({len(self.features)} features)"
             )
+        for f in fields(self):
+            if f.name not in ("features", "out"):
+                object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         self.validate()
 
     def validate(self) -> None:
@@ -118,7 +148,8 @@ class FillMissing(Op):
     accepts = (DENSE,)
 
     def validate(self):
-        if not isinstance(self.value, (int, float)) or math.isnan(self.value):
+        _real(self.value, "value", "FillMissing")
+        if math.isnan(self.value):
             raise ConfigError(f"FillMissing: value={self.value!r} must be a number (not NaN)")
 
 
@@ -138,6 +169,8 @@ class Clamp(Op):
     accepts = (DENSE,)
 
     def validate(self):
+        _real(self.lo, "lo", "Clamp")
+        _real(self.hi, "hi", "Clamp")
         if math.isnan(self.lo) or math.isnan(self.hi) or self.lo > self.hi:
             raise ConfigError(f"Clamp: needs lo <= hi, got lo={self.lo!r}, hi={self.hi!r}")
 
@@ -153,6 +186,9 @@ class Normalize(Op):
     def validate(self):
         if (self.mean is None) != (self.std is None):
             raise ConfigError("Normalize: give both mean and std, or neither (to fit them)")
+        if self.mean is not None:
+            _real(self.mean, "mean", "Normalize")
+            _real(self.std, "std", "Normalize")
         if self.std is not None and not (self.std >= 0 and math.isfinite(self.std) and math.isfinite(self.mean)):
             raise ConfigError(f"Normalize: mean={self.mean!r} and std={self.std!r} must be finite, std >= 0")
         if self.mean is not None and len(self.features) > 1:
@@ -174,6 +210,9 @@ class MinMax(Op):
     def validate(self):
         if (self.min is None) != (self.max is None):
             raise ConfigError("MinMax: give both min and max, or neither (to fit them)")
+        if self.min is not None:
+            _real(self.min, "min", "MinMax")
+            _real(self.max, "max", "MinMax")
         if self.min is not None and not (math.isfinite(self.min) and math.isfinite(self.max) and self.min <= self.max):
             raise ConfigError(f"MinMax: needs finite min <= max, got min={self.min!r}, max={self.max!r}")
         if self.min is not None and len(self.features) > 1:
@@ -204,10 +243,14 @@ class Bucketize(Op):
         return cls(features, None, right, num_buckets, out=out)
 
     def validate(self):
+        _flag(self.right, "right", "Bucketize")
         if self.boundaries is None:
             _positive_int(self.num_buckets, "num_buckets", "Bucketize", minimum=2)
             return
-        b = tuple(float(x) for x in self.boundaries)
+        try:
+            b = tuple(float(x) for x in self.boundaries)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ConfigError(f"Bucketize: boundaries={self.boundaries!r} must be a list of numbers ({e})") from e
         object.__setattr__(self, "boundaries", b)
         if not b:
             raise ConfigError("Bucketize: boundaries must be non-empty")
@@ -281,6 +324,7 @@ class SortByScore(Op):
     accepts = (SCORED,)
 
     def validate(self):
+        _flag(self.descending, "descending", "SortByScore")
         if self.top_k is not None:
             _positive_int(self.top_k, "top_k", "SortByScore", minimum=0)
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._checks import ensure_integer
 from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
@@ -163,6 +164,10 @@ class Pipeline(JsonFile):
         Bucketize boundaries are equal-frequency quantiles of a uniform sample of sample_size values
         (exact when the data are smaller).
         """
+        if max_rows is not None:
+            ensure_integer(max_rows, "fit max_rows")
+        ensure_integer(sample_size, "fit sample_size")
+        ensure_integer(seed, "fit seed", 0)
         schema = dataset.schema
         self.output_schema(schema)  # validate before reading anything
         if schema.images:  # no fitted op reads an image: leave their bytes unread

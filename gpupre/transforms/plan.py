@@ -558,9 +558,15 @@ def _check_batch(plan: Plan, batch) -> None:
             f"{sorted(batch.images)}) differ from the plan's (dense {list(expected_dense)}, sparse "
             f"{list(expected_sparse)}, images {expected_images}); compile the pipeline for this batch's schema"
         )
-    lengths = batch.sparse.lengths
+    lengths, weights = batch.sparse.lengths, batch.sparse.weights
     if len(lengths) != len(expected_sparse) * batch.num_rows:
         raise DataError(f"batch lengths hold {len(lengths)} entries for {len(expected_sparse)} keys x {batch.num_rows} rows")
+    if tuple(batch.dense.shape) != (len(expected_dense), batch.num_rows):
+        raise DataError(f"batch dense matrix is {tuple(batch.dense.shape)} for {len(expected_dense)} features x {batch.num_rows} rows")
+    if any(f.kind == SCORED for f in schema.sparse) and weights is None:
+        raise DataError("the schema has scored features but the batch has no scores (sparse.weights is None)")
+    if weights is not None and len(weights) != len(batch.sparse.values):
+        raise DataError(f"batch scores (sparse.weights) hold {len(weights)} entries for {len(batch.sparse.values)} ids; give one per id")
     if getattr(lengths, "is_cuda", False):
         return  # device batches: the kernels check the lengths, without a sync here
     lengths = np.asarray(lengths)

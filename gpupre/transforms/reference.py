@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..batch import Batch
+from ..errors import DataError
 from ..schema import SCORED
 from . import ops as O
 from ._log1p import log1p32_array
@@ -108,9 +109,11 @@ def _apply(op, args, n):
     if isinstance(op, O.FillMissing):
         return np.where(np.isnan(x), f32(op.value), x).astype(f32)
     if isinstance(op, O.Log1p):
-        return log1p32_array(np.maximum(x, f32(0)))  # the float32 log1p every executor computes
+        # comparisons, not np.maximum, as the kernels do: -0.0 stays -0.0
+        return log1p32_array(np.where(x < f32(0), f32(0), x))  # the float32 log1p every executor computes
     if isinstance(op, O.Clamp):
-        return np.minimum(np.maximum(x, f32(op.lo)), f32(op.hi)).astype(f32)
+        x = np.where(x < f32(op.lo), f32(op.lo), x)
+        return np.where(x > f32(op.hi), f32(op.hi), x).astype(f32)
     if isinstance(op, O.Normalize):
         centered = x - f32(op.mean)
         return centered if f32(op.std) == 0 else (centered / f32(op.std)).astype(f32)
@@ -156,6 +159,9 @@ def _apply(op, args, n):
         return _Lists(out)
     a, b = _as_lists(args[0]), _as_lists(args[1])
     if isinstance(op, O.Cross):
+        longest = max((len(ra) * len(rb) for ra, rb in zip(a.rows, b.rows)), default=0)
+        if longest > 2**31 - 1:  # as the kernels' int32 lengths allow
+            raise DataError(f"a Cross would make {longest} ids in a row, more than 2**31 - 1; Truncate its inputs first")
         return _Lists(
             [
                 [sigrid_hash(as_int64(hash_128_to_64(u & MASK, v & MASK)), op.salt, op.num_buckets) for u in ra for v in rb]

@@ -1,6 +1,7 @@
 """Golden vectors for every op, on every executor, and construction-time validation."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -169,6 +170,16 @@ def test_empty_batch(device):
         (lambda: gp.Hash([], 10), "features"),
         (lambda: gp.Hash(5, 10), "features must be a feature name or a non-empty list of names, got 5"),
         (lambda: gp.Pipeline(gp.Hash("c", 10)), r"wrap a single op: gp.Pipeline\(\[op\]\)"),
+        (lambda: gp.FillMissing("x", 10**400), "value=1000"),
+        (lambda: gp.Clamp("x", "a", 1.0), "lo='a' must be a number"),
+        (lambda: gp.Normalize("x", 1.0, "2"), "std='2' must be a number"),
+        (lambda: gp.MinMax("x", 0, True), "max=True must be a number"),
+        (lambda: gp.Bucketize("x", ("a",)), "must be a list of numbers"),
+        (lambda: gp.Bucketize("x", 5), "must be a list of numbers"),
+        (lambda: gp.Bucketize("x", (1.0,), right="yes"), "right='yes' must be True or False"),
+        (lambda: gp.SortByScore("s", None), "descending=None must be True or False"),
+        (lambda: gp.Hash("c", 2**63), "num_buckets=9223372036854775808 must be an integer >= 1"),
+        (lambda: gp.Truncate("c", 2**64), "max_len="),
     ],
 )
 def test_bad_parameters_raise_config_error(make, message):
@@ -203,3 +214,54 @@ def test_sort_by_score_long_rows(device, top_k):
     finite = [i for i in range(120) if not np.isnan(scores[i])]
     expected = sorted(finite, key=lambda i: -scores[i]) + [i for i in range(120) if np.isnan(scores[i])]
     assert rows_of(out, "s") == [expected[:top_k], [7]]
+
+
+def test_numpy_numbers_are_taken_as_python_numbers_and_saved(tmp_path):
+    ops = [gp.Normalize("x", np.float32(1), np.float64(2)), gp.Clamp("x", np.int64(0), np.int64(3)),
+           gp.FillMissing("x", np.float32(1)), gp.Hash("c", np.int64(100), salt=np.int32(-3)),
+           gp.Bucketize("x", np.array([0.5, 1.5], np.float32), right=np.bool_(True))]  # fmt: skip
+    assert ops[0].mean == 1.0 and type(ops[0].mean) is float and type(ops[3].num_buckets) is int
+    assert type(ops[4].right) is bool
+    path = tmp_path / "p.json"
+    gp.Pipeline(ops).save(path)
+    assert gp.Pipeline.load(path).ops == tuple(ops)
+
+
+def test_a_failed_save_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "p.json"
+    gp.Pipeline([gp.Log1p("x")]).save(path)
+    before = path.read_text()
+    pipe = gp.Pipeline([gp.Hash("c", 10)])
+    monkeypatch.setattr(type(pipe), "to_json", lambda self: (_ for _ in ()).throw(TypeError("not JSON")))
+    with pytest.raises(TypeError):
+        pipe.save(path)
+    assert path.read_text() == before
+
+
+def test_signed_zeros_agree_between_executors():
+    """Log1p and Clamp compare, as the kernels do: the reference keeps -0.0 where they keep it."""
+    batch = make_batch({"x": [-0.0, 0.0, -0.0], "y": [0.0, -0.0, 1.0]})
+    ops = [gp.Log1p("x"), gp.Clamp("y", -1.0, -0.0)]
+    ref, cpu = (run(ops, batch, device) for device in ("reference", "cpu"))
+    assert ref.dense.view(np.int32).tolist() == cpu.dense.view(np.int32).tolist()
+
+
+def test_a_cross_too_long_for_int32_lengths_is_a_data_error(device):
+    ids = list(range(46_341))  # 46,341 ** 2 > 2**31 - 1
+    batch = make_batch(sparse={"a": [ids], "b": [ids]})
+    with pytest.raises(gp.DataError, match="more than 2\\*\\*31 - 1"):
+        run([gp.Cross("a", "b", 10, out="c")], batch, device)
+
+
+@pytest.mark.parametrize("device", ["reference", "cpu"])
+def test_a_batch_whose_arrays_disagree_with_its_schema_is_a_data_error(device):
+    good = make_batch({"x": [1.0, 2.0, 3.0]}, scored={"s": ([[1], [2, 3], []], [[0.5], [0.1, 0.2], []])})
+    wrong = {
+        "dense matrix": replace(good, dense=good.dense[:, :2]),
+        "no scores": replace(good, sparse=gp.KeyedJagged(good.sparse.keys, good.sparse.lengths, good.sparse.values)),
+        "scores": replace(good, sparse=gp.KeyedJagged(good.sparse.keys, good.sparse.lengths, good.sparse.values,
+                                                      good.sparse.weights[:2])),  # fmt: skip
+    }
+    for words, batch in wrong.items():
+        with pytest.raises(gp.DataError, match=words):
+            run([gp.Log1p("x"), gp.SortByScore("s", top_k=1)], batch, device)

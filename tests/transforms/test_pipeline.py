@@ -321,3 +321,10 @@ def test_saving_into_a_missing_directory_or_onto_a_directory_is_a_config_error(t
         pipe.save(tmp_path)
     pipe.save(tmp_path / "pipe.json")
     assert gp.Pipeline.load(tmp_path / "pipe.json") == pipe
+
+
+@pytest.mark.parametrize("kw, words", [({"max_rows": -5}, "max_rows=-5"), ({"max_rows": 1.5}, "max_rows=1.5"),
+                                       ({"sample_size": 0}, "sample_size=0"), ({"seed": "a"}, "seed='a'")])  # fmt: skip
+def test_fit_arguments_are_checked(table_ds, kw, words):
+    with pytest.raises(gp.ConfigError, match=words):
+        gp.Pipeline([gp.Normalize("b")]).fit(table_ds, progress=False, **kw)

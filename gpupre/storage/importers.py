@@ -11,6 +11,7 @@ import csv
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
@@ -99,7 +100,8 @@ def import_csv(
                 read_options=pacsv.ReadOptions(block_size=block_size, column_names=column_names),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=read_types, include_columns=list(columns), strings_can_be_null=True
+                    column_types=read_types, include_columns=list(columns), strings_can_be_null=True,
+                    null_values=[""],  # only an empty field is missing: a title "NA" or a zip "NULL" is text
                 ),
             )
             with TableWriter(dst, schema, extra_types, row_group_rows) as writer, tqdm(
@@ -169,6 +171,9 @@ def _convert(table: pa.Table, columns: dict[str, Column], source: str, first_row
                 raise DataError(f"{source} rows {first_row}+: column {name!r} holds a non-integer id: {e}") from e
         elif c.role == "time":
             col = _seconds(col, name, source, first_row)
+        elif c.role == "label" and col.null_count:
+            row = first_row + int(np.flatnonzero(~col.is_valid().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{source} row {row}: label {name!r} is empty; every row needs a label (drop the row or fill it)")
         out[name] = col
     return pa.table(out)
 

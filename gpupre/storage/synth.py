@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .._checks import is_integer, is_real
 from ..batch import offsets_of
 from ..errors import ConfigError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
@@ -52,10 +53,16 @@ class SynthSpec:
 
     def __post_init__(self):
         for name in ("rows", "items_per_request", "max_list_length", "vocab_size", "row_group_rows", "num_files"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"SynthSpec.{name}={getattr(self, name)} must be positive")
-        if min(self.num_dense, self.num_sparse, self.num_scored, self.num_planted) < 0:
-            raise ConfigError("SynthSpec feature counts must be >= 0")
+            if not is_integer(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"SynthSpec.{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("num_dense", "num_sparse", "num_scored", "num_planted", "seed"):
+            if not is_integer(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"SynthSpec.{name}={getattr(self, name)!r} must be an integer >= 0")
+        for name in ("list_fraction", "mean_list_length", "zipf_a", "missing_rate"):
+            if not is_real(getattr(self, name)):
+                raise ConfigError(f"SynthSpec.{name}={getattr(self, name)!r} must be a number")
+        if not self.mean_list_length > 0:
+            raise ConfigError(f"SynthSpec.mean_list_length={self.mean_list_length!r} must be > 0")
         if self.num_planted > self.num_dense + self.num_sparse + self.num_scored:
             raise ConfigError(f"SynthSpec.num_planted={self.num_planted} exceeds the number of features")
         if not (0 <= self.missing_rate < 1 and 0 <= self.list_fraction <= 1 and self.zipf_a > 1):
@@ -91,7 +98,9 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
         layout: "flat" (one column per feature) or "map" (the legacy map layout, same data).
     Returns the flattened schema.
     """
-    spec = spec or SynthSpec()
+    spec = SynthSpec() if spec is None else spec
+    if not isinstance(spec, SynthSpec):
+        raise ConfigError(f"spec must be a SynthSpec (or None), got {type(spec).__name__}: SynthSpec(**{spec!r})?")
     if layout not in ("flat", "map"):
         raise ConfigError(f"{layout=} must be 'flat' or 'map'")
     schema = synth_schema(spec)
@@ -100,9 +109,13 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
     if spec.num_files == 1:
         paths = [path]
     else:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot be the directory of {spec.num_files} files ({e}); pass another path") from e
         paths = [os.path.join(path, f"part-{i:05d}.parquet") for i in range(spec.num_files)]
-    per_file = -(-spec.rows // spec.num_files)
+    k = spec.items_per_request  # files start at request boundaries, as _generate assumes
+    per_file = -(-spec.rows // spec.num_files // k) * k if spec.rows >= spec.num_files * k else -(-spec.rows // spec.num_files)
     weights = _planted_weights(spec, planted)
     chunk = 0
     with tqdm(total=spec.rows, desc=f"synthesizing {layout}", unit="rows", disable=not progress) as bar:
@@ -125,10 +138,34 @@ def _writer(path, schema, spec, layout, meta):
     if layout == "flat":
         extra_types = {"request_id": pa.int64(), "row_id": pa.int64()}
         return TableWriter(path, schema, extra_types, spec.chunk_rows, metadata=meta)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     empty = _generate(spec, schema, _planted_weights(spec, ()), 0, 0, 0)
     arrow_schema = flat_to_map(empty, schema)[0].schema
-    return pq.ParquetWriter(path, arrow_schema.with_metadata({**arrow_schema.metadata, **meta}), compression="zstd")
+    return _MapWriter(path, arrow_schema.with_metadata({**arrow_schema.metadata, **meta}))
+
+
+class _MapWriter(pq.ParquetWriter):
+    """A ParquetWriter of the map layout that writes a hidden file and renames it into place when
+    it closes without an error: an interrupted run leaves no file that looks whole."""
+
+    def __init__(self, path, arrow_schema):
+        self.final = os.path.abspath(os.fspath(path))
+        directory, name = os.path.split(self.final)
+        self.tmp = os.path.join(directory, f".{name}.tmp")
+        try:
+            if os.path.isdir(self.final):
+                raise IsADirectoryError(f"{self.final} is a directory")
+            os.makedirs(directory, exist_ok=True)
+            super().__init__(self.tmp, arrow_schema, compression="zstd")
+        except OSError as e:
+            raise ConfigError(f"{self.final}: cannot write the map layout there ({e}); pass the path of a file") from e
+
+    def __exit__(self, kind, value, traceback):
+        super().__exit__(kind, value, traceback)
+        if kind is None:
+            os.replace(self.tmp, self.final)
+        else:
+            os.remove(self.tmp)
+        return False
 
 
 def _planted_weights(spec, planted):

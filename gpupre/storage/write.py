@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from ..batch import offsets_of, one_array
 from ..errors import ConfigError, SchemaError
-from ..schema import Schema
+from ..schema import METADATA_KEY, Schema
 
 __all__ = ["DEFAULT_ROW_GROUP_ROWS", "TableWriter", "to_flat_table", "write_table"]
 
@@ -82,6 +82,8 @@ class TableWriter:
             raise ConfigError(
                 f"{compression=} is not a Parquet codec; pass one of {', '.join(_PARQUET_CODECS)}"
             )
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise ConfigError(f"path={path!r} must be the path of a Parquet file to write")
         if os.path.isdir(path):
             example = os.path.join(str(path), "part-0.parquet")
             raise ConfigError(f"{path} is a directory; pass the path of a Parquet file to write, such as {example}")
@@ -94,15 +96,18 @@ class TableWriter:
         self._arrow_schema = arrow_schema
         self.path = os.fspath(path)
         directory, name = os.path.split(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
         self._tmp = os.path.join(directory, f".{name}.tmp")
-        self._writer = pq.ParquetWriter(
-            self._tmp,
-            arrow_schema,
-            compression=compression,
-            write_statistics=write_statistics,
-            write_page_index=write_page_index,
-        )
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                self._tmp,
+                arrow_schema,
+                compression=compression,
+                write_statistics=write_statistics,
+                write_page_index=write_page_index,
+            )
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot write there ({e}); pass a path in a writable directory") from e
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
@@ -128,7 +133,11 @@ class TableWriter:
             self._flush(self._pending_rows)
         self._writer.close()
         self._writer = None
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            os.remove(self._tmp)
+            raise ConfigError(f"{self.path}: cannot put the written file there ({e}); pass another path") from e
 
     def abort(self) -> None:
         """Stop without writing anything to `path`."""
@@ -173,7 +182,9 @@ def write_table(
             f"table must be a pyarrow Table, got {type(table).__name__}; wrap columns with pyarrow.table(...)"
         )
     if schema is None:
-        schema = Schema.from_arrow(table.schema)
+        schema = _schema_of(table)
+    elif not isinstance(schema, Schema):
+        raise ConfigError(f"schema must be a gp.Schema or None (to infer it), got {type(schema).__name__}")
     with TableWriter(
         path,
         schema,
@@ -186,3 +197,20 @@ def write_table(
         writer.write(table)
     return schema
 
+
+
+def _schema_of(table: pa.Table) -> Schema:
+    """The schema a table read from a gpupre file still carries in its metadata, if its columns
+    are still those; otherwise one inferred from the column types."""
+    stored = table.schema.metadata or {}
+    if METADATA_KEY in stored:
+        schema = Schema.from_json(stored[METADATA_KEY])
+        if set(schema.column_names()) != set(table.column_names):
+            raise SchemaError(
+                f"the table carries the gpupre schema of the file it was read from, but its columns changed "
+                f"(added {sorted(set(table.column_names) - set(schema.column_names()))}, dropped "
+                f"{sorted(set(schema.column_names()) - set(table.column_names))}); pass schema= to say what the "
+                "columns are, or drop the old one with table.replace_schema_metadata() to infer it again"
+            )
+        return schema
+    return Schema.from_arrow(table.schema)

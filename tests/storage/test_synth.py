@@ -116,6 +116,10 @@ def test_planted_features_move_the_label(tmp_path):
         {"missing_rate": 1.0},
         {"zipf_a": 1.0},
         {"items_per_request": 0},
+        {"rows": 100.5},
+        {"num_dense": 1.5},
+        {"mean_list_length": 0},
+        {"seed": -1},
     ],
 )
 def test_bad_spec_is_a_config_error(kwargs):
@@ -138,3 +142,35 @@ def test_write_criteo_text_format(tmp_path):
     hex_ids = [v for f in fields for v in f[14:] if v]
     assert all(len(v) == 8 and int(v, 16) >= 0 for v in hex_ids)
     assert any(v == "" for f in fields for v in f[1:14])
+
+
+def test_a_spec_must_be_a_synth_spec(tmp_path):
+    with pytest.raises(gp.ConfigError, match="SynthSpec"):
+        synthesize(tmp_path / "s.parquet", {"rows": 10}, progress=False)
+
+
+def test_files_start_at_request_boundaries(tmp_path):
+    spec = SynthSpec(rows=25, num_dense=2, num_sparse=2, num_scored=0, num_planted=1, items_per_request=10, num_files=2)
+    synthesize(tmp_path / "d", spec, progress=False)
+    requests = [set(pq.read_table(f).column("request_id").to_pylist()) for f in sorted((tmp_path / "d").iterdir())]
+    assert not requests[0] & requests[1]
+
+
+def test_an_interrupted_map_synthesis_leaves_no_file(tmp_path, monkeypatch):
+    from gpupre.storage import synth
+
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    real = synth._generate
+    monkeypatch.setattr(synth, "_generate", failing)
+    path = tmp_path / "m.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(path, SynthSpec(rows=100, row_group_rows=10, num_dense=2, num_sparse=2, num_scored=0, num_planted=1),
+                   layout="map", progress=False)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

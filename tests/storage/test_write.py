@@ -195,3 +195,21 @@ def test_uint64_ids_above_2_63_are_a_schema_error_saying_how_to_keep_them(tmp_pa
     table = pa.table({"ids": pa.array([2**63 + 5], pa.uint64())})
     with pytest.raises(gp.SchemaError, match=r"'ids' of type uint64 cannot be stored .*safe=False"):
         gp.storage.write_table(table, tmp_path / "x.parquet")
+
+
+def test_a_table_read_from_a_gpupre_file_and_changed_needs_its_schema(tmp_path):
+    gp.storage.write_table(pa.table({"a": pa.array([1.0, 2.0]), "label": pa.array([0.0, 1.0])}), tmp_path / "t.parquet")
+    table = pq.read_table(tmp_path / "t.parquet")
+    for changed, words in ((table.append_column("b", pa.array([3.0, 4.0])), r"added \['b'\]"), (table.drop(["a"]), r"dropped \['a'\]")):
+        with pytest.raises(gp.SchemaError, match=words):
+            gp.storage.write_table(changed, tmp_path / "u.parquet")
+    assert gp.storage.write_table(table, tmp_path / "u.parquet").names == ("a",)  # unchanged: its schema
+
+
+@pytest.mark.parametrize("path", ["", None, "afile/sub/out.parquet"])
+def test_a_path_that_cannot_be_written_is_a_config_error(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(gp.ConfigError):
+        gp.storage.write_table(pa.table({"a": pa.array([1.0])}), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -29,7 +29,7 @@ import warnings
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .iostats import DelegatingHandler, HandlerFileSystem
 
 __all__ = ["CachedFileSystem"]
@@ -78,11 +78,15 @@ class _CacheHandler(DelegatingHandler):
         Gaps separated by cached runs shorter than `hole_size_limit` are fetched as one range
         (one request costs more than re-reading a small piece); only the gaps are stored.
         """
-        with self.lock:
-            rows = self.db().execute(
-                "SELECT start, stop, file, used FROM extents WHERE key = ? AND stop > ? AND start < ? ORDER BY start",
-                (key, start, stop),
-            ).fetchall()
+        try:
+            with self.lock:
+                rows = self.db().execute(
+                    "SELECT start, stop, file, used FROM extents WHERE key = ? AND stop > ? AND start < ? ORDER BY start",
+                    (key, start, stop),
+                ).fetchall()
+        except (OSError, sqlite3.Error) as e:  # a broken index costs speed, never data: read past it
+            self._broken(e)
+            return self._fetch(remote, key, start, stop, [])
         segments, position, now = [], start, time.time()  # (start, stop, extent file, its start) or a gap
         stale = []  # extents used, whose last-use time is worth a write
         for first, last, name, used in rows:
@@ -124,12 +128,19 @@ class _CacheHandler(DelegatingHandler):
             pieces.append(self._fetch(remote, key, a, segments[j][1], gaps))
             i = j + 1
         if stale:
-            with self.lock:
-                db = self.db()
-                db.execute("BEGIN")
-                db.executemany("UPDATE extents SET used = ? WHERE file = ?", [(now, n) for n in stale])
-                db.execute("COMMIT")
+            try:
+                with self.lock:
+                    db = self.db()
+                    db.execute("BEGIN")
+                    db.executemany("UPDATE extents SET used = ? WHERE file = ?", [(now, n) for n in stale])
+                    db.execute("COMMIT")
+            except (OSError, sqlite3.Error) as e:
+                self._broken(e)
         return b"".join(pieces)
+
+    def _broken(self, error) -> None:
+        warnings.warn(f"gpupre cache {self.directory}: {error}; reading from the remote store (remove the "
+                      "directory to start a new cache)", RuntimeWarning, stacklevel=3)  # fmt: skip
 
     def _fetch(self, remote, key: str, start: int, stop: int, gaps) -> bytes:
         """One remote request for [start, stop); the `gaps` in it are stored in the cache."""
@@ -140,7 +151,8 @@ class _CacheHandler(DelegatingHandler):
         if len(data) == stop - start:
             ranges = [(a, data[a - start : b - start]) for a, b in gaps if 0 < b - a <= self.capacity_bytes]
             try:
-                self._store(key, ranges)
+                if ranges:
+                    self._store(key, ranges)
             except (OSError, sqlite3.Error) as e:  # a full or broken cache disk costs speed, never data
                 warnings.warn(f"gpupre cache {self.directory}: range not stored ({e})", RuntimeWarning, stacklevel=2)
         return data
@@ -319,6 +331,13 @@ class CachedFileSystem(HandlerFileSystem):
         return self.handler.remote_requests
 
     def usage(self) -> tuple[int, int]:
-        """(ranges, bytes) held in the cache now, by every process that shares it."""
-        with self.handler.lock:
-            return tuple(self.handler.db().execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM extents").fetchone())
+        """(ranges, bytes) held in the cache now, by every process that shares it.
+
+        Raises:
+            DataError: the cache's index cannot be read (reads go past it to the remote store).
+        """
+        try:
+            with self.handler.lock:
+                return tuple(self.handler.db().execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM extents").fetchone())
+        except (OSError, sqlite3.Error) as e:
+            raise DataError(f"gpupre cache {self.handler.directory}: its index cannot be read ({e}); remove the directory") from e

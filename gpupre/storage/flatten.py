@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..batch import offsets_of, one_array
-from ..errors import DataError, SchemaError
+from .._checks import is_integer
+from ..errors import ConfigError, DataError, SchemaError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
 from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
 
@@ -57,6 +58,14 @@ class MapLayout:
     def from_json(cls, text) -> MapLayout:
         data = json.loads(text)
         return cls(Schema.from_json(json.dumps(data["schema"])), tuple(data["keys"]))
+
+    def __post_init__(self):
+        keys, n = self.keys, len(self.schema.features)
+        if len(keys) != n or len(set(keys)) != n or not all(is_integer(k) and -(2**31) <= k < 2**31 for k in keys):
+            raise ConfigError(
+                f"map keys {list(keys)[:10]} must be {n} distinct int32 keys, one per feature of the schema "
+                "in its order (or None, to number them 0, 1, 2, ...)"
+            )
 
     def key_of(self) -> dict[str, int]:
         return dict(zip(self.schema.names, self.keys))
@@ -102,6 +111,12 @@ class MapLayout:
         return cls(Schema(tuple(features), labels, extras), tuple(keys))
 
 
+def _check_columns(table: pa.Table, needed, source: str) -> None:
+    missing = sorted(set(needed) - set(table.column_names))
+    if missing:
+        raise SchemaError(f"{source}: the table has no column {missing[0]!r} (it has {table.column_names}); pass a table with every column of the layout")
+
+
 def open_parquet(path) -> pq.ParquetFile:
     """`pq.ParquetFile(path)`, with a DataError naming the file when it cannot be opened."""
     try:
@@ -120,6 +135,7 @@ def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str =
         DataError: a row holds the same key twice.
     """
     schema = layout.schema if features is None else layout.schema.select(features)
+    _check_columns(table, [MAP_COLUMNS[f.kind] for f in schema.features] + list(schema.labels + schema.extras), source)
     key_of = layout.key_of()
     columns: dict[str, pa.Array] = {}
     for kind in (DENSE, SPARSE, SCORED):
@@ -226,8 +242,12 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
         keys: map key of each feature in schema order; None numbers them 0, 1, 2, ...
     A missing dense value and an empty list both become an absent key.
     """
-    keys = tuple(range(len(schema))) if keys is None else tuple(keys)
+    try:
+        keys = tuple(range(len(schema.features))) if keys is None else tuple(keys)
+    except TypeError as e:
+        raise ConfigError(f"keys={keys!r} must be a list of int32 map keys, one per feature") from e
     layout = MapLayout(schema, keys)
+    _check_columns(table, schema.column_names(), "<table>")
     n = table.num_rows
     arrays, fields = [], []
     for kind in (DENSE, SPARSE, SCORED):

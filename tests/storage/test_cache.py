@@ -189,3 +189,14 @@ def test_a_cache_directory_that_is_a_file_is_a_config_error_naming_it(tmp_path):
             CachedFileSystem(pafs.LocalFileSystem(), directory, 1 << 30)
     with pytest.raises(gp.ConfigError, match="must be a pyarrow.fs.FileSystem, got str"):
         CachedFileSystem("s3", tmp_path / "cache", 1 << 30)
+
+
+def test_a_broken_index_costs_speed_not_data(synth_file, tmp_path):
+    expected = read_all(synth_file, pafs.LocalFileSystem())
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "index.sqlite").write_bytes(b"not a database" * 100)
+    fs = CachedFileSystem(pafs.LocalFileSystem(), str(tmp_path / "cache"), capacity_bytes=1 << 30)
+    with pytest.warns(RuntimeWarning, match="reading from the remote store"):
+        assert all(got.equals(want) for got, want in zip(read_all(synth_file, fs), expected))
+    with pytest.raises(gp.DataError, match="index cannot be read"):
+        fs.usage()

@@ -284,3 +284,15 @@ def test_a_map_file_with_no_rows_flattens_to_a_file_with_no_rows(tmp_path):
     pq.write_table(empty, tmp_path / "empty.parquet")
     schema = flatten(tmp_path / "empty.parquet", tmp_path / "out.parquet", progress=False)
     assert schema.labels == ("label",) and pq.read_table(tmp_path / "out.parquet").num_rows == 0
+
+
+def test_map_keys_must_be_one_distinct_int32_per_feature():
+    from gpupre.storage.flatten import flat_to_map
+
+    table = pa.table({"a": pa.array([1.0]), "b": pa.array([2.0]), "c": pa.array([3.0])})
+    schema = gp.Schema.from_arrow(table.schema)
+    for keys in ([10], [5, 5, 5], [1, 2, 2**40], 7):
+        with pytest.raises(gp.ConfigError, match="distinct int32 keys|list of int32"):
+            flat_to_map(table, schema, keys)
+    with pytest.raises(gp.SchemaError, match="no column 'c'"):
+        flat_to_map(table.drop(["c"]), schema)

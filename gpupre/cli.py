@@ -87,12 +87,17 @@ def _load_model(spec: str):
 
 def _audit(args) -> None:
     from .audit import audit, prune
+    from .audit.report import check_prune_args
     from ._jsonfile import ensure_output_path
     from .loader import DataLoader
     from .transforms import Pipeline
 
     if args.pruned_pipeline and args.threshold is None and args.budget_bytes is None:
         raise ConfigError("--pruned-pipeline needs --threshold or --budget-bytes (what to prune by)")
+    if args.pruned_pipeline and not args.pipeline:
+        raise ConfigError("--pruned-pipeline needs --pipeline (the pipeline to prune)")
+    if args.threshold is not None or args.budget_bytes is not None:  # before the audit runs, not after
+        check_prune_args(args.threshold, args.budget_bytes)
     for option in ("json", "plot", "pruned_pipeline"):  # before the audit runs, not after
         if getattr(args, option):
             ensure_output_path(getattr(args, option), "--" + option.replace("_", "-"))

@@ -227,6 +227,16 @@ class Pruned:
         return dataset.with_columns(features=self.read)
 
 
+def check_prune_args(threshold, budget_bytes) -> None:
+    """A ConfigError unless exactly one of threshold (a number, not NaN) and budget_bytes (>= 0) is given."""
+    if (threshold is None) == (budget_bytes is None):
+        raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
+    if threshold is not None and not (is_real(threshold) and not math.isnan(threshold)):
+        raise ConfigError(f"{threshold=} must be a number (an importance, such as 0.0)")
+    if budget_bytes is not None and not _is_int(budget_bytes, 0):
+        raise ConfigError(f"{budget_bytes=} must be a number of bytes >= 0")
+
+
 def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: float | None = None,
           budget_bytes: int | None = None, keep=()) -> Pruned:  # fmt: skip
     """Drop the features that do not pay for themselves.
@@ -244,12 +254,7 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
     Raises:
         ConfigError: neither or both of threshold and budget_bytes; `keep` names unknown features.
     """
-    if (threshold is None) == (budget_bytes is None):
-        raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
-    if threshold is not None and not is_real(threshold):
-        raise ConfigError(f"{threshold=} must be a number (an importance, such as 0.0)")
-    if budget_bytes is not None and not _is_int(budget_bytes, 0):
-        raise ConfigError(f"{budget_bytes=} must be a number of bytes >= 0")
+    check_prune_args(threshold, budget_bytes)
     if not isinstance(report, AuditReport):
         raise ConfigError(f"report must be the AuditReport audit() gave, got {type(report).__name__}")
     keep = (keep,) if isinstance(keep, str) else tuple(keep)

@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
 
 from ..batch import one_array
+from .._checks import ensure_integer
 from ..errors import ConfigError, DataError
 from ..schema import DENSE, SPARSE, Feature, Schema
 from ._convert import hex_to_ids, split_to_ids, strings_to_ids
@@ -85,6 +86,11 @@ def import_csv(
         ConfigError: `dst` is a directory, or `columns` is not a dict of `Column`s.
     """
     _ensure_columns(columns)
+    if not isinstance(src, (str, os.PathLike)):
+        raise ConfigError(f"src={src!r} must be the path of a text file")
+    if not (isinstance(delimiter, str) and len(delimiter) == 1):
+        raise ConfigError(f"delimiter={delimiter!r} must be one character, such as ',' or '\\t'")
+    ensure_integer(block_size, "block_size")
     features = tuple(
         Feature(name, c.kind, c.group) for name, c in columns.items() if c.role not in ("label", "time", "extra")
     )

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from .._checks import ensure_integer, is_real
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import METADATA_KEY, Schema, infer_kind, score_owner
 
@@ -43,7 +44,7 @@ class Workload:
             raise ConfigError(f"job {name!r} reads no columns; give it the names of what it projects")
         if not all(isinstance(c, str) for c in columns):
             raise ConfigError(f"job {name!r} reads {list(columns)!r}; columns are named by strings")
-        if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and 0 < weight < math.inf):
+        if not (is_real(weight) and 0 < weight < math.inf):
             raise ConfigError(f"job {name!r}: weight={weight!r} must be a positive number (say, rows read)")
         self.jobs[str(name)] = (columns, float(weight))
         return self
@@ -128,6 +129,8 @@ def measured_cache_options(filesystem, path: str, probes: int = 5, probe_bytes: 
         ConfigError: `filesystem` is not a `pyarrow.fs.FileSystem`.
         DataError: `path` cannot be read.
     """
+    ensure_integer(probes, "probes")
+    ensure_integer(probe_bytes, "probe_bytes")
     if not isinstance(filesystem, pafs.FileSystem):
         raise ConfigError(
             f"filesystem must be a pyarrow.fs.FileSystem, got {type(filesystem).__name__}; pass the store's, "
@@ -261,9 +264,14 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
         filesystem, out = pafs.FileSystem.from_uri(out)
     elif filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
         filesystem, out = filesystem or pafs.LocalFileSystem(), os.path.abspath(out)
-    if filesystem.get_file_info(out).type == pafs.FileType.File:
+    try:
+        is_file = filesystem.get_file_info(out).type == pafs.FileType.File
+        not_empty = not is_file and filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True))
+    except OSError as e:
+        raise DataError(f"{out}: cannot look there ({e}); check that the bucket or directory exists and can be written") from e
+    if is_file:
         raise ConfigError(f"{out} is a file; reorder writes a new dataset, give it a new or empty directory")
-    if filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True)):
+    if not_empty:
         raise ConfigError(f"{out} is not empty; reorder writes a new dataset, give it an empty directory")
     groups = sum(md.num_row_groups for md in dataset._metadata.values())
     sizes = {c: b[0] // max(1, groups) for c, b in dataset.bytes_per_column().items()}

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._checks import is_integer
 from ..batch import offsets_of, one_array
 from ..errors import ConfigError, SchemaError
 from ..schema import METADATA_KEY, Schema
@@ -76,8 +77,9 @@ class TableWriter:
         write_page_index: bool = False,
         metadata: dict | None = None,
     ):
-        if not isinstance(row_group_rows, int) or row_group_rows <= 0:
+        if not is_integer(row_group_rows) or row_group_rows <= 0:
             raise ConfigError(f"{row_group_rows=} must be a positive integer")
+        row_group_rows = int(row_group_rows)
         if compression is not None and str(compression).lower() not in _PARQUET_CODECS:
             raise ConfigError(
                 f"{compression=} is not a Parquet codec; pass one of {', '.join(_PARQUET_CODECS)}"

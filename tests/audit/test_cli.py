@@ -2,6 +2,7 @@
 
 import sys
 
+import pytest
 import torch
 
 import gpupre as gp
@@ -40,3 +41,14 @@ def test_an_output_path_in_a_missing_directory_fails_before_the_audit_runs(synth
     assert main(["audit", synth_file, "--model", "no_such_module:load", "--json", "/nonexistent/a.json"]) == 2
     err = capsys.readouterr().err
     assert "--json path /nonexistent/a.json: its directory /nonexistent does not exist" in err
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--threshold", "0", "--pruned-pipeline", "p.json"], "--pruned-pipeline needs --pipeline"),
+    (["--budget-bytes", "-5"], "budget_bytes=-5"),
+    (["--threshold", "nan"], "threshold=nan"),
+])  # fmt: skip
+def test_prune_options_are_checked_before_the_audit_runs(synth_file, tmp_path, monkeypatch, capsys, options, words):
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", synth_file, "--model", "no_such_module:load", *options]) == 2  # the model is never loaded
+    assert words in capsys.readouterr().err

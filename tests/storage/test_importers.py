@@ -326,3 +326,12 @@ def test_import_csv_columns_must_map_names_to_columns(tmp_path):
     for columns in (["label"], {"label": "label"}, {}):
         with pytest.raises(gp.ConfigError, match=r"columns must map each column name to a gp\.storage\.Column"):
             import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", columns, progress=False)
+
+
+@pytest.mark.parametrize("kw, words", [({"delimiter": ",,"}, "one character"), ({"src": None}, "src=None"),
+                                       ({"block_size": 0}, "block_size=0")])  # fmt: skip
+def test_import_csv_arguments_are_config_errors(tmp_path, kw, words):
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    args = {"src": tmp_path / "x.csv", "dst": tmp_path / "x.parquet", "columns": {"a": Column("dense")}, **kw}
+    with pytest.raises(gp.ConfigError, match=words):
+        import_csv(**args, progress=False)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -195,3 +196,13 @@ def test_bad_arguments_are_gpupre_errors_naming_them(tmp_path, call, error, word
     (tmp_path / "afile").write_text("x")
     with pytest.raises(error, match=words):
         call(gp.Dataset(tmp_path / "x.parquet"), tmp_path)
+
+
+def test_arguments_of_the_layout_tools_are_checked(tmp_path):
+    from gpupre.storage import Workload, measured_cache_options
+
+    assert Workload().add("j", ["a"], np.int64(5)).jobs["j"][1] == 5.0  # numpy numbers are numbers
+    with pytest.raises(gp.ConfigError, match="weight"):
+        Workload().add("j", ["a"], "5")
+    with pytest.raises(gp.ConfigError, match="probes=0"):
+        measured_cache_options(pafs.LocalFileSystem(), str(tmp_path / "x"), probes=0)

@@ -120,10 +120,25 @@ class Dataset:
             if self._parts[2] not in self.columns:  # the column that counts impressions
                 self.columns.append(self._parts[2])
         expected = {c: arrow_schema.field(c).type for c in self.columns}
-        self._arrow_extras = frozenset(name for name in passthrough if _may_hold_nulls(self._metadata, name))
+        self._arrow_extras = frozenset(name for name in passthrough if self._may_hold_nulls(name))
         self._units = []
         for p in self.paths:
             self._check_file(p, arrow_schemas[p], expected)
+
+    def _may_hold_nulls(self, name: str) -> bool:
+        """Whether some row group holds a null in the top-level column `name`: by the files'
+        statistics, or, in a file without them, by reading the column once."""
+        for path, md in self._metadata.items():
+            leaf = next((i for i in range(md.num_columns) if md.schema.column(i).path == name), None)
+            for rg in range(md.num_row_groups):
+                stats = None if leaf is None else md.row_group(rg).column(leaf).statistics
+                if stats is None or not stats.has_null_count:
+                    if pq.read_table(path, columns=[name], filesystem=self.filesystem).column(name).null_count:
+                        return True
+                    break  # the whole file is read: on to the next
+                if stats.null_count:
+                    return True
+        return False
 
     def _check_file(self, path: str, arrow_schema: pa.Schema, expected: dict) -> None:
         md = self._metadata[path]
@@ -342,18 +357,6 @@ def _resolve(path, filesystem):
         else:
             files.append(p)
     return filesystem, files
-
-
-def _may_hold_nulls(metadata: dict, name: str) -> bool:
-    """Whether a row group of some file may hold a null in the top-level column `name` (one
-    without statistics may)."""
-    for md in metadata.values():
-        leaf = next((i for i in range(md.num_columns) if md.schema.column(i).path == name), None)
-        for rg in range(md.num_row_groups):
-            stats = None if leaf is None else md.row_group(rg).column(leaf).statistics
-            if stats is None or not stats.has_null_count or stats.null_count:
-                return True
-    return False
 
 
 def _check_no_file_has_more(arrow_schemas: dict, wanted) -> None:

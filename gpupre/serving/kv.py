@@ -247,19 +247,24 @@ class RedisKV(KVStore):
 
     @contextlib.contextmanager
     def _locked(self):
-        """This store's lock, and the spill file's lock across processes; a closed store refuses."""
+        """This store's lock; a closed store refuses."""
         with self._lock:
             if self._closed:
                 raise ConfigError(f"RedisKV {self.url} is closed; create a new RedisKV")
-            try:
-                with open(self.spill_path + ".lock", "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    yield
-            except OSError as e:
-                raise BackendUnavailable(
-                    f"RedisKV {self.url}: the spill file {self.spill_path} cannot be used ({e}); "
-                    "nothing of this call was spilled: free the disk or pass another spill_path"
-                ) from e
+            yield
+
+    @contextlib.contextmanager
+    def _spill_file(self):
+        """The spill file's lock across processes, taken only to append to or replay the file."""
+        try:
+            with open(self.spill_path + ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+        except OSError as e:
+            raise BackendUnavailable(
+                f"RedisKV {self.url}: the spill file {self.spill_path} cannot be used ({e}) while Redis is "
+                "unreachable; free the disk or pass another spill_path"
+            ) from e
 
     def _retry(self, fn):
         for attempt in range(self.retries):
@@ -304,7 +309,7 @@ class RedisKV(KVStore):
         parts = [struct.pack("<IQ", len(pairs), expires_ms)]
         for k, v in pairs:
             parts += [struct.pack("<II", len(k), len(v)), k, v]
-        with open(self.spill_path, "ab") as f:
+        with self._spill_file(), open(self.spill_path, "ab") as f:
             f.write(b"".join(parts))
             f.flush()
             os.fsync(f.fileno())
@@ -316,8 +321,13 @@ class RedisKV(KVStore):
         A last batch cut short (a process killed while spilling it) is dropped with a warning:
         its `put_many` never returned, and a cut value must not reach Redis.
         """
-        if not os.path.exists(self.spill_path):
+        if not os.path.exists(self.spill_path):  # the usual case: no lock, no file touched
             return
+        with self._spill_file():  # no other process appends while this one replays and removes
+            if os.path.exists(self.spill_path):
+                self._replay_locked()
+
+    def _replay_locked(self) -> None:
         with open(self.spill_path, "rb") as f:
             data = f.read()
         batches, cut = _spilled_batches(data)
@@ -328,7 +338,7 @@ class RedisKV(KVStore):
                 replayed += len(pairs)
         if cut:
             warnings.warn(f"{self.spill_path}: dropped the last {cut} bytes, a spilled batch cut short (a process "
-                          "killed while writing it); the batches before it were replayed", stacklevel=3)  # fmt: skip
+                          "killed while writing it); the batches before it were replayed", stacklevel=4)  # fmt: skip
         os.remove(self.spill_path)
         self.stats["replayed"] += replayed
 

@@ -125,7 +125,8 @@ class EagerLogger:
         for name, value in (("items", items), ("user", user)):
             if not isinstance(value, Batch) and (value is not None or name == "items"):
                 raise DataError(f"request {request_id}: {name} must be a gp.Batch of features, got {type(value).__name__}")
-        if len(np.unique(item_ids)) != len(item_ids):
+        ordered = np.sort(item_ids)
+        if (ordered[1:] == ordered[:-1]).any():
             raise DataError(
                 f"request {request_id}: item ids {item_ids[:10].tolist()}... repeat; each ranked item is logged under "
                 "its id, so a repeated one would overwrite the other's features: rank each item once"

@@ -181,6 +181,10 @@ class _HourlyWriter:
         if len(r.items) != n or labels.shape != (n, len(self.labels)):
             return (f"{n} item ids, {len(r.items)} item rows and labels of shape {labels.shape}; expected "
                     f"[{n}, {len(self.labels)}] labels ({list(self.labels)}) and a row per item")  # fmt: skip
+        try:
+            hour_of(r.time)
+        except (TypeError, ValueError, OverflowError, OSError):
+            return f"time {r.time!r} is not a Unix time in seconds of the years 1-9999"
         problem = next(filter(None, map(self.items_codec.check, r.items)), "")
         if not problem and self.user_codec is not None:
             problem = self.user_codec.check(r.user) if isinstance(r.user, bytes) else "no user features"
@@ -240,9 +244,11 @@ class _HourlyWriter:
         """Commit what is buffered and close the ledger."""
         if self._ledger is None:
             return
-        self.flush()
-        self._ledger.close()
-        self._ledger = None
+        try:
+            self.flush()
+        finally:  # a failed commit keeps its requests buffered, but the ledger is closed all the same
+            self._ledger.close()
+            self._ledger = None
 
     def __enter__(self):
         return self

@@ -61,10 +61,11 @@ class MapLayout:
 
     def __post_init__(self):
         keys, n = self.keys, len(self.schema.features)
-        if len(keys) != n or len(set(keys)) != n or not all(is_integer(k) and -(2**31) <= k < 2**31 for k in keys):
+        ok = len(keys) == n and all(is_integer(k) and -(2**31) <= k < 2**31 for k in keys)
+        if not ok or len({(f.kind, k) for f, k in zip(self.schema.features, keys)}) != n:  # a map per kind
             raise ConfigError(
-                f"map keys {list(keys)[:10]} must be {n} distinct int32 keys, one per feature of the schema "
-                "in its order (or None, to number them 0, 1, 2, ...)"
+                f"map keys {list(keys)[:10]} must be {n} int32 keys, one per feature of the schema in its order, "
+                "distinct among the features of a kind (or None, to number them 0, 1, 2, ...)"
             )
 
     def key_of(self) -> dict[str, int]:

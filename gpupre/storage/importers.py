@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
 
@@ -106,9 +107,8 @@ def import_csv(
                 read_options=pacsv.ReadOptions(block_size=block_size, column_names=column_names),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=read_types, include_columns=list(columns), strings_can_be_null=True,
-                    null_values=[""],  # only an empty field is missing: a title "NA" or a zip "NULL" is text
-                ),
+                    column_types=read_types, include_columns=list(columns), strings_can_be_null=False
+                ),  # numbers take Arrow's null markers ("", "NA", "NULL", ...); in text only "" is missing (_convert)
             )
             with TableWriter(dst, schema, extra_types, row_group_rows) as writer, tqdm(
                 total=os.fstat(f.fileno()).st_size,
@@ -166,6 +166,8 @@ def _convert(table: pa.Table, columns: dict[str, Column], source: str, first_row
     out = {}
     for name, c in columns.items():
         col = one_array(table.column(name))
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):  # a title "NA" is text
+            col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
         if c.role == "hex":
             col = hex_to_ids(col, name, source, first_row)
         elif c.role == "name":

@@ -114,13 +114,14 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
         except OSError as e:
             raise ConfigError(f"{path}: cannot be the directory of {spec.num_files} files ({e}); pass another path") from e
         paths = [os.path.join(path, f"part-{i:05d}.parquet") for i in range(spec.num_files)]
-    k = spec.items_per_request  # files start at request boundaries, as _generate assumes
-    per_file = -(-spec.rows // spec.num_files // k) * k if spec.rows >= spec.num_files * k else -(-spec.rows // spec.num_files)
+    k, files = spec.items_per_request, spec.num_files  # files split whole requests, as _generate assumes
+    requests = -(-spec.rows // k)
+    bounds = [min(spec.rows, (i * requests // files) * k) for i in range(files + 1)]
     weights = _planted_weights(spec, planted)
     chunk = 0
     with tqdm(total=spec.rows, desc=f"synthesizing {layout}", unit="rows", disable=not progress) as bar:
         for i, file_path in enumerate(paths):
-            start, stop = i * per_file, min(spec.rows, (i + 1) * per_file)
+            start, stop = bounds[i], bounds[i + 1]
             with _writer(file_path, schema, spec, layout, meta) as writer:
                 for lo in range(start, stop, spec.chunk_rows):
                     table = _generate(spec, schema, weights, lo, min(stop, lo + spec.chunk_rows), chunk)

@@ -307,3 +307,14 @@ def test_a_passthrough_column_with_nulls_anywhere_is_arrow_in_every_batch(tmp_pa
     batches = [ds.read(u) for u in ds.units()]
     assert all(isinstance(b.extras["row_id"], pa.Array) for b in batches)  # the null is in the second only
     assert all(isinstance(b.extras["t"], np.ndarray) for b in batches)
+
+
+def test_a_passthrough_column_without_statistics_is_numpy_unless_it_holds_nulls(tmp_path):
+    for nulls in (False, True):
+        path = str(tmp_path / f"nostats-{nulls}.parquet")
+        ids = pa.array([None if nulls and i == 30 else i for i in range(40)], pa.int64())
+        pq.write_table(pa.table({"x": np.arange(40, dtype=np.float32), "row_id": ids}), path, row_group_size=10,
+                       write_statistics=False)  # fmt: skip
+        ds = gp.Dataset(path, features=["x"], passthrough=["row_id"])
+        kinds = {type(ds.read(u).extras["row_id"]) for u in ds.units()}
+        assert kinds == ({pa.Int64Array} if nulls else {np.ndarray})

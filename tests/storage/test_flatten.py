@@ -292,7 +292,9 @@ def test_map_keys_must_be_one_distinct_int32_per_feature():
     table = pa.table({"a": pa.array([1.0]), "b": pa.array([2.0]), "c": pa.array([3.0])})
     schema = gp.Schema.from_arrow(table.schema)
     for keys in ([10], [5, 5, 5], [1, 2, 2**40], 7):
-        with pytest.raises(gp.ConfigError, match="distinct int32 keys|list of int32"):
+        with pytest.raises(gp.ConfigError, match="int32 keys, one per feature|list of int32"):
             flat_to_map(table, schema, keys)
+    mixed = pa.table({"a": pa.array([1.0]), "s": pa.array([[1, 2]], pa.list_(pa.int64()))})
+    flat_to_map(mixed, gp.Schema.from_arrow(mixed.schema), [0, 0])  # each kind has its own map
     with pytest.raises(gp.SchemaError, match="no column 'c'"):
         flat_to_map(table.drop(["c"]), schema)

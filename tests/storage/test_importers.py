@@ -225,13 +225,14 @@ def test_import_csv_keeps_only_the_named_columns(tmp_path):
 
 
 def test_only_an_empty_field_is_missing_and_a_missing_label_is_a_data_error(tmp_path):
-    (tmp_path / "x.csv").write_text("y,title,zip\n1,NA,NULL\n0,null,\n")
-    columns = {"y": Column("label"), "title": Column("name"), "zip": Column("name")}
+    (tmp_path / "x.csv").write_text("y,title,zip,p\n1,NA,NULL,NA\n0,null,,2.5\n")
+    columns = {"y": Column("label"), "title": Column("name"), "zip": Column("name"), "p": Column("dense")}
     import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", columns, progress=False)
+    assert pq.read_table(tmp_path / "x.parquet").column("p").to_pylist() == [None, 2.5]  # a number's "NA" is missing
     zips = pq.read_table(tmp_path / "x.parquet").column("zip").to_pylist()
     titles = pq.read_table(tmp_path / "x.parquet").column("title").to_pylist()
     assert len(titles[0]) == len(titles[1]) == 1 and titles[0] != titles[1] and len(zips[0]) == 1 and zips[1] == []
-    (tmp_path / "y.csv").write_text("y,title,zip\n1,a,b\n,c,d\n")
+    (tmp_path / "y.csv").write_text("y,title,zip,p\n1,a,b,1\n,c,d,2\n")
     with pytest.raises(gp.DataError, match="row 1: label 'y' is empty"):
         import_csv(tmp_path / "y.csv", tmp_path / "y.parquet", columns, progress=False)
 

@@ -149,11 +149,13 @@ def test_a_spec_must_be_a_synth_spec(tmp_path):
         synthesize(tmp_path / "s.parquet", {"rows": 10}, progress=False)
 
 
-def test_files_start_at_request_boundaries(tmp_path):
-    spec = SynthSpec(rows=25, num_dense=2, num_sparse=2, num_scored=0, num_planted=1, items_per_request=10, num_files=2)
+@pytest.mark.parametrize("rows, files", [(25, 2), (20, 3), (100, 9)])
+def test_files_split_whole_requests(tmp_path, rows, files):
+    spec = SynthSpec(rows=rows, num_dense=2, num_sparse=2, num_scored=0, num_planted=1, items_per_request=10, num_files=files)
     synthesize(tmp_path / "d", spec, progress=False)
-    requests = [set(pq.read_table(f).column("request_id").to_pylist()) for f in sorted((tmp_path / "d").iterdir())]
-    assert not requests[0] & requests[1]
+    tables = [pq.read_table(f) for f in sorted((tmp_path / "d").iterdir())]
+    requests = [set(t.column("request_id").to_pylist()) for t in tables]
+    assert sum(map(len, requests)) == len(set().union(*requests)) and sum(t.num_rows for t in tables) == rows
 
 
 def test_an_interrupted_map_synthesis_leaves_no_file(tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .._checks import is_integer, is_real
@@ -23,7 +22,7 @@ from ..batch import offsets_of
 from ..errors import ConfigError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
 from .flatten import _ranges, flat_to_map
-from .write import TableWriter
+from .write import HiddenParquetWriter, TableWriter
 
 __all__ = ["SYNTH_KEY", "SynthSpec", "synth_schema", "synthesize", "write_criteo_text"]
 
@@ -141,32 +140,7 @@ def _writer(path, schema, spec, layout, meta):
         return TableWriter(path, schema, extra_types, spec.chunk_rows, metadata=meta)
     empty = _generate(spec, schema, _planted_weights(spec, ()), 0, 0, 0)
     arrow_schema = flat_to_map(empty, schema)[0].schema
-    return _MapWriter(path, arrow_schema.with_metadata({**arrow_schema.metadata, **meta}))
-
-
-class _MapWriter(pq.ParquetWriter):
-    """A ParquetWriter of the map layout that writes a hidden file and renames it into place when
-    it closes without an error: an interrupted run leaves no file that looks whole."""
-
-    def __init__(self, path, arrow_schema):
-        self.final = os.path.abspath(os.fspath(path))
-        directory, name = os.path.split(self.final)
-        self.tmp = os.path.join(directory, f".{name}.tmp")
-        try:
-            if os.path.isdir(self.final):
-                raise IsADirectoryError(f"{self.final} is a directory")
-            os.makedirs(directory, exist_ok=True)
-            super().__init__(self.tmp, arrow_schema, compression="zstd")
-        except OSError as e:
-            raise ConfigError(f"{self.final}: cannot write the map layout there ({e}); pass the path of a file") from e
-
-    def __exit__(self, kind, value, traceback):
-        super().__exit__(kind, value, traceback)
-        if kind is None:
-            os.replace(self.tmp, self.final)
-        else:
-            os.remove(self.tmp)
-        return False
+    return HiddenParquetWriter(path, arrow_schema.with_metadata({**arrow_schema.metadata, **meta}), compression="zstd")
 
 
 def _planted_weights(spec, planted):

@@ -55,84 +55,37 @@ def _canonical(arr: pa.Array, target: pa.DataType, name: str) -> pa.Array:
         raise SchemaError(f"column {name!r} of type {arr.type} cannot be stored as {target} ({e}); {fix}") from e
 
 
-class TableWriter:
-    """Streams tables into one flattened Parquet file with row groups of exactly `row_group_rows`.
+class HiddenParquetWriter:
+    """A Parquet file written under a hidden temporary name beside `path` (which `gp.Dataset`
+    ignores) and renamed to `path` by `close()`, so `path` never holds a partial file: when the
+    `with` block raises, or on `abort()`, the temporary file is removed and whatever was at `path`
+    stays. `options` go to `pyarrow.parquet.ParquetWriter`.
 
-    Buffers what it is given until a whole row group is ready, so that streaming writers produce
-    the same file as one big write. Use as a context manager; `close()` writes the last group.
-
-    The file is written under a hidden temporary name beside `path` (which `gp.Dataset` ignores)
-    and renamed to `path` by `close()`, so `path` never holds a partial file: when the `with` block
-    raises, or on `abort()`, the temporary file is removed and whatever was at `path` stays.
+    Raises:
+        ConfigError: `path` is no path, is a directory, or cannot be written.
     """
 
-    def __init__(
-        self,
-        path,
-        schema: Schema,
-        extra_types: dict | None = None,
-        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-        compression: str = "zstd",
-        write_statistics: bool = True,
-        write_page_index: bool = False,
-        metadata: dict | None = None,
-    ):
-        if not is_integer(row_group_rows) or row_group_rows <= 0:
-            raise ConfigError(f"{row_group_rows=} must be a positive integer")
-        row_group_rows = int(row_group_rows)
-        if compression is not None and str(compression).lower() not in _PARQUET_CODECS:
-            raise ConfigError(
-                f"{compression=} is not a Parquet codec; pass one of {', '.join(_PARQUET_CODECS)}"
-            )
+    def __init__(self, path, arrow_schema: pa.Schema, **options):
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ConfigError(f"path={path!r} must be the path of a Parquet file to write")
         if os.path.isdir(path):
             example = os.path.join(str(path), "part-0.parquet")
             raise ConfigError(f"{path} is a directory; pass the path of a Parquet file to write, such as {example}")
-        self.schema = schema
-        self.row_group_rows = row_group_rows
-        self.rows_written = 0
-        arrow_schema = schema.to_arrow(extra_types)
-        if metadata:
-            arrow_schema = arrow_schema.with_metadata({**arrow_schema.metadata, **metadata})
-        self._arrow_schema = arrow_schema
-        self.path = os.fspath(path)
+        self.path, self.schema = os.fspath(path), arrow_schema
         directory, name = os.path.split(os.path.abspath(self.path))
         self._tmp = os.path.join(directory, f".{name}.tmp")
         try:
             os.makedirs(directory, exist_ok=True)
-            self._writer = pq.ParquetWriter(
-                self._tmp,
-                arrow_schema,
-                compression=compression,
-                write_statistics=write_statistics,
-                write_page_index=write_page_index,
-            )
+            self._writer = pq.ParquetWriter(self._tmp, arrow_schema, **options)
         except OSError as e:
             raise ConfigError(f"{self.path}: cannot write there ({e}); pass a path in a writable directory") from e
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
 
-    def write(self, table: pa.Table) -> None:
-        table = to_flat_table(table, self.schema).replace_schema_metadata(self._arrow_schema.metadata)
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        while self._pending_rows >= self.row_group_rows:
-            self._flush(self.row_group_rows)
-
-    def _flush(self, rows: int) -> None:
-        merged = pa.concat_tables(self._pending)
-        self._writer.write_table(merged.slice(0, rows), row_group_size=rows)
-        rest = merged.slice(rows)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-        self.rows_written += rows
+    def write_table(self, table: pa.Table, **options) -> None:
+        self._writer.write_table(table, **options)
 
     def close(self) -> None:
         if self._writer is None:
             return
-        if self._pending_rows:
-            self._flush(self._pending_rows)
         self._writer.close()
         self._writer = None
         try:
@@ -157,6 +110,72 @@ class TableWriter:
             self.close()
         else:
             self.abort()
+
+
+class TableWriter:
+    """Streams tables into one flattened Parquet file with row groups of exactly `row_group_rows`.
+
+    Buffers what it is given until a whole row group is ready, so that streaming writers produce
+    the same file as one big write. Use as a context manager; `close()` writes the last group.
+    The file is a `HiddenParquetWriter`'s: `path` never holds a partial file.
+    """
+
+    def __init__(
+        self,
+        path,
+        schema: Schema,
+        extra_types: dict | None = None,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        compression: str = "zstd",
+        write_statistics: bool = True,
+        write_page_index: bool = False,
+        metadata: dict | None = None,
+    ):
+        if not is_integer(row_group_rows) or row_group_rows <= 0:
+            raise ConfigError(f"{row_group_rows=} must be a positive integer")
+        row_group_rows = int(row_group_rows)
+        if compression is not None and str(compression).lower() not in _PARQUET_CODECS:
+            raise ConfigError(
+                f"{compression=} is not a Parquet codec; pass one of {', '.join(_PARQUET_CODECS)}"
+            )
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows_written = 0
+        arrow_schema = schema.to_arrow(extra_types)
+        if metadata:
+            arrow_schema = arrow_schema.with_metadata({**arrow_schema.metadata, **metadata})
+        self._arrow_schema = arrow_schema
+        self._file = HiddenParquetWriter(path, arrow_schema, compression=compression,
+                                         write_statistics=write_statistics, write_page_index=write_page_index)  # fmt: skip
+        self.path = self._file.path
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = to_flat_table(table, self.schema).replace_schema_metadata(self._arrow_schema.metadata)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        merged = pa.concat_tables(self._pending)
+        self._file.write_table(merged.slice(0, rows), row_group_size=rows)
+        rest = merged.slice(rows)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        self.rows_written += rows
+
+    def close(self) -> None:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        self._file.close()
+
+    def abort(self) -> None:
+        """Stop without writing anything to `path`."""
+        self._file.abort()
+
+    __enter__, __exit__ = HiddenParquetWriter.__enter__, HiddenParquetWriter.__exit__
 
 
 def write_table(

@@ -220,9 +220,11 @@ class _HourlyWriter:
             ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
                                [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
             ledger.execute("INSERT OR IGNORE INTO dataset VALUES ('request_id_type', ?)", (self.request_id_type.__name__,))
+        # Only now, and now already: a failure before the commit keeps the requests buffered; a
+        # failed rename after it is finished by _recover, and a retry must not write them again.
+        del self._pending[hour]
         os.replace(tmp, final)
         _fsync(directory)
-        del self._pending[hour]  # only now: a failed write keeps the requests buffered
         self.stats["files"] += 1
         self.stats["requests"] += len(requests)
         self.stats["rows"] += rows

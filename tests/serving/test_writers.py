@@ -127,6 +127,9 @@ def test_a_file_is_invisible_until_committed_and_renamed_into_place_after_a_cras
     committed = [r for r in requests if reopened.contains(r.request_id)]  # the first hour's file
     assert reopened.stats["removed_uncommitted"] == 0 and 0 < len(committed) < len(requests)
     assert whole(str(tmp_path)).num_rows == sum(len(r.item_ids) for r in committed)
+    reopened.close()
+    writer.close()  # the rest; the committed hour is not written a second time
+    assert sorted(whole(str(tmp_path)).extras["item_id"]) == sorted(i for r in requests for i in r.item_ids)
 
 
 def test_hours_are_committed_once_they_are_over(tmp_path):

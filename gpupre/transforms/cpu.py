@@ -16,7 +16,6 @@ import numpy as np
 from numba import prange
 
 from ..batch import Batch, KeyedJagged
-from ..errors import DataError
 from ._hash import cross_id, divisor, float_to_id, floor_mod, hash_128_to_64, sigrid_hash
 from ._log1p import log1p32_block
 from .plan import (
@@ -38,9 +37,11 @@ from .plan import (
     S_SORT,
     S_TRUNCATE,
     S_UNION,
+    MAX_ROW_IDS,
     DenseProgram,
     Plan,
     SparseLevel,
+    cross_too_long,
     output_batch,
     stage_launches,
 )
@@ -431,7 +432,7 @@ def _level_lengths(
                     length = max(la - params[i, 0] + 1, 0)
                 else:  # S_CROSS
                     length = np.int64(la) * _length(kb, r, n, num_keys, in_lengths, valid)
-                    if length > 2147483647:
+                    if length > MAX_ROW_IDS:
                         status[0], status[1], status[2] = length, i, r
                         length = 0
                 out_lengths[o + r] = length
@@ -591,10 +592,7 @@ class CpuExecutor:
         _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived, status,
                        rows, threads)  # fmt: skip
         if status[0]:
-            raise DataError(
-                f"a Cross (app {status[1]}) would make {status[0]} ids in row {status[2]}, more than 2**31 - 1; "
-                "Truncate its inputs first"
-            )
+            raise cross_too_long(int(status[0]), f"app {status[1]}, row {status[2]}")
         _running_sum(out_tiles)
         total = int(out_tiles[-1])
         out_values = np.empty(total, np.int64)

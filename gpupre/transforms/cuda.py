@@ -26,7 +26,7 @@ import numpy as np
 from ..batch import Batch
 from ..errors import BackendUnavailable, DataError, KernelError
 from ..schema import SCORED
-from .plan import S_INTERSECT, S_OVERLAP, S_UNION, DenseProgram, Plan, SparseLevel, check_total, output_batch
+from .plan import S_INTERSECT, S_OVERLAP, S_UNION, DenseProgram, Plan, SparseLevel, check_total, cross_too_long, output_batch
 
 __all__ = ["KERNELS", "SCAN_LAUNCHES", "CudaExecutor"]
 
@@ -239,10 +239,7 @@ class CudaExecutor:
         if code == ERR_NEGATIVE_LENGTH:
             raise DataError(f"batch lengths: input key {key} row {row} has length {value}; lengths must be >= 0")
         if code == ERR_TOO_LONG:
-            raise DataError(
-                f"a Cross (app {key}) would make {value} ids in row {row}, more than 2**31 - 1; "
-                "Truncate its inputs first"
-            )
+            raise cross_too_long(value, f"app {key}, row {row}")
         raise KernelError(f"a sparse kernel reported unknown error code {code} (key {key}, row {row}, value {value})")
 
     # -- plumbing --------------------------------------------------------------------------------

@@ -575,6 +575,14 @@ def _check_batch(plan: Plan, batch) -> None:
     check_total(int(lengths.sum()), len(batch.sparse.values))
 
 
+MAX_ROW_IDS = 2**31 - 1  # lengths are int32
+
+
+def cross_too_long(ids: int, where: str) -> DataError:
+    """The error of a Cross that would make `ids` ids in one row (`where`: which), over MAX_ROW_IDS."""
+    return DataError(f"a Cross ({where}) would make {ids} ids in a row, more than 2**31 - 1; Truncate its inputs first")
+
+
 def check_total(total: int, values: int) -> None:
     """The lengths of a batch sum to its number of values (device executors check on the device)."""
     if total != values:

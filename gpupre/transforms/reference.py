@@ -11,12 +11,11 @@ from dataclasses import replace
 import numpy as np
 
 from ..batch import Batch
-from ..errors import DataError
 from ..schema import SCORED
 from . import ops as O
 from ._log1p import log1p32_array
 from .pipeline import output_schema
-from .plan import output_batch
+from .plan import MAX_ROW_IDS, cross_too_long, output_batch
 
 __all__ = ["ReferenceExecutor", "sigrid_hash", "twang_mix64", "hash_128_to_64"]
 
@@ -160,8 +159,8 @@ def _apply(op, args, n):
     a, b = _as_lists(args[0]), _as_lists(args[1])
     if isinstance(op, O.Cross):
         longest = max((len(ra) * len(rb) for ra, rb in zip(a.rows, b.rows)), default=0)
-        if longest > 2**31 - 1:  # as the kernels' int32 lengths allow
-            raise DataError(f"a Cross would make {longest} ids in a row, more than 2**31 - 1; Truncate its inputs first")
+        if longest > MAX_ROW_IDS:
+            raise cross_too_long(longest, op.out[0])
         return _Lists(
             [
                 [sigrid_hash(as_int64(hash_128_to_64(u & MASK, v & MASK)), op.salt, op.num_buckets) for u in ra for v in rb]

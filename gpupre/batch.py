@@ -184,13 +184,7 @@ class Batch:
         """
         numpy = isinstance(self.dense, np.ndarray)
         if numpy:
-            raw = np.asarray(index)
-            if raw.size and raw.dtype.kind not in "iu":
-                raise ConfigError(f"take: rows must be integers, got {raw.dtype}; for a mask pass np.flatnonzero(mask)")
-            index = raw.astype(np.int64).reshape(-1)
-            if len(index) and (index.min() < 0 or index.max() >= self.num_rows):
-                bad = int(index[(index < 0) | (index >= self.num_rows)][0])
-                raise ConfigError(f"take: row {bad} is outside the batch of {self.num_rows} rows; pass rows in [0, {self.num_rows})")
+            index = host_rows(index, self.num_rows)
         else:
             import torch
 
@@ -482,6 +476,23 @@ def _pack(parts, scores: dict, n: int):
             weights[at : at + len(ids)] = scores.get(k, 1.0)
         at += len(ids)
     return lengths, values, weights
+
+
+def host_rows(index, n: int) -> np.ndarray:
+    """`index` as int64 rows of a batch of n rows.
+
+    Raises:
+        ConfigError: `index` is not integers (a mask: pass its nonzero positions), or holds a row
+            outside [0, n).
+    """
+    raw = np.asarray(index)
+    if raw.size and raw.dtype.kind not in "iu":
+        raise ConfigError(f"take: rows must be integers, got {raw.dtype}; for a mask pass np.flatnonzero(mask)")
+    index = raw.astype(np.int64).reshape(-1)
+    if len(index) and (index.min() < 0 or index.max() >= n):
+        bad = int(index[(index < 0) | (index >= n)][0])
+        raise ConfigError(f"take: row {bad} is outside the batch of {n} rows; pass rows in [0, {n})")
+    return index
 
 
 def offsets_of(lengths, dtype=np.int64) -> np.ndarray:

@@ -19,8 +19,8 @@ import struct
 import numba
 import numpy as np
 
-from ..batch import Batch, KeyedJagged, _segments, offsets_of
-from ..errors import ConfigError, DataError, SchemaError
+from ..batch import Batch, KeyedJagged, _segments, host_rows, offsets_of
+from ..errors import DataError, SchemaError
 from ..schema import SCORED, Schema
 
 __all__ = ["FeatureCodec", "encode_rows", "gather_rows"]
@@ -201,11 +201,7 @@ def gather_rows(batch: Batch, rows) -> Batch:
     import torch
 
     device = batch.dense.device
-    rows = np.asarray(rows, np.int64).reshape(-1)
-    if len(rows) and (rows.min() < 0 or rows.max() >= batch.num_rows):  # as take() checks host rows
-        raise ConfigError(f"rows to gather {rows[(rows < 0) | (rows >= batch.num_rows)][:3].tolist()} are outside "
-                          f"the batch of {batch.num_rows} rows; pass rows in [0, {batch.num_rows})")  # fmt: skip
-    index = torch.as_tensor(rows, device=device)
+    index = torch.as_tensor(host_rows(rows, batch.num_rows), device=device)  # checked on the host, as take() checks
     keys, n = len(batch.sparse.keys), batch.num_rows
     lengths = batch.sparse.lengths.view(keys, n).long()
     starts = (torch.cumsum(lengths.ravel(), 0) - lengths.ravel()).view(keys, n)

@@ -189,11 +189,11 @@ class DataLoader:
 
     # -- iteration -------------------------------------------------------------------------------
     def __iter__(self):
-        steps, _ = self._rows_this_epoch(self.epoch)
+        steps, target = self._rows_this_epoch(self.epoch)
         if 0 < steps <= self.steps:  # the epoch's last batch went out, but its iterator was not run to its end
             self.epoch, self.delivered, self.steps = self.epoch + 1, 0, 0
+            _, target = self._rows_this_epoch(self.epoch)
         epoch, cursor = self.epoch, self.delivered
-        _, target = self._rows_this_epoch(epoch)
         units = self._units(epoch, self.rank)
         self._generation += 1
         # rows still to deliver; without padding a skipped unit's rows count as delivered

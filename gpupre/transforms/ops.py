@@ -239,7 +239,8 @@ class Bucketize(Op):
 
     @classmethod
     def fit(cls, features, num_buckets: int, right: bool = False, out=None) -> Bucketize:
-        """A Bucketize whose num_buckets - 1 boundaries are fitted as equal-frequency quantiles."""
+        """A Bucketize whose num_buckets - 1 boundaries are fitted as equal-frequency quantiles
+        (fewer when ties leave fewer distinct values: see `gp.transforms.pipeline.equal_frequency`)."""
         return cls(features, None, right, num_buckets, out=out)
 
     def validate(self):

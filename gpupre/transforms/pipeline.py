@@ -162,7 +162,7 @@ class Pipeline(JsonFile):
         One streaming pass over `dataset` (at most max_rows rows) fits every op whose input does
         not depend on another unfitted op; a chain of dependent unfitted ops takes one pass each.
         Bucketize boundaries are equal-frequency quantiles of a uniform sample of sample_size values
-        (exact when the data are smaller).
+        (exact when the data are smaller), cut between distinct values (`equal_frequency`).
         """
         if max_rows is not None:
             ensure_integer(max_rows, "fit max_rows")
@@ -316,8 +316,38 @@ def _fitted(op: Op, s: _Stats) -> Op:
     if isinstance(op, MinMax):
         return with_params(op, min=s.min, max=s.max)
     if isinstance(op, Bucketize):
-        quantiles = np.arange(1, op.num_buckets) / op.num_buckets
-        boundaries = np.quantile(s.sample.astype(np.float64), quantiles, method="inverted_cdf")
-        return with_params(op, boundaries=tuple(float(b) for b in np.float32(boundaries)))
+        return with_params(op, boundaries=equal_frequency(np.sort(s.sample), op.num_buckets, op.right))
     raise ConfigError(f"{op} has nothing to fit")
+
+
+def equal_frequency(values: np.ndarray, buckets: int, right: bool = False) -> tuple[float, ...]:
+    """Increasing boundaries that cut sorted, non-empty `values` into at most `buckets` buckets
+    of torch.bucketize as equal in count as ties allow.
+
+    Without ties they are the inverted-CDF quantiles i/buckets. A cut falls only between distinct
+    values, at the edge of the tied run nearest its target; when a run moves a cut, the values
+    after it are split evenly over the buckets left. So no bucket is empty, and fewer boundaries
+    come when there are fewer distinct values. right=False: a boundary is the last value below
+    its cut (x <= b goes below); right=True: the first value above it (x < b goes below).
+    """
+    n, cuts = len(values), []
+    start, parts, j = 0, buckets, 0  # the targets split values[start:] into `parts` buckets
+    while len(cuts) < buckets - 1:
+        j += 1
+        previous = cuts[-1] if cuts else 0
+        target = max(start + -(-(n - start) * j // parts), previous + 1)  # more buckets than values: one each
+        low = int(np.searchsorted(values, values[target - 1], "left"))
+        high = int(np.searchsorted(values, values[target - 1], "right"))
+        if high < n and (high - target <= target - low or low <= previous):
+            cut = high
+        elif low > previous:
+            cut = low
+        else:
+            break  # the last run of ties reaches back to the previous cut: nothing left to split
+        cuts.append(cut)
+        if cut != target:
+            start, parts, j = cut, buckets - len(cuts), 0
+    if not cuts:  # one distinct value
+        return (float(values[0]),)
+    return tuple(float(values[c if right else c - 1]) for c in cuts)
 

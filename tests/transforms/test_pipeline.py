@@ -89,6 +89,32 @@ def test_fit_bucketize_gives_equal_frequency_float32_boundaries(
     np.testing.assert_allclose(counts, ROWS / k, atol=tolerance * ROWS)
 
 
+@pytest.mark.parametrize("right", [False, True])
+def test_fit_bucketize_with_ties_cuts_between_distinct_values_and_leaves_no_bucket_empty(tmp_path, right):
+    # 60% zeros, then 1, 2, 3: quantiles alone give boundaries (0, 0, 1), an empty bucket and 2, 3 merged;
+    # and 1, 2, 3, 4 equally often split 2,000/2,000 whichever side a tie goes to
+    heavy = np.repeat(np.float32([0, 1, 2, 3]), [2400, 800, 400, 400])
+    even = np.repeat(np.float32([1, 2, 3, 4]), 1000)
+    path = tmp_path / "ties.parquet"
+    gp.storage.write_table(pa.table({"heavy": heavy, "even": even}), path)
+    ops = [gp.Bucketize.fit("heavy", 4, right=right, out="h"), gp.Bucketize.fit("even", 2, right=right, out="e")]
+    fitted = gp.Pipeline(ops).fit(gp.Dataset(path), progress=False)
+    side = "right" if right else "left"
+    for op, values, expected in zip(fitted.ops, (heavy, even), ([2400, 800, 400, 400], [2000, 2000])):
+        assert np.all(np.diff(op.boundaries) > 0)
+        counts = np.bincount(np.searchsorted(np.float32(op.boundaries), values, side=side), minlength=len(expected))
+        assert counts.tolist() == expected
+
+
+def test_equal_frequency_gives_fewer_boundaries_for_fewer_distinct_values():
+    from gpupre.transforms.pipeline import equal_frequency
+
+    assert equal_frequency(np.float32([5, 5, 5]), 4) == (5.0,)
+    assert equal_frequency(np.float32([1, 2, 3]), 16) == (1.0, 2.0)
+    assert equal_frequency(np.float32([1, 2, 3]), 16, right=True) == (2.0, 3.0)
+    assert equal_frequency(np.float32([0] + [1] * 999), 2) == (0.0,)  # the cut before the long run
+
+
 def test_fit_splits_a_multi_feature_op_into_one_op_per_feature(table_ds, table_values):
     fitted = gp.Pipeline([gp.Normalize(["a", "b"], out=["na", "nb"])]).fit(table_ds, progress=False)
     assert [(op.features, op.out) for op in fitted.ops] == [(("a",), ("na",)), (("b",), ("nb",))]

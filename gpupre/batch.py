@@ -45,6 +45,14 @@ class KeyedJagged:
         weights = None if self.weights is None else self.weights[lo:hi]
         return self.lengths[k * n : (k + 1) * n], self.values[lo:hi], weights
 
+    def permute(self, order) -> KeyedJagged:
+        """The keys in `order` (indices into keys), their rows and values moved with them."""
+        keys = len(self.keys)
+        lengths = self.lengths.reshape(keys, len(self.lengths) // keys)
+        _, index = _jagged_take(lengths.sum(1), 1, keys, order)  # each key is one "row" of its values
+        weights = None if self.weights is None else self.weights[index]
+        return KeyedJagged(tuple(self.keys[k] for k in order), lengths[order].reshape(-1), self.values[index], weights)
+
 
 @dataclass
 class Batch:
@@ -281,7 +289,8 @@ class Batch:
 
         Runs where the arrays are (numpy, or torch on any device, where the jagged gather
         syncs once to size its output); a batch that is not
-        de-duplicated is returned as it is. Features come in the order requests, then items.
+        de-duplicated is returned as it is. Features come in the batch schema's order (a plan's
+        outputs in its output schema's, as from a plain plan), else requests, then items.
         """
         if self.requests is None:
             return self
@@ -290,11 +299,20 @@ class Batch:
         weights = None
         if a.weights is not None or b.weights is not None:
             weights = _cat([_ones_like(x.values) if x.weights is None else x.weights for x in (a, b)])
+        dense_keys, dense = users.dense_keys + self.dense_keys, _cat([users.dense, self.dense])
+        sparse = KeyedJagged(a.keys + b.keys, _cat([a.lengths, b.lengths]), _cat([a.values, b.values]), weights)
+        if self.schema is not None:
+            order = _order(dense_keys, [f.name for f in self.schema.dense])
+            if order is not None:
+                dense_keys, dense = tuple(dense_keys[i] for i in order), dense[order]
+            order = _order(sparse.keys, [f.name for f in self.schema.sparse])
+            if order is not None:
+                sparse = sparse.permute(order)
         return replace(
             self,
-            dense_keys=users.dense_keys + self.dense_keys,
-            dense=_cat([users.dense, self.dense]),
-            sparse=KeyedJagged(a.keys + b.keys, _cat([a.lengths, b.lengths]), _cat([a.values, b.values]), weights),
+            dense_keys=dense_keys,
+            dense=dense,
+            sparse=sparse,
             extras={**users.extras, **self.extras},
             inverse=None,
             requests=None,
@@ -330,7 +348,17 @@ class Batch:
         self.map_arrays(lambda t: t.record_stream(stream))
 
     def to_torchrec(self):
-        """The sparse part as a torchrec `KeyedJaggedTensor` (no copies of values)."""
+        """The sparse part as a torchrec `KeyedJaggedTensor` (no copies of values).
+
+        Raises:
+            ConfigError: a de-duplicated batch, whose sparse part lacks the request features.
+        """
+        if self.requests is not None:
+            raise ConfigError(
+                "to_torchrec() on a de-duplicated batch would leave out its request features "
+                f"{list(self.requests.sparse.keys)}; call batch.expand().to_torchrec() for every feature per row, "
+                "or batch.requests.to_torchrec() with batch.inverse to keep them once per request"
+            )
         try:
             from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
         except ImportError as e:
@@ -523,6 +551,14 @@ def _jagged_take(lengths, keys: int, n: int, index):
     taken = wide[:, index].ravel()
     shift = torch.repeat_interleave(starts - (torch.cumsum(taken, 0) - taken), taken)
     return taken.to(lengths.dtype), shift + torch.arange(len(shift), device=shift.device)
+
+
+def _order(keys, names):
+    """Indices that put `keys` in the order of `names`; None when they are in it, or differ."""
+    keys, names = tuple(keys), tuple(names)
+    if keys == names or sorted(keys) != sorted(names):
+        return None
+    return [keys.index(name) for name in names]
 
 
 def _first_use(inverse: np.ndarray):

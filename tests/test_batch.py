@@ -395,6 +395,25 @@ def test_expand_gathers_request_features_onto_their_rows():
     assert gp.Batch.expand(t) is t
 
 
+def test_expand_follows_the_schemas_order_on_numpy_and_torch():
+    from transforms.helpers import assert_same, rows_of
+
+    b = _dedup_batch()
+    features = (F("price", "dense"), F("age", "dense"), F("cat", "sparse"), F("tags", "scored"), F("hist", "sparse"))
+    b = replace(b, schema=gp.Schema(features))
+    e = b.expand()
+    assert e.dense_keys == ("price", "age") and e.sparse.keys == ("cat", "tags", "hist")
+    assert e.dense.tolist() == [[1, 2, 3, 4, 5], [20, 20, 30, 40, 40]]
+    assert rows_of(e, "hist") == [[1, 2], [1, 2], [3], [], []] and rows_of(e, "tags") == [[5], [], [6, 7], [8], []]
+    np.testing.assert_array_equal(e.sparse.weights, [1, 1, 1, 1, 1, 0.5, 0.25, 0.75, 1.0, 1, 1, 1, 1, 1])
+    assert_same(b.to_torch().expand(), e, rtol=0)
+
+
+def test_to_torchrec_of_a_dedup_batch_asks_for_expand_rather_than_drop_request_features():
+    with pytest.raises(gp.ConfigError, match=r"request features \['hist'\].*expand\(\).to_torchrec\(\)"):
+        _dedup_batch().to_torchrec()
+
+
 def test_take_and_concat_of_dedup_batches_keep_only_the_requests_in_use():
     from transforms.helpers import assert_same
 

@@ -29,6 +29,7 @@ class DedupPlan:
     def __init__(self, pipeline, schema: Schema, device: str = "cpu", host_stage: bool | None = None):
         from .pipeline import Pipeline
 
+        output = pipeline.output_schema(schema)  # the whole pipeline's checks and messages, and its order
         requests_side = {f.name for f in schema if f.group in REQUEST_GROUPS}
         request_ops, item_ops = [], []
         for op in pipeline.ops:
@@ -52,8 +53,7 @@ class DedupPlan:
         self.pipeline, self.input_schema, self.device = pipeline, schema, device
         self.requests = Pipeline(request_ops, request_schema).compile(request_schema, device, host_stage)
         self.items = Pipeline(item_ops, item_schema).compile(item_schema, device, host_stage)
-        self.output_schema = Schema(self.requests.output_schema.features + self.items.output_schema.features,
-                                    schema.labels, schema.extras)  # fmt: skip
+        self.output_schema = output  # expand() orders the features by it, as a plain plan would
 
     @property
     def launches(self) -> int:
@@ -64,7 +64,7 @@ class DedupPlan:
         _check_dedup(batch)
         items = self.items.run(batch, host_stage)
         requests = self.requests.run(batch.requests, host_stage)
-        return replace(items, inverse=batch.inverse, requests=requests, schema=self.output_schema)
+        return replace(items, requests=requests, schema=self.output_schema)  # items carry inverse, moved as they are
 
     def run_host(self, batch):
         """The host stages only (the loader's workers run them before the transfer)."""

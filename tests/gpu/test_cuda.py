@@ -199,3 +199,12 @@ def test_subnormal_floats_are_kept_as_on_the_cpu():
     ops += [gp.Bucketize("y", [-1e-45, 0.0, 1e-45], out="yb"), gp.SortByScore("w", descending=False)]
     out, expected = both(ops, batch)
     assert_same(out, expected, rtol=0)
+
+
+def test_a_dedup_plan_leaves_every_array_on_the_gpu_and_expands_in_the_plain_order(dedup_tables):
+    ds = gp.Dataset(dedup_tables[0])
+    pipe = gp.Pipeline([gp.Log1p("item_dense_0", out="item_log"), gp.Hash("user_list_0", 10, out="user_hash")])
+    batch = ds.read(ds.units()[0])
+    out = pipe.compile(ds.schema, "cuda", dedup=True).run(batch)
+    assert out.inverse.is_cuda and out.dense.is_cuda and out.requests.sparse.values.is_cuda
+    assert_same(out.expand(), pipe.compile(ds.schema, "cpu").run(batch.expand()))

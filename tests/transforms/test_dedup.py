@@ -1,5 +1,6 @@
 """DedupPlan: request features transformed once per request give what whole rows give."""
 
+import numpy as np
 import pytest
 from transforms.helpers import EXECUTORS, assert_same_by_name, to_host
 
@@ -49,3 +50,29 @@ def test_an_op_mixing_request_and_item_features_asks_for_expanded_reading(dedup_
         pipe.compile(ds.schema, "cpu", dedup=True)
     expanded = gp.Dataset(dedup_tables[0], expand=True)
     assert not expanded.dedup and pipe(expanded.read(expanded.units()[0])).sparse.keys[-1] == "x"
+
+
+@pytest.mark.parametrize("device", EXECUTORS)
+def test_expanded_outputs_come_in_the_plain_plans_order(dedup_tables, device):
+    # an item output made before a request output: a plain plan appends them in op order
+    ds = gp.Dataset(dedup_tables[0])
+    pipe = gp.Pipeline([
+        gp.Log1p("item_dense_0", out="item_log"), gp.Hash("item_list_0", 10, out="item_hash"),
+        gp.Log1p("user_dense_0", out="user_log"), gp.Hash("user_list_0", 10, out="user_hash"),
+    ])  # fmt: skip
+    batch = ds.read(ds.units()[0])
+    out = to_host(pipe.compile(ds.schema, device, dedup=True).run(batch)).expand()
+    whole = to_host(pipe.compile(ds.schema, device).run(batch.expand()))
+    expected = pipe.output_schema(ds.schema)
+    assert out.dense_keys == whole.dense_keys == tuple(f.name for f in expected.dense)
+    assert out.sparse.keys == whole.sparse.keys == tuple(f.name for f in expected.sparse)
+    assert out.dense_keys.index("item_log") < out.dense_keys.index("user_log")
+    assert_same_by_name(out, whole)
+    np.testing.assert_array_equal(out.dense, whole.dense)  # by position too: a model reads dense.T
+
+
+def test_an_output_name_taken_on_the_other_side_names_the_op(dedup_tables):
+    ds = gp.Dataset(dedup_tables[0])
+    pipe = gp.Pipeline([gp.Hash("item_list_0", 10, out="user_list_0")])
+    with pytest.raises(gp.ConfigError, match=r"Hash.*out=.user_list_0. names a feature that the schema has"):
+        pipe.compile(ds.schema, "cpu", dedup=True)

@@ -20,7 +20,8 @@ def ensure_output_path(path, what: str) -> None:
 
 
 class JsonFile:
-    """Adds `save(path)` and `cls.load(path)` to a class with `to_json()` and `from_json(text)`."""
+    """Adds `save(path)`, `cls.load(path)` and a checked `cls.from_json(text)` to a class with
+    `to_json()` and `_from_json(text)`."""
 
     def save(self, path) -> None:
         """Write the object's JSON to `path` (`load` reads it back).
@@ -35,24 +36,37 @@ class JsonFile:
         os.replace(f"{path}.tmp", path)
 
     @classmethod
+    def from_json(cls, text: str):
+        """The object whose `to_json()` is `text`.
+
+        Raises:
+            DataError: `text` does not hold what `to_json` writes.
+        """
+        return _parsed(cls, text, "the text")
+
+    @classmethod
     def load(cls, path):
         """The object saved at `path`.
 
         Raises:
             DataError: the file cannot be read, or does not hold what `save` writes.
         """
-        name = cls.__name__
         try:
             with open(path) as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read the {name} file {str(path)!r}: {e}; check the path") from e
-        try:
-            return cls.from_json(text)
-        except GpupreError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError) as e:  # a JSONDecodeError is a ValueError
-            raise DataError(
-                f"{str(path)!r} does not hold a saved {name} ({type(e).__name__}: {e}); "
-                f"load only files that {name}.save wrote"
-            ) from e
+            raise DataError(f"cannot read the {cls.__name__} file {str(path)!r}: {e}; check the path") from e
+        return _parsed(cls, text, repr(str(path)))
+
+
+def _parsed(cls, text: str, where: str):
+    name = cls.__name__
+    try:
+        return cls._from_json(text)
+    except GpupreError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # a JSONDecodeError is a ValueError
+        raise DataError(
+            f"{where} does not hold a saved {name} ({type(e).__name__}: {e}); load only what {name}.save "
+            "(or to_json) wrote"
+        ) from e

@@ -89,7 +89,7 @@ class AuditReport(JsonFile):
         return json.dumps({**asdict(self), "features": [asdict(f) for f in self.features]}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> AuditReport:
+    def _from_json(cls, text: str) -> AuditReport:
         data = json.loads(text)
         features = [FeatureScore(**{**f, "sources": tuple(f["sources"])}) for f in data.pop("features")]
         return cls(features=features, **data)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import is_integer, is_real
 from ..errors import ConfigError
 from ..reader.units import mix64, salted
 from ..schema import IMAGE
@@ -30,17 +31,35 @@ from .ops import OPS, Op, _int64
 __all__ = ["ImageChain", "NormalizeImage", "RandomFlip", "RandomResizedCrop", "Resize", "image_chains"]
 
 
+def _numbers(value, count: int, what: str, op: str, form: str, convert=float) -> tuple:
+    """`value` as a tuple of `count` numbers (converted by `convert`), or a ConfigError naming `form`."""
+    try:
+        numbers = tuple(convert(v) for v in value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(f"{op}: {what}={value!r} must be {form}") from e
+    if len(numbers) != count:
+        raise ConfigError(f"{op}: {what}={value!r} must be {form}")
+    return numbers
+
+
 def _size(value, op: str) -> tuple[int, int]:
-    size = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ConfigError(f"{op}: size={value!r} must be a positive int or (height, width) of positive ints")
+    form = "a positive int or (height, width) of positive ints"
+    if is_integer(value):
+        value = (value, value)
+    elif not isinstance(value, (list, tuple)) or not all(is_integer(s) for s in value):
+        raise ConfigError(f"{op}: size={value!r} must be {form}")
+    size = _numbers(value, 2, "size", op, form, int)
+    if min(size) <= 0:
+        raise ConfigError(f"{op}: size={value!r} must be {form}")
     return size
 
 
 def _range(value, what: str, op: str, lo: float, hi: float) -> tuple[float, float]:
-    pair = tuple(float(v) for v in value) if not isinstance(value, (int, float)) else ()
-    if len(pair) != 2 or not (lo < pair[0] <= pair[1] <= hi):
-        raise ConfigError(f"{op}: {what}={value!r} must be (low, high) with {lo} < low <= high <= {hi}")
+    """(low, high) with lo < low <= high <= hi, both finite."""
+    form = f"finite (low, high) with {lo} < low <= high" + ("" if math.isinf(hi) else f" <= {hi}")
+    pair = _numbers(value, 2, what, op, form)
+    if not (lo < pair[0] <= pair[1] <= hi and math.isfinite(pair[1])):
+        raise ConfigError(f"{op}: {what}={value!r} must be {form}")
     return pair
 
 
@@ -115,10 +134,10 @@ class NormalizeImage(Op):
 
     def validate(self):
         for what in ("mean", "std"):
-            value = getattr(self, what)
-            triple = tuple(float(v) for v in (value if not isinstance(value, (int, float)) else (value,) * 3))
-            if len(triple) != 3 or not all(math.isfinite(v) for v in triple):
-                raise ConfigError(f"NormalizeImage: {what}={value!r} must be three finite numbers (R, G, B)")
+            value, form = getattr(self, what), "three finite numbers (R, G, B), or one for all three"
+            triple = _numbers((value,) * 3 if is_real(value) else value, 3, what, "NormalizeImage", form)
+            if not all(math.isfinite(v) for v in triple):
+                raise ConfigError(f"NormalizeImage: {what}={value!r} must be {form}")
             object.__setattr__(self, what, triple)
         if min(self.std) <= 0:
             raise ConfigError(f"NormalizeImage: std={self.std!r} must be positive")

@@ -150,7 +150,7 @@ class Pipeline(JsonFile):
         return [name for name in schema.names if name in needed]
 
     def _schema(self, schema):
-        schema = schema or self.input_schema
+        schema = self.input_schema if schema is None else schema  # an empty Schema is falsy
         if schema is None:
             raise ConfigError("this pipeline has no input schema yet; pass one or fit it on a dataset first")
         return schema
@@ -234,7 +234,7 @@ class Pipeline(JsonFile):
         )
 
     @classmethod
-    def from_json(cls, text: str) -> Pipeline:
+    def _from_json(cls, text: str) -> Pipeline:
         data = json.loads(text)
         schema = data.get("input_schema")
         return cls([op_from_dict(d) for d in data["ops"]], Schema.from_json(json.dumps(schema)) if schema else None)

@@ -50,11 +50,22 @@ def pictures():
         lambda: gp.RandomFlip("t", probability=1.5),
         lambda: gp.NormalizeImage("t", std=(1.0, 0.0, 1.0)),
         lambda: gp.NormalizeImage("t", mean=(0.5, 0.5)),
+        lambda: gp.Resize("t", size=224.0),
+        lambda: gp.Resize("t", size=None),
+        lambda: gp.RandomResizedCrop("t", scale=("a", "b")),
+        lambda: gp.RandomResizedCrop("t", scale=None),
+        lambda: gp.RandomResizedCrop("t", ratio=(1.0, float("inf"))),
+        lambda: gp.NormalizeImage("t", mean=None),
+        lambda: gp.NormalizeImage("t", mean=("r", "g", "b")),
     ],
 )
 def test_bad_parameters_are_config_errors(make):
     with pytest.raises(gp.ConfigError):
         make()
+
+
+def test_numpy_sizes_are_taken_as_ints():
+    assert gp.Resize("t", size=[np.int64(32), np.int32(24)]).size == (32, 24)
 
 
 def test_image_ops_save_and_load_as_json():

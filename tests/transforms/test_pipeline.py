@@ -339,6 +339,18 @@ def test_loading_a_file_that_is_no_saved_pipeline_names_the_file(tmp_path, text,
     assert all(w in str(info.value) for w in words + [str(path)])
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"ops": [{"op": "Cross", "features": ["a"], "num_buckets": 3}]}'])
+def test_from_json_of_text_that_is_no_saved_pipeline_is_a_data_error(text):
+    with pytest.raises(gp.DataError, match="the text does not hold a saved Pipeline"):
+        gp.Pipeline.from_json(text)
+
+
+def test_an_empty_schema_passed_is_used_not_replaced_by_the_fitted_one():
+    pipe = gp.Pipeline([gp.Log1p("x")], input_schema=gp.Schema((gp.Feature("x", "dense"),)))
+    with pytest.raises(gp.SchemaError, match="'x'"):
+        pipe.output_schema(gp.Schema(()))
+
+
 def test_saving_into_a_missing_directory_or_onto_a_directory_is_a_config_error(tmp_path):
     pipe = gp.Pipeline([gp.Hash("c", 3)])
     with pytest.raises(gp.ConfigError, match="its directory .*missing does not exist"):

@@ -21,6 +21,7 @@ in `stats()["decisions"]`.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 import weakref
@@ -70,6 +71,9 @@ class _Reader:
         self.counting = CountingFileSystem(dataset.filesystem)
         dataset.filesystem = self.counting
         self.dataset, self.stage, self.read_batch_size = dataset, stage, read_batch_size
+
+    def ping(self) -> bool:
+        return True
 
     def read(self, task):
         from ..loader._worker import read_unit
@@ -155,12 +159,13 @@ class RayReaders:
     # -- actors ----------------------------------------------------------------------------------
     def _ensure(self, dataset, stage, read_batch_size: int) -> None:
         import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)  # fmt: skip
-            except (ConnectionError, RuntimeError) as e:
+            except (ConnectionError, RuntimeError, ValueError) as e:  # ValueError: a ray:// address without ray[client]
                 raise BackendUnavailable(f"cannot start or join the Ray cluster {self.address!r}: {e}") from e
         config = (dataset, stage, read_batch_size)
         if self._config is None or any(a is not b for a, b in zip(self._config, config)):
@@ -179,6 +184,13 @@ class RayReaders:
         self.target = max(self.min_readers, min(self.target, len(self._actors) + int(free // self.num_cpus)))
         while len(self._actors) < self.target:
             self._actors.append(self._new_actor())
+        for actor, ref in [(a, a.ping.remote()) for a in self._actors]:  # one that died idle is no unit's fault
+            try:
+                ray.get(ref, timeout=60)
+            except RayActorError:
+                self._replace(actor, collections.Counter())
+            except GetTimeoutError:  # still busy with a unit of an epoch left early: alive
+                pass
 
     def _new_actor(self):
         import ray
@@ -208,16 +220,19 @@ class RayReaders:
     def slabs(self, tasks, dataset, stage, read_batch_size: int, stats: dict):
         """(task index, the unit's slabs or an error message) in task order.
 
-        A unit whose reader died is read again by a new reader (up to `retries` times); a unit
-        that cannot be read gives its error message (the loader raises or skips it).
+        A unit whose reader died while reading it is read again by a new reader (up to `retries`
+        times); the units queued behind it on that reader go to the others, with no try counted.
+        A unit that cannot be read gives its error message (the loader raises or skips it).
         """
         import ray
         from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
 
         self._ensure(dataset, stage, read_batch_size)
         pending = collections.deque(enumerate(tasks))
-        flight: collections.deque = collections.deque()  # [index, task, actor, ref, retries], in task order
+        # [index, task, actor, ref, tries, submitted (a count), failure or None], in task order
+        flight: collections.deque = collections.deque()
         load = collections.Counter()
+        submitted = itertools.count()
 
         def least_loaded():
             if not self._actors:
@@ -230,7 +245,33 @@ class RayReaders:
             while pending and len(flight) < len(self._actors) * self.prefetch:
                 index, task = pending.popleft()
                 actor = least_loaded()
-                flight.append([index, task, actor, actor.read.remote(task), 0])
+                flight.append([index, task, actor, actor.read.remote(task), 0, next(submitted), None])
+
+        def resubmit(entry, tries):
+            new = least_loaded()
+            entry[2:6] = [new, new.read.remote(entry[1]), tries, next(submitted)]
+
+        def reader_died(dead, error):
+            """An actor runs its units one at a time, in the order given: the one it died in is
+            the first given to it that has no result; the later ones never ran."""
+            self._replace(dead, load)
+            looking = True  # for the unit it died in
+            for entry in sorted((e for e in flight if e[2] is dead and e[6] is None), key=lambda e: e[5]):
+                if looking:
+                    try:
+                        ray.get(entry[3])
+                        continue  # read before the death: its result is kept
+                    except (RayActorError, ObjectLostError):
+                        pass
+                    except RayTaskError:
+                        continue  # failed by itself: reported in its turn
+                    looking = False
+                    if entry[4] >= self.retries:
+                        entry[6] = f"its reader died {entry[4] + 1} times while reading it ({type(error).__name__})"
+                        continue
+                    resubmit(entry, entry[4] + 1)
+                else:
+                    resubmit(entry, entry[4])
 
         def done(actor):
             load[actor] -= 1
@@ -242,20 +283,27 @@ class RayReaders:
         try:
             while flight:
                 entry = flight[0]
-                index, task, actor, ref, tries = entry
+                index, task, actor, ref, tries, _, failure = entry
+                if failure is not None:
+                    flight.popleft()
+                    yield index, failure
+                    submit()
+                    continue
                 start = time.perf_counter()
                 ready = bool(ray.wait([ref], timeout=0)[0])
                 try:
                     slabs, unit_stats = ray.get(ref)
-                except (RayActorError, ObjectLostError) as e:  # the reader (or its result) is gone
-                    self._replace(actor, load)
+                except RayActorError as e:  # the reader is gone
+                    reader_died(actor, e)
+                    continue
+                except ObjectLostError:  # its result is gone: read it again
+                    done(actor)
                     if tries >= self.retries:
                         flight.popleft()
-                        yield index, f"its reader died {tries + 1} times while reading it ({type(e).__name__})"
+                        yield index, f"its result was lost {tries + 1} times"
                         submit()
                         continue
-                    new = least_loaded()
-                    entry[2:] = [new, new.read.remote(task), tries + 1]
+                    resubmit(entry, tries + 1)
                     continue
                 except RayTaskError as e:
                     flight.popleft()
@@ -276,7 +324,8 @@ class RayReaders:
                 submit()
         finally:  # left early: results still in flight are dropped
             for entry in flight:
-                ray.cancel(entry[3])
+                if entry[6] is None:
+                    ray.cancel(entry[3])
                 done(entry[2])
 
     def _replace(self, dead, load) -> None:

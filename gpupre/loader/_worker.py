@@ -1,9 +1,10 @@
 """The worker process: reads work units with projection, runs the host stage, emits slabs.
 
 Messages to the client (through the result queue), in order per unit:
-    ("start", worker, position)
     ("slab", position, index, description, stats)    one per slab of up to read_batch_size rows
     ("done", position, slabs sent)  or  ("error", position, message, traceback, slabs sent)
+The unit a worker is reading is also in shared memory (`current`), written before it starts: a
+queued message is lost when its process dies, and the client names the unit a crash was in.
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ def read_unit(dataset, stage, task, read_batch_size: int):
         start = time.perf_counter()
 
 
-def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int, generation) -> None:
-    """Worker loop: one task at a time until the None sentinel."""
+NOT_STARTED, BETWEEN_UNITS = -2, -1  # current[2 * worker + 1] when the worker reads no unit
+
+
+def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current) -> None:
+    """Worker loop: one task at a time until the None sentinel; current[2 * worker : 2 * worker + 2]
+    holds the (generation, position) key of the unit being read."""
     import numba
 
     from ..storage.iostats import CountingFileSystem
@@ -86,7 +91,7 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
         position = task[0]
         if position[0] != generation.value:  # from an iteration the client has left
             continue
-        results.put(("start", worker, position))
+        current[2 * worker], current[2 * worker + 1] = position
         sent = 0
         try:
             for batch, stats in read_unit(dataset, stage, task, read_batch_size):
@@ -99,3 +104,4 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
             results.put(("done", position, sent))
         except Exception as e:  # noqa: BLE001 - every failure goes to the client, named
             results.put(("error", position, describe(e), traceback.format_exc(), sent))
+        current[2 * worker + 1] = BETWEEN_UNITS

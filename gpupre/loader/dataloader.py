@@ -22,14 +22,14 @@ from ..storage.iostats import CountingFileSystem
 from ..transforms.pipeline import Pipeline
 from ..transforms.plan import resolve_device
 from ._slabs import Slab, Staged, stage
+from ._worker import NOT_STARTED, read_unit
 from ._worker import main as worker_main
-from ._worker import read_unit
 
 __all__ = ["DataLoader"]
 
 log = logging.getLogger("gpupre")
 
-STATE_VERSION = 3  # 3: shuffled unit orders seeded by (seed, epoch)
+STATE_VERSION = 4  # 3: shuffled unit orders seeded by (seed, epoch); 4: batch_size, drop_last and on_bad_unit kept
 
 
 class DataLoader:
@@ -138,6 +138,12 @@ class DataLoader:
     def _rows_this_epoch(self, epoch: int) -> tuple[int, int]:
         """(steps, rows this rank delivers): every rank takes the same number of steps."""
         rows = [sum(u.num_rows for u in self._units(epoch, r)) for r in range(self.world_size)]
+        if min(rows) == 0 < max(rows):
+            raise ConfigError(
+                f"{rows.count(0)} of world_size={self.world_size} ranks get no rows of epoch {epoch} "
+                f"({len(self.dataset.units())} work units, row groups, to share), so every rank would stop at once; "
+                "write the data in more row groups (gp.storage.write_table(..., row_group_rows=...)) or use fewer ranks"
+            )
         per_rank = [r // self.batch_size if self.drop_last else math.ceil(r / self.batch_size) for r in rows]
         steps = min(per_rank)
         return steps, min(rows[self.rank], steps * self.batch_size)
@@ -149,7 +155,7 @@ class DataLoader:
     def state_dict(self) -> dict:
         """Where the epoch stands: restoring it delivers every remaining row once, no row twice."""
         return {"version": STATE_VERSION, "epoch": self.epoch, "delivered": self.delivered, "steps": self.steps,
-                "seed": self.seed,
+                "seed": self.seed, "batch_size": self.batch_size, "drop_last": self.drop_last, "on_bad_unit": self.on_bad_unit,
                 "shuffle": self.shuffle, "rank": self.rank, "world_size": self.world_size,
                 "read_batch_size": self.read_batch_size, "units": len(self.dataset.units())}  # fmt: skip
 
@@ -162,19 +168,22 @@ class DataLoader:
         if not isinstance(state, dict):
             raise ConfigError(f"load_state_dict takes the dict that state_dict() returned, got {type(state).__name__}")
         mine = self.state_dict()
-        for key in ("version", "seed", "shuffle", "rank", "world_size", "read_batch_size", "units"):
+        for key in ("version", "seed", "batch_size", "drop_last", "on_bad_unit", "shuffle", "rank", "world_size",
+                    "read_batch_size", "units"):  # fmt: skip
             if state.get(key) != mine[key]:
                 raise ConfigError(
                     f"state_dict {key}={state.get(key)!r} differs from this loader's {mine[key]!r}; "
                     "restore into a loader built with the same dataset and arguments"
                 )
         epoch, delivered, steps = (ensure_integer(state.get(k), f"state_dict {k}", 0) for k in ("epoch", "delivered", "steps"))
-        most, _ = self._rows_this_epoch(epoch)
-        if steps > most:
-            raise ConfigError(
-                f"state_dict steps={steps} is more than epoch {epoch}'s {most} steps; "
-                "restore the dict that state_dict() returned, unchanged"
-            )
+        most, target = self._rows_this_epoch(epoch)
+        padded = self.world_size > 1 and self.on_bad_unit == "skip"  # the cursor runs on over repeated passes
+        for key, value, limit in (("steps", steps, most), ("delivered", delivered, None if padded else target)):
+            if limit is not None and value > limit:
+                raise ConfigError(
+                    f"state_dict {key}={value} is more than epoch {epoch}'s {limit} {'steps' if key == 'steps' else 'rows'}; "
+                    "restore the dict that state_dict() returned, unchanged"
+                )
         self.epoch, self.delivered, self.steps = epoch, delivered, steps
 
     def stats(self) -> dict:
@@ -310,7 +319,7 @@ class DataLoader:
                         self._stats["rows_repeated"] += take
                     pieces.append((slab, at, at + take))
                     at, filled, remaining = at + take, filled + take, remaining - take
-                    if filled == self.batch_size or remaining == 0:
+                    if filled == self.batch_size or (remaining == 0 and not self.drop_last):
                         yield self._gather(pieces), filled + gap
                         pieces, filled, gap = [], 0, 0
                         _release(held[:-1] if at < slab.num_rows else held)
@@ -380,7 +389,7 @@ class DataLoader:
         self._start_workers()
         self._current_generation.value = generation
         pending = list(reversed(tasks))
-        done, slabs, current, gaps = {}, {}, {}, {}
+        done, slabs, gaps = {}, {}, {}
         order = [t[0] for t in tasks]
         units = {t[0]: t[1] for t in tasks}
         rows_of = {t[0]: t[1].num_rows - t[2] for t in tasks}
@@ -414,12 +423,9 @@ class DataLoader:
                     dispatch()
                     continue
                 wait = time.perf_counter()
-                message = self._receive(current, units)
+                message = self._receive(units)
                 self._stats["wait_s"] += time.perf_counter() - wait
                 kind, mkey = message[0], message[1]
-                if kind == "start":
-                    current[message[1]] = message[2]
-                    continue
                 if mkey[0] != generation:  # left over from an earlier iteration
                     if kind == "slab":
                         Slab(message[3], self._slab_schema).release()
@@ -438,26 +444,36 @@ class DataLoader:
             for slab in slabs.values():
                 slab.release()
 
-    def _receive(self, current: dict, units: dict):
+    def _receive(self, units: dict):
         while True:
             try:
                 return self._result_queue.get(timeout=0.5)
             except queue.Empty:
+                if not self._workers:
+                    raise ConfigError(
+                        "this DataLoader was closed during an iteration, which cannot go on; iterate it again "
+                        "(a new iteration restarts the workers and continues where the epoch stands)"
+                    ) from None
                 for index, process in enumerate(self._workers):
                     if not process.is_alive():
-                        key = current.get(index)
+                        key = tuple(self._current[2 * index : 2 * index + 2])
                         self.close()
-                        if key in units:
-                            raise DataError(
-                                f"loader worker {index} died (exit code {process.exitcode}) while reading "
-                                f"{units[key]}: a crash in reading or decoding, not a Python error; check "
-                                "memory and the file"
-                            )
-                        raise DataError(
-                            f"loader worker {index} died (exit code {process.exitcode}) before reading anything; "
-                            "workers are spawned, so a script must start its work under "
-                            "`if __name__ == '__main__':` (see the worker's error above)"
-                        )
+                        self._worker_died(index, process.exitcode, key, units)
+
+    @staticmethod
+    def _worker_died(index: int, code, key, units: dict):
+        if key in units:
+            raise DataError(
+                f"loader worker {index} died (exit code {code}) while reading {units[key]}: a crash in reading "
+                "or decoding, not a Python error; check memory and the file (local workers do not retry or skip "
+                "a unit that kills them; RayReaders do)"
+            )
+        if key[1] == NOT_STARTED:
+            raise DataError(
+                f"loader worker {index} died (exit code {code}) before reading anything; workers are spawned, "
+                "so a script must start its work under `if __name__ == '__main__':` (see the worker's error above)"
+            )
+        raise DataError(f"loader worker {index} died (exit code {code}) between units; check memory (see its error above)")
 
     def _bad_unit(self, unit, message: str, remote_traceback: str = "") -> None:
         """Skip the unit that could not be read, or raise (in an `except` block: chained to its error)."""
@@ -479,12 +495,13 @@ class DataLoader:
         context = mp.get_context("spawn")  # fork would copy numba's and torch's threads
         self._task_queue, self._result_queue = context.Queue(), context.Queue()
         self._current_generation = context.Value("q", 0, lock=False)  # workers skip older tasks
+        self._current = context.Array("q", [0, NOT_STARTED] * self.num_workers, lock=False)  # the unit each reads
         threads = max(1, (os.cpu_count() or 1) // self.num_workers)
         for index in range(self.num_workers):
             process = context.Process(
                 target=worker_main,
                 args=(self.dataset, self._stage, self.read_batch_size, self._task_queue, self._result_queue, index, threads,
-                      self._current_generation),
+                      self._current_generation, self._current),
                 daemon=True,
                 name=f"gpupre-loader-{index}",
             )

@@ -142,6 +142,37 @@ def test_a_unit_that_kills_every_reader_is_a_bad_unit_not_an_endless_retry(crash
     loader.close()
 
 
+def test_only_the_unit_a_reader_died_in_counts_a_try_not_those_queued_behind_it(crashing):
+    # one reader, 4 units in flight: those given to it after the crashing unit go to its replacement
+    readers = RayReaders(crashing, num_readers=1, retries=0, prefetch=4)
+    loader = _loader(readers, on_bad_unit="skip")
+    assert len(set(epoch_ids(list(loader)))) == 550
+    (skipped,) = loader.stats()["skipped_units"]
+    assert "row group 1" in skipped and "died 1 times" in skipped
+    loader.close()
+
+
+def test_a_reader_that_died_between_epochs_is_replaced_and_counts_against_no_unit(ds):
+    readers = RayReaders(ds, num_readers=2, retries=0)
+    loader = _loader(readers)
+    assert len(epoch_ids(list(loader))) == 600
+    for actor in readers.readers():
+        ray.kill(actor)
+    assert len(epoch_ids(list(loader))) == 600 and loader.stats()["skipped_units"] == []
+    assert readers.stats()["replaced"] == 2
+    loader.close()
+
+
+def test_a_cluster_that_cannot_be_joined_is_backend_unavailable(ds, monkeypatch):
+    def refuse(**kw):
+        raise ValueError("Ray Client requires pip package `ray[client]`")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(gp.BackendUnavailable, match="ray://127.0.0.1:1.*ray\\[client\\]"):
+        list(_loader(RayReaders(ds, address="ray://127.0.0.1:1")))
+
+
 def test_bad_arguments_are_config_errors(ds):
     for kw, words in (({"num_readers": 3, "max_readers": 2}, "max_readers"), ({"prefetch": 0}, "prefetch=0"),
                       ({"window": 1}, "window=1"), ({"num_cpus": 0}, "num_cpus=0")):  # fmt: skip

@@ -160,6 +160,22 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(ds):
         list(it)
 
 
+class _CrashingDataset(gp.Dataset):
+    """Its reading process exits in row group 1, as a crash in a decoder would: no Python error,
+    and the messages it queued last are lost."""
+
+    def read_slabs(self, unit, read_batch_size):
+        if unit.row_group == 1:
+            os._exit(3)
+        return super().read_slabs(unit, read_batch_size)
+
+
+def test_a_worker_that_crashes_in_a_unit_is_named_with_the_unit(synth_dir):
+    loader = _loader(_CrashingDataset(synth_dir, passthrough="row_id"), num_workers=1)
+    with pytest.raises(gp.DataError, match=r"worker 0 died \(exit code 3\) while reading .*row group 1"):
+        list(loader)
+
+
 def test_stats_report_rows_bytes_and_stage_times(ds):
     loader = _loader(ds, num_workers=2)
     list(loader)
@@ -239,6 +255,41 @@ def test_a_state_with_another_read_batch_size_is_refused(ds):
     state = _loader(ds, read_batch_size=20).state_dict()
     with pytest.raises(gp.ConfigError, match="read_batch_size=20 differs"):
         _loader(ds, read_batch_size=30).load_state_dict(state)
+
+
+@pytest.mark.parametrize("kw", [{"batch_size": 16}, {"drop_last": True}, {"on_bad_unit": "skip"}])
+def test_a_state_from_a_loader_that_batches_otherwise_is_refused(ds, kw):
+    loader = _loader(ds)
+    it = iter(loader)
+    next(it)
+    (key, value), state = next(iter(kw.items())), loader.state_dict()
+    with pytest.raises(gp.ConfigError, match=f"{key}={state[key]!r} differs from this loader's {value!r}"):
+        _loader(ds, **kw).load_state_dict(state)
+
+
+def test_closing_during_an_iteration_ends_it_with_an_error_not_a_hang(ds):
+    loader = _loader(ds, num_workers=2)
+    it = iter(loader)
+    next(it)
+    loader.close()
+    with pytest.raises(gp.ConfigError, match="closed during an iteration"):
+        list(it)
+    assert len(epoch_ids(list(loader))) == 600 - 64  # a new iteration goes on from the state
+
+
+def test_more_ranks_than_units_is_a_config_error_not_empty_epochs(ds):
+    loader = _loader(ds, rank=0, world_size=16)  # 12 units of 50 rows
+    with pytest.raises(gp.ConfigError, match="4 of world_size=16 ranks get no rows"):
+        list(loader)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_drop_last_with_a_skipped_unit_delivers_only_whole_batches(ds_with_a_bad_unit, workers):
+    ds, _ = ds_with_a_bad_unit
+    loader = _loader(ds, num_workers=workers, on_bad_unit="skip", drop_last=True)
+    sizes = [b.num_rows for b in loader]
+    loader.close()
+    assert sizes == [64] * 8  # 550 readable rows
 
 
 def test_a_second_iteration_stops_the_first(ds):
@@ -356,7 +407,7 @@ def test_an_epoch_whose_last_batch_went_out_is_over_though_its_iterator_was_not_
 
 @pytest.mark.parametrize("change, words", [
     ({"delivered": None}, "delivered=None"), ({"steps": -1}, "steps=-1"), ({"epoch": 1.5}, "epoch=1.5"),
-    ({"steps": 11}, "more than epoch 0's 10 steps"),
+    ({"steps": 11}, "more than epoch 0's 10 steps"), ({"delivered": 10**9}, "more than epoch 0's 600 rows"),
 ])  # fmt: skip
 def test_a_state_with_a_bad_cursor_is_refused(ds, change, words):
     loader = _loader(ds)

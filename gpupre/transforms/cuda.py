@@ -17,6 +17,7 @@ kernels run on torch's current stream, and the results are torch tensors (no cop
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -34,6 +35,8 @@ log = logging.getLogger("gpupre")
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 THREADS = 256  # threads per block; also the rows of a sparse tile (ROWS in sparse.cu)
+MAX_GRID_Y = 65_535
+MAX_SCAN = 2**31 - 1
 DENSE_ROWS_PER_THREAD = 8  # as kernels/dense.cu
 SCAN_LAUNCHES = 2  # CUB's DeviceScan: a tile-state init kernel and the single-pass scan
 SET_KINDS = (S_INTERSECT, S_UNION, S_OVERLAP)
@@ -90,7 +93,15 @@ class CudaExecutor:
                     f"device={device!r} needs CuPy to launch its kernels ({e}); install it with "
                     "`pip install 'gpupre[gpu]'` (cupy-cuda13x; cupy-cuda12x for CUDA 12 drivers)"
                 ) from e
-        self.device = torch_device(device)
+        self.__setstate__({"device": torch_device(device)})
+
+    def __getstate__(self) -> dict:
+        """Only the device: a copy (in a loader's worker, which runs the host stage only) holds
+        no GPU memory, and uploads its own tables if it ever runs."""
+        return {"device": self.device}
+
+    def __setstate__(self, state: dict) -> None:
+        self.device = state["device"]
         self._tables: dict = {}  # id(stage table) -> device copies, uploaded once per plan
         self._status = None
         self._pinned = None
@@ -265,6 +276,11 @@ class CudaExecutor:
         return self._tables[key]
 
     def _launch(self, name: str, grid, *args):
+        if grid[1] > MAX_GRID_Y:  # one row of blocks per dense program or sparse app
+            raise KernelError(
+                f"kernel {name}: {grid[1]:,} programs or apps in one stage, more than CUDA's {MAX_GRID_Y:,} "
+                "blocks in y; split the pipeline's features across two pipelines"
+            )
         function = _kernel(self.device.index, name)
         try:
             function(grid, (THREADS,), args)
@@ -273,6 +289,11 @@ class CudaExecutor:
 
     def _scan(self, buffer):
         """In-place inclusive prefix sum of an int64 device buffer with CUB."""
+        if buffer.numel() > MAX_SCAN:  # CuPy's scan takes its size as a C int
+            raise DataError(
+                f"a sparse level of {buffer.numel() - 1:,} lengths (keys x rows) is more than one scan takes "
+                f"({MAX_SCAN - 1:,}); use smaller batches"
+            )
         import cupy
         from cupy.cuda import cub
 
@@ -354,11 +375,18 @@ def _kernel(device_index: int, name: str):
     return functions[name]
 
 
-def _compile(cupy, source: str):
+def kernel_code(source: str) -> str:
+    """The code CuPy compiles for kernels/`source`. CuPy caches binaries on disk by their code, and
+    the headers it includes are not in it: a digest of them is, so that an edited header compiles anew."""
     path = KERNELS / source
     if not path.exists():
         raise BackendUnavailable(f"the kernel sources are missing: {path} not found; reinstall gpupre from its source tree")
-    code = f'#line 1 "{path}"\n' + path.read_text()
+    headers = hashlib.sha256(b"".join(h.read_bytes() for h in sorted(KERNELS.glob("*.cuh")))).hexdigest()
+    return f'// headers {headers}\n#line 1 "{path}"\n' + path.read_text()
+
+
+def _compile(cupy, source: str):
+    code = kernel_code(source)
     try:
         # CuPy adds -ftz=true; the kernels keep subnormals anyway (ieee.cuh), as the CPU does
         module = cupy.RawModule(code=code, options=("-std=c++17", f"-I{KERNELS}"))

@@ -53,6 +53,19 @@ def test_cuda_executor_equals_numba(data):
     assert_same(out, expected)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_cuda_executor_equals_numba_over_several_blocks(data):
+    # 255-600 rows: sparse tiles of 256 rows, so work spans 2-3 blocks per app and offsets run across them
+    batch = data.draw(jagged_batches(255, 600))
+    ops = random_ops(data.draw, batch)
+    try:
+        gp.Pipeline(ops).compile(batch.schema, "cpu")
+    except gp.ConfigError:
+        return
+    assert_same(*both(ops, batch))
+
+
 def _long_batch(rng, length=10_000, rows=5):
     """Rows of up to `length` ids (one of each length class), with repeats, extremes and NaN scores."""
     sizes = [0, 1, 37, length, length // 2][:rows]

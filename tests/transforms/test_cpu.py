@@ -23,8 +23,8 @@ FLOATS = st.one_of(
 
 
 @st.composite
-def jagged_batches(draw):
-    n = draw(st.integers(0, 12))
+def jagged_batches(draw, min_rows=0, max_rows=12):
+    n = draw(st.integers(min_rows, max_rows))
     lists = lambda: st.lists(st.lists(INT64, max_size=draw(st.sampled_from([0, 3, 8, 40]))), min_size=n, max_size=n)  # noqa: E731
     dense = {f"d{i}": draw(st.lists(FLOATS, min_size=n, max_size=n)) for i in range(draw(st.integers(0, 3)))}
     sparse = {f"s{i}": draw(lists()) for i in range(draw(st.integers(1, 3)))}

@@ -82,3 +82,47 @@ def test_cuda_hash_log1p_and_division_are_bit_identical_to_the_cpu_ones(tmp_path
             twang_mix64(x), hash_128_to_64(x & mask, s & mask), sigrid_hash(x, s, b), x % b,
             float_to_id(float(np.float32(f))), log1p_bits, quotient_bits,
         ]  # fmt: skip
+
+
+def test_the_compiled_code_changes_when_a_header_does(tmp_path, monkeypatch):
+    # CuPy caches binaries by their code: an edited header must change it, or old kernels load
+    from gpupre.transforms import cuda
+
+    for p in KERNELS.iterdir():
+        shutil.copy(p, tmp_path / p.name)
+    monkeypatch.setattr(cuda, "KERNELS", tmp_path)
+    before = cuda.kernel_code("sparse.cu")
+    (tmp_path / "hash.cuh").write_text((tmp_path / "hash.cuh").read_text() + "\n// edited\n")
+    after = cuda.kernel_code("sparse.cu")
+    assert before != after and after.endswith((tmp_path / "sparse.cu").read_text())
+
+
+def _executor_without_a_gpu():
+    import torch
+
+    from gpupre.transforms.cuda import CudaExecutor
+
+    executor = CudaExecutor.__new__(CudaExecutor)
+    executor.__setstate__({"device": torch.device("cuda", 0)})
+    return executor
+
+
+def test_a_copy_of_the_executor_holds_no_gpu_memory():
+    import pickle
+
+    executor = _executor_without_a_gpu()
+    executor._tables, executor._status, executor._pinned = {1: "device tables"}, "status", "pinned"
+    copy = pickle.loads(pickle.dumps(executor))
+    assert copy.device == executor.device and (copy._tables, copy._status, copy._pinned) == ({}, None, None)
+
+
+def test_stages_beyond_what_one_launch_or_scan_takes_are_clear_errors():
+    import types
+
+    import gpupre as gp
+
+    executor = _executor_without_a_gpu()
+    with pytest.raises(gp.KernelError, match="70,000 programs or apps in one stage.*split the pipeline"):
+        executor._launch("dense_pass", (1, 70_000))
+    with pytest.raises(gp.DataError, match="more than one scan takes.*smaller batches"):
+        executor._scan(types.SimpleNamespace(numel=lambda: 2**31))

@@ -110,8 +110,9 @@ def _key(key) -> bytes:
 
 
 def _ttl(ttl_s) -> float:
-    if not is_real(ttl_s) or not ttl_s > 0:
-        raise ConfigError(f"ttl_s={ttl_s!r} must be a positive number of seconds")
+    """ttl_s as a float, the same check for every store: Redis keys expire after a number of milliseconds."""
+    if not is_real(ttl_s) or not 0 < ttl_s < math.inf:
+        raise ConfigError(f"ttl_s={ttl_s!r} must be a positive, finite number of seconds")
     return float(ttl_s)
 
 
@@ -292,8 +293,6 @@ class RedisKV(KVStore):
 
     def put_many(self, items, ttl_s: float) -> None:
         pairs, ttl_s = _pairs(items), _ttl(ttl_s)
-        if not math.isfinite(ttl_s):
-            raise ConfigError(f"RedisKV ttl_s={ttl_s!r} must be finite: Redis keys expire after a number of milliseconds")
         ttl_ms = max(1, int(ttl_s * 1000))
         with self._locked():
             try:

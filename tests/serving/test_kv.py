@@ -109,6 +109,11 @@ def test_bad_keys_and_values_are_config_errors(tmp_path, bad, words):
         SqliteKV().put_many({"a": b"1"}, ttl_s=0)
 
 
+def test_every_store_refuses_an_infinite_ttl_as_redis_must(store):
+    with pytest.raises(gp.ConfigError, match="ttl_s=inf must be a positive, finite number of seconds"):
+        store.put_many({"a": b"1"}, ttl_s=float("inf"))
+
+
 def test_numpy_ttls_are_seconds_too(store):
     store.put_many({"a": b"1"}, ttl_s=np.int64(60))
     store.put_many({"b": b"2"}, ttl_s=np.float32(60))
@@ -157,7 +162,7 @@ def test_redis_bad_arguments_and_an_unreachable_server_are_clear_errors(tmp_path
         RedisKV("not-a-url")
     url = _unused_url()
     store = RedisKV(url, spill_path=str(tmp_path / "spill"), retries=1)
-    with pytest.raises(gp.ConfigError, match="ttl_s=inf must be finite"):
+    with pytest.raises(gp.ConfigError, match="ttl_s=inf must be a positive, finite number"):
         store.put_many({"a": b"1"}, ttl_s=float("inf"))
     for use, what in ((lambda: store.get_many(["a"]), "get_many"), (lambda: store.delete(["a"]), "delete")):
         with pytest.raises(gp.BackendUnavailable, match=f"Redis at {url} did not answer {what}"):

@@ -66,6 +66,21 @@ def measure(fn, repeats: int) -> dict:
     return {"first_s": first, "median_s": statistics.median(times), "times_s": times}
 
 
+def alternate(fns: dict, repeats: int) -> dict:
+    """Seconds of each contender: one call of each in turn, `repeats` rounds after a warm-up round,
+    so that a machine's drift (other load, clock changes) falls on every contender alike.
+    {name: {"median_s", "times_s"}}."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
+
+
 def save(name: str, result: dict, results_dir: str = RESULTS_DIR, filename: str | None = None) -> str:
     """Write `result` with the machine, date and commit to results_dir/<filename or name>.json."""
     result = {
@@ -95,6 +110,8 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
             return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
         if isinstance(v, int):
             return f"{v:,}"
+        if isinstance(v, list):  # a range
+            return "-".join(fmt(x) for x in v)
         return str(v)
 
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]

@@ -15,7 +15,9 @@ Contenders, each starting from the same in-memory Arrow batch:
 - dense only: the dense ops (fill, log1p, normalize) of the same pipeline, by gpupre's plan, by
   numpy, and written as a DALI CPU pipeline of its arithmetic and math ops (one sample per
   feature; NaN filled through a bit mask, as DALI has no select), the same results checked.
-Steady state is the median of repeats; the first call (numba JIT or cache load) is separate.
+Steady state: the contenders take turns, one call each per round, and each reports its median
+over the rounds (the per-round ratio's range too). The first call is timed apart, in a fresh
+process: compiling the numba kernels (an empty cache), and loading them from numba's cache.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pyarrow.compute as pc
 import gpupre as gp
 from gpupre.storage import SynthSpec, synthesize
 
-from .common import markdown_table, measure, save, targets_table
+from .common import alternate, markdown_table, measure, save, targets_table
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 BATCH_SIZES = (4_096, 65_536)
@@ -208,17 +210,22 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
             part = table.slice(0, size)
             check_same(plan.run(gp.Batch.from_arrow(part, ds.schema)), numpy_per_feature(part, pipe.ops))
             row = {"pipeline": kind, "features": len(ds.schema), "batch_size": size, "launches": plan.launches}
-            for name, fn in (
-                ("gpupre", lambda: plan.run(gp.Batch.from_arrow(part, ds.schema))),
-                ("numpy", lambda: numpy_per_feature(part, pipe.ops)),
-            ):
-                t = measure(fn, repeats)
-                row[f"{name}_rows_per_s"] = size / t["median_s"]
-                row[f"{name}_first_s"] = t["first_s"]
-            # the gpupre time in its two parts: the gather into the batch layout, then the plan
-            row["gpupre_from_arrow_ms"] = 1e3 * measure(lambda: gp.Batch.from_arrow(part, ds.schema), repeats)["median_s"]
+            if size == BATCH_SIZES[0]:
+                row.update(_first_calls(ds, pipe, size))
             batch = gp.Batch.from_arrow(part, ds.schema)
-            row["gpupre_plan_ms"] = 1e3 * measure(lambda: plan.run(batch), repeats)["median_s"]
+            times = alternate({
+                "gpupre": lambda: plan.run(gp.Batch.from_arrow(part, ds.schema)),
+                "numpy": lambda: numpy_per_feature(part, pipe.ops),
+                # the gpupre time in its two parts: the gather into the batch layout, then the plan
+                "from_arrow": lambda: gp.Batch.from_arrow(part, ds.schema),
+                "plan": lambda: plan.run(batch),
+            }, repeats)  # fmt: skip
+            for name in ("gpupre", "numpy"):
+                row[f"{name}_rows_per_s"] = size / times[name]["median_s"]
+            row["gpupre_from_arrow_ms"] = 1e3 * times["from_arrow"]["median_s"]
+            row["gpupre_plan_ms"] = 1e3 * times["plan"]["median_s"]
+            rounds = [n / g for g, n in zip(times["gpupre"]["times_s"], times["numpy"]["times_s"])]
+            row["numpy_over_gpupre_per_round"] = [min(rounds), max(rounds)]
             if nvt:
                 match = next(r for r in nvt["results"] if r["batch_size"] == size)
                 row["nvtabular_rows_per_s"] = match["rows_per_s"]
@@ -240,6 +247,39 @@ def run(repeats: int = 5, nvtabular: bool = True, kinds=("criteo", "wide"), prog
     if save_results:
         result["path"] = save("transforms", result, filename=filename)
     return result
+
+
+# -- the first call ------------------------------------------------------------------------------
+_FIRST_CALL = """
+import json, sys, time
+import pyarrow as pa
+import gpupre as gp
+spec = json.loads(sys.argv[1])
+ds = gp.Dataset(spec["path"], features=spec["features"])
+table = pa.concat_tables([ds.read_arrow(unit) for unit in ds.units()]).slice(0, spec["rows"])
+plan = gp.Pipeline.from_json(spec["pipeline"]).compile(ds.schema, "cpu")
+start = time.perf_counter()
+plan.run(gp.Batch.from_arrow(table, ds.schema))
+print(time.perf_counter() - start)
+"""
+
+
+def _first_calls(ds: gp.Dataset, pipe: gp.Pipeline, rows: int) -> dict:
+    """Seconds of the first `Batch.from_arrow` + plan run of a fresh process: compiling the numba
+    kernels (an empty cache), and loading them from numba's cache (as every later run does)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    spec = json.dumps({"path": ds.paths[0], "features": list(ds.schema.names), "rows": rows, "pipeline": pipe.to_json()})
+    out = {}
+    with tempfile.TemporaryDirectory() as empty:
+        for name, extra in (("gpupre_first_call_compiling_s", {"NUMBA_CACHE_DIR": empty}), ("gpupre_first_call_cached_s", {})):
+            done = subprocess.run([sys.executable, "-c", _FIRST_CALL, spec], env={**os.environ, **extra},
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            out[name] = float(done.stdout.split()[-1])
+    return out
 
 
 # -- dense only: gpupre, numpy and DALI ------------------------------------------------------------
@@ -340,10 +380,12 @@ def report(result: dict) -> str:
         ("batch_size", "rows"),
         ("launches", "launches"),
         ("gpupre_rows_per_s", "gpupre rows/s"),
-        ("gpupre_first_s", "gpupre first call s"),
+        ("gpupre_first_call_compiling_s", "gpupre first call s, compiling"),
+        ("gpupre_first_call_cached_s", "gpupre first call s, numba cache"),
         ("gpupre_from_arrow_ms", "of which from_arrow ms"),
         ("gpupre_plan_ms", "of which plan ms"),
         ("numpy_rows_per_s", "numpy per-feature rows/s"),
+        ("numpy_over_gpupre_per_round", "numpy / gpupre time, per round"),
         ("nvtabular_rows_per_s", "NVTabular CPU rows/s"),
         ("nvtabular_first_s", "NVTabular first call s"),
         ("dense_gpupre_rows_per_s", "dense only: gpupre rows/s"),

@@ -15,6 +15,9 @@ __all__ = ["CountingFileSystem", "HandlerFileSystem"]
 class DelegatingHandler(pafs.FileSystemHandler):
     """A `pyarrow.fs.PyFileSystem` handler that hands every call to `base`; subclasses override.
 
+    Streams are opened on `base` with compression=None: the `PyFileSystem` around the handler
+    already compresses or decompresses as its caller asks, and doing it twice corrupts the bytes.
+
     Filesystems travel to loader workers: a handler arrives there with a new lock, its `counters`
     at zero (they count the reads of one process) and its `per_process` state set to None.
     """
@@ -58,7 +61,7 @@ class DelegatingHandler(pafs.FileSystemHandler):
         return self.base.open_input_file(path)
 
     def open_input_stream(self, path):
-        return self.base.open_input_stream(path)
+        return self.base.open_input_stream(path, compression=None)
 
     def normalize_path(self, path):
         return self.base.normalize_path(path)
@@ -91,10 +94,10 @@ class DelegatingHandler(pafs.FileSystemHandler):
         self.base.copy_file(src, dest)
 
     def open_output_stream(self, path, metadata):
-        return self.base.open_output_stream(path, metadata=metadata)
+        return self.base.open_output_stream(path, compression=None, metadata=metadata)
 
     def open_append_stream(self, path, metadata):
-        return self.base.open_append_stream(path, metadata=metadata)
+        return self.base.open_append_stream(path, compression=None, metadata=metadata)
 
 
 class HandlerFileSystem(pafs.PyFileSystem):
@@ -125,7 +128,7 @@ class _CountingHandler(DelegatingHandler):
         return pa.PythonFile(_CountingFile(self.base.open_input_file(path), self), mode="r")
 
     def open_input_stream(self, path):
-        return pa.PythonFile(_CountingFile(self.base.open_input_stream(path), self), mode="r")
+        return pa.PythonFile(_CountingFile(self.base.open_input_stream(path, compression=None), self), mode="r")
 
 
 class _CountingFile:

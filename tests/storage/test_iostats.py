@@ -1,5 +1,6 @@
 """CountingFileSystem: a pyarrow filesystem that counts read requests and bytes."""
 
+import gzip
 import os
 
 import pyarrow.fs as pafs
@@ -48,3 +49,27 @@ def test_passes_metadata_calls_to_the_base(synth_dir, tmp_path):
 def test_a_base_that_is_not_a_filesystem_is_a_config_error():
     with pytest.raises(gp.ConfigError, match=r"must be a pyarrow\.fs\.FileSystem, got str \('s3'\)"):
         CountingFileSystem("s3")
+
+
+WRAPPERS = {
+    "counting": lambda base, root: CountingFileSystem(base),
+    "cached": lambda base, root: gp.storage.CachedFileSystem(base, root, 1 << 20),
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_gzip_files_are_compressed_once_as_the_base_filesystem_does(tmp_path, wrapper):
+    local = pafs.LocalFileSystem()
+    fs = WRAPPERS[wrapper](local, tmp_path / "cache")
+    path = str(tmp_path / "x.csv.gz")
+    with fs.open_output_stream(path) as f:
+        f.write(b"a,b\n1,2\n")
+    with fs.open_append_stream(path) as f:
+        f.write(b"3,4\n")
+    assert gzip.decompress((tmp_path / "x.csv.gz").read_bytes()) == b"a,b\n1,2\n3,4\n"
+    with fs.open_input_stream(path) as f:
+        assert f.read() == b"a,b\n1,2\n3,4\n"
+    with fs.open_input_stream(path, compression=None) as f:
+        assert f.read() == (tmp_path / "x.csv.gz").read_bytes()
+    pafs.copy_files(path, str(tmp_path / "copy.csv.gz"), source_filesystem=fs, destination_filesystem=local)
+    assert (tmp_path / "copy.csv.gz").read_bytes() == (tmp_path / "x.csv.gz").read_bytes()

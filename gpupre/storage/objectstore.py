@@ -52,11 +52,14 @@ class LocalObjectStore:
         self._process: subprocess.Popen | None = None
 
     def start(self) -> LocalObjectStore:
-        """Start the server; returns once it accepts requests.
+        """Start the server; returns once it accepts requests (at once when it is running already).
 
         Raises:
             BackendUnavailable: moto is not installed or the server did not come up.
         """
+        if self._process is not None and self._process.poll() is None:
+            return self  # a second server would leave the first running, unstopped
+        self.stop()  # what a server that exited left open
         command = [sys.executable, "-m", __name__, "--latency-ms", str(self.latency_ms)]
         if self.bandwidth_mib_s:
             command += ["--bandwidth-mib-s", str(self.bandwidth_mib_s)]
@@ -78,11 +81,13 @@ class LocalObjectStore:
         return self
 
     def filesystem(self, **options) -> pafs.S3FileSystem:
-        """A `pyarrow.fs.S3FileSystem` on this store (options pass through)."""
+        """A `pyarrow.fs.S3FileSystem` on this store; `options` pass through and override the
+        defaults (credentials, endpoint, scheme, region)."""
         if self.endpoint is None:
             raise BackendUnavailable("the local S3 server is not running; call start() or use it as a context manager")
-        return pafs.S3FileSystem(access_key=_KEY, secret_key=_KEY, endpoint_override=self.endpoint,
-                                 scheme="http", region="us-east-1", **options)  # fmt: skip
+        defaults = dict(access_key=_KEY, secret_key=_KEY, endpoint_override=self.endpoint, scheme="http",
+                        region="us-east-1")  # fmt: skip
+        return pafs.S3FileSystem(**{**defaults, **options})
 
     def create_bucket(self, name: str) -> None:
         self.filesystem(allow_bucket_creation=True).create_dir(name)

@@ -70,6 +70,23 @@ def test_measured_cache_options_read_through_gaps_that_cost_less_than_a_request(
     assert options.lazy is False
 
 
+def test_filesystem_options_override_the_defaults(store):
+    fs = store.filesystem(region="eu-west-1", request_timeout=5)
+    assert fs.region == "eu-west-1"
+    assert any(i.is_file for i in fs.get_file_info(pafs.FileSelector("data/parts")))
+
+
+def test_a_second_start_keeps_the_running_server_and_stop_ends_it():
+    store = LocalObjectStore()
+    try:
+        store.start()
+        first, endpoint = store._process, store.endpoint
+        assert store.start() is store and store._process is first and store.endpoint == endpoint
+    finally:
+        store.stop()
+    assert not _running(first.pid)
+
+
 def test_a_store_that_is_not_running_says_so():
     with pytest.raises(gp.BackendUnavailable, match="start"):
         LocalObjectStore().filesystem()

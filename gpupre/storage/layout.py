@@ -231,7 +231,8 @@ def _search(masks, size, weights, request_bytes):
 
 
 def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, filesystem=None, progress: bool = True):
-    """Rewrite a dataset with its columns in `column_order` for `workload`; returns a gp.Dataset.
+    """Rewrite a dataset with its columns in `column_order` for `workload`; returns the new
+    dataset, read with the source's projection, labels and pass-through columns.
 
     Args:
         source: a gp.Dataset (every stored column is rewritten, not only its projection) or a path.
@@ -283,13 +284,15 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
     except BaseException:  # out was empty: leave it so, not half a dataset
         filesystem.delete_dir_contents(out, missing_dir_ok=True)
         raise
-    return Dataset(out, filesystem=filesystem, label=dataset.schema.labels, passthrough=dataset.schema.extras)
+    return Dataset(out, features=list(dataset.schema.names), filesystem=filesystem, label=dataset.schema.labels,
+                   passthrough=dataset.schema.extras)  # fmt: skip
 
 
 def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> None:
     md = dataset._metadata[path]
     schema = md.schema.to_arrow_schema()
     schema = schema.with_metadata(_stored_schema(schema, path, dataset.schema))
+    order = [c for c in order if c in schema.names]  # the order covers every file's columns; files differ
     fields = [schema.field(c) for c in order]
     arrow_schema = pa.schema(fields, metadata=schema.metadata)
     compression, dictionary = _encodings(md)
@@ -340,7 +343,20 @@ def _encodings(md: pq.FileMetaData) -> tuple:
 
 
 def _relative_names(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
-    """Each file's path under the dataset's root, with a Parquet suffix so that the copy is found."""
+    """Each file's path under the dataset's root, with a Parquet suffix so that the copy is found.
+
+    Raises:
+        ConfigError: two files would be rewritten under one name (a file listed twice, or `x` beside `x.parquet`).
+    """
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     names = [os.path.relpath(p, root) for p in paths]
-    return [n if n.endswith(suffixes) else n + ".parquet" for n in names]
+    names = [n if n.endswith(suffixes) else n + ".parquet" for n in names]
+    first: dict[str, str] = {}
+    for path, name in zip(paths, names):
+        if name in first:
+            raise ConfigError(
+                f"{first[name]} and {path} would both be rewritten as {name}, one over the other; list each "
+                "file of the dataset once, and rename a file whose name differs from another's only by .parquet"
+            )
+        first[name] = path
+    return names

@@ -175,6 +175,28 @@ def test_reorder_of_plain_parquet_keeps_the_feature_order(tmp_path):
     np.testing.assert_array_equal(after.dense, before.dense)
 
 
+def test_reorder_of_files_with_different_columns_keeps_each_files_columns(tmp_path):
+    two = {"a": pa.array([1.0, 2.0], pa.float32()), "b": pa.array([3.0, 4.0], pa.float32()), "label": [1.0, 0.0]}
+    pq.write_table(pa.table(two), tmp_path / "p0.parquet")
+    pq.write_table(pa.table({**two, "c": pa.array([5.0, 6.0], pa.float32())}), tmp_path / "p1.parquet")
+    source = gp.Dataset(tmp_path, features=["a", "b"])  # only the first two are in every file
+    out = reorder(source, tmp_path / "re", Workload().add("j", ["b"]), progress=False)
+    assert out.schema == source.schema
+    for name in ("p0.parquet", "p1.parquet"):
+        before, after = pq.read_table(tmp_path / name), pq.read_table(tmp_path / "re" / name)
+        assert after.column_names[0] == "b" and after.select(before.column_names).equals(before)
+
+
+@pytest.mark.parametrize("names", [["x", "x.parquet"], ["x.parquet", "x.parquet"]])
+def test_reorder_refuses_two_files_that_would_be_rewritten_under_one_name(tmp_path, names):
+    for name in set(names):
+        pq.write_table(pa.table({"a": pa.array([1.0, 2.0], pa.float32())}), tmp_path / name)
+    source = gp.Dataset([str(tmp_path / n) for n in names])
+    with pytest.raises(gp.ConfigError, match=r"would both be rewritten as x\.parquet"):
+        reorder(source, tmp_path / "re", Workload().add("j", ["a"]), progress=False)
+    assert not (tmp_path / "re").exists()
+
+
 @pytest.mark.parametrize(
     ("call", "error", "words"),
     [(lambda d, p: reorder(d, p / "afile", Workload().add("j", ["x"]), progress=False), gp.ConfigError, "afile is a file"),

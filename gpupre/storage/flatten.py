@@ -93,7 +93,7 @@ class MapLayout:
         found = {kind: set() for kind in kinds}
         bar = tqdm(total=pf.metadata.num_rows, desc="scanning map keys", unit="rows", disable=not progress)
         for i in range(pf.num_row_groups):
-            table = pf.read_row_group(i, columns=[MAP_COLUMNS[k] for k in kinds])
+            table = read_row_group(pf, i, path, columns=[MAP_COLUMNS[k] for k in kinds])
             for kind in kinds:
                 maps = one_array(table.column(MAP_COLUMNS[kind]))
                 offsets = maps.offsets.to_numpy()
@@ -126,6 +126,18 @@ def open_parquet(path) -> pq.ParquetFile:
         raise DataError(f"{path} cannot be opened as Parquet ({e}); check the path and the file") from e
 
 
+def read_row_group(pf: pq.ParquetFile, i: int, path, columns=None) -> pa.Table:
+    """`pf.read_row_group(i, columns)`, with a DataError naming the file and row group when it
+    cannot be decoded."""
+    try:
+        return pf.read_row_group(i, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(
+            f"{path} row group {i} cannot be read ({e}); the file is corrupt or was changed: write it again "
+            "from its source"
+        ) from e
+
+
 def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str = "<table>") -> pa.Table:
     """Extract features (names; None = all) from a map-layout table into flattened columns.
 
@@ -133,7 +145,7 @@ def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str =
     layout (labels, extras) are passed through.
 
     Raises:
-        DataError: a row holds the same key twice.
+        DataError: a row holds the same key twice, or a scored feature a null score.
     """
     schema = layout.schema if features is None else layout.schema.select(features)
     _check_columns(table, [MAP_COLUMNS[f.kind] for f in schema.features] + list(schema.labels + schema.extras), source)
@@ -221,7 +233,14 @@ def _extract(arr: pa.MapArray, kind: str, names, keys, source):
         v0, v1 = int(item_offsets[a]), int(item_offsets[b])
         out[name] = pa.ListArray.from_arrays(list_offsets, ids.slice(v0, v1 - v0))
         if scores is not None:
-            out[name + SCORE_SUFFIX] = pa.ListArray.from_arrays(list_offsets, scores.slice(v0, v1 - v0))
+            mine = scores.slice(v0, v1 - v0)
+            if mine.null_count:  # the reader refuses them: say so now, naming where they come from
+                raise DataError(
+                    f"{source}: scored feature {name!r} (key {keys[i]} of {MAP_COLUMNS[kind]!r}) holds "
+                    f"{mine.null_count} null scores; every id needs a score: replace them in the source with a "
+                    "real score (or NaN, which ranks last)"
+                )
+            out[name + SCORE_SUFFIX] = pa.ListArray.from_arrays(list_offsets, mine)
     return out
 
 
@@ -315,6 +334,10 @@ def flatten(
         features: names of the features to keep (None: all).
         row_group_rows: rows per output row group (None: as in the source).
     Returns the schema written.
+
+    Raises:
+        DataError: a row group cannot be read, or holds what `map_to_flat` refuses (names the row
+            group); nothing is written to `dst`.
     """
     layout = MapLayout.of_file(src, progress=progress)
     schema = layout.schema if features is None else layout.schema.select(features)
@@ -327,7 +350,7 @@ def flatten(
         total=pf.metadata.num_rows, desc=f"flattening {src}", unit="rows", disable=not progress
     ) as bar:
         for i in range(pf.num_row_groups):
-            table = pf.read_row_group(i)
+            table = read_row_group(pf, i, src)
             writer.write(map_to_flat(table, layout, schema.names, source=f"{src} row group {i}"))
             bar.update(table.num_rows)
     return schema

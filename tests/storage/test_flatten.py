@@ -298,3 +298,30 @@ def test_map_keys_must_be_one_distinct_int32_per_feature():
     flat_to_map(mixed, gp.Schema.from_arrow(mixed.schema), [0, 0])  # each kind has its own map
     with pytest.raises(gp.SchemaError, match="no column 'c'"):
         flat_to_map(table.drop(["c"]), schema)
+
+
+@pytest.mark.parametrize("with_layout", [True, False], ids=["gpupre map file", "legacy map file"])
+def test_a_corrupt_row_group_is_a_data_error_naming_it_and_writes_nothing(synth_map_file, tmp_path, with_layout):
+    table = pq.read_table(synth_map_file)
+    src = tmp_path / "corrupt.parquet"
+    pq.write_table(table if with_layout else table.replace_schema_metadata(None), src, row_group_size=200)
+    group = pq.ParquetFile(src).metadata.row_group(1)
+    data = bytearray(src.read_bytes())
+    for c in range(group.num_columns):  # garbage over each column chunk's first page header
+        chunk = group.column(c)
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        data[start : start + 32] = b"\xff" * 32
+    src.write_bytes(bytes(data))
+    with pytest.raises(gp.DataError, match=r"corrupt\.parquet row group 1 cannot be read"):
+        flatten(src, tmp_path / "out.parquet", progress=False)
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_flatten_refuses_null_scores_naming_the_row_group_and_writes_nothing(tmp_path):
+    scored = pa.array([[(5, [(1, 0.5)])], [(5, [(2, None)])]], pa.map_(pa.int32(), pa.map_(pa.int32(), pa.float64())))
+    src = tmp_path / "legacy.parquet"
+    pq.write_table(pa.table({"id_score_list_features": scored, "label": [1.0, 0.0]}), src, row_group_size=1)
+    with pytest.raises(gp.DataError, match=r"legacy\.parquet row group 1: scored feature 'id_score_list_5' .* 1 null"):
+        flatten(src, tmp_path / "out.parquet", progress=False)
+    assert list(tmp_path.iterdir()) == [src]
+

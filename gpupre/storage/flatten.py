@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ..batch import offsets_of, one_array
+from ..batch import _ids, _scores, offsets_of, one_array
 from .._checks import is_integer
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
@@ -67,6 +67,7 @@ class MapLayout:
                 f"map keys {list(keys)[:10]} must be {n} int32 keys, one per feature of the schema in its order, "
                 "distinct among the features of a kind (or None, to number them 0, 1, 2, ...)"
             )
+        object.__setattr__(self, "keys", tuple(int(k) for k in keys))  # numpy integers do not go to JSON
 
     def key_of(self) -> dict[str, int]:
         return dict(zip(self.schema.names, self.keys))
@@ -260,7 +261,11 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
 
     Args:
         keys: map key of each feature in schema order; None numbers them 0, 1, 2, ...
-    A missing dense value and an empty list both become an absent key.
+    A missing dense value and an empty list both become an absent key; an integer column of a
+    sparse feature is a list of one id per row (null: empty), as the reader takes it.
+
+    Raises:
+        DataError: a null id or score inside a list (names the feature).
     """
     try:
         keys = tuple(range(len(schema.features))) if keys is None else tuple(keys)
@@ -297,12 +302,13 @@ def flat_to_map(table: pa.Table, schema: Schema, keys=None) -> tuple[pa.Table, M
 
 def _lists_to_map(table, feats, fkeys, n, kind):
     lengths, ids, scores = [], [], []
-    for f, _ in feats:
-        col = one_array(table.column(f.name))
-        lengths.append(pc.fill_null(pc.list_value_length(col), 0).to_numpy())
-        ids.append(pc.list_flatten(col).to_numpy())
+    for f, _ in feats:  # checked and normalised as the reader does: an integer column is lists of one id
+        f_lengths, f_ids = _ids(one_array(table.column(f.name)), f.name, "<table>")
+        lengths.append(f_lengths)
+        ids.append(f_ids)
         if kind == SCORED:
-            scores.append(pc.list_flatten(one_array(table.column(f.name + SCORE_SUFFIX))).to_numpy())
+            name = f.name + SCORE_SUFFIX
+            scores.append(_scores(one_array(table.column(name)), name, "<table>")[1])
     lengths = np.stack(lengths)  # [F, N]
     value_start = offsets_of(lengths.ravel())[:-1].reshape(lengths.shape)  # (f, r)'s ids in concat(ids)
     present = lengths.T > 0  # [N, F]: entries in row-major order

@@ -325,3 +325,19 @@ def test_flatten_refuses_null_scores_naming_the_row_group_and_writes_nothing(tmp
         flatten(src, tmp_path / "out.parquet", progress=False)
     assert list(tmp_path.iterdir()) == [src]
 
+
+def test_flat_to_map_takes_an_integer_sparse_column_and_refuses_null_ids_naming_the_feature():
+    table = pa.table({"d": pa.array([1.0, None]), "s": pa.array([5, None], pa.int64()), "label": [1.0, 0.0]})
+    mapped, layout = flat_to_map(table, gp.Schema.from_arrow(table.schema))
+    assert map_to_flat(mapped, layout).to_pylist() == [{"d": 1.0, "s": [5], "label": 1.0}, {"d": None, "s": [], "label": 0.0}]
+    nulls = pa.table({"s": pa.array([[1, None]], INT64), "label": [1.0]})
+    with pytest.raises(gp.DataError, match=r"sparse feature 's' holds 1 null ids"):
+        flat_to_map(nulls, gp.Schema.from_arrow(nulls.schema))
+
+
+def test_numpy_map_keys_are_stored_as_ints():
+    schema = gp.Schema((F("a", "dense"), F("b", "dense")), ("label",))
+    table = pa.table({"a": pa.array([1.0], pa.float32()), "b": pa.array([2.0], pa.float32()), "label": [1.0]})
+    _, layout = flat_to_map(table, schema, keys=np.array([7, 9]))
+    assert layout.keys == (7, 9) and all(type(k) is int for k in layout.keys)
+    assert MapLayout.from_json(layout.to_json()) == layout

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batch import Batch, _jagged_take
-from .._checks import is_integer
+from .._checks import ensure_integer, is_integer
 from ..errors import ConfigError, DataError
 
 __all__ = ["METRICS", "auc", "permutation_importance", "permuted", "weight_scores"]
@@ -104,17 +104,57 @@ def _logits(output, device) -> torch.Tensor:
         ) from e
 
 
-def permutation_importance(model, batches: list[Batch], features=None, repeats: int = 5, metric: str = "logloss",
-                           seed: int = 0, progress: bool = True) -> tuple[float, dict[str, np.ndarray]]:  # fmt: skip
-    """(the metric on `batches`, {feature: its worsening under each of `repeats` permutations}).
-
-    `model(batch)` gives one logit per row; `batches` hold labels. Features default to every
-    dense and sparse key of the batches.
-    """
+def check_importance_args(model, repeats, metric, seed) -> None:
+    """A ConfigError unless `model` is callable, `repeats` an integer >= 2, `metric` one of METRICS
+    and `seed` an integer >= 0."""
+    if not callable(model):
+        raise ConfigError(
+            f"model must be callable, model(batch) -> one logit per row (a torch module or a function); got "
+            f"{type(model).__name__} {model!r:.60}"
+        )
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} must be one of {sorted(METRICS)}")
     if not is_integer(repeats) or repeats < 2:
         raise ConfigError(f"repeats={repeats!r} must be an integer >= 2 (the spread needs two permutations)")
+    ensure_integer(seed, "seed", 0)
+
+
+def _check_labels(labels: torch.Tensor, metric: str) -> None:
+    """A ConfigError unless the labels are outcomes in [0, 1], not all one (for AUC: on both sides of 0.5)."""
+    outside = labels[(labels < 0) | (labels > 1)]
+    if len(outside):
+        raise ConfigError(
+            f"{len(outside)} of {len(labels)} held-out labels are outside [0, 1], such as {float(outside[0]):g}; the "
+            f"audit scores a binary label in [0, 1] (a click, a purchase) with {metric}: turn the label into one "
+            "before auditing (a rating r: r >= 4)"
+        )
+    values = torch.unique(labels)
+    if len(values) == 1:  # every shuffle then leaves the loss as it was, up to rounding
+        raise ConfigError(
+            f"all {len(labels)} held-out labels are {float(values[0]):g}: with one outcome no feature can show "
+            "importance; audit on more held-out rows, with both outcomes"
+        )
+    positive = labels > 0.5
+    if metric == "auc" and (bool(positive.all()) or not bool(positive.any())):
+        raise ConfigError(
+            "the held-out labels are all one class for AUC (all on one side of 0.5), so it is not defined; use more "
+            "held-out rows, or metric='logloss', which scores labels in [0, 1] as they are"
+        )
+
+
+def permutation_importance(model, batches: list[Batch], features=None, repeats: int = 5, metric: str = "logloss",
+                           seed: int = 0, progress: bool = True) -> tuple[float, dict[str, np.ndarray]]:  # fmt: skip
+    """(the metric on `batches`, {feature: its worsening under each of `repeats` permutations}).
+
+    `model(batch)` gives one logit per row; `batches` hold labels, a binary outcome in [0, 1] of
+    both classes. Features default to every dense and sparse key of the batches.
+
+    Raises:
+        ConfigError: an argument of the wrong type or out of range (see `check_importance_args`),
+            labels outside [0, 1] or all one class, or features the batches do not have.
+        DataError: a label is NaN, or the model gives NaN logits.
+    """
+    check_importance_args(model, repeats, metric, seed)
     fn, sign = METRICS[metric]
     if any(b.labels.ndim != 1 for b in batches):
         raise ConfigError(
@@ -127,6 +167,7 @@ def permutation_importance(model, batches: list[Batch], features=None, repeats: 
             f"{int(torch.isnan(labels).sum())} of {len(labels)} held-out labels are NaN; drop those rows "
             "from the held-out data"
         )
+    _check_labels(labels, metric)
     keys = list(batches[0].dense_keys) + list(batches[0].sparse.keys)
     features = keys if features is None else list(features)
     unknown = [f for f in features if f not in keys]
@@ -137,7 +178,7 @@ def permutation_importance(model, batches: list[Batch], features=None, repeats: 
         model.eval()
     try:
         base = _evaluate(model, batches, labels, fn)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(int(seed))
         drops = {f: np.empty(repeats) for f in features}
         bar = tqdm(total=len(features) * repeats, desc="permutation importance", unit="shuffle", disable=not progress)
         for r in range(repeats):
@@ -162,11 +203,24 @@ def weight_scores(batches: list[Batch], dense_weight=None, embedding=None) -> di
         embedding: `embedding(feature, ids) -> rows [len(ids), dim]`, the rows the model looks up
             for a sparse feature's ids; a feature's score is the mean L2 norm of the rows its
             held-out ids look up (0 when it has none).
+
+    Raises:
+        ConfigError: dense_weight is not a tensor or array [out, D], or embedding is not callable.
     """
     scores: dict[str, float] = {}
     first = batches[0]
+    if embedding is not None and not callable(embedding):
+        raise ConfigError(
+            f"embedding must be callable, embedding(feature, ids) -> rows [len(ids), dim]; got {type(embedding).__name__}"
+        )
     if dense_weight is not None:
-        weight = torch.as_tensor(dense_weight).detach().float()
+        try:
+            weight = torch.as_tensor(dense_weight).detach().float()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(
+                f"dense_weight must be a tensor or array [out, {len(first.dense_keys)}] (the first layer's weight), "
+                f"got {type(dense_weight).__name__} {dense_weight!r:.40}"
+            ) from e
         if weight.ndim != 2 or weight.shape[1] != len(first.dense_keys):
             raise ConfigError(
                 f"dense_weight has shape {tuple(weight.shape)}; expected [out, {len(first.dense_keys)}] "

@@ -14,13 +14,13 @@ from itertools import islice
 
 import numpy as np
 
-from .._checks import is_real
+from .._checks import is_integer, is_real
 from .._jsonfile import JsonFile, ensure_output_path
 from ..batch import Batch
 from ..errors import BackendUnavailable, ConfigError
 from ..reader import Dataset
 from ..transforms.pipeline import Pipeline, skip_materialized
-from .importance import permutation_importance, weight_scores
+from .importance import check_importance_args, permutation_importance, weight_scores
 
 __all__ = ["AuditReport", "FeatureScore", "Pruned", "audit", "prune"]
 
@@ -127,6 +127,15 @@ class AuditReport(JsonFile):
         plt.close(fig)
 
 
+def check_pipeline(pipeline) -> None:
+    """A ConfigError unless `pipeline` is a gp.Pipeline or None."""
+    if pipeline is not None and not isinstance(pipeline, Pipeline):
+        raise ConfigError(
+            f"pipeline must be a gp.Pipeline or None, got {type(pipeline).__name__}; load a saved one with "
+            "gp.Pipeline.load(path)"
+        )
+
+
 def sources_of(pipeline: Pipeline | None, schema) -> dict[str, tuple[str, ...]]:
     """{feature after the pipeline: the stored features it is computed from}."""
     sources = {name: (name,) for name in schema.names}
@@ -158,34 +167,36 @@ def audit(model, batches, dataset: Dataset | None = None, pipeline: Pipeline | N
         dense_weight, embedding: for the weight-based score (see `weight_scores`).
 
     Raises:
-        ConfigError: no batches, batches without labels, an unknown metric, repeats < 2, or
-            another argument of the wrong type or out of range.
+        ConfigError: no batches, batches without labels, labels outside [0, 1] or all one class, an
+            unknown metric, repeats < 2, or another argument of the wrong type or out of range;
+            arguments are checked before any batch is read.
         DataError: the model gives NaN logits, or a label is NaN.
     """
-    if max_batches is not None and not _is_int(max_batches, 1):
+    check_importance_args(model, repeats, metric, seed)
+    if max_batches is not None and not (is_integer(max_batches) and max_batches >= 1):
         raise ConfigError(f"{max_batches=} must be None (every batch) or an integer >= 1")
     if dataset is not None and not isinstance(dataset, Dataset):
         raise ConfigError(
             f"dataset must be a gp.Dataset (its bytes per column give the costs) or None; got "
             f"{type(dataset).__name__} {dataset!r}: wrap a path in gp.Dataset(path)"
         )
-    if pipeline is not None and not isinstance(pipeline, Pipeline):
+    check_pipeline(pipeline)
+    if not hasattr(batches, "__iter__"):
         raise ConfigError(
-            f"pipeline must be a gp.Pipeline or None, got {type(pipeline).__name__}; load a saved one with "
-            "gp.Pipeline.load(path)"
+            f"batches must be a gp.DataLoader over held-out data or a list of gp.Batch, got {type(batches).__name__}"
         )
-    held_out = [_ready(b) for b in islice(iter(batches), max_batches)]
+    held_out = [_ready(b) for b in islice(batches, max_batches)]
     if not held_out:
         raise ConfigError("audit needs at least one held-out batch; the loader or list gave none")
     if any(b.labels is None for b in held_out):
         raise ConfigError("audit needs labelled batches: build the held-out loader with its label column")
+    weights = weight_scores(held_out, dense_weight, embedding)  # before the shuffles: it checks its arguments
     base, drops = permutation_importance(model, held_out, repeats=repeats, metric=metric, seed=seed, progress=progress)
-    if math.isnan(base):  # the logits and labels are not NaN (permutation_importance checked)
-        cause = "the model gives infinite logits; bound them (a sigmoid's input, not its output)"
-        if metric == "auc":
-            cause = "their labels are all one class; use more held-out rows, or metric='logloss'"
-        raise ConfigError(f"the {metric} of the held-out rows is NaN: {cause}")
-    weights = weight_scores(held_out, dense_weight, embedding)
+    if math.isnan(base):  # the logits are not NaN and the labels are two classes (permutation_importance checked)
+        raise ConfigError(
+            f"the {metric} of the held-out rows is NaN: the model gives infinite logits; bound them (a sigmoid's "
+            "input, not its output)"
+        )
     schema = dataset.schema if dataset is not None else (pipeline.input_schema if pipeline is not None else None)
     sizes = dataset.bytes_per_column() if dataset is not None else {}
     rows = dataset.num_rows if dataset is not None else 0
@@ -233,7 +244,7 @@ def check_prune_args(threshold, budget_bytes) -> None:
         raise ConfigError("prune takes either threshold= (an importance) or budget_bytes= (stored bytes), not both")
     if threshold is not None and not (is_real(threshold) and not math.isnan(threshold)):
         raise ConfigError(f"{threshold=} must be a number (an importance, such as 0.0)")
-    if budget_bytes is not None and not _is_int(budget_bytes, 0):
+    if budget_bytes is not None and not (is_integer(budget_bytes) and budget_bytes >= 0):
         raise ConfigError(f"{budget_bytes=} must be a number of bytes >= 0")
 
 
@@ -249,15 +260,17 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
             help at all).
         budget_bytes: or keep the most important features while their sources' stored bytes
             fit the budget (a source shared by kept features counts once).
-        keep: features kept whatever their score.
+        keep: a feature name or names kept whatever their score.
 
     Raises:
-        ConfigError: neither or both of threshold and budget_bytes; `keep` names unknown features.
+        ConfigError: neither or both of threshold and budget_bytes, a pipeline that is not a
+            gp.Pipeline; `keep` is not names, or names unknown features.
     """
     check_prune_args(threshold, budget_bytes)
     if not isinstance(report, AuditReport):
         raise ConfigError(f"report must be the AuditReport audit() gave, got {type(report).__name__}")
-    keep = (keep,) if isinstance(keep, str) else tuple(keep)
+    check_pipeline(pipeline)
+    keep = _names(keep)
     unknown = sorted(set(keep) - set(report.names))
     if unknown:
         raise ConfigError(f"keep names features {unknown} that the report does not have")
@@ -286,8 +299,18 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
     return Pruned(kept, [n for n in report.names if n not in kept], read_list, new, stored)
 
 
-def _is_int(value, smallest: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= smallest
+def _names(keep) -> tuple[str, ...]:
+    """`keep` as a tuple of feature names.
+
+    Raises:
+        ConfigError: it is neither a name nor an iterable of names.
+    """
+    if isinstance(keep, str):
+        return (keep,)
+    names = tuple(keep) if hasattr(keep, "__iter__") else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"keep={keep!r} must be a feature name or a list of names, such as keep=['price']")
+    return names
 
 
 def _needed_ops(pipeline: Pipeline, outputs: set[str]) -> list:

@@ -1,5 +1,6 @@
 """Permutation importance: shuffling one feature, the metrics, and the weight-based scores."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -74,6 +75,16 @@ def test_bad_arguments_are_config_errors():
         permutation_importance(lambda b: b.dense[0], [batch], features=["nope"])
     with pytest.raises(gp.ConfigError, match="dense_weight has shape"):
         weight_scores([batch], dense_weight=torch.ones(4, 7))
+    with pytest.raises(gp.ConfigError, match=r"dense_weight must be a tensor or array \[out, 3\].*got str 'abc'"):
+        weight_scores([batch], dense_weight="abc")
+    with pytest.raises(gp.ConfigError, match="embedding must be callable"):
+        weight_scores([batch], embedding=5)
+    with pytest.raises(gp.ConfigError, match="model must be callable.*got int 5"):
+        permutation_importance(5, [batch])
+    with pytest.raises(gp.ConfigError, match="seed='x' must be an integer >= 0"):
+        permutation_importance(lambda b: b.dense[0], [batch], seed="x")
+    _, drops = permutation_importance(lambda b: b.dense[0], [batch], repeats=np.int64(2), seed=np.int64(3), progress=False)
+    assert len(drops["d0"]) == 2
 
 
 def test_weight_scores_are_column_norms_and_mean_embedding_row_norms():
@@ -109,9 +120,31 @@ def test_nan_scores_and_several_labels_and_unknown_features_are_refused_not_gues
         permutation_importance(lambda b: b.dense[0][:3], [batch])
     with pytest.raises(gp.ConfigError, match="'nope' is not a feature"):
         permuted(batch, "nope", torch.arange(batch.num_rows))
-    one_class = __import__("dataclasses").replace(batch, labels=torch.ones(batch.num_rows))
-    with pytest.raises(gp.ConfigError, match="all one class"):
-        gp.audit.audit(lambda b: b.dense[0], [one_class], metric="auc", progress=False)
+
+
+@pytest.mark.parametrize("metric", ["logloss", "auc"])
+def test_labels_of_one_value_or_outside_0_1_are_refused_before_any_shuffle(metric):
+    batch, calls = _batch(), []
+
+    def model(b):
+        calls.append(1)
+        return b.dense[0]
+
+    one_class = dataclasses.replace(batch, labels=torch.ones(batch.num_rows))
+    with pytest.raises(gp.ConfigError, match="all 50 held-out labels are 1: with one outcome"):
+        gp.audit.audit(model, [one_class], metric=metric, progress=False)
+    ratings = dataclasses.replace(batch, labels=torch.arange(batch.num_rows) % 5 + 1.0)  # 1..5 stars
+    with pytest.raises(gp.ConfigError, match=r"40 of 50 held-out labels are outside \[0, 1\], such as 2; the audit scores"):
+        permutation_importance(model, [ratings], metric=metric, progress=False)
+    assert not calls
+
+
+def test_auc_refuses_labels_all_on_one_side_of_a_half_which_logloss_scores():
+    soft = dataclasses.replace(_batch(), labels=torch.linspace(0.6, 1.0, 50))
+    with pytest.raises(gp.ConfigError, match=r"all one class for AUC .* or metric='logloss'"):
+        permutation_importance(lambda b: b.dense[0], [soft], metric="auc", progress=False)
+    base, _ = permutation_importance(lambda b: b.dense[0], [soft], repeats=2, progress=False)
+    assert np.isfinite(base)
 
 
 def test_nan_logits_and_nan_labels_are_named_not_blamed_on_one_class():

@@ -119,7 +119,12 @@ def test_prune_counts_a_shared_source_once_and_at_its_own_size():
      (lambda r, t: prune(r, budget_bytes=-5), "budget_bytes=-5"),
      (lambda r, t: prune({"a": 1}, threshold=0), "got dict"),
      (lambda r, t: r.save("/nonexistent/a.json"), "AuditReport path /nonexistent/a.json: its directory /nonexistent does not"),
-     (lambda r, t: r.plot("/nonexistent/a.png"), "plot path /nonexistent/a.png: its directory /nonexistent does not")],
+     (lambda r, t: r.plot("/nonexistent/a.png"), "plot path /nonexistent/a.png: its directory /nonexistent does not"),
+     (lambda r, t: audit(5, t.held_out_batches(), progress=False), "model must be callable.*got int 5"),
+     (lambda r, t: audit(t.model, 5, progress=False), "batches must be a gp.DataLoader .* got int"),
+     (lambda r, t: audit(t.model, t.held_out_batches(), seed="x", progress=False), "seed='x' must be an integer"),
+     (lambda r, t: prune(r, "pipeline.json", threshold=0), "pipeline must be a gp.Pipeline or None, got str"),
+     (lambda r, t: prune(r, threshold=0, keep=5), r"keep=5 must be a feature name or a list of names")],
 )  # fmt: skip
 def test_arguments_of_the_wrong_type_or_place_are_config_errors(report, trained, call, words):
     with pytest.raises(gp.ConfigError, match=words):
@@ -132,3 +137,23 @@ def test_a_model_that_returns_an_array_is_audited_like_one_that_returns_a_tensor
     tensor = audit(model, batches, repeats=2, progress=False)
     array = audit(lambda b: model(b).numpy(), batches, repeats=2, progress=False)
     assert array == tensor
+
+
+def test_arguments_are_checked_before_the_model_runs_and_numpy_integers_are_integers(report, trained):
+    calls = []
+
+    def model(b):
+        calls.append(1)
+        return trained.model(b)
+
+    batches = trained.held_out_batches()
+    for options, words in [({"dense_weight": "abc"}, "dense_weight must be a tensor"), ({"embedding": 5}, "embedding must be"),
+                           ({"max_batches": 1.5}, "max_batches=1.5")]:  # fmt: skip
+        with pytest.raises(gp.ConfigError, match=words):
+            audit(model, batches, progress=False, **options)
+    assert not calls
+    one = audit(trained.model, batches, max_batches=np.int64(1), repeats=np.int64(2), seed=np.int64(0), progress=False)
+    assert one.rows == batches[0].num_rows and one.repeats == 2
+    budget = report.features[0].stored_bytes
+    assert prune(report, budget_bytes=np.int64(budget)) == prune(report, budget_bytes=budget)
+

@@ -259,12 +259,15 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
         threshold: keep the features whose interval's lower end is above it (0: those shown to
             help at all).
         budget_bytes: or keep the most important features while their sources' stored bytes
-            fit the budget (a source shared by kept features counts once).
-        keep: a feature name or names kept whatever their score.
+            fit the budget (a source shared by kept features counts once); needs a report with
+            storage costs (audited with dataset=).
+        keep: a feature name or names kept whatever their score; with budget_bytes, their
+            sources are charged to the budget first.
 
     Raises:
         ConfigError: neither or both of threshold and budget_bytes, a pipeline that is not a
-            gp.Pipeline; `keep` is not names, or names unknown features.
+            gp.Pipeline; `keep` is not names, or names unknown features; budget_bytes with a report
+            without storage costs, or below what `keep` alone reads.
     """
     check_prune_args(threshold, budget_bytes)
     if not isinstance(report, AuditReport):
@@ -274,18 +277,33 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
     unknown = sorted(set(keep) - set(report.names))
     if unknown:
         raise ConfigError(f"keep names features {unknown} that the report does not have")
-    cost = report.source_bytes
-    kept, read = [], set()
+    if budget_bytes is not None and not report.dataset_bytes:
+        raise ConfigError(
+            "the report has no storage costs (the audit ran without dataset=), so budget_bytes cannot choose; "
+            "audit with dataset=gp.Dataset(...) to prune by budget, or prune by threshold="
+        )
+
+    def stored(sources) -> int:
+        return sum(report.source_bytes.get(s, 0) for s in sources)
+
+    chosen = set(keep)
+    read = {s for f in report.features if f.name in chosen for s in f.sources}
+    if budget_bytes is not None and stored(read) > budget_bytes:
+        raise ConfigError(
+            f"keep={list(keep)} alone reads {stored(read):,} stored bytes, over {budget_bytes=}; raise the budget "
+            "or keep fewer features"
+        )
     for f in report.features:
-        if f.name in keep:
-            ok = True
-        elif threshold is not None:
+        if f.name in chosen:
+            continue
+        if threshold is not None:
             ok = f.low > threshold
         else:
-            ok = sum(cost.get(s, 0) for s in read | set(f.sources)) <= budget_bytes
+            ok = stored(read | set(f.sources)) <= budget_bytes
         if ok:
-            kept.append(f.name)
+            chosen.add(f.name)
             read.update(f.sources)
+    kept = [n for n in report.names if n in chosen]
     new, read_list = None, sorted(read)
     if pipeline is not None:
         new = Pipeline(_needed_ops(pipeline, set(kept)))
@@ -295,8 +313,7 @@ def prune(report: AuditReport, pipeline: Pipeline | None = None, threshold: floa
             raw = [n for n in kept if n in schema.names and n not in written]  # read and taken as they are
             read_list = new.features_to_read(schema, keep=raw)
             new.input_schema = schema.select(read_list)
-    stored = int(sum(cost.get(s, 0) for s in read_list))
-    return Pruned(kept, [n for n in report.names if n not in kept], read_list, new, stored)
+    return Pruned(kept, [n for n in report.names if n not in chosen], read_list, new, int(stored(read_list)))
 
 
 def _names(keep) -> tuple[str, ...]:

@@ -157,3 +157,28 @@ def test_arguments_are_checked_before_the_model_runs_and_numpy_integers_are_inte
     budget = report.features[0].stored_bytes
     assert prune(report, budget_bytes=np.int64(budget)) == prune(report, budget_bytes=budget)
 
+
+def _two_feature_report(dataset_bytes=130):
+    from gpupre.audit import FeatureScore
+
+    scores = [FeatureScore("a", 3.0, 2.0, 4.0, None, ("a",), 80, 0.0),
+              FeatureScore("k", 1.0, 0.5, 1.5, None, ("k",), 50, 0.0)]  # fmt: skip
+    sizes = {"a": 80, "k": 50} if dataset_bytes else {"a": 0, "k": 0}
+    return AuditReport(scores, "logloss", 0.5, 3, 10, dataset_bytes, sizes)
+
+
+def test_prune_by_budget_charges_the_kept_features_first():
+    report = _two_feature_report()
+    pruned = prune(report, budget_bytes=100, keep=["k"])
+    assert (pruned.features, pruned.dropped, pruned.stored_bytes) == (["k"], ["a"], 50)
+    assert prune(report, budget_bytes=130, keep="k").features == ["a", "k"]  # the report's order
+    with pytest.raises(gp.ConfigError, match=r"keep=\['a', 'k'\] alone reads 130 stored bytes, over budget_bytes=100"):
+        prune(report, budget_bytes=100, keep=["a", "k"])
+
+
+def test_prune_by_budget_needs_a_report_with_storage_costs():
+    report = _two_feature_report(dataset_bytes=0)  # as audit() without dataset= makes it
+    with pytest.raises(gp.ConfigError, match=r"no storage costs .* audit with dataset="):
+        prune(report, budget_bytes=0)
+    assert prune(report, threshold=1.0).features == ["a"]
+

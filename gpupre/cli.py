@@ -87,7 +87,7 @@ def _load_model(spec: str):
 
 def _audit(args) -> None:
     from .audit import audit, prune
-    from .audit.report import check_prune_args
+    from .audit.report import check_plot_path, check_prune_args
     from ._jsonfile import ensure_output_path
     from .loader import DataLoader
     from .transforms import Pipeline
@@ -98,9 +98,11 @@ def _audit(args) -> None:
         raise ConfigError("--pruned-pipeline needs --pipeline (the pipeline to prune)")
     if args.threshold is not None or args.budget_bytes is not None:  # before the audit runs, not after
         check_prune_args(args.threshold, args.budget_bytes)
-    for option in ("json", "plot", "pruned_pipeline"):  # before the audit runs, not after
+    for option in ("json", "pruned_pipeline"):  # before the audit runs, not after
         if getattr(args, option):
             ensure_output_path(getattr(args, option), "--" + option.replace("_", "-"))
+    if args.plot:
+        check_plot_path(args.plot, "--plot")
     pipeline = Pipeline.load(args.pipeline) if args.pipeline else None
     dataset = Dataset(args.path, features=args.features.split(",") if args.features else None)
     loader = DataLoader(dataset, args.batch_size, pipeline, device=args.device, num_workers=0)
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("logloss", "auc"), default="logloss")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the report here")
-    p.add_argument("--plot", help="write the report's PNG plot here")
+    p.add_argument("--plot", help="write the report's plot here, in the format its extension names (.png, .pdf, .svg)")
     prune_by = p.add_mutually_exclusive_group()
     prune_by.add_argument("--threshold", type=float, help="prune: keep features whose interval is above this")
     prune_by.add_argument("--budget-bytes", type=int, help="prune: keep the most important within these stored bytes")

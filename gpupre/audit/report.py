@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 
@@ -25,6 +26,7 @@ from .importance import check_importance_args, permutation_importance, weight_sc
 __all__ = ["AuditReport", "FeatureScore", "Pruned", "audit", "prune"]
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,14 @@ class AuditReport(JsonFile):
         return cls(features=features, **data)
 
     def plot(self, path, top: int | None = 40) -> None:
-        """A PNG: importance with its interval per feature (bars), and bytes per row (dots).
+        """A plot of importance with its interval per feature (bars), and bytes per row (dots), in
+        the format `path`'s extension names (one of PLOT_FORMATS).
 
         Raises:
-            ConfigError: the directory of `path` does not exist.
+            ConfigError: the directory of `path` does not exist, or its extension is not a plot format.
             BackendUnavailable: matplotlib is not installed.
         """
-        ensure_output_path(path, "plot")
+        check_plot_path(path, "plot")
         try:
             import matplotlib
 
@@ -125,6 +128,18 @@ class AuditReport(JsonFile):
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+
+def check_plot_path(path, what: str) -> None:
+    """A ConfigError unless `path` can be written and ends in one of PLOT_FORMATS; `what` names it."""
+    ensure_output_path(path, what)
+    extension = os.path.splitext(os.fspath(path))[1]
+    if extension.lower() not in PLOT_FORMATS:
+        found = f"ends in {extension}" if extension else "has no extension"
+        raise ConfigError(
+            f"the {what} path {path} {found}; a plot is written in the format its extension names: end it in "
+            f"one of {', '.join(PLOT_FORMATS)}"
+        )
 
 
 def check_pipeline(pipeline) -> None:

@@ -43,6 +43,13 @@ def test_an_output_path_in_a_missing_directory_fails_before_the_audit_runs(synth
     assert "--json path /nonexistent/a.json: its directory /nonexistent does not exist" in err
 
 
+@pytest.mark.parametrize("name, words", [("audit.xyz", "ends in .xyz"), ("audit", "has no extension")])
+def test_a_plot_path_without_a_plot_format_fails_before_the_audit_runs(synth_file, tmp_path, capsys, name, words):
+    plot = tmp_path / name
+    assert main(["audit", synth_file, "--model", "no_such_module:load", "--plot", str(plot)]) == 2
+    assert f"--plot path {plot} {words}; a plot is written in the format its extension names" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("options, words", [
     (["--threshold", "0", "--pruned-pipeline", "p.json"], "--pruned-pipeline needs --pipeline"),
     (["--budget-bytes", "-5"], "budget_bytes=-5"),

@@ -182,3 +182,13 @@ def test_prune_by_budget_needs_a_report_with_storage_costs():
         prune(report, budget_bytes=0)
     assert prune(report, threshold=1.0).features == ["a"]
 
+
+def test_the_plot_is_written_in_the_format_its_extension_names(report, tmp_path):
+    report.plot(tmp_path / "r.pdf")
+    assert (tmp_path / "r.pdf").read_bytes()[:5] == b"%PDF-"
+    report.plot(tmp_path / "r.SVG")
+    assert b"<svg" in (tmp_path / "r.SVG").read_bytes()[:500]
+    for name, words in [("r.xyz", "ends in .xyz"), ("plot", "has no extension")]:
+        with pytest.raises(gp.ConfigError, match=rf"{words}; .* one of .png, .pdf, .svg"):
+            report.plot(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.SVG", "r.pdf"]

@@ -66,19 +66,26 @@ def measure(fn, repeats: int) -> dict:
     return {"first_s": first, "median_s": statistics.median(times), "times_s": times}
 
 
-def alternate(fns: dict, repeats: int) -> dict:
-    """Seconds of each contender: one call of each in turn, `repeats` rounds after a warm-up round,
-    so that a machine's drift (other load, clock changes) falls on every contender alike.
-    {name: {"median_s", "times_s"}}."""
-    for fn in fns.values():
-        fn()
+def alternate(fns: dict, repeats: int, blocks: int = 3) -> dict:
+    """Seconds of each contender, which take turns a block at a time: one untimed call (the memory
+    the previous contender freed and dirtied falls on it), then repeats / blocks timed ones. The
+    timed calls run back to back, as in a training loop, and `blocks` turns spread the machine's
+    drift over every contender. {name: {"median_s", "times_s", "block_medians_s"}}."""
+    per = max(1, -(-repeats // blocks))
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    medians = {name: [] for name in fns}
+    for _ in range(blocks):
         for name, fn in fns.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
+            block = []
+            for _ in range(per):
+                start = time.perf_counter()
+                fn()
+                block.append(time.perf_counter() - start)
+            times[name] += block
+            medians[name].append(statistics.median(block))
+    return {name: {"median_s": statistics.median(times[name]), "times_s": times[name], "block_medians_s": medians[name]}
+            for name in fns}  # fmt: skip
 
 
 def save(name: str, result: dict, results_dir: str = RESULTS_DIR, filename: str | None = None) -> str:

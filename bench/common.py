@@ -41,13 +41,15 @@ def describe_machine() -> dict:
 
 
 def git_commit() -> str:
-    """HEAD (with -dirty for uncommitted changes), or $BENCH_COMMIT where the copy has no usable git metadata."""
+    """HEAD (with -dirty for uncommitted changes to the code: results files not yet committed do not
+    count), or $BENCH_COMMIT where the copy has no usable git metadata."""
     if os.environ.get("BENCH_COMMIT"):
         return os.environ["BENCH_COMMIT"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, text=True)
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+                                        cwd=root, text=True)  # fmt: skip
         return sha + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -18,7 +18,8 @@ import numpy as np
 from .._checks import is_integer, is_real
 from .._jsonfile import JsonFile, ensure_output_path
 from ..batch import Batch
-from ..errors import BackendUnavailable, ConfigError
+from ..errors import BackendUnavailable, ConfigError, SchemaError
+from ..schema import unknown_message
 from ..reader import Dataset
 from ..transforms.pipeline import Pipeline, skip_materialized
 from .importance import check_importance_args, permutation_importance, weight_scores
@@ -62,10 +63,15 @@ class AuditReport(JsonFile):
     notes: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> FeatureScore:
+        """The score of feature `name`.
+
+        Raises:
+            SchemaError: no feature of the report has that name.
+        """
         for f in self.features:
             if f.name == name:
                 return f
-        raise KeyError(name)
+        raise SchemaError(unknown_message("audited feature", name, self.names))
 
     @property
     def names(self) -> list[str]:

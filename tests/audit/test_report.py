@@ -28,6 +28,8 @@ def test_the_report_ranks_every_model_feature_with_its_sources_and_costs(report,
     assert report.rows == trained.held_out.num_rows and report.baseline > 0
     table = report.to_markdown()
     assert table.count("\n| ") == len(report.features) + 1 and "sparse_003" in table
+    with pytest.raises(gp.SchemaError, match="audited feature 'sparse_03' does not exist.*did you mean 'sparse_003'"):
+        report["sparse_03"]
 
 
 def test_the_report_round_trips_and_plots(report, tmp_path):

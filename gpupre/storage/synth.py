@@ -62,6 +62,11 @@ class SynthSpec:
                 raise ConfigError(f"SynthSpec.{name}={getattr(self, name)!r} must be a number")
         if not self.mean_list_length > 0:
             raise ConfigError(f"SynthSpec.mean_list_length={self.mean_list_length!r} must be > 0")
+        if self.num_files > -(-self.rows // self.items_per_request):  # a file holds whole requests
+            raise ConfigError(
+                f"SynthSpec.num_files={self.num_files} is more than its {-(-self.rows // self.items_per_request)} "
+                f"requests of {self.items_per_request} rows, so some files would be empty; ask for fewer files or more rows"
+            )
         if self.num_planted > self.num_dense + self.num_sparse + self.num_scored:
             raise ConfigError(f"SynthSpec.num_planted={self.num_planted} exceeds the number of features")
         if not (0 <= self.missing_rate < 1 and 0 <= self.list_fraction <= 1 and self.zipf_a > 1):

@@ -127,6 +127,12 @@ def test_bad_spec_is_a_config_error(kwargs):
         SynthSpec(**kwargs)
 
 
+def test_more_files_than_requests_is_a_config_error_not_empty_files():
+    with pytest.raises(gp.ConfigError, match="num_files=5 is more than its 3 requests of 10 rows"):
+        SynthSpec(rows=30, items_per_request=10, num_files=5)
+    assert SynthSpec(rows=30, items_per_request=10, num_files=3).num_files == 3
+
+
 def test_bad_layout_is_a_config_error(tmp_path):
     with pytest.raises(gp.ConfigError, match="layout"):
         synthesize(tmp_path / "s.parquet", SynthSpec(rows=10), layout="rows", progress=False)
@@ -149,7 +155,7 @@ def test_a_spec_must_be_a_synth_spec(tmp_path):
         synthesize(tmp_path / "s.parquet", {"rows": 10}, progress=False)
 
 
-@pytest.mark.parametrize("rows, files", [(25, 2), (20, 3), (100, 9)])
+@pytest.mark.parametrize("rows, files", [(25, 2), (40, 3), (100, 9)])
 def test_files_split_whole_requests(tmp_path, rows, files):
     spec = SynthSpec(rows=rows, num_dense=2, num_sparse=2, num_scored=0, num_planted=1, items_per_request=10, num_files=files)
     synthesize(tmp_path / "d", spec, progress=False)

@@ -137,9 +137,12 @@ def test_a_unit_that_kills_every_reader_is_a_bad_unit_not_an_endless_retry(crash
         list(_loader(RayReaders(crashing, num_readers=1, retries=1)))
     readers = RayReaders(crashing, num_readers=1, retries=1)
     loader = _loader(readers, on_bad_unit="skip")
-    assert len(set(epoch_ids(list(loader)))) == 550
-    assert readers.stats()["replaced"] == 2 and "died 2 times" in loader.stats()["skipped_units"][0]
-    loader.close()
+    try:
+        assert len(set(epoch_ids(list(loader)))) == 550
+        # the unit was read retries + 1 times; a reader Ray reports unavailable under load is replaced too
+        assert "died 2 times" in loader.stats()["skipped_units"][0] and readers.stats()["replaced"] >= 2
+    finally:
+        loader.close()
 
 
 def test_only_the_unit_a_reader_died_in_counts_a_try_not_those_queued_behind_it(crashing):

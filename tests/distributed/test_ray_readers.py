@@ -139,7 +139,7 @@ def test_a_unit_that_kills_every_reader_is_a_bad_unit_not_an_endless_retry(crash
     loader = _loader(readers, on_bad_unit="skip")
     try:
         assert len(set(epoch_ids(list(loader)))) == 550
-        # the unit was read retries + 1 times; a reader Ray reports unavailable under load is replaced too
+        # the unit was read retries + 1 times (under the full suite, a third replacement was once seen)
         assert "died 2 times" in loader.stats()["skipped_units"][0] and readers.stats()["replaced"] >= 2
     finally:
         loader.close()

@@ -558,7 +558,8 @@ def _order(keys, names):
     keys, names = tuple(keys), tuple(names)
     if keys == names or sorted(keys) != sorted(names):
         return None
-    return [keys.index(name) for name in names]
+    position = {key: i for i, key in enumerate(keys)}
+    return [position[name] for name in names]
 
 
 def _first_use(inverse: np.ndarray):

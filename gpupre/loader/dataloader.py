@@ -30,6 +30,7 @@ __all__ = ["DataLoader"]
 log = logging.getLogger("gpupre")
 
 STATE_VERSION = 4  # 3: shuffled unit orders seeded by (seed, epoch); 4: batch_size, drop_last and on_bad_unit kept
+CURSOR = ("epoch", "delivered", "steps")  # where an epoch stands; the rest of a state is how the loader was built
 
 
 class DataLoader:
@@ -148,6 +149,12 @@ class DataLoader:
         steps = min(per_rank)
         return steps, min(rows[self.rank], steps * self.batch_size)
 
+    @property
+    def _pads(self) -> bool:
+        """A rank that skips a unit repeats rows to take as many steps as the others (its cursor
+        then runs on over repeated passes of its share)."""
+        return self.world_size > 1 and self.on_bad_unit == "skip"
+
     def __len__(self) -> int:
         return self._rows_this_epoch(self.epoch)[0]
 
@@ -163,22 +170,21 @@ class DataLoader:
         """Continue from `state` (taken by `state_dict()` of a loader over the same data and shares).
 
         Raises:
-            ConfigError: the state is from another dataset, seed, shuffle or share.
+            ConfigError: the state is from a loader built otherwise (dataset, seed, shuffle, share,
+                batch_size, drop_last, on_bad_unit), or its cursor is not one of that epoch.
         """
         if not isinstance(state, dict):
             raise ConfigError(f"load_state_dict takes the dict that state_dict() returned, got {type(state).__name__}")
         mine = self.state_dict()
-        for key in ("version", "seed", "batch_size", "drop_last", "on_bad_unit", "shuffle", "rank", "world_size",
-                    "read_batch_size", "units"):  # fmt: skip
+        for key in (k for k in mine if k not in CURSOR):  # what the loader was built with, version first
             if state.get(key) != mine[key]:
                 raise ConfigError(
                     f"state_dict {key}={state.get(key)!r} differs from this loader's {mine[key]!r}; "
                     "restore into a loader built with the same dataset and arguments"
                 )
-        epoch, delivered, steps = (ensure_integer(state.get(k), f"state_dict {k}", 0) for k in ("epoch", "delivered", "steps"))
+        epoch, delivered, steps = (ensure_integer(state.get(k), f"state_dict {k}", 0) for k in CURSOR)
         most, target = self._rows_this_epoch(epoch)
-        padded = self.world_size > 1 and self.on_bad_unit == "skip"  # the cursor runs on over repeated passes
-        for key, value, limit in (("steps", steps, most), ("delivered", delivered, None if padded else target)):
+        for key, value, limit in (("steps", steps, most), ("delivered", delivered, None if self._pads else target)):
             if limit is not None and value > limit:
                 raise ConfigError(
                     f"state_dict {key}={value} is more than epoch {epoch}'s {limit} {'steps' if key == 'steps' else 'rows'}; "
@@ -206,7 +212,7 @@ class DataLoader:
         units = self._units(epoch, self.rank)
         self._generation += 1
         # rows still to deliver; without padding a skipped unit's rows count as delivered
-        pad = self.world_size > 1 and self.on_bad_unit == "skip"
+        pad = self._pads
         remaining = target - min(target, self.steps * self.batch_size) if pad else target - cursor
         start = time.perf_counter()
         in_flight = collections.deque()  # (batch, cursor advance): staged and sent to the device

@@ -128,7 +128,7 @@ class _CountingHandler(DelegatingHandler):
         return pa.PythonFile(_CountingFile(self.base.open_input_file(path), self), mode="r")
 
     def open_input_stream(self, path):
-        return pa.PythonFile(_CountingFile(self.base.open_input_stream(path, compression=None), self), mode="r")
+        return pa.PythonFile(_CountingFile(super().open_input_stream(path), self), mode="r")
 
 
 class _CountingFile:

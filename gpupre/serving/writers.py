@@ -150,10 +150,7 @@ class _HourlyWriter:
         """
         self._open_ledger()
         requests = list(requests)
-        for request in requests:
-            problem = self._problem(request)
-            if problem:
-                raise DataError(f"{self.path}: request {getattr(request, 'request_id', request)!r} cannot be written: {problem}")
+        hours = [self._hour(request) for request in requests]  # every request checked before any is buffered
         kinds = {str if isinstance(r.request_id, str) else int for r in requests} | {self.request_id_type} - {None}
         if len(kinds) > 1:  # checked before any is buffered: a batch is taken whole or not at all
             raise DataError(
@@ -161,7 +158,6 @@ class _HourlyWriter:
                 f"{'' if self.request_id_type is None else f', whose are {self.request_id_type.__name__}s'}; "
                 "use one type of request id for a dataset"
             )
-        hours = [hour_of(r.time) for r in requests]
         if kinds:
             self.request_id_type = kinds.pop()
         for request, hour in zip(requests, hours):  # all buffered before any commit, which may fail
@@ -170,25 +166,35 @@ class _HourlyWriter:
             if len(self._pending[hour]) >= self.requests_per_file:
                 self._commit(hour)
 
-    def _problem(self, r) -> str:
-        """Why `r` is not a JoinedRequest this writer can write, or ""."""
+    def _hour(self, r) -> str:
+        """The hour `r` is filed under, once it is a JoinedRequest this writer can write.
+
+        Raises:
+            DataError: it is not; the message names the request and what is wrong.
+        """
+
+        def bad(problem: str) -> DataError:
+            return DataError(f"{self.path}: request {getattr(r, 'request_id', r)!r} cannot be written: {problem}")
+
         if not isinstance(r, JoinedRequest):
-            return f"expected a JoinedRequest, got {type(r).__name__}"
+            raise bad(f"expected a JoinedRequest, got {type(r).__name__}")
         n = len(r.item_ids)
         labels = np.asarray(r.labels)
         if not all(isinstance(row, bytes) for row in r.items):
-            return "item rows must be bytes (FeatureCodec rows)"
+            raise bad("item rows must be bytes (FeatureCodec rows)")
         if len(r.items) != n or labels.shape != (n, len(self.labels)):
-            return (f"{n} item ids, {len(r.items)} item rows and labels of shape {labels.shape}; expected "
-                    f"[{n}, {len(self.labels)}] labels ({list(self.labels)}) and a row per item")  # fmt: skip
+            raise bad(f"{n} item ids, {len(r.items)} item rows and labels of shape {labels.shape}; expected "
+                      f"[{n}, {len(self.labels)}] labels ({list(self.labels)}) and a row per item")  # fmt: skip
         try:
-            hour_of(r.time)
+            hour = hour_of(r.time)
         except (TypeError, ValueError, OverflowError, OSError):
-            return f"time {r.time!r} is not a Unix time in seconds of the years 1-9999"
+            raise bad(f"time {r.time!r} is not a Unix time in seconds of the years 1-9999") from None
         problem = next(filter(None, map(self.items_codec.check, r.items)), "")
         if not problem and self.user_codec is not None:
             problem = self.user_codec.check(r.user) if isinstance(r.user, bytes) else "no user features"
-        return f"logged features of {problem}" if problem else ""
+        if problem:
+            raise bad(f"logged features of {problem}")
+        return hour
 
     def flush(self) -> None:
         """Commit every buffered request."""

@@ -449,7 +449,8 @@ def list_parts(arr: pa.Array):
     if arr.null_count:  # a null list counts as empty, whatever its offsets say
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy()
         return lengths.astype(np.int32, copy=False), pc.list_flatten(arr)
-    return np.diff(arr.offsets.to_numpy()).astype(np.int32, copy=False), arr.flatten()
+    offsets = arr.offsets.to_numpy()  # a slice of the list's offsets; its values are a slice of the child
+    return np.diff(offsets).astype(np.int32, copy=False), arr.values.slice(offsets[0], offsets[-1] - offsets[0])
 
 
 def _image(arr: pa.Array, name: str, source: str) -> pa.Array:

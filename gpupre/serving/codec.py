@@ -151,35 +151,39 @@ def _encode(dense, lengths, values, weights, rows, keys: int, n: int):
         starts[j + 1] = starts[j] + lengths[j]
     if starts[-1] != len(values):
         return np.empty(0, np.uint8), np.zeros(1, np.int64), _BAD_LENGTHS
-    lengths_bytes, dense = lengths.view(np.uint8), dense.view(np.uint8)
-    values, weights = values.view(np.uint8), weights.view(np.uint8)
-    per_id = 12 if len(weights) else 8
-    head = dense.shape[0] * 4 + keys * 4
+    # Every field is a whole number of 4-byte words: copied word by word (slice copies of a few
+    # bytes each cost 4x as much), in its native byte order.
+    dense_words, lengths_words = dense.view(np.uint32), lengths.view(np.uint32)
+    value_words, weight_words = values.view(np.uint32), weights.view(np.uint32)
+    per_id = 3 if len(weights) else 2
+    head = dense.shape[0] + keys
     ends = np.zeros(len(rows) + 1, np.int64)
     for i in range(len(rows)):
         count = 0
         for k in range(keys):
             count += lengths[k * n + rows[i]]
         ends[i + 1] = ends[i] + head + per_id * count
-    out = np.empty(ends[-1], np.uint8)
+    out = np.empty(ends[-1], np.uint32)
     for i in range(len(rows)):
         r, at = rows[i], ends[i]
         for f in range(dense.shape[0]):
-            out[at : at + 4] = dense[f, 4 * r : 4 * r + 4]
-            at += 4
+            out[at + f] = dense_words[f, r]
+        at += dense.shape[0]
         for k in range(keys):
-            out[at : at + 4] = lengths_bytes[4 * (k * n + r) : 4 * (k * n + r) + 4]
-            at += 4
+            out[at + k] = lengths_words[k * n + r]
+        at += keys
         for k in range(keys):
             lo, length = starts[k * n + r], lengths[k * n + r]
-            out[at : at + 8 * length] = values[8 * lo : 8 * (lo + length)]
-            at += 8 * length
-        if per_id == 12:
+            for j in range(2 * length):
+                out[at + j] = value_words[2 * lo + j]
+            at += 2 * length
+        if per_id == 3:
             for k in range(keys):
                 lo, length = starts[k * n + r], lengths[k * n + r]
-                out[at : at + 4 * length] = weights[4 * lo : 4 * (lo + length)]
-                at += 4 * length
-    return out, ends, 0
+                for j in range(length):
+                    out[at + j] = weight_words[lo + j]
+                at += length
+    return out.view(np.uint8), 4 * ends, 0
 
 
 def encode_rows(codec: FeatureCodec, batch: Batch, rows) -> list[bytes]:

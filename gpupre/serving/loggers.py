@@ -99,7 +99,8 @@ class EagerLogger:
         self.store, self.ttl_s = store, _ttl(ttl_s)
         self.items_codec = FeatureCodec(item_schema)
         self.user_codec = None if user_schema is None else FeatureCodec(user_schema)
-        self.stats = {"requests": 0, "items_logged": 0, "serialize_s": 0.0, "write_s": 0.0, "bytes_logged": 0}
+        self.stats = {"requests": 0, "items_logged": 0, "serialize_s": 0.0, "write_s": 0.0, "bytes_logged": 0,
+                      "user_serialize_s": 0.0, "user_bytes_logged": 0}  # fmt: skip
         self._closed = False
 
     def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
@@ -148,6 +149,8 @@ class EagerLogger:
         pairs = []
         if user is not None:
             pairs.append((user_key(request_id), encode_rows(self.user_codec, user, [0])[0]))
+            self.stats["user_serialize_s"] += time.thread_time() - cpu
+            self.stats["user_bytes_logged"] += len(pairs[0][0]) + len(pairs[0][1])
         if len(rows):
             encoded = encode_rows(self.items_codec, items, rows)
             prefix = item_key(request_id, "")  # Python ints (tolist) format 3x faster than numpy's

@@ -37,6 +37,10 @@ def test_eager_logs_every_item_and_the_user_once():
     assert_same(decoded, items, rtol=0)
     assert_same(FeatureCodec(USER.schema).decode(store.get_many([user_key("r1")])), USER, rtol=0)
     assert logger.stats["items_logged"] == 20 and store.stats["put_ops"] == 1
+    user_bytes = len(user_key("r1")) + len(FeatureCodec(USER.schema).encode(USER)[0])
+    assert logger.stats["user_bytes_logged"] == user_bytes
+    assert logger.stats["bytes_logged"] == store.stats["bytes_written"] > user_bytes
+    assert 0 < logger.stats["user_serialize_s"] <= logger.stats["serialize_s"]
 
 
 def test_lazy_logs_the_head_then_whole_pages_on_pagination():

@@ -19,7 +19,7 @@ import struct
 import numba
 import numpy as np
 
-from ..batch import Batch, KeyedJagged, _segments, host_rows, offsets_of
+from ..batch import Batch, KeyedJagged, host_rows, offsets_of
 from ..errors import DataError, SchemaError
 from ..schema import SCORED, Schema
 
@@ -102,30 +102,18 @@ class FeatureCodec:
         Raises:
             DataError: a row's size does not add up (`check`).
         """
-        n, d, keys = len(rows), self.num_dense, self.num_sparse
-        dense = np.empty((d, n), np.float32)
-        lengths = np.empty((n, keys), np.int32)
-        values, weights = [], []
-        for r, data in enumerate(rows):
-            problem = self.check(data)
-            if problem:
-                raise DataError(f"logged row {r} has {problem}")
-            dense[:, r] = np.frombuffer(data, np.float32, d)
-            lengths[r] = np.frombuffer(data, np.uint32, keys, 4 * d)
-            count = int(lengths[r].sum())
-            values.append(np.frombuffer(data, np.int64, count, self._head))
-            if self.weighted:
-                weights.append(np.frombuffer(data, np.float32, count, self._head + 8 * count))
-        row_major = np.concatenate(values) if values else np.empty(0, np.int64)
-        starts = offsets_of(lengths.ravel())[:-1].reshape(n, keys)
-        order = _segments(starts.T.ravel(), lengths.T.ravel())  # back to key-major
-        sparse = KeyedJagged(
-            self._sparse_keys,
-            np.ascontiguousarray(lengths.T).ravel(),
-            row_major[order],
-            (np.concatenate(weights) if weights else np.empty(0, np.float32))[order] if self.weighted else None,
-        )
-        return Batch(n, self._dense_keys, dense, sparse, schema=self.schema)
+        n, keys = len(rows), self.num_sparse
+        sizes = np.fromiter(map(len, rows), np.int64, n)
+        data = np.frombuffer(b"".join(rows), np.uint8)
+        bad = int(np.argmax(sizes % 4 != 0)) if (sizes % 4).any() else -1  # every row is whole 4-byte words
+        if bad < 0:
+            dense, lengths, values, weights, bad = _decode(
+                data.view(np.uint32), offsets_of(sizes // 4), self.num_dense, keys, 3 if self.weighted else 2
+            )
+        if bad >= 0:
+            raise DataError(f"logged row {bad} has {self.check(rows[bad])}")
+        sparse = KeyedJagged(self._sparse_keys, lengths, values.view(np.int64), weights.view(np.float32) if self.weighted else None)
+        return Batch(n, self._dense_keys, dense.view(np.float32), sparse, schema=self.schema)
 
 
 _NO_WEIGHTS = np.empty(0, np.float32)
@@ -222,3 +210,45 @@ def gather_rows(batch: Batch, rows) -> Batch:
     dense, lengths_out, values, weights = [None if t is None else t.numpy() for t in host]
     sparse = KeyedJagged(batch.sparse.keys, lengths_out, values, weights)
     return Batch(len(index), batch.dense_keys, dense, sparse, schema=batch.schema)
+
+
+@numba.njit(cache=True)
+def _decode(words, ends, num_dense: int, keys: int, per_id: int):
+    """(dense uint32 [D, N], lengths int32 [KN] key-major, values uint32 [2V], weights uint32 [V]
+    (empty when per_id is 2), -1) of N rows of `_encode`'s words, row r in words[ends[r]:ends[r + 1]];
+    the last is the first row whose size does not add up (nothing else is meaningful then)."""
+    n, head = len(ends) - 1, num_dense + keys
+    dense = np.empty((num_dense, n), np.uint32)
+    lengths = np.empty(keys * n, np.int32)
+    for r in range(n):
+        at, count = ends[r], 0
+        if ends[r + 1] - at < head:
+            return dense, lengths, np.empty(0, np.uint32), np.empty(0, np.uint32), r
+        for k in range(keys):
+            count += np.int64(words[at + num_dense + k])
+        if ends[r + 1] - at != head + per_id * count:
+            return dense, lengths, np.empty(0, np.uint32), np.empty(0, np.uint32), r
+        for f in range(num_dense):
+            dense[f, r] = words[at + f]
+        for k in range(keys):
+            lengths[k * n + r] = words[at + num_dense + k]
+    starts = np.zeros(keys * n + 1, np.int64)
+    for j in range(keys * n):
+        starts[j + 1] = starts[j] + lengths[j]
+    total = starts[-1]
+    values = np.empty(2 * total, np.uint32)
+    weights = np.empty(total if per_id == 3 else 0, np.uint32)
+    for r in range(n):
+        ids = ends[r] + head  # the row's ids, feature after feature; then its scores
+        count = (ends[r + 1] - ids) // per_id
+        scores = ids + 2 * count
+        for k in range(keys):
+            lo, length = starts[k * n + r], lengths[k * n + r]
+            for j in range(2 * length):
+                values[2 * lo + j] = words[ids + j]
+            ids += 2 * length
+            if per_id == 3:
+                for j in range(length):
+                    weights[lo + j] = words[scores + j]
+                scores += length
+    return dense, lengths, values, weights, -1

@@ -55,6 +55,10 @@ def test_corrupt_bytes_and_other_features_are_data_errors():
     (row,) = codec.encode(batch)
     with pytest.raises(gp.DataError, match="logged row 0 has 23 bytes, not what its 2 ids need"):
         codec.decode([row[:-1]])
+    with pytest.raises(gp.DataError, match="logged row 1 has 28 bytes, not what its 2 ids need"):
+        codec.decode([row, row + bytes(4)])  # whole words, but one too many
+    with pytest.raises(gp.DataError, match="logged row 2 has 4 bytes, fewer than the 8 of a row's header"):
+        codec.decode([row, row, row[:4]])
     with pytest.raises(gp.DataError, match="do not match the logger's schema"):
         codec.encode(make_batch({"z": [1.0]}, {"a": [[7]]}))
     with pytest.raises(gp.DataError, match=r"row 1 to log is outside the batch of 1 rows; pass rows in \[0, 1\)"):

@@ -236,7 +236,8 @@ def rebatching(ds: gp.Dataset, pipe: gp.Pipeline, device: str = "cpu") -> dict:
     out = {}
     cap = REBATCH["read_batch_size"]
     for name, size in (("rebatched", REBATCH["batch_size"]), ("slabs", cap)):
-        loader = gp.DataLoader(ds, size, pipe, device=device, num_workers=WORKERS, read_batch_size=cap)
+        # drop_last: an epoch's short tail would count as a whole training step of a few rows
+        loader = gp.DataLoader(ds, size, pipe, device=device, num_workers=WORKERS, read_batch_size=cap, drop_last=True)
         torch.manual_seed(0)
         model = DLRM(len(ds.schema.dense), [f.name for f in pipe.output_schema(ds.schema).sparse], 100_000).to(device)
         rows = REBATCH["steps"] * REBATCH["batch_size"]

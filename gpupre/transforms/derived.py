@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..batch import Batch
-from ..errors import ConfigError, SchemaError
+from ..errors import ConfigError, DataError, SchemaError
 from ..reader import Dataset
 from ..schema import METADATA_KEY, Schema, infer_kind
+from ..storage.flatten import read_row_group
 from ..storage.write import DEFAULT_ROW_GROUP_ROWS, TableWriter
 from .images import IMAGE_OPS
 from .ops import Op
@@ -49,6 +50,8 @@ def materialize(dataset: Dataset, ops, out, row_group_rows: int | None = None, p
         ConfigError: an op is unfitted or writes in place or over an existing column; `out` is
             not empty; `dataset` is a de-dup table.
         SchemaError: the source files disagree on their columns.
+        DataError: a source file cannot be opened, or one of its row groups read (names the file
+            and row group); `out` is left empty.
     """
     ops = _ensure_ops(ops)
     out = _ensure_arguments(dataset, out, row_group_rows)
@@ -69,12 +72,12 @@ def materialize(dataset: Dataset, ops, out, row_group_rows: int | None = None, p
     bar = tqdm(total=dataset.num_rows, desc="materializing", unit="rows", disable=not progress)
     try:
         for path, tmp in zip(dataset.paths, temporary):
-            with dataset.filesystem.open_input_file(path) as f, TableWriter(
+            with _open_input_file(dataset, path) as f, TableWriter(
                 tmp, schema, extra_types, row_group_rows or DEFAULT_ROW_GROUP_ROWS
             ) as writer:
                 pf = pq.ParquetFile(f, metadata=dataset._metadata[path])
                 for rg in range(pf.metadata.num_row_groups):
-                    table = pf.read_row_group(rg)
+                    table = read_row_group(pf, rg, path)
                     made = ops(Batch.from_arrow(table, inputs, source=f"{path} row group {rg}")).to_arrow()
                     for column in (c for f in derived for c in f.columns):
                         table = table.append_column(column, made.column(column))
@@ -92,6 +95,16 @@ def materialize(dataset: Dataset, ops, out, row_group_rows: int | None = None, p
     for name, tmp in zip(names, temporary):
         os.replace(tmp, os.path.join(out, name))
     return Dataset(out)
+
+
+def _open_input_file(dataset: Dataset, path: str):
+    try:
+        return dataset.filesystem.open_input_file(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(
+            f"{path} cannot be opened ({e}); it was moved or removed after gp.Dataset listed it: "
+            "open the dataset again"
+        ) from e
 
 
 def _ensure_arguments(dataset, out, row_group_rows) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_data import corrupt_row_group
 
 import gpupre as gp
 from gpupre.storage import CountingFileSystem
@@ -173,10 +174,7 @@ def test_a_text_file(tmp_path):
 
 
 def test_a_corrupt_row_group_names_the_file_and_row_group(synth_file, tmp_path):
-    data = bytearray(open(synth_file, "rb").read())
-    offset = pq.ParquetFile(synth_file).metadata.row_group(1).column(0).data_page_offset
-    data[offset : offset + 32] = b"\xff" * 32  # the page header of row group 1's first column
-    (tmp_path / "bad.parquet").write_bytes(bytes(data))
+    corrupt_row_group(synth_file, tmp_path / "bad.parquet", 1)
     ds = gp.Dataset(tmp_path / "bad.parquet")
     assert ds.read(ds.units()[0]).num_rows == 200
     with pytest.raises(gp.DataError, match=r"bad\.parquet row group 1: cannot be read"):

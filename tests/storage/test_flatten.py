@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_data import corrupt_row_group
 
 import gpupre as gp
 from gpupre.storage import MapLayout, flat_to_map, flatten, map_to_flat
@@ -305,13 +306,7 @@ def test_a_corrupt_row_group_is_a_data_error_naming_it_and_writes_nothing(synth_
     table = pq.read_table(synth_map_file)
     src = tmp_path / "corrupt.parquet"
     pq.write_table(table if with_layout else table.replace_schema_metadata(None), src, row_group_size=200)
-    group = pq.ParquetFile(src).metadata.row_group(1)
-    data = bytearray(src.read_bytes())
-    for c in range(group.num_columns):  # garbage over each column chunk's first page header
-        chunk = group.column(c)
-        start = chunk.dictionary_page_offset or chunk.data_page_offset
-        data[start : start + 32] = b"\xff" * 32
-    src.write_bytes(bytes(data))
+    corrupt_row_group(src, src, 1)
     with pytest.raises(gp.DataError, match=r"corrupt\.parquet row group 1 cannot be read"):
         flatten(src, tmp_path / "out.parquet", progress=False)
     assert list(tmp_path.iterdir()) == [src]

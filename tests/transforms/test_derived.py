@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parquet_data import corrupt_row_group
 from transforms.helpers import to_host
 
 import gpupre as gp
@@ -192,6 +194,25 @@ def test_a_failure_leaves_no_file_behind(tmp_path, source, monkeypatch):
     with pytest.raises(gp.DataError, match="boom"):
         gp.materialize(source, [gp.Hash("sparse_000", num_buckets=10, out="h")], tmp_path / "out",
                                progress=False)  # fmt: skip
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_corrupt_row_group_is_a_data_error_naming_it_and_leaves_no_file_behind(tmp_path, synth_dir):
+    (tmp_path / "in").mkdir()
+    for name in sorted(os.listdir(synth_dir)):
+        corrupt_row_group(os.path.join(synth_dir, name), tmp_path / "in" / name, 2)
+    source = gp.Dataset(tmp_path / "in", passthrough=EXTRAS)
+    with pytest.raises(gp.DataError, match=r"part-00000\.parquet row group 2 cannot be read"):
+        gp.materialize(source, [gp.Hash("sparse_000", num_buckets=10, out="h")], tmp_path / "out", progress=False)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_file_removed_after_the_dataset_listed_it_is_a_data_error(tmp_path, synth_dir):
+    shutil.copytree(synth_dir, tmp_path / "in")
+    source = gp.Dataset(tmp_path / "in", passthrough=EXTRAS)
+    os.remove(tmp_path / "in" / "part-00001.parquet")
+    with pytest.raises(gp.DataError, match=r"part-00001\.parquet cannot be opened .*open the dataset again"):
+        gp.materialize(source, [gp.Hash("sparse_000", num_buckets=10, out="h")], tmp_path / "out", progress=False)
     assert os.listdir(tmp_path / "out") == []
 
 

@@ -186,9 +186,11 @@ class Batch:
 
         A de-duplicated batch keeps the requests its rows use, in order of first use.
 
+        On a GPU, a torch `index` costs one sync (see `tensor_rows`).
+
         Raises:
-            ConfigError: `index` is not integers (a mask: pass its nonzero positions), or (host
-                batches) holds a row outside [0, num_rows).
+            ConfigError: `index` is not integers (a mask: pass its nonzero positions), or holds a
+                row outside [0, num_rows).
         """
         numpy = isinstance(self.dense, np.ndarray)
         if numpy:
@@ -196,10 +198,7 @@ class Batch:
         else:
             import torch
 
-            index = torch.as_tensor(index, device=self.dense.device)
-            if index.numel() and (index.dtype == torch.bool or index.is_floating_point() or index.is_complex()):
-                raise ConfigError(f"take: rows must be integers, got {index.dtype}; for a mask pass mask.nonzero().ravel()")
-            index = index.long().reshape(-1)
+            index = tensor_rows(index, self.num_rows, self.dense.device)
         lengths, gather = _jagged_take(self.sparse.lengths, len(self.sparse.keys), self.num_rows, index)
         weights = None if self.sparse.weights is None else self.sparse.weights[gather]
         sparse = KeyedJagged(self.sparse.keys, lengths, self.sparse.values[gather], weights)
@@ -522,6 +521,31 @@ def host_rows(index, n: int) -> np.ndarray:
         bad = int(index[(index < 0) | (index >= n)][0])
         raise ConfigError(f"take: row {bad} is outside the batch of {n} rows; pass rows in [0, {n})")
     return index
+
+
+def tensor_rows(index, n: int, device):
+    """`index` as an int64 torch tensor on `device` of rows of a batch of n rows.
+
+    The rows are checked before anything is indexed with them: on a GPU, a row outside the batch
+    would be a device-side assert, which ends the process's CUDA context. A list or numpy `index`
+    is checked on the host for free; a torch one is checked where it lives, which on a GPU is one
+    sync (its min and max).
+
+    Raises:
+        ConfigError: as `host_rows`.
+    """
+    import torch
+
+    if not isinstance(index, torch.Tensor):
+        return torch.as_tensor(host_rows(index, n), device=device)
+    if index.numel() and (index.dtype == torch.bool or index.is_floating_point() or index.is_complex()):
+        raise ConfigError(f"take: rows must be integers, got {index.dtype}; for a mask pass mask.nonzero().ravel()")
+    index = index.reshape(-1).long()
+    if index.numel():
+        low, high = torch.stack(torch.aminmax(index)).tolist()  # on a GPU, the one sync
+        if low < 0 or high >= n:
+            host_rows(index.cpu().numpy(), n)  # raises, naming the first row outside
+    return index.to(device)
 
 
 def offsets_of(lengths, dtype=np.int64) -> np.ndarray:

@@ -264,13 +264,20 @@ def test_take_refuses_masks_and_rows_outside_the_batch(to_torch):
     with pytest.raises(gp.ConfigError, match="rows must be integers, got (torch.)?bool"):
         batch.take(torch.from_numpy(mask) if to_torch else mask)
     assert batch.take(np.flatnonzero(mask)).num_rows == 2 and batch.take([]).num_rows == 0
-    if not to_torch:  # a host batch checks its rows; a GPU one would have to sync to
-        with pytest.raises(gp.ConfigError, match="row 3 is outside the batch of 3 rows"):
-            batch.take([0, 3])
+    with pytest.raises(gp.ConfigError, match="rows must be integers, got (torch.)?float"):
+        batch.take(torch.tensor([0.0, 1.0]) if to_torch else np.array([0.0, 1.0]))
+    with pytest.raises(gp.ConfigError, match="rows must be integers, got float"):
+        batch.take([0.0, 1.0])
+    # checked before any indexing: on a GPU a row outside would be a device-side assert
+    for rows in ([0, 3], np.array([0, 3]), torch.tensor([[0], [3]], dtype=torch.int32)):
+        with pytest.raises(gp.ConfigError, match=r"take: row 3 is outside the batch of 3 rows; pass rows in \[0, 3\)"):
+            batch.take(rows)
+    for rows in ([-1], torch.tensor([2, -1])):  # torch would take -1 as the last row
         with pytest.raises(gp.ConfigError, match="row -1 is outside"):
-            batch.take([-1])
-        with pytest.raises(gp.ConfigError, match="outside the batch"):
-            batch.rows(2, 5)
+            batch.take(rows)
+    with pytest.raises(gp.ConfigError, match="outside the batch"):
+        batch.rows(2, 5)
+    assert batch.take(torch.tensor([2, 0], dtype=torch.int32)).num_rows == 2
 
 
 # -- hypothesis: jagged shapes against a plain-Python construction --------------------------------

@@ -19,7 +19,7 @@ import struct
 import numba
 import numpy as np
 
-from ..batch import Batch, KeyedJagged, host_rows, offsets_of
+from ..batch import Batch, KeyedJagged, offsets_of, tensor_rows
 from ..errors import DataError, SchemaError
 from ..schema import SCORED, Schema
 
@@ -60,7 +60,10 @@ class FeatureCodec:
                 "dropped; declare the scored features with kind 'scored' or drop the weights"
             )  # fmt: skip
         n = batch.num_rows
-        rows = np.arange(n) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+        rows = np.arange(n) if rows is None else np.asarray(rows)
+        if rows.size and rows.dtype.kind not in "iu":  # a cast would log a mask's rows 0 and 1
+            raise DataError(f"rows to log must be integers, got {rows.dtype}; for a mask pass np.flatnonzero(mask)")
+        rows = rows.astype(np.int64, copy=False).reshape(-1)
         # The arrays go to the kernel as they are when they have its types (the usual case): this
         # runs once per logged request and page, so its fixed cost is most of a small page's.
         dense = np.ascontiguousarray(batch.dense, np.float32)
@@ -189,11 +192,11 @@ def gather_rows(batch: Batch, rows) -> Batch:
     """
     if isinstance(batch.dense, np.ndarray):
         features = Batch(batch.num_rows, batch.dense_keys, batch.dense, batch.sparse, schema=batch.schema)
-        return features.take(np.asarray(rows, np.int64))
+        return features.take(rows)
     import torch
 
     device = batch.dense.device
-    index = torch.as_tensor(host_rows(rows, batch.num_rows), device=device)  # checked on the host, as take() checks
+    index = tensor_rows(rows, batch.num_rows, device)  # checked before indexing, as take() checks
     keys, n = len(batch.sparse.keys), batch.num_rows
     lengths = batch.sparse.lengths.view(keys, n).long()
     starts = (torch.cumsum(lengths.ravel(), 0) - lengths.ravel()).view(keys, n)

@@ -49,6 +49,18 @@ def test_gathering_from_torch_tensors_gives_the_same_bytes_as_numpy():
     assert rows_of(codec.decode(from_numpy), "a") == [[4, 5, 6], [1], []]
 
 
+@pytest.mark.parametrize("to_torch", [False, True])
+def test_gather_rows_checks_its_rows_as_take_does(to_torch):
+    batch = make_batch({"x": [1.0, 2.0, 3.0]}, {"a": [[1], [2, 3], []]})
+    batch = batch.to_torch() if to_torch else batch
+    with pytest.raises(gp.ConfigError, match="rows must be integers, got bool"):  # not rows 1, 0, 1
+        gather_rows(batch, np.array([True, False, True]))
+    for rows in ([0, 3], torch.tensor([3]), torch.tensor([-1])):
+        with pytest.raises(gp.ConfigError, match=r"take: row (3|-1) is outside the batch of 3 rows"):
+            gather_rows(batch, rows)
+    assert rows_of(gather_rows(batch, torch.tensor([1, 2])), "a") == [[2, 3], []]
+
+
 def test_corrupt_bytes_and_other_features_are_data_errors():
     batch = make_batch({"x": [1.0]}, {"a": [[7, 8]]})
     codec = FeatureCodec(batch.schema)
@@ -65,6 +77,10 @@ def test_corrupt_bytes_and_other_features_are_data_errors():
         codec.encode(batch, [0, 1])
     with pytest.raises(gp.DataError, match="row -1 to log is outside the batch"):
         codec.encode(batch, [-1])
+    with pytest.raises(gp.DataError, match=r"rows to log must be integers, got bool; .*np.flatnonzero\(mask\)"):
+        codec.encode(batch, [False])  # not row 0
+    with pytest.raises(gp.DataError, match="rows to log must be integers, got float"):
+        codec.encode(batch, [0.0])
 
 
 def test_rows_in_any_order_are_the_rows_encoded_one_at_a_time():

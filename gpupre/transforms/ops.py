@@ -8,11 +8,11 @@ Building an op touches no data; `Pipeline.fit` fills in the statistics of fitted
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from .._checks import is_integer, is_real
 from ..errors import ConfigError
 from ..schema import DENSE, SCORED, SPARSE
 
@@ -51,14 +51,22 @@ def _names(value, what: str, op: str) -> tuple[str, ...]:
 
 
 def _positive_int(value, what: str, op: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**63:
+    if not (is_integer(value) and minimum <= value < 2**63):
         raise ConfigError(f"{op}: {what}={value!r} must be an integer >= {minimum} (and an int64)")
 
 
 def _real(value, what: str, op: str) -> None:
-    """A number (not a bool) that fits a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, int) and abs(value) > 2**1023):
-        raise ConfigError(f"{op}: {what}={value!r} must be a number")
+    """A real number of any type but bool (see `is_real`) that fits a float."""
+    if not (is_real(value) and _fits_float(value)):
+        raise ConfigError(f"{op}: {what}={value!r} must be a number (within a float's range)")
+
+
+def _fits_float(value) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _flag(value, what: str, op: str) -> None:
@@ -67,14 +75,15 @@ def _flag(value, what: str, op: str) -> None:
 
 
 def _plain(value):
-    """numpy scalars (and tuples of them) as Python numbers, so that ops check and save them alike."""
+    """Numbers of any type (numpy's, Fraction; tuples of them) as Python's, so that ops check and
+    save them alike. A number no float holds is left as it is, for the op's check to name."""
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
     if isinstance(value, np.bool_):
         return bool(value)
-    if isinstance(value, np.generic) and isinstance(value, numbers.Integral):
+    if is_integer(value):
         return int(value)
-    if isinstance(value, np.generic) and isinstance(value, numbers.Real):
+    if is_real(value) and _fits_float(value):
         return float(value)
     return value
 
@@ -245,13 +254,19 @@ class Bucketize(Op):
 
     def validate(self):
         _flag(self.right, "right", "Bucketize")
-        if self.boundaries is None:
+        if self.boundaries is None or self.num_buckets is not None:  # a fitted one keeps its num_buckets
             _positive_int(self.num_buckets, "num_buckets", "Bucketize", minimum=2)
+        if self.boundaries is None:
             return
         try:
-            b = tuple(float(x) for x in self.boundaries)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise ConfigError(f"Bucketize: boundaries={self.boundaries!r} must be a list of numbers ({e})") from e
+            b = tuple(self.boundaries)  # a string gives its characters, which are not numbers
+        except TypeError:  # not a list at all
+            b = None
+        if b is None or not all(is_real(x) and _fits_float(x) for x in b):
+            raise ConfigError(
+                f"Bucketize: boundaries={self.boundaries!r} must be a list of numbers (within a float's range)"
+            )
+        b = tuple(float(x) for x in b)
         object.__setattr__(self, "boundaries", b)
         if not b:
             raise ConfigError("Bucketize: boundaries must be non-empty")
@@ -446,7 +461,7 @@ def op_from_dict(data: dict) -> Op:
 
 
 def _int64(value, what: str, op: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+    if not (is_integer(value) and -(2**63) <= value < 2**63):
         raise ConfigError(f"{op}: {what}={value!r} must be an int64")
 
 

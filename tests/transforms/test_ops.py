@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -180,6 +181,19 @@ def test_empty_batch(device):
         (lambda: gp.SortByScore("s", None), "descending=None must be True or False"),
         (lambda: gp.Hash("c", 2**63), "num_buckets=9223372036854775808 must be an integer >= 1"),
         (lambda: gp.Truncate("c", 2**64), "max_len="),
+        (lambda: gp.Clamp("x", np.bool_(True)), "lo=True must be a number"),
+        (lambda: gp.Hash("c", np.bool_(True)), "num_buckets=True must be an integer"),
+        (lambda: gp.Hash("c", 10, salt=np.float64(1.0)), "salt=1.0 must be an int64"),
+        (lambda: gp.Hash("c", np.uint64(2**63)), "num_buckets=9223372036854775808 must be an integer"),
+        (lambda: gp.Clamp("x", np.float32("nan")), "lo <= hi, got lo=nan"),
+        (lambda: gp.FillMissing("x", np.float64("nan")), r"value=nan must be a number \(not NaN\)"),
+        (lambda: gp.Normalize("x", Fraction(1, 2), math.nan), "must be finite"),
+        (lambda: gp.Normalize("x", Fraction(10**400), 1.0), "mean=Fraction.* must be a number"),
+        (lambda: gp.Bucketize("x", "12"), "boundaries='12' must be a list of numbers"),
+        (lambda: gp.Bucketize("x", [True, 2.0]), "must be a list of numbers"),
+        (lambda: gp.Bucketize("x", ["0.5"]), "must be a list of numbers"),
+        (lambda: gp.Bucketize("x", [10**400]), "must be a list of numbers"),
+        (lambda: gp.Bucketize("x", [1.0], num_buckets="a"), "num_buckets='a' must be an integer >= 2"),
     ],
 )
 def test_bad_parameters_raise_config_error(make, message):
@@ -222,6 +236,17 @@ def test_numpy_numbers_are_taken_as_python_numbers_and_saved(tmp_path):
            gp.Bucketize("x", np.array([0.5, 1.5], np.float32), right=np.bool_(True))]  # fmt: skip
     assert ops[0].mean == 1.0 and type(ops[0].mean) is float and type(ops[3].num_buckets) is int
     assert type(ops[4].right) is bool
+    path = tmp_path / "p.json"
+    gp.Pipeline(ops).save(path)
+    assert gp.Pipeline.load(path).ops == tuple(ops)
+
+
+def test_real_numbers_of_any_type_the_library_takes_elsewhere_are_taken_and_saved(tmp_path):
+    ops = [gp.Clamp("x", np.float32(1.0), Fraction(7, 2)), gp.Hash("c", np.int64(100), salt=np.uint8(3)),
+           gp.Bucketize("x", [np.float16(0.5), Fraction(3, 2), np.int32(2)], num_buckets=np.int64(4))]  # fmt: skip
+    assert (ops[0].lo, ops[0].hi) == (1.0, 3.5) and type(ops[0].hi) is float
+    assert (ops[1].num_buckets, ops[1].salt) == (100, 3) and type(ops[1].salt) is int
+    assert ops[2].boundaries == (0.5, 1.5, 2.0) and type(ops[2].num_buckets) is int
     path = tmp_path / "p.json"
     gp.Pipeline(ops).save(path)
     assert gp.Pipeline.load(path).ops == tuple(ops)

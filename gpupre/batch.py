@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import BackendUnavailable, ConfigError, DataError, SchemaError
-from .schema import SCORE_SUFFIX, SCORED, Schema, is_number_type
+from .schema import SCORE_SUFFIX, SCORED, Schema, is_number_type, unknown_message
 
 __all__ = ["Batch", "KeyedJagged", "offsets_of"]
 
@@ -38,6 +38,8 @@ class KeyedJagged:
     def feature(self, name: str):
         """(lengths, values, weights) of one key, as views on the arrays' own device; weights is
         None when unweighted."""
+        if name not in self.keys:
+            raise SchemaError(unknown_message("sparse feature", name, self.keys))
         k = self.keys.index(name)
         n = len(self.lengths) // len(self.keys)
         lo = int(self.lengths[: k * n].sum())
@@ -229,10 +231,19 @@ class Batch:
 
     @classmethod
     def concat(cls, batches: list[Batch]) -> Batch:
-        """Host batches with the same features, one after the other (key-major order kept)."""
-        if len(batches) == 1:
-            return batches[0]
+        """Host batches with the same features, one after the other (key-major order kept).
+
+        Raises:
+            ConfigError: no batches, or batches that differ in their features or in which parts
+                (labels, extras, scores, ...) they have.
+        """
+        batches = list(batches)
+        if not batches:
+            raise ConfigError("Batch.concat got no batches; pass a non-empty list of batches")
         first = batches[0]
+        _check_alike(batches)
+        if len(batches) == 1:
+            return first
         keys = len(first.sparse.keys)
         lengths = np.concatenate([np.asarray(b.sparse.lengths).reshape(keys, b.num_rows) for b in batches], axis=1)
         pieces = [[], []]  # values, weights: key k of every batch, then key k + 1 ...
@@ -594,6 +605,34 @@ def _first_use(inverse: np.ndarray):
     rank = np.empty(len(order), np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
     return used[order], rank[renumbered.ravel()]
+
+
+def _check_alike(batches) -> None:
+    """A ConfigError naming the first part in which a batch differs from the first batch: concat
+    would otherwise file one batch's ids under another's feature names, or fail deep inside."""
+    first = _parts(batches[0])
+    for i, b in enumerate(batches[1:], 1):
+        for name, value in _parts(b).items():
+            if value != first[name]:
+                raise ConfigError(
+                    f"Batch.concat: batch {i} has {name}={value!r} but batch 0 has {name}={first[name]!r}; "
+                    "concatenate batches of one schema, from one reader or pipeline"
+                )
+
+
+def _parts(b: Batch) -> dict:
+    labels = 0 if b.labels is None else 1 if b.labels.ndim == 1 else b.labels.shape[0]
+    return {
+        "dense_keys": tuple(b.dense_keys),
+        "sparse_keys": tuple(b.sparse.keys),
+        "scored": b.sparse.weights is not None,
+        "num_labels": labels,
+        "extras": sorted(b.extras),
+        "images": sorted(b.images),
+        "inverse": b.inverse is not None,
+        "requests": b.requests is not None,
+        "row_keys": b.row_keys is not None,
+    }
 
 
 def _concat_inverse(batches) -> np.ndarray:

@@ -358,6 +358,30 @@ def test_take_rows_and_concat_keep_the_key_major_layout():
     assert b.rows(1, 1).num_rows == 0
 
 
+def test_concat_refuses_no_batches_and_batches_that_differ():
+    from transforms.helpers import make_batch
+
+    b = make_batch({"x": [1.0, 2.0]}, {"a": [[1], [2]], "b": [[3], []]})
+    with pytest.raises(gp.ConfigError, match="got no batches"):
+        Batch.concat([])
+    swapped = make_batch({"x": [3.0]}, {"b": [[4]], "a": [[5]]})  # would file b's ids under a
+    with pytest.raises(gp.ConfigError, match=r"batch 1 has sparse_keys=\('b', 'a'\) but batch 0 has sparse_keys=\('a', 'b'\)"):
+        Batch.concat([b, swapped])
+    with pytest.raises(gp.ConfigError, match="batch 2 has dense_keys=.*'y'"):
+        Batch.concat([b, b, make_batch({"y": [1.0]}, {"a": [[1]], "b": [[2]]})])
+    with pytest.raises(gp.ConfigError, match="batch 1 has num_labels=1 but batch 0 has num_labels=0"):
+        Batch.concat([b, replace(b, labels=np.zeros(2, np.float32))])
+    with pytest.raises(gp.ConfigError, match=r"batch 1 has extras=\['id'\] but batch 0 has extras=\[\]"):
+        Batch.concat([b, replace(b, extras={"id": np.arange(2)})])
+    assert Batch.concat([b]) is b and Batch.concat(iter([b, b])).num_rows == 4
+
+
+def test_feature_of_an_unknown_key_is_a_schema_error_naming_it():
+    sparse = Batch.from_arrow(mixed_table(), MIXED).sparse
+    with pytest.raises(gp.SchemaError, match="sparse feature 'id' does not exist .*did you mean 'ids'"):
+        sparse.feature("id")
+
+
 def test_to_torchrec_is_a_real_keyed_jagged_tensor_over_the_same_memory():
     pytest.importorskip("torchrec", reason="make test installs torchrec 1.9.2 with fbgemm-gpu-cpu")
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor

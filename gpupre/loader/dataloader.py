@@ -31,6 +31,7 @@ log = logging.getLogger("gpupre")
 
 STATE_VERSION = 4  # 3: shuffled unit orders seeded by (seed, epoch); 4: batch_size, drop_last and on_bad_unit kept
 CURSOR = ("epoch", "delivered", "steps")  # where an epoch stands; the rest of a state is how the loader was built
+RETRIES = 2  # times a unit is read again after a local worker died in it (RayReaders' default `retries`)
 
 
 class DataLoader:
@@ -61,7 +62,11 @@ class DataLoader:
         passthrough: columns delivered untouched in `batch.extras` (row ids, timestamps); None
             keeps the dataset's.
         on_bad_unit: "raise" (a unit that cannot be read stops the epoch with a `DataError`
-            naming it) or "skip" (it is left out and listed in `stats()["skipped_units"]`). With
+            naming it) or "skip" (it is left out and listed in `stats()["skipped_units"]`). A
+            worker process that dies while reading a unit (a crash in a decoder, not a Python
+            error) is replaced, with the others, and the unit read again from where its delivered
+            rows end, up to 2 more times (as RayReaders' default `retries`); a unit that kills its
+            worker 3 times is a bad unit. With
             world_size > 1, a rank that skipped rows reads on into its share and then again from
             its start, so that it still takes as many steps as the other ranks (trainers that
             synchronize every step would wait forever otherwise); `stats()["rows_repeated"]`
@@ -399,6 +404,7 @@ class DataLoader:
         order = [t[0] for t in tasks]
         units = {t[0]: t[1] for t in tasks}
         rows_of = {t[0]: t[1].num_rows - t[2] for t in tasks}
+        deaths = collections.Counter()  # per unit: workers that died reading it
         next_at, next_slab, dispatched = 0, 0, 0
         window = self.num_workers * self.prefetch  # units read ahead of the one being delivered
 
@@ -407,6 +413,33 @@ class DataLoader:
             while pending and dispatched < next_at + window:
                 self._task_queue.put(pending.pop())
                 dispatched += 1
+
+        def restart(dead):
+            """Replace the workers after deaths in units; the dispatched units not done are read
+            again, the one being delivered from its first row not yet delivered."""
+            nonlocal next_slab
+            self.close()  # all of them: a dead process may hold a queue's lock, so the queues go too
+            for at in [at for at in slabs if at[0] not in done]:
+                slabs.pop(at).release()
+            unfinished = {key for key in order[next_at:dispatched] if key not in done}
+            for index, code, key in (d for d in dead if d[2] in unfinished):  # else it died after its unit
+                deaths[key] += 1
+                if deaths[key] > RETRIES:
+                    why = "a crash in reading or decoding, not a Python error; check memory and the file"
+                    self._bad_unit(units[key], f"its worker died {deaths[key]} times while reading it "
+                                               f"(last: worker {index}, exit code {code}), {why}")  # fmt: skip
+                    gaps[key], done[key] = True, next_slab if key == order[next_at] else 0
+            names = ", ".join(str(units[key]) for _, _, key in dead)
+            log.warning("gp.DataLoader: a worker died reading %s; replaced the workers "
+                        "(a unit is read up to %d times)", names, RETRIES + 1)  # fmt: skip
+            self._start_workers()
+            self._current_generation.value = generation
+            for at in range(next_at, dispatched):
+                key, unit, skip, *rest = tasks[at]
+                if key not in done:
+                    if at == next_at:  # the rows it already delivered are skipped, as on resume
+                        skip, next_slab = unit.num_rows - rows_of[key], 0
+                    self._task_queue.put((key, unit, skip, *rest))
 
         dispatch()
         try:
@@ -432,6 +465,9 @@ class DataLoader:
                 message = self._receive(units)
                 self._stats["wait_s"] += time.perf_counter() - wait
                 kind, mkey = message[0], message[1]
+                if kind == "died":
+                    restart(message[1])
+                    continue
                 if mkey[0] != generation:  # left over from an earlier iteration
                     if kind == "slab":
                         Slab(message[3], self._slab_schema).release()
@@ -451,6 +487,7 @@ class DataLoader:
                 slab.release()
 
     def _receive(self, units: dict):
+        """The next message, or ("died", [(worker, exit code, unit key)]) when workers died in units."""
         while True:
             try:
                 return self._result_queue.get(timeout=0.5)
@@ -460,20 +497,18 @@ class DataLoader:
                         "this DataLoader was closed during an iteration, which cannot go on; iterate it again "
                         "(a new iteration restarts the workers and continues where the epoch stands)"
                     ) from None
-                for index, process in enumerate(self._workers):
-                    if not process.is_alive():
-                        key = tuple(self._current[2 * index : 2 * index + 2])
+                dead = [(index, process.exitcode, tuple(self._current[2 * index : 2 * index + 2]))
+                        for index, process in enumerate(self._workers) if not process.is_alive()]  # fmt: skip
+                for index, code, key in dead:
+                    if key not in units:  # before reading anything or between units: no unit to read again
                         self.close()
-                        self._worker_died(index, process.exitcode, key, units)
+                        self._worker_died(index, code, key)
+                if dead:
+                    return ("died", dead)
 
     @staticmethod
-    def _worker_died(index: int, code, key, units: dict):
-        if key in units:
-            raise DataError(
-                f"loader worker {index} died (exit code {code}) while reading {units[key]}: a crash in reading "
-                "or decoding, not a Python error; check memory and the file (local workers do not retry or skip "
-                "a unit that kills them; RayReaders do)"
-            )
+    def _worker_died(index: int, code, key):
+        """A worker died outside any unit of this iteration: no unit to read again or skip."""
         if key[1] == NOT_STARTED:
             raise DataError(
                 f"loader worker {index} died (exit code {code}) before reading anything; workers are spawned, "

@@ -1,6 +1,8 @@
 """DataLoader: every row once per epoch, rebatching, the plan, exact resume, ranks, bad units."""
 
 import os
+import re
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -150,30 +152,83 @@ def test_resume_of_a_padded_rank_delivers_the_same_rows(ds_with_a_bad_unit, work
     assert sorted(head + rest) == sorted(whole)  # with the same rows repeated
 
 
-def test_a_worker_that_dies_is_an_error_not_a_hang(ds):
+def test_a_worker_that_dies_outside_a_unit_is_an_error_not_a_hang(ds):
     loader = _loader(ds, num_workers=2, read_batch_size=10, batch_size=16, prefetch=1)
     it = iter(loader)
     next(it)
+    deadline = time.monotonic() + 60  # the two units dispatched are read; then the workers wait
+    while any(loader._current[2 * i + 1] >= 0 for i in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for process in loader._workers:
         process.kill()
-    with pytest.raises(gp.DataError, match="died"):
+    with pytest.raises(gp.DataError, match="died .*(between units|before reading anything)"):
         list(it)
 
 
 class _CrashingDataset(gp.Dataset):
-    """Its reading process exits in row group 1, as a crash in a decoder would: no Python error,
-    and the messages it queued last are lost."""
+    """Its reading process exits in one unit (the first file's row group 1) after `after` slabs,
+    as a crash in a decoder would: no Python error, and the messages it queued last may be lost.
+    With `once` (a path), it crashes only the first time and leaves that file as the mark."""
+
+    def __init__(self, path, after=0, once=None):
+        super().__init__(path, passthrough="row_id")
+        self.bad, self.after, self.once = self.units()[1], after, once
 
     def read_slabs(self, unit, read_batch_size):
-        if unit.row_group == 1:
-            os._exit(3)
-        return super().read_slabs(unit, read_batch_size)
+        slabs = super().read_slabs(unit, read_batch_size)
+        if unit != self.bad or (self.once and os.path.exists(self.once)):
+            return slabs
+        return self._crash(slabs)
+
+    def _crash(self, slabs):
+        slabs = iter(slabs)
+        for _ in range(self.after):
+            yield next(slabs)
+        if self.once:
+            open(self.once, "w").close()
+        if self.after:
+            time.sleep(0.5)  # the slabs sent reach the loader
+        os._exit(3)
 
 
-def test_a_worker_that_crashes_in_a_unit_is_named_with_the_unit(synth_dir):
-    loader = _loader(_CrashingDataset(synth_dir, passthrough="row_id"), num_workers=1)
-    with pytest.raises(gp.DataError, match=r"worker 0 died \(exit code 3\) while reading .*row group 1"):
-        list(loader)
+def test_a_unit_that_kills_its_worker_every_time_raises_naming_it(synth_dir):
+    ds = _CrashingDataset(synth_dir)
+    assert ds.bad.row_group == 1
+    named = rf"^{re.escape(str(ds.bad))}: its worker died 3 times .*exit code 3"
+    with pytest.raises(gp.DataError, match=named):
+        list(_loader(ds, num_workers=1))
+
+
+# with one worker, the units before it are done when it crashes: its first slab goes out at once
+@pytest.mark.parametrize("after,workers", [(0, 2), (1, 1)])
+def test_a_unit_that_kills_its_worker_every_time_is_skipped_and_the_others_delivered_once(ds, synth_dir, after,
+                                                                                           workers):  # fmt: skip
+    crashing = _CrashingDataset(synth_dir, after=after)
+    loader = _loader(crashing, num_workers=workers, on_bad_unit="skip", shuffle=True)
+    ids = epoch_ids(list(loader))
+    loader.close()
+    bad = set(epoch_ids([ds.read(crashing.bad)]))
+    assert len(ids) == len(set(ids)) and set(ids) - bad == set(range(600)) - bad
+    assert len(set(ids) & bad) == 20 * after  # rows delivered before the first crash, not again
+    (skipped,) = loader.stats()["skipped_units"]
+    assert skipped.startswith(f"{crashing.bad}: its worker died 3 times") and "exit code 3" in skipped
+
+
+def test_resume_in_a_unit_that_kills_its_worker_neither_repeats_nor_loses_rows(synth_dir):
+    crashing = _CrashingDataset(synth_dir, after=1)
+    # the state is taken in the crashing unit's first slab (rows 50-69), the only slab of it delivered
+    a, b = check_resume(lambda: _loader(crashing, num_workers=2, on_bad_unit="skip", batch_size=16), 4)
+    assert len(a) + len(b) == 570
+
+
+def test_a_unit_that_kills_its_worker_once_is_read_again_and_every_row_delivered_once(ds, synth_dir,
+                                                                                       tmp_path):  # fmt: skip
+    crashing = _CrashingDataset(synth_dir, after=1, once=str(tmp_path / "crashed"))
+    loader = _loader(crashing, num_workers=2, shuffle=True)
+    ids = epoch_ids(list(loader))
+    loader.close()
+    assert os.path.exists(tmp_path / "crashed") and not loader.stats()["skipped_units"]
+    assert ids == epoch_ids(list(_loader(ds, shuffle=True)))  # every row once, in the same order
 
 
 def test_stats_report_rows_bytes_and_stage_times(ds):

@@ -524,6 +524,8 @@ def host_rows(index, n: int) -> np.ndarray:
         ConfigError: `index` is not integers (a mask: pass its nonzero positions), or holds a row
             outside [0, n).
     """
+    if type(index).__name__ == "Tensor" and hasattr(index, "cpu"):  # a torch index, on any device
+        index = index.detach().cpu().numpy()
     raw = np.asarray(index)
     if raw.size and raw.dtype.kind not in "iu":
         raise ConfigError(f"take: rows must be integers, got {raw.dtype}; for a mask pass np.flatnonzero(mask)")

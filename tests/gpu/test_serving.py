@@ -39,6 +39,15 @@ def test_rows_outside_a_cuda_batch_are_refused_before_the_gpu_indexes_with_them(
     assert gather_rows(on_gpu, torch.tensor([49], device="cuda")).num_rows == 1
 
 
+def test_a_host_batch_takes_rows_given_as_a_cuda_tensor():
+    items = _items(50)
+    rows = torch.tensor([49, 0], device="cuda")
+    assert items.take(rows).dense.tolist() == items.take([49, 0]).dense.tolist()
+    assert gather_rows(items, rows).num_rows == 2
+    with pytest.raises(gp.ConfigError, match="is outside the batch of 50 rows"):
+        items.take(torch.tensor([50], device="cuda"))
+
+
 def test_lazy_logging_of_gpu_features_equals_the_cpu_path():
     items = _items(100)
     cpu, gpu = lazily_logged(np.arange(100), (items, items.to("cuda")), items.schema, seen_upto=30)

@@ -429,7 +429,7 @@ class DataLoader:
                     self._bad_unit(units[key], f"its worker died {deaths[key]} times while reading it "
                                                f"(last: worker {index}, exit code {code}), {why}")  # fmt: skip
                     gaps[key], done[key] = True, next_slab if key == order[next_at] else 0
-            names = ", ".join(str(units[key]) for _, _, key in dead)
+            names = ", ".join(str(units.get(key, "a unit an earlier loop read ahead")) for _, _, key in dead)
             log.warning("gp.DataLoader: a worker died reading %s; replaced the workers "
                         "(a unit is read up to %d times)", names, RETRIES + 1)  # fmt: skip
             self._start_workers()
@@ -487,7 +487,8 @@ class DataLoader:
                 slab.release()
 
     def _receive(self, units: dict):
-        """The next message, or ("died", [(worker, exit code, unit key)]) when workers died in units."""
+        """The next message, or ("died", [(worker, exit code, unit key)]) when workers died in units
+        (of this loop, or read ahead by an earlier one that was left)."""
         while True:
             try:
                 return self._result_queue.get(timeout=0.5)
@@ -500,7 +501,7 @@ class DataLoader:
                 dead = [(index, process.exitcode, tuple(self._current[2 * index : 2 * index + 2]))
                         for index, process in enumerate(self._workers) if not process.is_alive()]  # fmt: skip
                 for index, code, key in dead:
-                    if key not in units:  # before reading anything or between units: no unit to read again
+                    if key[1] < 0:  # before reading anything or between units: no unit to read again
                         self.close()
                         self._worker_died(index, code, key)
                 if dead:

@@ -170,9 +170,9 @@ class _CrashingDataset(gp.Dataset):
     as a crash in a decoder would: no Python error, and the messages it queued last may be lost.
     With `once` (a path), it crashes only the first time and leaves that file as the mark."""
 
-    def __init__(self, path, after=0, once=None):
+    def __init__(self, path, after=0, once=None, pause=0.5):
         super().__init__(path, passthrough="row_id")
-        self.bad, self.after, self.once = self.units()[1], after, once
+        self.bad, self.after, self.once, self.pause = self.units()[1], after, once, pause
 
     def read_slabs(self, unit, read_batch_size):
         slabs = super().read_slabs(unit, read_batch_size)
@@ -187,7 +187,7 @@ class _CrashingDataset(gp.Dataset):
         if self.once:
             open(self.once, "w").close()
         if self.after:
-            time.sleep(0.5)  # the slabs sent reach the loader
+            time.sleep(self.pause)  # the slabs sent reach the loader
         os._exit(3)
 
 
@@ -212,6 +212,18 @@ def test_a_unit_that_kills_its_worker_every_time_is_skipped_and_the_others_deliv
     assert len(set(ids) & bad) == 20 * after  # rows delivered before the first crash, not again
     (skipped,) = loader.stats()["skipped_units"]
     assert skipped.startswith(f"{crashing.bad}: its worker died 3 times") and "exit code 3" in skipped
+
+
+def test_a_worker_that_dies_in_a_unit_an_earlier_loop_read_ahead_is_replaced(synth_dir, tmp_path):
+    crashing = _CrashingDataset(synth_dir, after=1, once=str(tmp_path / "crashed"), pause=3.0)
+    loader = _loader(crashing, num_workers=1, batch_size=16)
+    it = iter(loader)
+    head = [next(it)]  # unit 0's rows; unit 1 is read ahead and its worker exits 3 s after a slab
+    time.sleep(1.0)  # the worker is in unit 1, past its first slab
+    del it  # the loop is left while the worker is still alive, so the next one keeps it
+    ids = epoch_ids(head + list(loader))
+    loader.close()
+    assert sorted(ids) == list(range(600))
 
 
 def test_resume_in_a_unit_that_kills_its_worker_neither_repeats_nor_loses_rows(synth_dir):

@@ -14,6 +14,9 @@ appended, with the reason, to `<writer path>/_rejected.jsonl`:
                 features a store lost
     malformed   not a (request, item, labels, time) tuple of the right types and sizes
     corrupt     the logged bytes do not decode with the logger's schema
+    closed_early  an event, within its window, of a request written before its window ended
+                (`max_open` was reached): its labels could not be added (a replay of an
+                event already joined is listed too, as it cannot be told apart)
 Replays are idempotent: an event of a request already written is counted (`already_written`: a
 replay, or a label that came after `window_s`) and skipped; a second event of an open (request, item) merges its labels by maximum (an impression
 event then a click event give click = 1; the same event twice changes nothing).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import itertools
 import json
 import math
 import os
@@ -38,7 +42,7 @@ from .writers import JoinedRequest, hour_of
 
 __all__ = ["LabelJoiner"]
 
-REASONS = ("late", "unknown", "malformed", "corrupt")
+REASONS = ("late", "unknown", "malformed", "corrupt", "closed_early")
 
 
 class LabelJoiner:
@@ -51,7 +55,8 @@ class LabelJoiner:
         window_s: how long a request stays open for more labels, from its serving time.
         clock: the time now, in seconds (a simulation passes its own).
         max_open: requests held open at most; beyond it the oldest is written early (counted in
-            `stats["closed_early"]`), so memory stays bounded under any load.
+            `stats["requests_closed_early"]`), so memory stays bounded under any load; its events
+            that come later within its window are rejected as `closed_early`.
     """
 
     def __init__(self, store: KVStore, writer, ttl_s: float = 3600.0, window_s: float = 600.0, clock=_time.time,
@@ -67,7 +72,8 @@ class LabelJoiner:
         self.needs_user = writer.user_codec is not None
         self._open: collections.OrderedDict = collections.OrderedDict()  # request -> [time, user, {item: [bytes, labels]}]
         self._rejects_path = os.path.join(writer.path, "_rejected.jsonl")
-        self.stats = {"events": 0, "joined": 0, "duplicates": 0, "already_written": 0, "closed_early": 0,
+        self._closed_early: collections.OrderedDict = collections.OrderedDict()  # request -> served, in its window
+        self.stats = {"events": 0, "joined": 0, "duplicates": 0, "already_written": 0, "requests_closed_early": 0,
                       "requests_written": 0, **{reason: 0 for reason in REASONS}}  # fmt: skip
         self._closed = False
 
@@ -84,6 +90,16 @@ class LabelJoiner:
             )
         now = self.clock()
         fresh, rejected, written = [], [], {}  # written: request -> already written? (one lookup each)
+        counted = dict(self.stats)  # restored if the store fails: the caller retries the whole batch
+        try:
+            self._add(events, now, fresh, rejected, written)
+        except BaseException:
+            self.stats.update(counted)
+            raise
+        self._reject(rejected, now)
+        self._write_due(now)
+
+    def _add(self, events, now: float, fresh: list, rejected: list, written: dict) -> None:
         for event in events:
             self.stats["events"] += 1
             parsed = self._parse(event)
@@ -91,7 +107,8 @@ class LabelJoiner:
                 rejected.append(("malformed", event, parsed))
                 continue
             request, item, labels, served = parsed
-            if now - served > self.ttl_s:  # whether or not its request was written: reported as late
+            if now - served >= self.ttl_s:  # whether or not its request was written: reported as late (the
+                # store drops features at ttl_s)
                 rejected.append(("late", (request, item, labels.tolist(), served), "came after the features' TTL"))
                 continue
             entry = self._open.get(request)
@@ -101,12 +118,14 @@ class LabelJoiner:
                 np.maximum(entry[2][item][1], labels, out=entry[2][item][1])
                 self.stats["duplicates"] += 1
             elif entry is None and written[request]:
-                self.stats["already_written"] += 1
+                if request in self._closed_early and now - self._closed_early[request] < self.window_s:
+                    rejected.append(("closed_early", (request, item, labels.tolist(), served),
+                                     "its request was written before its window ended (max_open reached)"))  # fmt: skip
+                else:
+                    self.stats["already_written"] += 1
             else:
                 fresh.append(parsed)
         self._join(fresh, rejected)
-        self._reject(rejected, now)
-        self._write_due(now)
 
     def _parse(self, event):
         """(request, item, labels float32 [L], time), or why the event is malformed."""
@@ -186,10 +205,15 @@ class LabelJoiner:
 
     def _write_due(self, now: float) -> None:
         due = [r for r, entry in self._open.items() if now - entry[0] >= self.window_s]
-        while len(self._open) - len(due) > self.max_open:
-            oldest = next(r for r in self._open if r not in due)
-            due.append(oldest)
-            self.stats["closed_early"] += 1
+        excess = len(self._open) - len(due) - self.max_open
+        if excess > 0:  # the oldest still in their window
+            ready = set(due)
+            early = list(itertools.islice((r for r in self._open if r not in ready), excess))
+            self._closed_early.update((r, self._open[r][0]) for r in early)
+            self.stats["requests_closed_early"] += excess
+            due += early
+        while self._closed_early and now - next(iter(self._closed_early.values())) >= self.window_s:
+            self._closed_early.popitem(last=False)  # its window is over: later events are after it anyway
         self._write(due)
         self.writer.commit_before(now - self.window_s)  # hours whose requests are all written
 

@@ -106,8 +106,47 @@ def test_requests_wait_for_their_window_and_memory_is_bounded(tmp_path, served):
     small = LabelJoiner(store, TabularWriter(tmp_path / "t", items.schema, user.schema), ttl_s=100, window_s=60,
                         clock=clock, max_open=1)  # fmt: skip
     small.add([(1, 10, [0.0], T0 + 5), (2, 20, [0.0], T0 + 5)])
-    assert small.open_requests == 1 and small.stats["closed_early"] == 1
+    assert small.open_requests == 1 and small.stats["requests_closed_early"] == 1
     small.close()
+
+
+def test_labels_of_a_request_closed_early_are_reported_not_skipped_as_replays(tmp_path, served):
+    clock, store, items, user, _ = served
+    joiner = LabelJoiner(store, DedupWriter(tmp_path / "early", items.schema, user.schema, ("click",)), ttl_s=100,
+                         window_s=50, clock=clock, max_open=1)  # fmt: skip
+    joiner.add([(1, 10, [0.0], T0)])
+    joiner.add([(2, 20, [0.0], T0)])  # request 1 is written early, its window still open
+    assert joiner.stats["requests_closed_early"] == 1
+    clock.now = T0 + 5
+    joiner.add([(1, 10, [1.0], T0), (1, 11, [1.0], T0)])  # a click and another item, inside the window
+    assert joiner.stats["closed_early"] == 2 and joiner.stats["already_written"] == 0
+    assert [r["reason"] for r in rejected(joiner)] == ["closed_early", "closed_early"]
+    clock.now = T0 + 60  # the window is over: what comes now is after it, as for any request
+    joiner.add([(1, 12, [1.0], T0)])
+    assert joiner.stats["closed_early"] == 2 and joiner.stats["already_written"] == 1
+    joiner.close()
+
+
+def test_an_event_ttl_s_after_its_request_is_late(served):
+    clock, _, _, _, joiner = served
+    clock.now = T0 + 100  # the store dropped the features at ttl_s
+    joiner.add([(1, 10, [1.0], T0)])
+    assert joiner.stats["late"] == 1 and joiner.stats["unknown"] == 0
+    joiner.close()
+
+
+def test_a_batch_the_store_failed_on_is_counted_once_when_retried(served):
+    clock, store, _, _, joiner = served
+    joiner.add([(1, 10, [0.0], T0)])
+    read = store.get_many
+    store.get_many = lambda keys: (_ for _ in ()).throw(gp.BackendUnavailable("the store is down"))
+    batch = [(1, 10, [1.0], T0), (1, 11, [0.0], T0)]
+    with pytest.raises(gp.BackendUnavailable):
+        joiner.add(batch)
+    store.get_many = read
+    joiner.add(batch)
+    assert (joiner.stats["events"], joiner.stats["duplicates"], joiner.stats["joined"]) == (3, 1, 2)
+    joiner.close()
 
 
 def test_lazy_logging_finds_the_features_of_every_item_paginated_to(tmp_path):

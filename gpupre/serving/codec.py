@@ -43,8 +43,16 @@ class FeatureCodec:
         self._dense_keys = tuple(f.name for f in schema.dense)
         self._sparse_keys = tuple(f.name for f in schema.sparse)
 
-    def encode(self, batch: Batch, rows=None) -> list[bytes]:
-        """One bytes object per row of a host batch (rows `rows` of it, in that order; default all)."""
+    def check_batch(self, batch: Batch) -> None:
+        """Raise if `batch` (numpy or torch, on any device) does not hold this schema's features.
+
+        Reads names and shapes only (no data, no device sync), so a batch is checked where it
+        enters, before any of its rows is encoded.
+
+        Raises:
+            DataError: other features or another order, scores the schema does not declare (or
+                missing), or arrays whose shapes do not fit the batch's rows.
+        """
         if tuple(batch.dense_keys) != self._dense_keys or tuple(batch.sparse.keys) != self._sparse_keys:
             raise DataError(
                 f"features {list(batch.dense_keys) + list(batch.sparse.keys)} do not match the logger's schema "
@@ -60,6 +68,27 @@ class FeatureCodec:
                 "dropped; declare the scored features with kind 'scored' or drop the weights"
             )  # fmt: skip
         n = batch.num_rows
+        dense, lengths = tuple(batch.dense.shape), tuple(sparse.lengths.shape)
+        values = tuple(sparse.values.shape)
+        weights = (0,) if sparse.weights is None else tuple(sparse.weights.shape)
+        if dense != (self.num_dense, n) or lengths != (self.num_sparse * n,) or (
+            self.weighted and weights != values
+        ):
+            raise DataError(
+                f"a batch of {n} rows has dense {dense}, lengths {lengths}, values {values} and weights {weights}; "
+                f"expected dense ({self.num_dense}, {n}), lengths ({self.num_sparse * n},) "
+                "and weights as long as values: build the Batch with Batch.from_arrow or check its arrays"
+            )
+
+    def encode(self, batch: Batch, rows=None) -> list[bytes]:
+        """One bytes object per row of a host batch (rows `rows` of it, in that order; default all).
+
+        Raises:
+            DataError: the batch does not hold the schema's features (`check_batch`), a row is
+                outside it, or its sparse lengths do not describe its values.
+        """
+        self.check_batch(batch)
+        sparse, n = batch.sparse, batch.num_rows
         rows = np.arange(n) if rows is None else np.asarray(rows)
         if rows.size and rows.dtype.kind not in "iu":  # a cast would log a mask's rows 0 and 1
             raise DataError(f"rows to log must be integers, got {rows.dtype}; for a mask pass np.flatnonzero(mask)")
@@ -70,14 +99,6 @@ class FeatureCodec:
         lengths = np.ascontiguousarray(sparse.lengths, np.int32)
         values = np.ascontiguousarray(sparse.values, np.int64)
         weights = _NO_WEIGHTS if sparse.weights is None else np.ascontiguousarray(sparse.weights, np.float32)
-        if dense.shape != (self.num_dense, n) or lengths.shape != (self.num_sparse * n,) or (
-            self.weighted and weights.shape != values.shape
-        ):
-            raise DataError(
-                f"a batch of {n} rows has dense {dense.shape}, lengths {lengths.shape}, values {values.shape} and "
-                f"weights {weights.shape}; expected dense ({self.num_dense}, {n}), lengths ({self.num_sparse * n},) "
-                "and weights as long as values: build the Batch with Batch.from_arrow or check its arrays"
-            )
         data, ends, status = _encode(dense, lengths, values, weights, rows, self.num_sparse, n)
         if status == _ROW_OUTSIDE:
             bad = int(rows[(rows < 0) | (rows >= n)][0])

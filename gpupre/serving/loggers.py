@@ -142,6 +142,14 @@ class EagerLogger:
                 f"request {request_id}: user features must be one row when the logger has a user schema "
                 "and absent otherwise"
             )
+        # Checked here, not only when encoded: a lazy logger encodes most rows later, on its
+        # background thread, where a wrong batch would fail a page and be raised on another call.
+        for name, codec, batch in (("items", self.items_codec, items), ("user", self.user_codec, user)):
+            if batch is not None:
+                try:
+                    codec.check_batch(batch)
+                except DataError as e:
+                    raise DataError(f"request {request_id}: {name}: {e}") from None
         return request_id, item_ids
 
     def _write(self, request_id, item_ids, items: Batch, rows, user: Batch | None) -> None:
@@ -181,88 +189,150 @@ class LazyLogger(EagerLogger):
             the one holding item `seen_upto - 1`.
         max_items: ranked items kept per request (the rest could never be shown).
         max_pending: requests kept in the buffer; the oldest is dropped beyond it (counted in
-            `stats["evicted"]`): memory stays bounded under any load.
+            `stats["evicted"]`).
+        max_queued_pages: pages asked for by `on_paginate` and not yet written (default
+            `max_pending`); while that many wait, `on_paginate` waits for the background thread
+            to write one (counted in `stats["queue_full_waits"]`): nothing asked for is dropped.
         clock: the time now, in seconds; a request is dropped from the buffer `ttl_s` after it
             was ranked (its labels could no longer join), counted in `stats["expired"]`.
+
+    Memory stays bounded under any load: the buffer holds at most `max_pending` requests and the
+    queue at most `max_queued_pages` pages, each holding its request's `items` batch.
 
     The buffer keeps the `items` batch of each request, not a copy (which the ranking path would
     pay for every request): leave its arrays unchanged until the request is paginated to its
     end, dropped, or expired. A page whose write fails is counted in `stats["failed_pages"]` and
     `stats["items_not_logged"]`, and the first failure is raised on the caller's next call.
+
+    A pagination signal for a request not in the buffer is counted in `stats["already_complete"]`
+    when the request is one of the last `max_pending` logged to their end (paginated to the end,
+    or no longer than the head), and in `stats["unknown_requests"]` otherwise: never ranked,
+    evicted, expired, or completed longer ago.
     """
 
     def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0,
-                 head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000, clock=time.time):  # fmt: skip
+                 head: int = 6, page: int = 9, max_items: int = 100, max_pending: int = 10_000,
+                 max_queued_pages: int | None = None, clock=time.time):  # fmt: skip
         super().__init__(store, item_schema, user_schema, ttl_s)
-        for name, value in (("head", head), ("page", page), ("max_items", max_items), ("max_pending", max_pending)):
+        if max_queued_pages is None:
+            max_queued_pages = max_pending
+        limits = {"head": head, "page": page, "max_items": max_items, "max_pending": max_pending,
+                  "max_queued_pages": max_queued_pages}  # fmt: skip
+        for name, value in limits.items():
             if not is_integer(value) or value < (0 if name == "head" else 1):
                 raise ConfigError(f"LazyLogger {name}={value!r} must be a positive integer")
-        self.head, self.page, self.max_items, self.max_pending = map(operator.index, (head, page, max_items, max_pending))
+        self.head, self.page, self.max_items, self.max_pending, self.max_queued_pages = map(
+            operator.index, (head, page, max_items, max_pending, max_queued_pages)
+        )
         self.clock = clock
         self._pending = collections.OrderedDict()  # request -> [item ids, items, rows logged so far, ranked at]
+        self._complete = collections.OrderedDict()  # request -> None: the last max_pending logged to their end
         self._lock = threading.Lock()
+        # A queued page holds a slot until it is written; the queue itself has no bound, so a put
+        # (made under the lock) never waits.
+        self._slots = threading.BoundedSemaphore(self.max_queued_pages)
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gpupre-lazy-logger", daemon=True)
         self._thread.start()
-        self.stats.update({"paginations": 0, "unknown_requests": 0, "evicted": 0, "expired": 0, "pending": 0,
-                           "failed_pages": 0, "items_not_logged": 0})
+        self.stats.update({"paginations": 0, "unknown_requests": 0, "already_complete": 0, "evicted": 0,
+                           "expired": 0, "pending": 0, "failed_pages": 0, "items_not_logged": 0,
+                           "queue_full_waits": 0})  # fmt: skip
 
     def log_ranking(self, request_id, item_ids, items: Batch, user: Batch | None = None) -> None:
-        """Log the user and the head now; keep the rest of the list for `on_paginate`."""
+        """Log the user and the head now; keep the rest of the list for `on_paginate`.
+
+        Raises:
+            ConfigError: the logger is closed.
+            DataError: as `EagerLogger.log_ranking` (the whole batch is checked against the schema
+                now, though most of its rows are encoded later), or a page write failed since
+                the last call.
+        """
         self._raise_background_error()
         request_id, item_ids = self._check(request_id, item_ids, items, user)
         item_ids = item_ids[: self.max_items]
         head = min(self.head, len(item_ids))
         self.stats["requests"] += 1
         self._write(request_id, item_ids, items, np.arange(head), user)
-        if head < len(item_ids):
-            now = self.clock()
-            with self._lock:
+        now = self.clock()
+        with self._lock:
+            if head == len(item_ids):
+                self._pending.pop(request_id, None)  # ranked again, shorter
+                self._completed(request_id)
+            else:
+                self._complete.pop(request_id, None)  # ranked again
                 self._pending[request_id] = [item_ids, items, head, now]
                 self._pending.move_to_end(request_id)  # ranked again: the newest
                 while len(self._pending) > self.max_pending:
                     self._pending.popitem(last=False)
                     self.stats["evicted"] += 1
-                while self._pending and now - next(iter(self._pending.values()))[3] > self.ttl_s:
-                    self._pending.popitem(last=False)
-                    self.stats["expired"] += 1
-                self.stats["pending"] = len(self._pending)
+            while self._pending and now - next(iter(self._pending.values()))[3] > self.ttl_s:
+                self._pending.popitem(last=False)
+                self.stats["expired"] += 1
+            self.stats["pending"] = len(self._pending)
+
+    def _completed(self, request_id) -> None:
+        """Remember `request_id` as logged to its end (the lock is held)."""
+        self._complete[request_id] = None
+        self._complete.move_to_end(request_id)
+        if len(self._complete) > self.max_pending:
+            self._complete.popitem(last=False)
 
     def on_paginate(self, request_id, seen_upto: int) -> None:
         """The user reached item `seen_upto - 1`: log the pages up to it (asynchronously).
 
+        Waits while `max_queued_pages` pages are queued (the store is slower than pagination).
+
         Raises:
             ConfigError: the logger is closed, or `seen_upto` is not an integer.
-            DataError: a request id that is not an int64 integer or a str.
+            DataError: a request id that is not an int64 integer or a str, or a page write
+                failed since the last call.
         """
         self._check_open()
         if not is_integer(seen_upto):
             raise ConfigError(f"on_paginate seen_upto={seen_upto!r} must be an integer: how many items the user reached")
         self._raise_background_error()
         request_id = _ensure_request_id(request_id)
-        with self._lock:
-            self._check_open()  # under the lock: a page asked for is queued before close's stop
-            entry = self._pending.get(request_id)
-            if entry is not None and self.clock() - entry[3] > self.ttl_s:  # its labels could no longer join
-                del self._pending[request_id]
-                self.stats["expired"] += 1
-                self.stats["pending"] = len(self._pending)
-                entry = None
-            if entry is None:
-                self.stats["unknown_requests"] += 1  # never ranked, evicted, expired, or already complete
-                return
-            item_ids, items, logged, _ = entry
-            pages = -(-(max(operator.index(seen_upto), 0) - self.head) // self.page)
-            upto = min(len(item_ids), self.head + max(pages, 0) * self.page)
-            if upto <= logged:
-                return
-            entry[2] = upto
-            if upto == len(item_ids):
-                del self._pending[request_id]
-                self.stats["pending"] = len(self._pending)
-            self.stats["paginations"] += 1
-            self._queue.put((request_id, item_ids, items, np.arange(logged, upto)))
+        # The slot is taken before the lock: the background thread (on a failed write) and close()
+        # take the lock, so waiting for room while holding it could wait forever.
+        waited = not self._slots.acquire(blocking=False)
+        if waited:
+            self._slots.acquire()
+        queued = False
+        try:
+            with self._lock:
+                self.stats["queue_full_waits"] += waited
+                self._check_open()  # under the lock: a page asked for is queued before close's stop
+                queued = self._paginate(request_id, operator.index(seen_upto))
+        finally:
+            if not queued:
+                self._slots.release()
+
+    def _paginate(self, request_id, seen_upto: int) -> bool:
+        """Queue the pages of `request_id` up to item `seen_upto - 1` not logged yet (the lock and
+        a slot are held); whether a page was queued."""
+        entry = self._pending.get(request_id)
+        if entry is not None and self.clock() - entry[3] > self.ttl_s:  # its labels could no longer join
+            del self._pending[request_id]
+            self.stats["expired"] += 1
+            self.stats["pending"] = len(self._pending)
+            entry = None
+        if entry is None:
+            self.stats["already_complete" if request_id in self._complete else "unknown_requests"] += 1
+            return False
+        item_ids, items, logged, _ = entry
+        pages = -(-(max(seen_upto, 0) - self.head) // self.page)
+        upto = min(len(item_ids), self.head + max(pages, 0) * self.page)
+        if upto <= logged:
+            return False
+        entry[2] = upto
+        if upto == len(item_ids):
+            del self._pending[request_id]
+            self._completed(request_id)
+            self.stats["pending"] = len(self._pending)
+        self.stats["paginations"] += 1
+        self._queue.put((request_id, item_ids, items, np.arange(logged, upto)))
+        return True
 
     def _run(self) -> None:
         while True:
@@ -277,11 +347,16 @@ class LazyLogger(EagerLogger):
                     self.stats["items_not_logged"] += len(task[3])
                     self._error = self._error or e
             finally:
+                if task is not None:  # written or failed, its slot is free
+                    self._slots.release()
                 self._queue.task_done()
 
     def _raise_background_error(self) -> None:
-        if self._error is not None:
+        if self._error is None:
+            return
+        with self._lock:  # taken and cleared at once, so a failure set meanwhile is not lost
             error, self._error = self._error, None
+        if error is not None:
             raise DataError(
                 f"lazy logging of a page failed: {type(error).__name__}: {error} ({self.stats['failed_pages']} pages, "
                 f"{self.stats['items_not_logged']} items not logged so far: stats['failed_pages'], stats['items_not_logged'])"

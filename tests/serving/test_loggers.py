@@ -90,6 +90,109 @@ def test_the_buffer_is_bounded_and_unknown_requests_are_counted():
     assert logger.stats["items_logged"] == 5 * 6 + 24  # max_items: 30 of the 50 ranked
 
 
+def test_a_repeated_signal_for_a_complete_request_is_counted_apart_from_unknown_ones():
+    item_ids, items = ranked(15)
+    logger = LazyLogger(SqliteKV(), items.schema, head=6, page=9, max_pending=2)
+    logger.log_ranking(1, item_ids, items)
+    logger.on_paginate(1, seen_upto=15)  # logs the rest: the request is complete
+    logger.on_paginate(1, seen_upto=15)  # the client repeats the signal
+    logger.log_ranking(2, item_ids[:4], items.take(np.arange(4)))  # fits in the head
+    logger.on_paginate(2, seen_upto=4)
+    assert (logger.stats["already_complete"], logger.stats["unknown_requests"]) == (2, 0)
+    for r in (3, 4):  # only the last max_pending complete requests are remembered
+        logger.log_ranking(r, item_ids[:4], items.take(np.arange(4)))
+    logger.on_paginate(1, seen_upto=15)
+    logger.log_ranking(2, item_ids, items)  # ranked again, longer: pending, not complete
+    logger.on_paginate(2, seen_upto=15)
+    logger.close()
+    assert (logger.stats["already_complete"], logger.stats["unknown_requests"]) == (2, 1)
+    assert logger.stats["items_logged"] == 15 + 4 + 2 * 4 + 15
+
+
+def test_the_page_queue_is_bounded_and_on_paginate_waits_for_room_dropping_nothing():
+    import threading
+
+    writing, go = threading.Event(), threading.Event()
+
+    class Slow(SqliteKV):
+        def put_many(self, items, ttl_s):
+            if threading.current_thread().name == "gpupre-lazy-logger":
+                writing.set()
+                go.wait(10)
+            super().put_many(items, ttl_s)
+
+    item_ids, items = ranked(30)
+    store = Slow()
+    logger = LazyLogger(store, items.schema, head=6, page=9, max_queued_pages=2)
+    for r in range(6):
+        logger.log_ranking(r, item_ids, items)
+    done = []
+
+    def paginate():
+        for r in range(6):
+            logger.on_paginate(r, seen_upto=30)
+            done.append(r)
+
+    pager = threading.Thread(target=paginate, daemon=True)
+    pager.start()
+    assert writing.wait(10)
+    for _ in range(1000):
+        if len(done) >= 2:
+            break
+        pager.join(0.01)
+    pager.join(0.2)  # room for 2 pages not written yet (the one being written is one): the third waits
+    assert pager.is_alive() and len(done) == 2
+    go.set()
+    pager.join(10)
+    logger.close()
+    assert len(done) == 6 and logger.stats["queue_full_waits"] >= 1
+    assert all(logged(store, r, item_ids, items)[0] == list(range(30)) for r in range(6))
+
+
+def test_failed_page_writes_free_their_room_in_the_queue():
+    import threading
+
+    class Failing(SqliteKV):
+        def put_many(self, items, ttl_s):
+            if threading.current_thread().name == "gpupre-lazy-logger":
+                raise OSError("disk full")
+            super().put_many(items, ttl_s)
+
+    item_ids, items = ranked(20)
+    logger = LazyLogger(Failing(), items.schema, head=6, page=9, max_queued_pages=1)
+    failures = []
+
+    def paginate():
+        for r in range(3):
+            logger.log_ranking(r, item_ids, items)
+            logger.on_paginate(r, seen_upto=20)
+            with pytest.raises(gp.DataError, match="disk full") as raised:
+                logger.flush()
+            failures.append(raised.value)
+        logger.close()
+
+    pager = threading.Thread(target=paginate, daemon=True)
+    pager.start()
+    pager.join(10)
+    assert not pager.is_alive() and len(failures) == 3
+    assert (logger.stats["failed_pages"], logger.stats["items_not_logged"]) == (3, 3 * 14)
+
+
+def test_a_batch_of_other_features_is_refused_at_ranking_even_with_no_head():
+    item_ids, items = ranked(15)
+    other = make_batch({"size": [1.0] * 15}, {"cat": [[1]] * 15})
+    store = SqliteKV()
+    logger = LazyLogger(store, items.schema, head=0, page=9)
+    with pytest.raises(gp.DataError, match=r"request 7: items: features \['size', 'cat'\] do not match"):
+        logger.log_ranking(7, item_ids, other)
+    logger.on_paginate(7, seen_upto=15)  # never buffered
+    logger.log_ranking(8, item_ids, items)  # a later, valid request is not failed by it
+    logger.on_paginate(8, seen_upto=15)
+    logger.close()
+    assert logged(store, 8, item_ids, items)[0] == list(range(15)) and len(store) == 15
+    assert (logger.stats["unknown_requests"], logger.stats["failed_pages"]) == (1, 0)
+
+
 def test_a_failed_page_write_is_raised_on_the_callers_thread():
     import threading
 

@@ -6,29 +6,31 @@
 - `SqliteKV`: the embedded default. One table (key, value, expiry) in WAL mode; each `put_many` is
   one transaction. Durability: with `synchronous="NORMAL"` (default) a killed process loses
   nothing that `put_many` returned for; a power cut may lose the last transactions. "FULL" syncs
-  every transaction.
+  every transaction. `put_many` deletes expired rows now and then (see `SqliteKV`).
 - `RedisKV`: redis-py, pipelined (`SET key value PX ttl` for every key in one round trip, `MGET`).
-  While Redis is unreachable, writes are appended to a local spill file and replayed, in order,
-  once it answers again: nothing logged is lost. Processes that share a spill file (the default
-  one of a server: host, port and database) take turns on it through a file lock.
+  While Redis is unreachable or refuses writes (out of memory, a read-only replica), writes are
+  appended to a local spill file and replayed, in order, once it takes them again: nothing logged
+  is lost. Processes that share a spill file (the default one of a server: host, port and
+  database) take turns on it through a file lock. Every Redis error reaches the caller as a
+  `GpupreError`.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import fcntl
 import hashlib
 import math
 import os
 import sqlite3
-import struct
 import threading
 import time
+import urllib.parse
 import warnings
 
 from .._checks import ensure_integer, is_real
-from ..errors import BackendUnavailable, ConfigError, DataError
+from ..errors import BackendUnavailable, ConfigError, DataError, GpupreError
+from ._spill import SpillFile
 
 __all__ = ["KVStore", "RedisKV", "SqliteKV"]
 
@@ -110,28 +112,44 @@ def _key(key) -> bytes:
 
 
 def _ttl(ttl_s) -> float:
-    """ttl_s as a float, the same check for every store: Redis keys expire after a number of milliseconds."""
-    if not is_real(ttl_s) or not 0 < ttl_s < math.inf:
-        raise ConfigError(f"ttl_s={ttl_s!r} must be a positive, finite number of seconds")
+    """ttl_s as a float, the same check for every store: Redis keys expire after a number of milliseconds,
+    and their expiry in milliseconds since the epoch must fit in 63 bits."""
+    if not is_real(ttl_s) or not 0 < ttl_s <= 1e15:
+        raise ConfigError(f"ttl_s={ttl_s!r} must be a positive, finite number of seconds, at most 1e15")
     return float(ttl_s)
+
+
+# expired rows that one put_many deletes at most, so that a backlog is cleared a batch at a time
+_PURGE_BATCH = 10_000
+_PURGE_SOME = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE expires <= ? LIMIT ?)"
 
 
 class SqliteKV(KVStore):
     """The embedded store: SQLite in WAL mode, a transaction per batch, safe across threads.
 
+    Expired rows are deleted by `put_many` itself, in its transaction: at most once per
+    `purge_every_s` seconds of `clock`, at most 10,000 rows at a time (a full batch makes the next
+    `put_many` purge again), so the table holds about one TTL and one interval of writes however
+    long it runs. `purge_expired()` deletes every expired row now.
+
     Args:
         path: the database file (":memory:" for a private in-memory store).
         synchronous: SQLite's durability setting, "NORMAL" (default) or "FULL" (see the module).
         clock: seconds since the epoch (time.time); tests pass a fake clock.
+        purge_every_s: the least time between two purges by `put_many`.
     """
 
-    def __init__(self, path: str = ":memory:", synchronous: str = "NORMAL", clock=time.time):
+    def __init__(self, path: str = ":memory:", synchronous: str = "NORMAL", clock=time.time,
+                 purge_every_s: float = 60.0):  # fmt: skip
         super().__init__()
+        if not (is_real(purge_every_s) and 0 <= purge_every_s < math.inf):
+            raise ConfigError(f"SqliteKV purge_every_s={purge_every_s!r} must be a finite number of seconds >= 0")
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigError(f"synchronous={synchronous!r} must be 'NORMAL' or 'FULL'")
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigError(f"SqliteKV path={path!r} must be a file path (or ':memory:')")
-        self.path, self.clock = path, clock
+        self.path, self.clock, self.purge_every_s = path, clock, float(purge_every_s)
+        self._next_purge = -math.inf
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -160,11 +178,17 @@ class SqliteKV(KVStore):
                 ) from e
 
     def put_many(self, items, ttl_s: float) -> None:
-        pairs, expires = _pairs(items), self.clock() + _ttl(ttl_s)
+        pairs, ttl_s, now = _pairs(items), _ttl(ttl_s), self.clock()
+        purged = 0
         with self._using("put_many") as db:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, expires) for k, v in pairs])
+            db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, now + ttl_s) for k, v in pairs])
+            if now >= self._next_purge:
+                purged = db.execute(_PURGE_SOME, (now, _PURGE_BATCH)).rowcount
             db.execute("COMMIT")
+            if now >= self._next_purge:  # after the commit: a rolled back purge is tried again next time
+                self._next_purge = now if purged == _PURGE_BATCH else now + self.purge_every_s
+        self.stats["purged"] += purged
         self._count_put(pairs)
 
     def get_many(self, keys) -> list[bytes | None]:
@@ -212,9 +236,15 @@ class SqliteKV(KVStore):
 class RedisKV(KVStore):
     """Redis through redis-py: pipelined writes with `PX` expiry, `MGET` reads.
 
+    A write Redis cannot take, because it does not answer or refuses it (out of memory, a read-only
+    replica), is appended to a local spill file (`_spill.py` draws its layout) and replayed before
+    the next operation that reaches Redis; a refused write also warns. Wrong credentials or missing
+    permissions are a ConfigError at once: no retry fixes them. `close()` tries one last replay and
+    warns, naming the file, if writes are still spilled: the next RedisKV on that file replays them.
+
     Args:
         url: a redis:// URL (default: localhost, port 6379).
-        spill_path: the local file that writes go to while Redis is unreachable (default: a file
+        spill_path: the local file that writes go to while Redis does not take them (default: a file
             in the working directory named after the URL's host, port and database); replayed on
             reconnect, by whichever process sharing it gets there first.
         retries, backoff_s: attempts per operation (at least 1) before a write spills (reads
@@ -232,58 +262,81 @@ class RedisKV(KVStore):
         if not (is_real(backoff_s) and backoff_s >= 0):
             raise ConfigError(f"RedisKV backoff_s={backoff_s!r} must be a number of seconds >= 0")
         self.url, self.retries, self.backoff_s = url, ensure_integer(retries, "RedisKV retries"), float(backoff_s)
+        self._shown_url = _without_password(url)
         try:
             self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         except ValueError as e:
-            raise ConfigError(f"RedisKV url={url!r} is not a Redis URL ({e}); pass one like 'redis://host:6379/0'") from e
+            raise ConfigError(
+                f"RedisKV url={self._shown_url!r} is not a Redis URL ({e}); pass one like 'redis://host:6379/0'"
+            ) from e
         kw = self.client.connection_pool.connection_kwargs
         server = f"{kw.get('host', kw.get('path'))}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
         name = f"gpupre-redis-{kw.get('port', 6379)}-{hashlib.sha1(server.encode()).hexdigest()[:8]}.spill"
         self.spill_path = os.path.abspath(os.fspath(spill_path or name))
         if not os.path.isdir(os.path.dirname(self.spill_path)):
             raise ConfigError(f"RedisKV spill_path={self.spill_path!r}: its directory does not exist; create it or pass another")
+        self._spill_file = SpillFile(self.spill_path)
+        errors = redis.exceptions
+        self._unreachable = (errors.ConnectionError, errors.TimeoutError)
+        # AuthenticationError is a ConnectionError in redis-py, but waiting does not fix a password
+        self._misconfigured = (errors.AuthenticationError, errors.AuthorizationError,
+                               errors.AuthenticationWrongNumberOfArgsError, errors.NoPermissionError, errors.AskError)  # fmt: skip
+        self._refusals = (errors.OutOfMemoryError, errors.ReadOnlyError, errors.TryAgainError, errors.ClusterDownError)
         self.stats.update({"spilled": 0, "replayed": 0})
         self._lock = threading.Lock()
         self._closed = False
+        self._refusing = False  # a refused write was warned about and Redis has taken none since
 
     @contextlib.contextmanager
     def _locked(self):
         """This store's lock; a closed store refuses."""
         with self._lock:
             if self._closed:
-                raise ConfigError(f"RedisKV {self.url} is closed; create a new RedisKV")
+                raise ConfigError(f"RedisKV {self._shown_url} is closed; create a new RedisKV")
             yield
 
     @contextlib.contextmanager
-    def _spill_file(self):
+    def _spill_lock(self):
         """The spill file's lock across processes, taken only to append to or replay the file."""
         try:
-            with open(self.spill_path + ".lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with self._spill_file.lock():
                 yield
         except OSError as e:
             raise BackendUnavailable(
-                f"RedisKV {self.url}: the spill file {self.spill_path} cannot be used ({e}) while Redis is "
-                "unreachable; free the disk or pass another spill_path"
+                f"RedisKV {self._shown_url}: the spill file {self.spill_path} cannot be used ({e}) while Redis does "
+                "not take writes; free the disk or pass another spill_path"
             ) from e
 
-    def _retry(self, fn):
+    def _passing(self, e) -> bool:
+        """Whether waiting can fix `e`: Redis unreachable, or refusing writes for now (full, a replica, busy)."""
+        return isinstance(e, self._unreachable + self._refusals) or str(e).startswith(("MISCONF", "BUSY", "NOREPLICAS"))
+
+    def _retry(self, fn, what: str):
+        """`fn()`, tried `retries` times while Redis fails in a way that passes; a misconfiguration is a ConfigError."""
         for attempt in range(self.retries):
             try:
                 return fn()
-            except (self._redis.ConnectionError, self._redis.TimeoutError):
-                if attempt == self.retries - 1:
+            except self._misconfigured as e:
+                raise ConfigError(f"Redis at {self._shown_url} refused {what} ({type(e).__name__}: {e}); "
+                                  f"{_misconfiguration_fix(e, self._redis)}") from e  # fmt: skip
+            except self._redis.RedisError as e:
+                if attempt == self.retries - 1 or not self._passing(e):
                     raise
                 time.sleep(self.backoff_s * 2**attempt)
 
     def _answer(self, fn, what: str):
-        """`fn()` retried; Redis still down is a BackendUnavailable that names the URL (reads cannot spill)."""
+        """`fn()` retried; a Redis that still fails is a BackendUnavailable that names the URL (reads cannot spill)."""
         try:
-            return self._retry(fn)
-        except (self._redis.ConnectionError, self._redis.TimeoutError) as e:
-            raise BackendUnavailable(
-                f"Redis at {self.url} did not answer {what} after {self.retries} attempts ({e}); start it or check the URL"
-            ) from e
+            return self._retry(fn, what)
+        except self._unreachable as e:
+            raise BackendUnavailable(f"Redis at {self._shown_url} did not answer {what} after {self.retries} attempts "
+                                     f"({e}); start it or check the URL") from e  # fmt: skip
+        except self._redis.RedisError as e:
+            if not self._passing(e):
+                raise DataError(f"Redis at {self._shown_url} rejected {what} ({type(e).__name__}: {e}); "
+                                "see the Redis server's log for why") from e  # fmt: skip
+            raise BackendUnavailable(f"Redis at {self._shown_url} refused {what} after {self.retries} attempts "
+                                     f"({type(e).__name__}: {e}); {_refusal_fix(e, self._redis)}") from e  # fmt: skip
 
     def _write(self, pairs, ttl_ms: int) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -297,21 +350,28 @@ class RedisKV(KVStore):
         with self._locked():
             try:
                 self._replay()
-                self._retry(lambda: self._write(pairs, ttl_ms))
-            except (self._redis.ConnectionError, self._redis.TimeoutError):
-                self._spill(pairs, ttl_ms)
+                self._retry(lambda: self._write(pairs, ttl_ms), "put_many")
+                self._refusing = False
+            except self._redis.RedisError as e:
+                if not self._passing(e):  # a command Redis rejects: not spilled, every replay would be rejected
+                    raise DataError(f"Redis at {self._shown_url} rejected put_many ({type(e).__name__}: {e}); it was not "
+                                    "spilled, and keys before the rejected one may be written: check ttl_s and the "
+                                    "sizes of the keys and values") from e  # fmt: skip
+                self._spill(pairs, ttl_ms)  # refused for now, not lost: SETs replayed later overwrite any that landed
+                if not isinstance(e, self._unreachable) and not self._refusing:
+                    self._refusing = True
+                    warnings.warn(f"Redis at {self._shown_url} refused a write ({type(e).__name__}: {e}); it and the "
+                                  f"writes Redis refuses after it (not warned about again until it takes one) are "
+                                  f"spilled to {self.spill_path} and replayed once Redis takes writes: "
+                                  f"{_refusal_fix(e, self._redis)}", stacklevel=2)  # fmt: skip
         self._count_put(pairs)
 
     def _spill(self, pairs, ttl_ms: int) -> None:
-        """Append a batch: [count, expiry in ms since the epoch] then (key length, value length, key, value)*."""
-        expires_ms = int(time.time() * 1000) + ttl_ms
-        parts = [struct.pack("<IQ", len(pairs), expires_ms)]
-        for k, v in pairs:
-            parts += [struct.pack("<II", len(k), len(v)), k, v]
-        with self._spill_file(), open(self.spill_path, "ab") as f:
-            f.write(b"".join(parts))
-            f.flush()
-            os.fsync(f.fileno())
+        with self._spill_lock():
+            dropped = self._spill_file.append(pairs, int(time.time() * 1000) + ttl_ms)
+        if dropped:
+            warnings.warn(f"{self.spill_path}: dropped the last {dropped} bytes, a spilled batch cut short (a process "
+                          "killed while writing it), before appending; the batches before it are kept", stacklevel=3)  # fmt: skip
         self.stats["spilled"] += len(pairs)
 
     def _replay(self) -> None:
@@ -322,31 +382,39 @@ class RedisKV(KVStore):
         """
         if not os.path.exists(self.spill_path):  # the usual case: no lock, no file touched
             return
-        with self._spill_file():  # no other process appends while this one replays and removes
+        with self._spill_lock():  # no other process appends while this one replays and removes
             if os.path.exists(self.spill_path):
                 self._replay_locked()
 
     def _replay_locked(self) -> None:
-        with open(self.spill_path, "rb") as f:
-            data = f.read()
-        batches, cut = _spilled_batches(data)
+        batches, cut = self._spill_file.read()
         now_ms, replayed = int(time.time() * 1000), 0
         for expires_ms, pairs in batches:
-            if expires_ms > now_ms:  # expired entries would be gone from Redis too
-                self._retry(lambda: self._write(pairs, expires_ms - now_ms))
-                replayed += len(pairs)
+            if expires_ms <= now_ms:  # expired entries would be gone from Redis too
+                continue
+            try:
+                self._retry(lambda: self._write(pairs, expires_ms - now_ms), "the replay of the spill file")
+            except self._redis.RedisError as e:
+                if self._passing(e):
+                    raise
+                # kept, it would stop the batches after it on every replay (put_many raises for such a batch)
+                warnings.warn(f"{self.spill_path}: dropped a spilled batch of {len(pairs)} keys that Redis at "
+                              f"{self._shown_url} rejects ({type(e).__name__}: {e})", stacklevel=4)  # fmt: skip
+                continue
+            replayed += len(pairs)
         if cut:
             warnings.warn(f"{self.spill_path}: dropped the last {cut} bytes, a spilled batch cut short (a process "
                           "killed while writing it); the batches before it were replayed", stacklevel=4)  # fmt: skip
-        os.remove(self.spill_path)
+        self._spill_file.remove()
         self.stats["replayed"] += replayed
+        self._refusing = False
 
     def flush_spill(self) -> bool:
         """Replay the spill file now; True when nothing is left spilled."""
         with self._locked():
             try:
                 self._replay()
-            except (self._redis.ConnectionError, self._redis.TimeoutError):
+            except self._redis.RedisError:
                 return False
         return True
 
@@ -369,35 +437,56 @@ class RedisKV(KVStore):
     def _try_replay(self) -> None:
         try:
             self._replay()
-        except (self._redis.ConnectionError, self._redis.TimeoutError):
+        except self._redis.RedisError:
             pass
 
     def purge_expired(self) -> int:
         return 0  # Redis expires keys itself
 
     def close(self) -> None:
+        """Replay the spill file if Redis takes it now, then close; writes still spilled are named in a warning."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            self.client.close()
+            try:
+                self._replay()
+            except (self._redis.RedisError, GpupreError):  # a ConfigError was raised to the write already
+                pass
+            finally:
+                self.client.close()
+            try:
+                left = len(self._spill_file.read()[0])
+            except OSError:
+                left = "some"
+        if left:
+            warnings.warn(f"RedisKV {self._shown_url} closed with {left} spilled batch(es) of writes that Redis did not "
+                          f"take still in {self.spill_path}; a RedisKV with spill_path={self.spill_path!r} replays them "
+                          "once Redis takes writes (until then readers do not find them)", stacklevel=2)  # fmt: skip
 
 
-def _spilled_batches(data: bytes) -> tuple[list, int]:
-    """([(expiry in ms, [(key, value)])] of the whole batches in spill file bytes, bytes left after them).
+def _misconfiguration_fix(e, redis) -> str:
+    if isinstance(e, redis.exceptions.NoPermissionError):
+        return "grant the URL's user the SET, MGET and DEL commands (Redis ACL) or use another user"
+    if isinstance(e, redis.exceptions.AskError):
+        return "the server is a Redis Cluster node and RedisKV talks to one server: point the URL at a standalone one"
+    return "pass the right user and password in the URL (redis://user:password@host:port/db)"
 
-    Every length is checked against what is left, so a batch cut short is left over, never read.
-    """
-    batches, at = [], 0
-    while len(data) - at >= 12:
-        count, expires_ms = struct.unpack_from("<IQ", data, at)
-        end, pairs = at + 12, []
-        for _ in range(count):
-            if len(data) - end < 8:
-                return batches, len(data) - at
-            kl, vl = struct.unpack_from("<II", data, end)
-            if len(data) - end - 8 < kl + vl:
-                return batches, len(data) - at
-            pairs.append((data[end + 8 : end + 8 + kl], data[end + 8 + kl : end + 8 + kl + vl]))
-            end += 8 + kl + vl
-        batches.append((expires_ms, pairs))
-        at = end
-    return batches, len(data) - at
+
+def _refusal_fix(e, redis) -> str:
+    if isinstance(e, redis.exceptions.OutOfMemoryError):
+        return "Redis is full: raise its maxmemory, or let it evict (maxmemory-policy volatile-ttl)"
+    if isinstance(e, redis.exceptions.ReadOnlyError):
+        return "the server is a read-only replica: point the URL at the primary"
+    return "see the Redis server's log for why"
+
+
+def _without_password(url) -> str:
+    """The URL as shown in messages: a password in it is replaced by ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        return parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+    except (TypeError, ValueError, AttributeError):
+        return url

@@ -1,7 +1,12 @@
 """KV stores: batched puts with a TTL, gets, deletes, expiry; Redis restarts lose nothing."""
 
+import os
+import re
 import socket
 import sqlite3
+import struct
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -110,8 +115,9 @@ def test_bad_keys_and_values_are_config_errors(tmp_path, bad, words):
 
 
 def test_every_store_refuses_an_infinite_ttl_as_redis_must(store):
-    with pytest.raises(gp.ConfigError, match="ttl_s=inf must be a positive, finite number of seconds"):
-        store.put_many({"a": b"1"}, ttl_s=float("inf"))
+    for ttl_s in (float("inf"), 1e16):
+        with pytest.raises(gp.ConfigError, match=re.escape(f"ttl_s={ttl_s!r} must be a positive, finite number of seconds, at")):
+            store.put_many({"a": b"1"}, ttl_s=ttl_s)
 
 
 def test_numpy_ttls_are_seconds_too(store):
@@ -169,7 +175,7 @@ def test_redis_bad_arguments_and_an_unreachable_server_are_clear_errors(tmp_path
             use()
 
 
-@pytest.mark.parametrize("where", ["inside-a-value", "inside-a-header"])
+@pytest.mark.parametrize("where", ["inside-a-value", "inside-a-header", "a-damaged-byte"])
 def test_a_spill_file_cut_short_replays_whole_batches_only(redis_server, tmp_path, where):
     spill = tmp_path / "spill"
     down = RedisKV(_unused_url(), spill_path=str(spill), retries=1)
@@ -177,7 +183,10 @@ def test_a_spill_file_cut_short_replays_whole_batches_only(redis_server, tmp_pat
     first = spill.stat().st_size
     down.put_many({"after": b"v3", "cut": b"v2" * 100}, ttl_s=600)
     data = spill.read_bytes()
-    spill.write_bytes(data[: len(data) - 50 if where == "inside-a-value" else first + 11])  # killed while appending
+    if where == "a-damaged-byte":  # a torn write: the length is whole, a byte of the value is not
+        spill.write_bytes(data[:-50] + b"X" + data[-49:])
+    else:  # killed while appending
+        spill.write_bytes(data[: len(data) - 50 if where == "inside-a-value" else first + 11])
     store = RedisKV(redis_server.url, spill_path=str(spill))
     with pytest.warns(UserWarning, match="dropped the last .* bytes, a spilled batch cut short"):
         store.put_many({"new": b"x"}, ttl_s=60)
@@ -216,3 +225,153 @@ def test_redis_arguments_spill_files_and_a_closed_store(tmp_path):
         store.put_many({"a": b"1"}, ttl_s=1)
     with pytest.raises(gp.ConfigError, match="must be a file path"):
         SqliteKV(None)
+
+
+@pytest.mark.parametrize("next_writer", ["the-same-store", "another-store"])
+def test_a_batch_cut_short_never_hides_the_batches_spilled_after_it(redis_server, tmp_path, next_writer):
+    spill, down = tmp_path / "spill", _unused_url()
+    one, two = (RedisKV(down, spill_path=str(spill), retries=1) for _ in range(2))
+    one.put_many({"a": b"1"}, ttl_s=600)
+    two.put_many({"b": b"2"}, ttl_s=600)  # two processes take turns on one spill file
+    whole = spill.stat().st_size
+    one.put_many({"cut": b"3" * 100}, ttl_s=600)
+    os.truncate(spill, whole + 30)  # cut while appending
+    writer = one if next_writer == "the-same-store" else two
+    with pytest.warns(UserWarning, match="dropped the last 30 bytes, a spilled batch cut short .* before appending"):
+        writer.put_many({"after": b"4", "after-2": b"5"}, ttl_s=600)  # it returned: it must reach Redis
+    one.put_many({"later": b"6"}, ttl_s=600)
+    store = RedisKV(redis_server.url, spill_path=str(spill))
+    assert store.get_many(["a", "b", "cut", "after", "after-2", "later"]) == [b"1", b"2", None, b"4", b"5", b"6"]
+    assert sorted(store.client.keys("*")) == [b"a", b"after", b"after-2", b"b", b"later"]  # nothing of the cut one
+
+
+def _bare_batch(pairs, expires_ms: int) -> bytes:
+    """A batch as spill files held it before they had frames."""
+    return struct.pack("<IQ", len(pairs), expires_ms) + b"".join(struct.pack("<II", len(k), len(v)) + k + v for k, v in pairs)
+
+
+def test_a_spill_file_from_before_the_frames_is_replayed_and_appended_to(redis_server, tmp_path):
+    spill, later = tmp_path / "spill", int(time.time() * 1000) + 600_000
+    spill.write_bytes(_bare_batch([(b"old", b"1"), (b"old-2", b"2")], later))
+    assert RedisKV(redis_server.url, spill_path=str(spill)).get_many(["old", "old-2"]) == [b"1", b"2"]
+    cut = _bare_batch([(b"cut", b"4" * 50)], later)[:-10]
+    spill.write_bytes(_bare_batch([(b"old-3", b"3")], later) + cut)
+    with pytest.warns(UserWarning, match=f"dropped the last {len(cut)} bytes, a spilled batch cut short"):
+        RedisKV(_unused_url(), spill_path=str(spill), retries=1).put_many({"new": b"5"}, ttl_s=600)
+    store = RedisKV(redis_server.url, spill_path=str(spill))
+    assert store.get_many(["old-3", "cut", "new"]) == [b"3", None, b"5"] and not spill.exists()
+
+
+def test_close_replays_what_redis_takes_now_and_names_what_it_does_not(redis_server, tmp_path):
+    spill = tmp_path / "spill"
+    store = RedisKV(redis_server.url, spill_path=str(spill), retries=1)
+    redis_server.stop()
+    store.put_many({"k": b"v"}, ttl_s=600)  # spilled
+    redis_server.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store.close()
+    assert not spill.exists()
+    assert RedisKV(redis_server.url, spill_path=str(tmp_path / "other")).get_many(["k"]) == [b"v"]
+    down = RedisKV(_unused_url(), spill_path=str(spill), retries=1)
+    down.put_many({"a": b"1"}, ttl_s=600)
+    down.put_many({"b": b"2"}, ttl_s=600)
+    words = f"closed with 2 spilled batch\\(es\\) of writes that Redis did not take still in {re.escape(str(spill))}"
+    with pytest.warns(UserWarning, match=words):
+        down.close()
+    down.close()
+    assert RedisKV(redis_server.url, spill_path=str(spill)).get_many(["a", "b"]) == [b"1", b"2"]
+
+
+def test_a_write_redis_refuses_is_spilled_with_a_warning_and_replayed_when_it_takes_writes(redis_server, tmp_path):
+    import redis
+
+    admin = redis.Redis.from_url(redis_server.url)
+    store = RedisKV(redis_server.url, spill_path=str(tmp_path / "spill"), retries=2, backoff_s=0.01)
+    store.put_many({"before": b"0"}, ttl_s=600)
+    admin.config_set("maxmemory", 1)  # full, and the policy evicts nothing
+    with pytest.warns(UserWarning, match=r"refused a write \(OutOfMemoryError: .*\); it and .* spilled to .* raise its maxm"):
+        store.put_many({"full": b"1"}, ttl_s=600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once while Redis keeps refusing
+        store.put_many({"full-2": b"1"}, ttl_s=600)
+    assert store.get_many(["before", "full"]) == [b"0", None] and store.stats["spilled"] == 2  # reads still work
+    admin.config_set("maxmemory", 0)
+    assert store.get_many(["full"]) == [b"1"]
+    admin.replicaof("127.0.0.1", _unused_url().split(":")[2].split("/")[0])  # a failover made it a replica
+    with pytest.warns(UserWarning, match=r"ReadOnlyError: .* point the URL at the primary"):
+        store.put_many({"replica": b"2"}, ttl_s=600)
+    with pytest.raises(gp.BackendUnavailable, match=r"refused delete after 2 attempts \(ReadOnlyError: .*primary"):
+        store.delete(["before"])
+    admin.replicaof("NO", "ONE")
+    assert store.get_many(["replica", "before"]) == [b"2", b"0"]
+
+
+def test_wrong_credentials_and_permissions_are_config_errors_at_once(redis_server, tmp_path):
+    import redis
+
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+mget", "+del"])
+    admin.config_set("requirepass", "secret")
+    server, spill = f"127.0.0.1:{redis_server.port}/0", tmp_path / "spill"
+    for url in (f"redis://{server}", f"redis://:wrong@{server}"):
+        store = RedisKV(url, spill_path=str(spill), backoff_s=10)  # a retry would take 10 s
+        with pytest.raises(gp.ConfigError, match=r"refused put_many \(AuthenticationError: .*pass the right user and"):
+            store.put_many({"a": b"1"}, ttl_s=600)
+        with pytest.raises(gp.ConfigError, match="refused get_many .*pass the right user and password in the URL") as e:
+            store.get_many(["a"])
+        assert "wrong" not in str(e.value) and store.stats["spilled"] == 0 and not spill.exists()
+    store = RedisKV(f"redis://reader:pw@{server}", spill_path=str(spill))
+    with pytest.raises(gp.ConfigError, match="NoPermissionError: .*grant the URL's user the SET, MGET and DEL commands"):
+        store.put_many({"a": b"1"}, ttl_s=600)
+    assert store.get_many(["a"]) == [None] and not spill.exists()
+
+
+def test_sqlite_put_many_purges_expired_rows_itself_now_and_then(tmp_path):
+    clock, path = Clock(), str(tmp_path / "kv.sqlite")
+    store = SqliteKV(path, clock=clock)  # purges at most once a minute
+    rows = sqlite3.connect(path)
+
+    def held():
+        return rows.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+
+    for hour in range(50):  # a long run: the table holds one TTL of writes, not all of them
+        store.put_many({f"{hour}/{k}": b"x" for k in range(100)}, ttl_s=10)
+        clock.now += 3600
+    assert held() == 100 and store.stats["purged"] == 4_900
+    store.put_many({f"burst/{k}": b"x" for k in range(25_000)}, ttl_s=10)
+    clock.now += 30  # expired, but within a minute of the last purge (the burst's put_many purged the hour before)
+    store.put_many({"a": b"1"}, ttl_s=1000)
+    assert held() == 25_001
+    clock.now += 60  # a backlog goes 10,000 rows a put_many
+    for left in (15_001, 5_001, 1, 1):
+        store.put_many({"a": b"1"}, ttl_s=1000)
+        assert held() == left
+    assert store.get_many(["a", "burst/1"]) == [b"1", None] and store.purge_expired() == 0
+    with pytest.raises(gp.ConfigError, match="purge_every_s=-1 must be a finite number of seconds >= 0"):
+        SqliteKV(purge_every_s=-1)
+    rows.close(), store.close()
+
+
+def test_a_write_redis_rejects_is_a_data_error_and_a_rejected_spilled_batch_stops_no_other(redis_server, tmp_path):
+    import redis
+
+    spill = tmp_path / "spill"
+    store = RedisKV(redis_server.url, spill_path=str(spill), retries=1)
+    redis_server.stop()
+    store.put_many({"bad": b"1"}, ttl_s=600)
+    store.put_many({"good": b"2"}, ttl_s=600)
+    redis_server.start()
+    write = store._write
+
+    def rejecting(pairs, ttl_ms):  # a command Redis rejects whenever it is sent (no real SET is rejected so)
+        if any(k.startswith(b"bad") for k, _ in pairs):
+            raise redis.ResponseError("ERR rejected")
+        write(pairs, ttl_ms)
+
+    store._write = rejecting
+    with pytest.warns(UserWarning, match=r"dropped a spilled batch of 1 keys that Redis at .* rejects \(ResponseError"):
+        assert store.get_many(["bad", "good"]) == [None, b"2"]
+    with pytest.raises(gp.DataError, match=r"rejected put_many \(ResponseError: ERR rejected\); it was not spilled"):
+        store.put_many({"bad-2": b"3"}, ttl_s=600)
+    assert not spill.exists() and store.stats["spilled"] == 2

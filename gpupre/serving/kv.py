@@ -318,7 +318,7 @@ class RedisKV(KVStore):
                 return fn()
             except self._misconfigured as e:
                 raise ConfigError(f"Redis at {self._shown_url} refused {what} ({type(e).__name__}: {e}); "
-                                  f"{_misconfiguration_fix(e, self._redis)}") from e  # fmt: skip
+                                  f"{_redis_fix(e, self._redis)}") from e  # fmt: skip
             except self._redis.RedisError as e:
                 if attempt == self.retries - 1 or not self._passing(e):
                     raise
@@ -336,7 +336,7 @@ class RedisKV(KVStore):
                 raise DataError(f"Redis at {self._shown_url} rejected {what} ({type(e).__name__}: {e}); "
                                 "see the Redis server's log for why") from e  # fmt: skip
             raise BackendUnavailable(f"Redis at {self._shown_url} refused {what} after {self.retries} attempts "
-                                     f"({type(e).__name__}: {e}); {_refusal_fix(e, self._redis)}") from e  # fmt: skip
+                                     f"({type(e).__name__}: {e}); {_redis_fix(e, self._redis)}") from e  # fmt: skip
 
     def _write(self, pairs, ttl_ms: int) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -363,7 +363,7 @@ class RedisKV(KVStore):
                     warnings.warn(f"Redis at {self._shown_url} refused a write ({type(e).__name__}: {e}); it and the "
                                   f"writes Redis refuses after it (not warned about again until it takes one) are "
                                   f"spilled to {self.spill_path} and replayed once Redis takes writes: "
-                                  f"{_refusal_fix(e, self._redis)}", stacklevel=2)  # fmt: skip
+                                  f"{_redis_fix(e, self._redis)}", stacklevel=2)  # fmt: skip
         self._count_put(pairs)
 
     def _spill(self, pairs, ttl_ms: int) -> None:
@@ -465,20 +465,17 @@ class RedisKV(KVStore):
                           "once Redis takes writes (until then readers do not find them)", stacklevel=2)  # fmt: skip
 
 
-def _misconfiguration_fix(e, redis) -> str:
-    if isinstance(e, redis.exceptions.NoPermissionError):
-        return "grant the URL's user the SET, MGET and DEL commands (Redis ACL) or use another user"
-    if isinstance(e, redis.exceptions.AskError):
-        return "the server is a Redis Cluster node and RedisKV talks to one server: point the URL at a standalone one"
-    return "pass the right user and password in the URL (redis://user:password@host:port/db)"
-
-
-def _refusal_fix(e, redis) -> str:
-    if isinstance(e, redis.exceptions.OutOfMemoryError):
-        return "Redis is full: raise its maxmemory, or let it evict (maxmemory-policy volatile-ttl)"
-    if isinstance(e, redis.exceptions.ReadOnlyError):
-        return "the server is a read-only replica: point the URL at the primary"
-    return "see the Redis server's log for why"
+def _redis_fix(e, redis) -> str:
+    """How to fix a Redis error that retrying does not: a misconfiguration, or a refusal that lasts."""
+    fixes = (
+        (redis.exceptions.NoPermissionError, "grant the URL's user the SET, MGET and DEL commands (Redis ACL) or use another user"),
+        (redis.exceptions.AskError, "the server is a Redis Cluster node and RedisKV talks to one server: point the URL at a standalone one"),
+        ((redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
+          redis.exceptions.AuthenticationWrongNumberOfArgsError), "pass the right user and password in the URL (redis://user:password@host:port/db)"),
+        (redis.exceptions.OutOfMemoryError, "Redis is full: raise its maxmemory, or let it evict (maxmemory-policy volatile-ttl)"),
+        (redis.exceptions.ReadOnlyError, "the server is a read-only replica: point the URL at the primary"),
+    )  # fmt: skip
+    return next((fix for kind, fix in fixes if isinstance(e, kind)), "see the Redis server's log for why")
 
 
 def _without_password(url) -> str:

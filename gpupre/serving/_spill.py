@@ -88,6 +88,19 @@ class SpillFile:
         batches, end = _bare_batches(data)
         return batches, len(data) - end
 
+    def drop_keys(self, keys: set[bytes]) -> int:
+        """Remove `keys` from the spilled batches (so their replay cannot bring them back); how many pairs went."""
+        batches, _ = self.read()
+        kept = [(expires_ms, [(k, v) for k, v in pairs if k not in keys]) for expires_ms, pairs in batches]
+        dropped = sum(len(pairs) for _, pairs in batches) - sum(len(pairs) for _, pairs in kept)
+        if dropped:
+            kept = [(expires_ms, pairs) for expires_ms, pairs in kept if pairs]
+            if kept:
+                self._create(kept[:-1], _frame(kept[-1][1], kept[-1][0]))
+            else:
+                self.remove()
+        return dropped
+
     def remove(self) -> None:
         os.remove(self.path)
         self._checked = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import heapq
 import itertools
 import json
 import math
@@ -56,7 +57,8 @@ class LabelJoiner:
         clock: the time now, in seconds (a simulation passes its own).
         max_open: requests held open at most; beyond it the oldest is written early (counted in
             `stats["requests_closed_early"]`), so memory stays bounded under any load; its events
-            that come later within its window are rejected as `closed_early`.
+            that come later within its window are rejected as `closed_early` (for the last
+            `max_open` requests closed early; older ones count as `already_written`).
     """
 
     def __init__(self, store: KVStore, writer, ttl_s: float = 3600.0, window_s: float = 600.0, clock=_time.time,
@@ -72,7 +74,8 @@ class LabelJoiner:
         self.needs_user = writer.user_codec is not None
         self._open: collections.OrderedDict = collections.OrderedDict()  # request -> [time, user, {item: [bytes, labels]}]
         self._rejects_path = os.path.join(writer.path, "_rejected.jsonl")
-        self._closed_early: collections.OrderedDict = collections.OrderedDict()  # request -> served, in its window
+        # requests written early whose window is still open: request -> served, and a heap of (served, order, request)
+        self._closed_early, self._closed_early_heap, self._closed_order = {}, [], itertools.count()
         self.stats = {"events": 0, "joined": 0, "duplicates": 0, "already_written": 0, "requests_closed_early": 0,
                       "requests_written": 0, **{reason: 0 for reason in REASONS}}  # fmt: skip
         self._closed = False
@@ -209,11 +212,16 @@ class LabelJoiner:
         if excess > 0:  # the oldest still in their window
             ready = set(due)
             early = list(itertools.islice((r for r in self._open if r not in ready), excess))
-            self._closed_early.update((r, self._open[r][0]) for r in early)
+            for r in early:
+                self._closed_early[r] = self._open[r][0]
+                heapq.heappush(self._closed_early_heap, (self._open[r][0], next(self._closed_order), r))
             self.stats["requests_closed_early"] += excess
             due += early
-        while self._closed_early and now - next(iter(self._closed_early.values())) >= self.window_s:
-            self._closed_early.popitem(last=False)  # its window is over: later events are after it anyway
+        heap = self._closed_early_heap  # the earliest served first; at most max_open kept, whatever the clocks
+        while heap and (now - heap[0][0] >= self.window_s or len(heap) > self.max_open):
+            served, _, request = heapq.heappop(heap)  # its window is over: later events are after it anyway
+            if self._closed_early.get(request) == served:
+                del self._closed_early[request]
         self._write(due)
         self.writer.commit_before(now - self.window_s)  # hours whose requests are all written
 

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -309,7 +310,8 @@ class RedisKV(KVStore):
 
     def _passing(self, e) -> bool:
         """Whether waiting can fix `e`: Redis unreachable, or refusing writes for now (full, a replica, busy)."""
-        return isinstance(e, self._unreachable + self._refusals) or str(e).startswith(("MISCONF", "BUSY", "NOREPLICAS"))
+        # a pipeline's error reads "Command # 1 (SET ...) of pipeline caused error: BUSY ..."
+        return isinstance(e, self._unreachable + self._refusals) or bool(_PASSING.search(str(e)))
 
     def _retry(self, fn, what: str):
         """`fn()`, tried `retries` times while Redis fails in a way that passes; a misconfiguration is a ConfigError."""
@@ -429,7 +431,10 @@ class RedisKV(KVStore):
     def delete(self, keys) -> int:
         keys = _keys(keys, "delete")
         with self._locked():
-            self._try_replay()  # a spilled key deleted now must not come back with a later replay
+            self._try_replay()
+            if os.path.exists(self.spill_path):  # still spilled: a key deleted now must not come back with its replay
+                with self._spill_lock():
+                    self._spill_file.drop_keys(set(keys))
             deleted = self._answer(lambda: self.client.delete(*keys), "delete") if keys else 0
         self.stats["deleted"] += deleted
         return deleted
@@ -465,6 +470,9 @@ class RedisKV(KVStore):
                           "once Redis takes writes (until then readers do not find them)", stacklevel=2)  # fmt: skip
 
 
+_PASSING = re.compile(r"(?:^|error: )(?:MISCONF|BUSY|NOREPLICAS)\b")  # refusals that pass, by their error code
+
+
 def _redis_fix(e, redis) -> str:
     """How to fix a Redis error that retrying does not: a misconfiguration, or a refusal that lasts."""
     fixes = (
@@ -479,11 +487,12 @@ def _redis_fix(e, redis) -> str:
 
 
 def _without_password(url) -> str:
-    """The URL as shown in messages: a password in it is replaced by ***."""
+    """The URL as shown in messages: a password in it (user:password@, or ?password=) is replaced by ***."""
     try:
         parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-        return parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+        if parts.password is not None:
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}")
+        query = [(k, "***" if k == "password" else v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+        return parts._replace(query=urllib.parse.urlencode(query, safe="*")).geturl()
     except (TypeError, ValueError, AttributeError):
         return url

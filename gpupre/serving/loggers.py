@@ -158,7 +158,6 @@ class EagerLogger:
         if user is not None:
             pairs.append((user_key(request_id), encode_rows(self.user_codec, user, [0])[0]))
             self.stats["user_serialize_s"] += time.thread_time() - cpu
-            self.stats["user_bytes_logged"] += len(pairs[0][0]) + len(pairs[0][1])
         if len(rows):
             encoded = encode_rows(self.items_codec, items, rows)
             prefix = item_key(request_id, "")  # Python ints (tolist) format 3x faster than numpy's
@@ -170,6 +169,8 @@ class EagerLogger:
         self.stats["write_s"] += time.perf_counter() - wall
         self.stats["items_logged"] += len(rows)
         self.stats["bytes_logged"] += sum(len(k) + len(v) for k, v in pairs)
+        if user is not None:
+            self.stats["user_bytes_logged"] += len(pairs[0][0]) + len(pairs[0][1])
 
     def flush(self) -> None:
         """Nothing is pending: eager logging writes at ranking time."""

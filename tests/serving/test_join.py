@@ -241,3 +241,20 @@ def test_a_closed_joiner_and_events_that_are_not_a_list_are_config_errors(served
         joiner.add([(1, 10, [1.0], T0)])
     with pytest.raises(gp.ConfigError, match="DedupWriter .* is closed"):
         joiner.writer.write([])
+
+
+def test_requests_closed_early_are_forgotten_after_their_window_whatever_a_clock_said(tmp_path, served):
+    clock, store, items, user, _ = served
+    joiner = LabelJoiner(store, DedupWriter(tmp_path / "skew", items.schema, user.schema, ("click",)), ttl_s=100,
+                         window_s=50, clock=clock, max_open=1)  # fmt: skip
+    joiner.add([(1, 10, [0.0], T0 + 40)])  # served "in the future" by a skewed clock
+    joiner.add([(2, 20, [0.0], T0)])  # request 1 is written early
+    clock.now = T0 + 60  # request 2's window is over, not request 1's
+    joiner.add([])
+    assert list(joiner._closed_early) == [1]
+    logger = EagerLogger(store, items.schema, user.schema, ttl_s=100)
+    for r in range(3, 10):  # more requests closed early than max_open: the earliest served are forgotten
+        logger.log_ranking(r, np.arange(10) + 10 * r, items, user)
+        joiner.add([(r, 10 * r, [0.0], T0 + 60)])
+    assert joiner.stats["requests_closed_early"] == 7 and len(joiner._closed_early) == 1
+    joiner.close()

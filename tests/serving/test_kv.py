@@ -375,3 +375,35 @@ def test_a_write_redis_rejects_is_a_data_error_and_a_rejected_spilled_batch_stop
     with pytest.raises(gp.DataError, match=r"rejected put_many \(ResponseError: ERR rejected\); it was not spilled"):
         store.put_many({"bad-2": b"3"}, ttl_s=600)
     assert not spill.exists() and store.stats["spilled"] == 2
+
+
+def test_a_key_deleted_while_redis_refuses_writes_does_not_come_back_with_the_spill(redis_server, tmp_path):
+    import redis
+
+    admin = redis.Redis.from_url(redis_server.url)
+    store = RedisKV(redis_server.url, spill_path=str(tmp_path / "spill"), retries=1, backoff_s=0.01)
+    store.put_many({"k": b"old"}, ttl_s=600)
+    admin.config_set("maxmemory", 1)  # writes are refused (and spilled); deletes still work
+    with pytest.warns(UserWarning, match="OutOfMemoryError"):
+        store.put_many({"k": b"new", "other": b"1"}, ttl_s=600)
+    assert store.delete(["k"]) == 1
+    admin.config_set("maxmemory", 0)
+    assert store.get_many(["k", "other"]) == [None, b"1"]  # the replay brought back the other key only
+
+
+def test_busy_and_misconf_refusals_inside_a_pipeline_are_spilled_not_rejected(redis_server, tmp_path):
+    import redis
+
+    store = RedisKV(redis_server.url, spill_path=str(tmp_path / "spill"), retries=1, backoff_s=0.01)
+    for code in ("BUSY Redis is busy running a script", "MISCONF Redis is configured to save RDB snapshots"):
+        refusal = redis.exceptions.ResponseError(f"Command # 1 (SET k v) of pipeline caused error: {code}")
+        assert store._passing(refusal)
+    assert not store._passing(redis.exceptions.ResponseError("Command # 1 (SET k v) of pipeline caused error: ERR syntax"))
+
+
+def test_a_password_in_the_url_query_is_not_shown(tmp_path):
+    store = RedisKV(_unused_url() + "?password=secret&health_check_interval=1", spill_path=str(tmp_path / "spill"),
+                    retries=1, backoff_s=0.01)  # fmt: skip
+    with pytest.raises(gp.BackendUnavailable) as e:
+        store.get_many(["a"])
+    assert "secret" not in str(e.value) and "password=***" in str(e.value)

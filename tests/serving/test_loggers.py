@@ -327,3 +327,14 @@ def test_on_paginate_needs_an_integer_seen_upto():
     logger.on_paginate("r", np.int64(7))
     logger.close()
     assert logged(store, "r", item_ids, items)[0] == list(range(15))
+
+
+def test_bytes_are_counted_only_once_the_store_took_them():
+    class Down(SqliteKV):
+        def put_many(self, items, ttl_s):
+            raise gp.BackendUnavailable("the store is down")
+
+    logger = EagerLogger(Down(), ranked(1)[1].schema, USER.schema)
+    with pytest.raises(gp.BackendUnavailable):
+        logger.log_ranking("r1", *ranked(5), USER)
+    assert (logger.stats["bytes_logged"], logger.stats["user_bytes_logged"], logger.stats["items_logged"]) == (0, 0, 0)

@@ -96,7 +96,7 @@ class SpillFile:
         if dropped:
             kept = [(expires_ms, pairs) for expires_ms, pairs in kept if pairs]
             if kept:
-                self._create(kept[:-1], _frame(kept[-1][1], kept[-1][0]))
+                self._create(kept, b"")
             else:
                 self.remove()
         return dropped
@@ -106,7 +106,8 @@ class SpillFile:
         self._checked = None
 
     def _create(self, batches, frame: bytes) -> None:
-        """A new file of `batches` then `frame`, in place of any old one at once (written aside, then renamed)."""
+        """A new file of `batches` then `frame` (b"": none), in place of any old one at once (written
+        aside, then renamed)."""
         file_id = os.urandom(8)
         data = b"".join([_MAGIC, file_id, *(_frame(pairs, expires_ms) for expires_ms, pairs in batches), frame])
         aside = self.path + ".new"

@@ -129,7 +129,8 @@ class FeatureCodec:
         n, keys = len(rows), self.num_sparse
         sizes = np.fromiter(map(len, rows), np.int64, n)
         data = np.frombuffer(b"".join(rows), np.uint8)
-        bad = int(np.argmax(sizes % 4 != 0)) if (sizes % 4).any() else -1  # every row is whole 4-byte words
+        misaligned = np.flatnonzero(sizes % 4)  # every row is whole 4-byte words
+        bad = int(misaligned[0]) if len(misaligned) else -1
         if bad < 0:
             dense, lengths, values, weights, bad = _decode(
                 data.view(np.uint32), offsets_of(sizes // 4), self.num_dense, keys, 3 if self.weighted else 2

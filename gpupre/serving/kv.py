@@ -180,14 +180,14 @@ class SqliteKV(KVStore):
 
     def put_many(self, items, ttl_s: float) -> None:
         pairs, ttl_s, now = _pairs(items), _ttl(ttl_s), self.clock()
-        purged = 0
+        purging, purged = now >= self._next_purge, 0
         with self._using("put_many") as db:
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, now + ttl_s) for k, v in pairs])
-            if now >= self._next_purge:
+            if purging:
                 purged = db.execute(_PURGE_SOME, (now, _PURGE_BATCH)).rowcount
             db.execute("COMMIT")
-            if now >= self._next_purge:  # after the commit: a rolled back purge is tried again next time
+            if purging:  # after the commit: a rolled back purge is tried again next time
                 self._next_purge = now if purged == _PURGE_BATCH else now + self.purge_every_s
         self.stats["purged"] += purged
         self._count_put(pairs)

@@ -57,11 +57,14 @@ def _positive_int(value, what: str, op: str, minimum: int = 1) -> None:
 
 def _real(value, what: str, op: str) -> None:
     """A real number of any type but bool (see `is_real`) that fits a float."""
-    if not (is_real(value) and _fits_float(value)):
+    if not _float_number(value):
         raise ConfigError(f"{op}: {what}={value!r} must be a number (within a float's range)")
 
 
-def _fits_float(value) -> bool:
+def _float_number(value) -> bool:
+    """A real number of any type but bool (`is_real`) that a float holds."""
+    if not is_real(value):
+        return False
     try:
         float(value)
     except OverflowError:
@@ -83,7 +86,7 @@ def _plain(value):
         return bool(value)
     if is_integer(value):
         return int(value)
-    if is_real(value) and _fits_float(value):
+    if _float_number(value):
         return float(value)
     return value
 
@@ -262,7 +265,7 @@ class Bucketize(Op):
             b = tuple(self.boundaries)  # a string gives its characters, which are not numbers
         except TypeError:  # not a list at all
             b = None
-        if b is None or not all(is_real(x) and _fits_float(x) for x in b):
+        if b is None or not all(_float_number(x) for x in b):
             raise ConfigError(
                 f"Bucketize: boundaries={self.boundaries!r} must be a list of numbers (within a float's range)"
             )

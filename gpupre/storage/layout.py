@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .._checks import ensure_integer, is_real
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import METADATA_KEY, Schema, infer_kind, score_owner
+from .flatten import read_row_group
 
 __all__ = ["AccessLog", "Workload", "column_order", "measured_cache_options", "reorder"]
 
@@ -303,7 +304,7 @@ def _rewrite(dataset, path: str, filesystem, target: str, order: list[str]) -> N
             source = pq.ParquetFile(f, metadata=md)
             with pq.ParquetWriter(sink, arrow_schema, compression=compression, use_dictionary=dictionary) as writer:
                 for rg in range(md.num_row_groups):
-                    table = source.read_row_group(rg).select(order)
+                    table = read_row_group(source, rg, path).select(order)
                     writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=table.num_rows)
         filesystem.move(temporary, target)
     except (OSError, pa.ArrowException) as e:

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from parquet_data import corrupt_row_group
 
 import gpupre as gp
 from gpupre.storage import AccessLog, CountingFileSystem, Workload, column_order, reorder
@@ -76,6 +77,14 @@ def test_reorder_keeps_rows_row_groups_and_schema(wide, tmp_path):
         assert source.read_arrow(a).equals(out.read_arrow(b).select(source.columns))
     with pytest.raises(gp.ConfigError, match="not empty"):
         reorder(source, tmp_path / "re", jobs(list(source.schema.names)), progress=False)
+
+
+def test_reorder_of_a_corrupt_row_group_is_a_data_error_naming_it(wide, tmp_path):
+    (tmp_path / "src").mkdir()
+    corrupt_row_group(wide, tmp_path / "src" / "data.parquet", 1)
+    source = gp.Dataset(str(tmp_path / "src"))
+    with pytest.raises(gp.DataError, match=r"data.parquet row group 1 cannot be read"):
+        reorder(source, tmp_path / "re", jobs(list(source.schema.names)), HOLE, progress=False)
 
 
 def test_reorder_keeps_each_columns_codec_and_dictionary_encoding(tmp_path):

@@ -3,15 +3,17 @@
 A label event is `(request_id, item_id, labels, time)`: `labels` one float per label name (or one
 float), `time` when the request was served (seconds since the epoch). The joiner looks up the
 logged features (`u/<request>`, `i/<request>/<item>`) in the KV store, keeps a request open while
-its labels may still come (`window_s` from its serving time), then hands it to a writer.
+its labels may still come (`window_s` from its serving time), then hands it to a writer. Features
+not found when an event comes are looked up once more when its request is written: a lazy
+logger's page may still be on its way to the store when the user's click is.
 
 Nothing is dropped silently. Events that cannot be joined are counted by reason in `stats` and
 appended, with the reason, to `<writer path>/_rejected.jsonl`:
     late        the event came more than `ttl_s` after its request was served: its features
                 have expired
-    unknown     no features although they should still be there: a request that was never
-                ranked, an item that was never logged (not ranked, or not paginated to), or
-                features a store lost
+    unknown     no features although they should still be there, when the event came nor when
+                its request was written: a request that was never ranked, an item that was
+                never logged (not ranked, or not paginated to), or features a store lost
     malformed   not a (request, item, labels, time) tuple of the right types and sizes
     corrupt     the logged bytes do not decode with the logger's schema
     closed_early  an event, within its window, of a request written before its window ended
@@ -58,7 +60,9 @@ class LabelJoiner:
         max_open: requests held open at most; beyond it the oldest is written early (counted in
             `stats["requests_closed_early"]`), so memory stays bounded under any load; its events
             that come later within its window are rejected as `closed_early` (for the last
-            `max_open` requests closed early; older ones count as `already_written`).
+            `max_open` requests closed early; older ones count as `already_written`). It also
+            bounds the events held open whose features were not found yet (beyond it, such an
+            event is `unknown` at once).
     """
 
     def __init__(self, store: KVStore, writer, ttl_s: float = 3600.0, window_s: float = 600.0, clock=_time.time,
@@ -72,7 +76,10 @@ class LabelJoiner:
         self._id_type = writer.request_id_type  # int or str: the dataset's, or the first valid event's
         self.num_labels = len(writer.labels)
         self.needs_user = writer.user_codec is not None
-        self._open: collections.OrderedDict = collections.OrderedDict()  # request -> [time, user, {item: [bytes, labels]}]
+        # request -> [time, user bytes, {item: [bytes, labels, time]}]; bytes None: not found yet, looked up
+        # again when the request is written
+        self._open: collections.OrderedDict = collections.OrderedDict()
+        self._waiting = 0  # items in _open whose bytes were not found yet
         self._rejects_path = os.path.join(writer.path, "_rejected.jsonl")
         # requests written early whose window is still open: request -> served, and a heap of (served, order, request)
         self._closed_early, self._closed_early_heap, self._closed_order = {}, [], itertools.count()
@@ -85,6 +92,9 @@ class LabelJoiner:
 
         Raises:
             ConfigError: the joiner is closed, or `events` is not an iterable of events.
+            BackendUnavailable: the store failed: on the events' look-up, no count changed and the
+                batch can be given again; on the due requests' second look-up, the events were
+                taken and those requests stay open.
         """
         self._check_open()
         if not isinstance(events, collections.abc.Iterable) or isinstance(events, (str, bytes)):
@@ -169,31 +179,31 @@ class LabelJoiner:
         values = self.store.get_many(keys)
         users = dict(zip(new_requests, values[len(fresh) :]))
         for (request, item, labels, served), value in zip(fresh, values):
+            event = (request, item, labels.tolist(), served)
             entry = self._open.get(request)
+            if entry is None and self._id_type not in (None, type(request)):  # a batch of both kinds
+                rejected.append(("malformed", event, self._id_type_problem(request)))
+                continue
             user = entry[1] if entry is not None else users.get(request)
-            if value is None or (self.needs_user and user is None):
-                rejected.append(("unknown", (request, item, labels.tolist(), served), "no features were logged for it"))
+            if value is None and self._waiting >= self.max_open:
+                rejected.append(("unknown", event, "no features were logged for it"))
                 continue
             problem = self._check_bytes(value, user if entry is None else None)
             if problem:
-                rejected.append(("corrupt", (request, item, labels.tolist(), served), problem))
-                continue
-            if entry is None and self._id_type not in (None, type(request)):  # a batch of both kinds
-                rejected.append(("malformed", (request, item, labels.tolist(), served), self._id_type_problem(request)))
+                rejected.append(("corrupt", event, problem))
                 continue
             if entry is None:
-                self._id_type = type(request)  # only a request written fixes the dataset's kind of id
                 entry = self._open[request] = [served, user, {}]
             elif item in entry[2]:  # twice in this batch
                 np.maximum(entry[2][item][1], labels, out=entry[2][item][1])
                 self.stats["duplicates"] += 1
                 continue
             entry[0] = min(entry[0], served)
-            entry[2][item] = [value, labels.copy()]
-            self.stats["joined"] += 1
+            entry[2][item] = [value, labels.copy(), served]
+            self._waiting += value is None
 
-    def _check_bytes(self, item: bytes, user: bytes | None) -> str:
-        problem = self.writer.items_codec.check(item)
+    def _check_bytes(self, item: bytes | None, user: bytes | None) -> str:
+        problem = self.writer.items_codec.check(item) if item is not None else ""
         if not problem and user is not None:
             problem = self.writer.user_codec.check(user)
         return f"logged features of {problem}" if problem else ""
@@ -209,40 +219,81 @@ class LabelJoiner:
     def _write_due(self, now: float) -> None:
         due = [r for r, entry in self._open.items() if now - entry[0] >= self.window_s]
         excess = len(self._open) - len(due) - self.max_open
+        early = []
         if excess > 0:  # the oldest still in their window
             ready = set(due)
-            early = list(itertools.islice((r for r in self._open if r not in ready), excess))
-            for r in early:
-                self._closed_early[r] = self._open[r][0]
-                heapq.heappush(self._closed_early_heap, (self._open[r][0], next(self._closed_order), r))
-            self.stats["requests_closed_early"] += excess
-            due += early
+            oldest = itertools.islice((r for r in self._open if r not in ready), excess)
+            early = [(r, self._open[r][0]) for r in oldest]
+        self._write(due + [r for r, _ in early], now)
+        for r, served in early:
+            self._closed_early[r] = served
+            heapq.heappush(self._closed_early_heap, (served, next(self._closed_order), r))
+        self.stats["requests_closed_early"] += len(early)
         heap = self._closed_early_heap  # the earliest served first; at most max_open kept, whatever the clocks
         while heap and (now - heap[0][0] >= self.window_s or len(heap) > self.max_open):
             served, _, request = heapq.heappop(heap)  # its window is over: later events are after it anyway
             if self._closed_early.get(request) == served:
                 del self._closed_early[request]
-        self._write(due)
         self.writer.commit_before(now - self.window_s)  # hours whose requests are all written
 
-    def _write(self, requests) -> None:
+    def _write(self, requests, now: float) -> None:
+        """Hand `requests` to the writer, once the features not found before are looked up again
+        (one KV round trip; a store that fails changes nothing, and the requests stay open)."""
+        rejected = []
+        self._look_up_again(requests, rejected)
         joined = []
         for request in requests:
             served, user, items = self._open[request]
-            ids = np.fromiter(items, np.int64, len(items))
-            labels = np.stack([v[1] for v in items.values()])
-            joined.append(JoinedRequest(request, served, user, ids, [v[0] for v in items.values()], labels))
+            if self._id_type not in (None, type(request)):
+                self._reject_open(request, list(items), "malformed", self._id_type_problem(request), rejected)
+            unknown = [i for i, v in items.items() if v[0] is None or (self.needs_user and user is None)]
+            self._reject_open(request, unknown, "unknown", "no features were logged for it", rejected)
+            if items:
+                self._id_type = type(request)  # only a request written fixes the dataset's kind of id
+                labels = np.stack([v[1] for v in items.values()])
+                joined.append(JoinedRequest(request, served, user, np.fromiter(items, np.int64, len(items)),
+                                            [v[0] for v in items.values()], labels))  # fmt: skip
         for request in requests:  # removed only once every one is built; the writer keeps them from here
             del self._open[request]
+        self._reject(rejected, now)
         if joined:
             self.writer.write(joined)
+            self.stats["joined"] += sum(len(j.item_ids) for j in joined)
             self.stats["requests_written"] += len(joined)
             self.writer.forget_before(self.clock() - self.ttl_s - self.window_s)
+
+    def _look_up_again(self, requests, rejected: list) -> None:
+        """Fill in the features of `requests` not found when their events came, where the store
+        has them now; corrupt ones go to `rejected`."""
+        missing = [(r, item) for r in requests for item, v in self._open[r][2].items() if v[0] is None]
+        users = [r for r in requests if self.needs_user and self._open[r][1] is None]
+        if not (missing or users):
+            return
+        values = self.store.get_many([item_key(r, i) for r, i in missing] + [user_key(r) for r in users])
+        self._waiting -= len(missing)
+        for r, user in zip(users, values[len(missing) :]):  # what came now is checked as at add
+            self._open[r][1] = user
+            problem = self._check_bytes(None, user) if user is not None else ""
+            if problem:
+                self._reject_open(r, list(self._open[r][2]), "corrupt", problem, rejected)
+        for (r, item), value in zip(missing, values):
+            if item in self._open[r][2]:  # not rejected with its request's user
+                problem = self._check_bytes(value, None) if value is not None else ""
+                if problem:
+                    self._reject_open(r, [item], "corrupt", problem, rejected)
+                else:
+                    self._open[r][2][item][0] = value
+
+    def _reject_open(self, request, items, reason: str, why: str, rejected: list) -> None:
+        """Move `items` of an open request to `rejected`."""
+        for item in items:
+            labels, at = self._open[request][2].pop(item)[1:]
+            rejected.append((reason, (request, item, labels.tolist(), at), why))
 
     def flush(self) -> None:
         """Write every open request now, and commit the writer's files."""
         self._check_open()
-        self._write(list(self._open))
+        self._write(list(self._open), self.clock())
         self.writer.flush()
 
     def close(self) -> None:

@@ -111,7 +111,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
             while events and (r == requests - 1 or events[0][0] <= served[min(r + 1, requests - 1)]):
                 at, _, kind, payload = heapq.heappop(events)
                 if pending and at - pending_since > JOIN_EVERY_S:  # join before the clock moves on
-                    log.flush()  # pages asked for are written before their labels are looked up
+                    log.flush()  # simulated time runs far ahead of the logger's thread: let its pages land
                     joiner.add(pending)
                     pending = []
                 now[0] = max(now[0], at)

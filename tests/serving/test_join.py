@@ -1,6 +1,7 @@
 """LabelJoiner: joins what was logged, merges duplicates, reports what it could not join, writes once."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -145,8 +146,50 @@ def test_a_batch_the_store_failed_on_is_counted_once_when_retried(served):
         joiner.add(batch)
     store.get_many = read
     joiner.add(batch)
-    assert (joiner.stats["events"], joiner.stats["duplicates"], joiner.stats["joined"]) == (3, 1, 2)
     joiner.close()
+    assert (joiner.stats["events"], joiner.stats["duplicates"], joiner.stats["joined"]) == (3, 1, 2)
+
+
+def test_features_not_found_yet_are_looked_up_again_when_the_request_is_written(served):
+    clock, store, items, user, joiner = served
+    keys = [item_key(1, 10), item_key(1, 11), "u/2"]
+    logged = dict(zip(keys, store.get_many(keys)))
+    store.delete(list(logged))  # a page (and a user row) still on its way to the store when the labels come
+    joiner.add([(1, 10, [1.0], T0), (1, 11, [0.0], T0), (1, 12, [1.0], T0), (2, 20, [1.0], T0)])
+    assert joiner.open_requests == 2 and joiner.stats["unknown"] == 0
+    store.put_many(logged, ttl_s=100)  # the page lands within the window
+    clock.now = T0 + 10
+    joiner.add([])
+    assert (joiner.stats["joined"], joiner.stats["unknown"], joiner.stats["requests_written"]) == (4, 0, 2)
+    joiner.close()
+    out = rows(joiner)
+    assert out.extras["item_id"].tolist() == [10, 11, 12, 20] and out.labels.tolist() == [1, 0, 1, 1]
+    assert np.array_equal(out.dense[2:], items.take([0, 1, 2, 0]).dense)
+
+
+def test_a_store_that_fails_when_requests_are_written_keeps_them_open(served):
+    clock, store, _, _, joiner = served
+    store.delete([item_key(1, 11)])
+    joiner.add([(1, 10, [1.0], T0), (1, 11, [1.0], T0)])  # 11 waits for its features
+    read = store.get_many
+    store.get_many = lambda keys: (_ for _ in ()).throw(gp.BackendUnavailable("the store is down"))
+    clock.now = T0 + 10
+    with pytest.raises(gp.BackendUnavailable):
+        joiner.add([])
+    assert joiner.open_requests == 1 and joiner.stats["requests_written"] == 0
+    store.get_many = read
+    joiner.close()  # 11 is still missing: unknown; 10 is written
+    assert (joiner.stats["joined"], joiner.stats["unknown"], joiner.stats["requests_written"]) == (1, 1, 1)
+
+
+def test_events_waiting_for_features_are_bounded_by_max_open(tmp_path, served):
+    clock, store, items, user, _ = served
+    joiner = LabelJoiner(store, DedupWriter(tmp_path / "w", items.schema, user.schema, ("click",)), ttl_s=100,
+                         window_s=50, clock=clock, max_open=2)  # fmt: skip
+    joiner.add([(1, 90 + i, [1.0], T0) for i in range(5)])  # never logged: two wait, the rest are unknown now
+    assert joiner.stats["unknown"] == 3 and joiner.open_requests == 1
+    joiner.close()
+    assert joiner.stats["unknown"] == 5 and joiner.stats["requests_written"] == 0
 
 
 def test_lazy_logging_finds_the_features_of_every_item_paginated_to(tmp_path):
@@ -171,6 +214,32 @@ def test_lazy_logging_finds_the_features_of_every_item_paginated_to(tmp_path):
     assert np.array_equal(out.dense, expected.dense)
     assert np.array_equal(out.sparse.lengths, expected.sparse.lengths)
     assert np.array_equal(out.sparse.values, expected.sparse.values)
+
+
+def test_a_click_that_comes_before_its_lazy_page_is_written_is_joined(tmp_path):
+    clock, rng = Clock(), np.random.default_rng(3)
+    items, user = synthetic_features(30, 2, 2, 3, "item", rng), synthetic_features(1, 1, 1, 3, "user", rng)
+    store, landed = SqliteKV(clock=clock), threading.Event()
+    put = store.put_many
+
+    def put_many(values, ttl_s):  # pages (the logger's thread) wait for `landed`; the head does not
+        if threading.current_thread() is not threading.main_thread():
+            landed.wait(10)
+        put(values, ttl_s)
+
+    store.put_many = put_many
+    logger = LazyLogger(store, items.schema, user.schema, head=6, page=9, clock=clock)
+    joiner = LabelJoiner(store, DedupWriter(tmp_path, items.schema, user.schema), window_s=60, clock=clock)
+    logger.log_ranking(1, np.arange(30), items, user)
+    logger.on_paginate(1, 12)  # items 6..14 are queued, not yet in the store
+    joiner.add([(1, 3, [1.0], T0), (1, 11, [1.0], T0)])  # the click on item 11 comes first
+    landed.set()
+    logger.flush()
+    clock.now = T0 + 60
+    joiner.add([])
+    logger.close()
+    joiner.close()
+    assert (joiner.stats["joined"], joiner.stats["unknown"]) == (2, 0)
 
 
 def test_bad_arguments_are_config_errors(served):

@@ -25,6 +25,7 @@ would be one request in the ledger and two types in the files).
 from __future__ import annotations
 
 import datetime
+import fcntl
 import glob
 import json
 import os
@@ -96,6 +97,7 @@ class _HourlyWriter:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{type(self).__name__} path {self.path!r} cannot be made a directory ({e}); pass another") from e
+        self._lock = _lock_path(self.path, type(self).__name__)
         ledger = os.path.join(self.path, "_ledger.sqlite")
         try:
             self._ledger = sqlite3.connect(ledger)
@@ -106,6 +108,7 @@ class _HourlyWriter:
             self._ledger.execute("CREATE TABLE IF NOT EXISTS dataset (key TEXT PRIMARY KEY, value TEXT)")
             stored = self._ledger.execute("SELECT value FROM dataset WHERE key = 'request_id_type'").fetchone()
         except sqlite3.Error as e:
+            self._lock.close()
             raise DataError(
                 f"{ledger}: the ledger of committed files cannot be opened ({e}); it is corrupt or not a ledger: "
                 "restore it, or write to a new path"
@@ -257,12 +260,32 @@ class _HourlyWriter:
         finally:  # a failed commit keeps its requests buffered, but the ledger is closed all the same
             self._ledger.close()
             self._ledger = None
+            self._lock.close()  # the path is free for another writer
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _lock_path(path: str, writer: str):
+    """An open file holding `path`'s writer lock: one writer per path, as a second one's start-up
+    would take the files the first is writing for files left by a crash, and remove them.
+
+    Raises:
+        ConfigError: another writer (of this process or another) has the path open.
+    """
+    lock = open(os.path.join(path, "_writer.lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise ConfigError(
+            f"{writer} path {path!r} is open in another writer (of this process or another); one writer "
+            "per path: close that one first, or give each writer its own path"
+        ) from None
+    return lock
 
 
 class TabularWriter(_HourlyWriter):

@@ -121,6 +121,7 @@ def test_a_file_is_invisible_until_committed_and_renamed_into_place_after_a_cras
     with pytest.raises(OSError, match="killed"):
         writer.flush()  # the ledger commit happened, the rename did not
     monkeypatch.undo()
+    writer._lock.close()  # the process dies: its lock on the path goes with it
     with pytest.raises(gp.DataError, match="holds no Parquet files"):
         gp.Dataset(str(tmp_path))  # readers see nothing uncommitted or half-placed
     reopened = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
@@ -171,3 +172,16 @@ def test_a_path_that_cannot_be_a_directory_and_a_corrupt_ledger_are_clear_errors
     (tmp_path / "out" / "_ledger.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(gp.DataError, match="ledger of committed files cannot be opened"):
         DedupWriter(tmp_path / "out", item_schema, user_schema, ("click", "like"))
+
+
+def test_one_writer_per_path(tmp_path):
+    item_schema, user_schema, requests = joined_requests(2)
+    first = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    first.write(requests[:1])
+    for cls in (DedupWriter, TabularWriter):  # its start-up would remove the first one's files in flight
+        with pytest.raises(gp.ConfigError, match="open in another writer"):
+            cls(tmp_path, item_schema, user_schema, ("click", "like"))
+    first.close()
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as second:
+        second.write(requests[1:])
+    assert whole(str(tmp_path)).num_rows == sum(len(r.item_ids) for r in requests)

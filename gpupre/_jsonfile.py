@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError, DataError, GpupreError
+from .errors import ConfigError, DataError, GpupreError, describe
 
 
 def ensure_output_path(path, what: str) -> None:
@@ -60,13 +60,13 @@ class JsonFile:
 
 
 def _parsed(cls, text: str, where: str):
+    """`cls._from_json(text)`; any failure, a value the class refuses included (an op's parameter),
+    is a DataError naming `where`, as `save` never writes such a text."""
     name = cls.__name__
     try:
         return cls._from_json(text)
-    except GpupreError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # a JSONDecodeError is a ValueError
+    except (GpupreError, ValueError, KeyError, TypeError, AttributeError) as e:  # a JSONDecodeError is a ValueError
         raise DataError(
-            f"{where} does not hold a saved {name} ({type(e).__name__}: {e}); load only what {name}.save "
+            f"{where} does not hold a saved {name} ({describe(e)}); load only what {name}.save "
             "(or to_json) wrote"
         ) from e

@@ -448,14 +448,29 @@ OPS = {
 
 
 def op_from_dict(data: dict) -> Op:
-    """The op saved by `Op.to_dict`."""
+    """The op saved by `Op.to_dict`.
+
+    Raises:
+        ConfigError: `data` is not such a dict: no known "op", no "features", a parameter the op
+            does not have, or a value the op refuses; the message names the op.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a saved op must be a dict like Op.to_dict() gives, got {data!r}")
     data = dict(data)
     name = data.pop("op", None)
-    if name not in OPS:
+    if not isinstance(name, str) or name not in OPS:
         raise ConfigError(f"unknown op {name!r}; known: {sorted(OPS)}")
     cls = OPS[name]
+    if "features" not in data:
+        raise ConfigError(f"saved op {name} has no 'features'; save ops with Op.to_dict(), which writes them")
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        known = [f.name for f in fields(cls)]
+        raise ConfigError(f"saved op {name} has unknown parameters {unknown}; {name} takes {known}")
     features, out = data.pop("features"), data.pop("out", None)
     if cls.arity == 2:
+        if not (isinstance(features, list) and len(features) == 2):
+            raise ConfigError(f"saved op {name}: features={features!r} must be a list of two feature names")
         return cls(*features, **data, out=out)
     for key, value in data.items():
         if isinstance(value, list):

@@ -214,6 +214,31 @@ def test_ops_round_trip_through_dicts():
     assert [op_from_dict(op.to_dict()) for op in ops] == ops
 
 
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"op": "Hash", "num_buckets": 3}, "saved op Hash has no 'features'"),
+        ({"op": "Hash", "features": ["c"], "num_buckets": 3, "bogus": 1},
+         r"saved op Hash has unknown parameters \['bogus'\]; Hash takes \['features', 'out', 'num_buckets', 'salt'\]"),
+        ({"op": "Cross", "features": "ab", "num_buckets": 3, "out": ["ab"]},  # not Cross('a', 'b')
+         "saved op Cross: features='ab' must be a list of two feature names"),
+        ({"op": "Cross", "features": 5, "num_buckets": 3, "out": ["ab"]}, "saved op Cross: features=5 must be a list"),
+        ({"op": "Hash", "features": ["c"], "num_buckets": "3"}, "Hash: num_buckets='3' must be an integer"),
+        ({"op": "Truncate", "features": 7, "max_len": 3}, "Truncate: features must be a feature name"),
+        ({"op": ["Hash"], "features": ["c"]}, r"unknown op \['Hash'\]"),
+        (["Hash", "c"], r"a saved op must be a dict like Op.to_dict\(\) gives, got \['Hash', 'c'\]"),
+    ],
+    ids=["no-features", "unknown-parameter", "pair-as-a-string", "pair-not-a-list", "wrong-type", "features-a-number",
+         "op-not-a-name", "not-a-dict"],
+)  # fmt: skip
+def test_a_saved_op_that_to_dict_did_not_write_is_a_config_error_naming_the_op(data, words):
+    from gpupre.transforms.ops import op_from_dict
+
+    with pytest.raises(gp.ConfigError, match=words):
+        op_from_dict(data)
+
+
 def _signed(x):
     return x - (1 << 64) if x >= 1 << 63 else x
 

@@ -327,7 +327,10 @@ def test_eager_call_without_batch_schema_uses_the_input_schema():
         (None, ["cannot read the Pipeline file", "No such file"]),
         ("{not json", ["does not hold a saved Pipeline", "JSONDecodeError"]),
         ("[1, 2]", ["does not hold a saved Pipeline"]),
-        ('{"ops": [{"op": "Hash", "features": ["c"], "num_buckets": 3, "bogus": 1}]}', ["'bogus'"]),
+        ('{"ops": [{"op": "Hash", "features": ["c"], "num_buckets": 3, "bogus": 1}]}',
+         ["saved op Hash has unknown parameters ['bogus']"]),
+        ('{"ops": [{"op": "Hash", "num_buckets": 3}]}', ["saved op Hash has no 'features'"]),
+        ('{"ops": [{"op": "Hash", "features": ["c"], "num_buckets": "a"}]}', ["Hash: num_buckets='a' must be"]),
     ],
 )  # fmt: skip
 def test_loading_a_file_that_is_no_saved_pipeline_names_the_file(tmp_path, text, words):

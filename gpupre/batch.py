@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -231,11 +232,14 @@ class Batch:
 
     @classmethod
     def concat(cls, batches: list[Batch]) -> Batch:
-        """Host batches with the same features, one after the other (key-major order kept).
+        """Batches with the same features on one device, one after the other (key-major order kept).
+
+        Host batches give a host batch, torch batches one on their device; on a GPU, sizing each
+        key's values costs one sync.
 
         Raises:
-            ConfigError: no batches, or batches that differ in their features or in which parts
-                (labels, extras, scores, ...) they have.
+            ConfigError: no batches, or batches that differ in their features, in which parts
+                (labels, extras, scores, ...) they have, or in their device.
         """
         batches = list(batches)
         if not batches:
@@ -245,28 +249,29 @@ class Batch:
         if len(batches) == 1:
             return first
         keys = len(first.sparse.keys)
-        lengths = np.concatenate([np.asarray(b.sparse.lengths).reshape(keys, b.num_rows) for b in batches], axis=1)
+        lengths = [b.sparse.lengths.reshape(keys, b.num_rows) for b in batches]
+        # where each key's values start in each batch, as Python ints: on a GPU the one sync
+        counts = _stack([ln.sum(1) for ln in lengths]).tolist()
+        bounds = [list(itertools.accumulate(c, initial=0)) for c in counts]
         pieces = [[], []]  # values, weights: key k of every batch, then key k + 1 ...
-        bounds = [offsets_of(b.sparse.lengths) for b in batches]
         for k in range(keys):
             for b, o in zip(batches, bounds):
-                lo, hi = o[k * b.num_rows], o[(k + 1) * b.num_rows]
-                pieces[0].append(np.asarray(b.sparse.values)[lo:hi])
+                pieces[0].append(b.sparse.values[o[k] : o[k + 1]])
                 if first.sparse.weights is not None:
-                    pieces[1].append(np.asarray(b.sparse.weights)[lo:hi])
-        weights = np.concatenate(pieces[1]) if first.sparse.weights is not None else None
-        values = np.concatenate(pieces[0]) if pieces[0] else np.empty(0, np.int64)
+                    pieces[1].append(b.sparse.weights[o[k] : o[k + 1]])
+        weights = _cat(pieces[1]) if first.sparse.weights is not None else None
+        values = _cat(pieces[0]) if pieces[0] else first.sparse.values[:0]
         return replace(
             first,
             num_rows=sum(b.num_rows for b in batches),
-            dense=np.concatenate([np.asarray(b.dense) for b in batches], axis=1),
-            sparse=KeyedJagged(first.sparse.keys, lengths.ravel(), values, weights),
-            labels=None if first.labels is None else np.concatenate([np.asarray(b.labels) for b in batches], axis=-1),
+            dense=_cat([b.dense for b in batches], axis=1),
+            sparse=KeyedJagged(first.sparse.keys, _cat(lengths, axis=1).reshape(-1), values, weights),
+            labels=None if first.labels is None else _cat([b.labels for b in batches], axis=-1),
             extras={k: _concat_column([b.extras[k] for b in batches]) for k in first.extras},
             inverse=None if first.inverse is None else _concat_inverse(batches),
             requests=None if first.requests is None else Batch.concat([b.requests for b in batches]),
             images={k: _concat_column([b.images[k] for b in batches]) for k in first.images},
-            row_keys=None if first.row_keys is None else np.concatenate([np.asarray(b.row_keys) for b in batches]),
+            row_keys=None if first.row_keys is None else _cat([b.row_keys for b in batches]),
         )
 
     # -- conversion ---------------------------------------------------------------------------
@@ -616,15 +621,17 @@ def _check_alike(batches) -> None:
     for i, b in enumerate(batches[1:], 1):
         for name, value in _parts(b).items():
             if value != first[name]:
+                fix = ("move them to one device first (batch.to(device)), or concatenate host batches before "
+                       "moving them") if name == "device" else "concatenate batches of one schema, from one reader or pipeline"  # fmt: skip
                 raise ConfigError(
-                    f"Batch.concat: batch {i} has {name}={value!r} but batch 0 has {name}={first[name]!r}; "
-                    "concatenate batches of one schema, from one reader or pipeline"
+                    f"Batch.concat: batch {i} has {name}={value!r} but batch 0 has {name}={first[name]!r}; {fix}"
                 )
 
 
 def _parts(b: Batch) -> dict:
     labels = 0 if b.labels is None else 1 if b.labels.ndim == 1 else b.labels.shape[0]
     return {
+        "device": "host (numpy)" if isinstance(b.dense, np.ndarray) else str(b.dense.device),
         "dense_keys": tuple(b.dense_keys),
         "sparse_keys": tuple(b.sparse.keys),
         "scored": b.sparse.weights is not None,
@@ -637,20 +644,29 @@ def _parts(b: Batch) -> dict:
     }
 
 
-def _concat_inverse(batches) -> np.ndarray:
+def _concat_inverse(batches):
     """The inverses of batches one after the other, renumbered to their concatenated requests."""
     if batches[0].requests is None:
-        return np.concatenate([np.asarray(b.inverse) for b in batches])
+        return _cat([b.inverse for b in batches])
     starts = offsets_of([b.requests.num_rows for b in batches])
-    return np.concatenate([np.asarray(b.inverse) + np.int32(s) for b, s in zip(batches, starts)]).astype(np.int32)
+    inverse = _cat([b.inverse + int(s) for b, s in zip(batches, starts)])
+    return inverse.astype(np.int32) if isinstance(inverse, np.ndarray) else inverse.int()
 
 
-def _cat(parts):
+def _cat(parts, axis: int = 0):
     if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
+        return np.concatenate(parts, axis=axis)
     import torch
 
-    return torch.cat(parts)
+    return torch.cat(parts, dim=axis)
+
+
+def _stack(parts):
+    if isinstance(parts[0], np.ndarray):
+        return np.stack(parts)
+    import torch
+
+    return torch.stack(parts)
 
 
 def _ones_like(values):
@@ -668,10 +684,11 @@ def _take_column(column, index):
 
 
 def _concat_column(columns):
-    if all(isinstance(c, np.ndarray) for c in columns):
-        return np.concatenate(columns)
-    # a column with nulls in some parts is Arrow there (see _extra): Arrow for the whole
-    return pa.concat_arrays([c if isinstance(c, pa.Array) else pa.array(c) for c in columns])
+    if not any(isinstance(c, pa.Array) for c in columns):
+        return _cat(columns)  # numpy, or torch tensors on one device
+    # a column with nulls in some parts is Arrow there (see _extra): Arrow for the whole, on the host
+    return pa.concat_arrays([c if isinstance(c, pa.Array) else pa.array(c.cpu().numpy() if hasattr(c, "cpu") else c)
+                             for c in columns])  # fmt: skip
 
 
 def _is_array(x) -> bool:

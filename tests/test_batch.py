@@ -376,6 +376,34 @@ def test_concat_refuses_no_batches_and_batches_that_differ():
     assert Batch.concat([b]) is b and Batch.concat(iter([b, b])).num_rows == 4
 
 
+
+def test_concat_of_torch_batches_gives_the_host_concat_on_their_device():
+    from transforms.helpers import assert_same, make_batch
+
+    b = make_batch({"x": [1.0, 2.0, 3.0]}, {"a": [[1], [2, 3], []]}, {"s": ([[9], [], [8, 7]], [[0.5], [], [0.25, 0.75]])})
+    b = replace(b, labels=np.array([[0, 1, 0], [1, 1, 0]], np.float32), extras={"rid": np.arange(3) + 100},
+                row_keys=np.arange(3) + 7)  # fmt: skip
+    parts = [b.rows(1, 3), b.rows(0, 0), b.take([2, 0])]
+    host = Batch.concat(parts)
+    on_torch = Batch.concat([p.to_torch() for p in parts])
+    arrays = [on_torch.dense, on_torch.sparse.lengths, on_torch.sparse.values, on_torch.sparse.weights,
+              on_torch.labels, on_torch.extras["rid"], on_torch.row_keys]  # fmt: skip
+    assert all(isinstance(x, torch.Tensor) for x in arrays)  # not moved to the host
+    assert on_torch.sparse.lengths.dtype == torch.int32 and on_torch.num_rows == 4
+    assert_same(on_torch, host, rtol=0)
+    assert on_torch.labels.tolist() == host.labels.tolist() == [[1, 0, 0, 0], [1, 0, 0, 1]]
+    assert on_torch.extras["rid"].tolist() == [101, 102, 102, 100] and on_torch.row_keys.tolist() == [8, 9, 9, 7]
+
+
+def test_concat_refuses_batches_on_different_devices():
+    from transforms.helpers import make_batch
+
+    b = make_batch({"x": [1.0, 2.0]}, {"a": [[1], [2]]})
+    with pytest.raises(gp.ConfigError, match=r"batch 1 has device='cpu' but batch 0 has device='host \(numpy\)'; "
+                                             r"move them to one device first \(batch.to\(device\)\)"):  # fmt: skip
+        Batch.concat([b, b.to_torch()])
+
+
 def test_feature_of_an_unknown_key_is_a_schema_error_naming_it():
     sparse = Batch.from_arrow(mixed_table(), MIXED).sparse
     with pytest.raises(gp.SchemaError, match="sparse feature 'id' does not exist .*did you mean 'ids'"):
@@ -457,6 +485,10 @@ def test_take_and_concat_of_dedup_batches_keep_only_the_requests_in_use():
     assert_same(both.expand(), b.expand(), rtol=0)
     on_torch = b.to_torch().take(torch.tensor([4, 2, 3]))
     assert_same(on_torch.expand(), t.expand(), rtol=0)
+    both_on_torch = gp.Batch.concat([b.rows(0, 3).to_torch(), b.rows(3, 5).to_torch()])
+    assert isinstance(both_on_torch.inverse, torch.Tensor) and both_on_torch.inverse.dtype == torch.int32
+    assert both_on_torch.inverse.tolist() == [0, 0, 1, 2, 2] and isinstance(both_on_torch.requests.dense, torch.Tensor)
+    assert_same(both_on_torch.expand(), b.expand(), rtol=0)
 
 
 def test_to_arrow_round_trips_through_from_arrow():

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from ..batch import Batch, KeyedJagged, offsets_of, tensor_rows
-from ..errors import DataError, SchemaError
+from ..errors import ConfigError, DataError, SchemaError
 from ..schema import SCORED, Schema
 
 __all__ = ["FeatureCodec", "encode_rows", "gather_rows"]
@@ -84,14 +84,15 @@ class FeatureCodec:
         """One bytes object per row of a host batch (rows `rows` of it, in that order; default all).
 
         Raises:
-            DataError: the batch does not hold the schema's features (`check_batch`), a row is
-                outside it, or its sparse lengths do not describe its values.
+            ConfigError: `rows` are not integers, or hold a row outside the batch (as `Batch.take`).
+            DataError: the batch does not hold the schema's features (`check_batch`), or its sparse
+                lengths do not describe its values.
         """
         self.check_batch(batch)
         sparse, n = batch.sparse, batch.num_rows
         rows = np.arange(n) if rows is None else np.asarray(rows)
         if rows.size and rows.dtype.kind not in "iu":  # a cast would log a mask's rows 0 and 1
-            raise DataError(f"rows to log must be integers, got {rows.dtype}; for a mask pass np.flatnonzero(mask)")
+            raise ConfigError(f"rows to log must be integers, got {rows.dtype}; for a mask pass np.flatnonzero(mask)")
         rows = rows.astype(np.int64, copy=False).reshape(-1)
         # The arrays go to the kernel as they are when they have its types (the usual case): this
         # runs once per logged request and page, so its fixed cost is most of a small page's.
@@ -102,7 +103,7 @@ class FeatureCodec:
         data, ends, status = _encode(dense, lengths, values, weights, rows, self.num_sparse, n)
         if status == _ROW_OUTSIDE:
             bad = int(rows[(rows < 0) | (rows >= n)][0])
-            raise DataError(f"row {bad} to log is outside the batch of {n} rows; pass rows in [0, {n})")
+            raise ConfigError(f"row {bad} to log is outside the batch of {n} rows; pass rows in [0, {n})")
         if status == _BAD_LENGTHS:
             raise DataError(
                 f"the batch's sparse lengths (sum {int(np.sum(sparse.lengths))}, least {int(np.min(sparse.lengths))}) "

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from transforms.helpers import assert_same, make_batch, rows_of
 
 import gpupre as gp
-from gpupre.serving import FeatureCodec, gather_rows
+from gpupre.serving import FeatureCodec, encode_rows, gather_rows
 
 IDS = st.integers(-(2**63), 2**63 - 1)
 
@@ -73,14 +73,19 @@ def test_corrupt_bytes_and_other_features_are_data_errors():
         codec.decode([row, row, row[:4]])
     with pytest.raises(gp.DataError, match="do not match the logger's schema"):
         codec.encode(make_batch({"z": [1.0]}, {"a": [[7]]}))
-    with pytest.raises(gp.DataError, match=r"row 1 to log is outside the batch of 1 rows; pass rows in \[0, 1\)"):
-        codec.encode(batch, [0, 1])
-    with pytest.raises(gp.DataError, match="row -1 to log is outside the batch"):
-        codec.encode(batch, [-1])
-    with pytest.raises(gp.DataError, match=r"rows to log must be integers, got bool; .*np.flatnonzero\(mask\)"):
-        codec.encode(batch, [False])  # not row 0
-    with pytest.raises(gp.DataError, match="rows to log must be integers, got float"):
-        codec.encode(batch, [0.0])
+
+
+@pytest.mark.parametrize("to_torch", [False, True])
+def test_bad_rows_to_log_are_config_errors_on_numpy_and_torch_alike(to_torch):
+    batch = make_batch({"x": [1.0]}, {"a": [[7, 8]]})
+    codec = FeatureCodec(batch.schema)
+    batch = batch.to_torch() if to_torch else batch
+    outside = r"row 1 (to log )?is outside the batch of 1 rows; pass rows in \[0, 1\)"
+    for rows, words in (([0, 1], outside), ([-1], "row -1 (to log )?is outside the batch"),
+                        ([False], r"must be integers, got bool; .*np.flatnonzero\(mask\)"),  # not row 0
+                        ([0.0], "must be integers, got float")):  # fmt: skip
+        with pytest.raises(gp.ConfigError, match=words):
+            encode_rows(codec, batch, rows)
 
 
 def test_rows_in_any_order_are_the_rows_encoded_one_at_a_time():

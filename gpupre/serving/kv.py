@@ -279,9 +279,9 @@ class RedisKV(KVStore):
         self._spill_file = SpillFile(self.spill_path)
         errors = redis.exceptions
         self._unreachable = (errors.ConnectionError, errors.TimeoutError)
-        # AuthenticationError is a ConnectionError in redis-py, but waiting does not fix a password
-        self._misconfigured = (errors.AuthenticationError, errors.AuthorizationError,
-                               errors.AuthenticationWrongNumberOfArgsError, errors.NoPermissionError, errors.AskError)  # fmt: skip
+        self._fixes = _redis_fixes(redis)
+        self._misconfigured = tuple(kind for kinds, misconfigured, _ in self._fixes if misconfigured
+                                    for kind in kinds)  # fmt: skip
         self._refusals = (errors.OutOfMemoryError, errors.ReadOnlyError, errors.TryAgainError, errors.ClusterDownError)
         self.stats.update({"spilled": 0, "replayed": 0})
         self._lock = threading.Lock()
@@ -313,6 +313,11 @@ class RedisKV(KVStore):
         # a pipeline's error reads "Command # 1 (SET ...) of pipeline caused error: BUSY ..."
         return isinstance(e, self._unreachable + self._refusals) or bool(_PASSING.search(str(e)))
 
+    def _fix(self, e) -> str:
+        """How to fix a Redis error that retrying does not: a misconfiguration, or a refusal that lasts."""
+        fixes = (fix for kinds, _, fix in self._fixes if isinstance(e, kinds))
+        return next(fixes, "see the Redis server's log for why")
+
     def _retry(self, fn, what: str):
         """`fn()`, tried `retries` times while Redis fails in a way that passes; a misconfiguration is a ConfigError."""
         for attempt in range(self.retries):
@@ -320,7 +325,7 @@ class RedisKV(KVStore):
                 return fn()
             except self._misconfigured as e:
                 raise ConfigError(f"Redis at {self._shown_url} refused {what} ({type(e).__name__}: {e}); "
-                                  f"{_redis_fix(e, self._redis)}") from e  # fmt: skip
+                                  f"{self._fix(e)}") from e  # fmt: skip
             except self._redis.RedisError as e:
                 if attempt == self.retries - 1 or not self._passing(e):
                     raise
@@ -338,7 +343,7 @@ class RedisKV(KVStore):
                 raise DataError(f"Redis at {self._shown_url} rejected {what} ({type(e).__name__}: {e}); "
                                 "see the Redis server's log for why") from e  # fmt: skip
             raise BackendUnavailable(f"Redis at {self._shown_url} refused {what} after {self.retries} attempts "
-                                     f"({type(e).__name__}: {e}); {_redis_fix(e, self._redis)}") from e  # fmt: skip
+                                     f"({type(e).__name__}: {e}); {self._fix(e)}") from e  # fmt: skip
 
     def _write(self, pairs, ttl_ms: int) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -365,7 +370,7 @@ class RedisKV(KVStore):
                     warnings.warn(f"Redis at {self._shown_url} refused a write ({type(e).__name__}: {e}); it and the "
                                   f"writes Redis refuses after it (not warned about again until it takes one) are "
                                   f"spilled to {self.spill_path} and replayed once Redis takes writes: "
-                                  f"{_redis_fix(e, self._redis)}", stacklevel=2)  # fmt: skip
+                                  f"{self._fix(e)}", stacklevel=2)  # fmt: skip
         self._count_put(pairs)
 
     def _spill(self, pairs, ttl_ms: int) -> None:
@@ -473,17 +478,20 @@ class RedisKV(KVStore):
 _PASSING = re.compile(r"(?:^|error: )(?:MISCONF|BUSY|NOREPLICAS)\b")  # refusals that pass, by their error code
 
 
-def _redis_fix(e, redis) -> str:
-    """How to fix a Redis error that retrying does not: a misconfiguration, or a refusal that lasts."""
-    fixes = (
-        (redis.exceptions.NoPermissionError, "grant the URL's user the SET, MGET and DEL commands (Redis ACL) or use another user"),
-        (redis.exceptions.AskError, "the server is a Redis Cluster node and RedisKV talks to one server: point the URL at a standalone one"),
-        ((redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
-          redis.exceptions.AuthenticationWrongNumberOfArgsError), "pass the right user and password in the URL (redis://user:password@host:port/db)"),
-        (redis.exceptions.OutOfMemoryError, "Redis is full: raise its maxmemory, or let it evict (maxmemory-policy volatile-ttl)"),
-        (redis.exceptions.ReadOnlyError, "the server is a read-only replica: point the URL at the primary"),
+def _redis_fixes(redis) -> tuple:
+    """(redis-py errors, whether they are a misconfiguration, how to fix them) for the Redis errors
+    that retrying does not fix: a misconfiguration is a ConfigError at once, a refusal is retried
+    and spilled but lasts until someone acts."""
+    errors = redis.exceptions
+    return (
+        ((errors.NoPermissionError,), True, "grant the URL's user the SET, MGET and DEL commands (Redis ACL) or use another user"),
+        ((errors.AskError,), True, "the server is a Redis Cluster node and RedisKV talks to one server: point the URL at a standalone one"),
+        # AuthenticationError is a ConnectionError in redis-py, but waiting does not fix a password
+        ((errors.AuthenticationError, errors.AuthorizationError, errors.AuthenticationWrongNumberOfArgsError), True,
+         "pass the right user and password in the URL (redis://user:password@host:port/db)"),
+        ((errors.OutOfMemoryError,), False, "Redis is full: raise its maxmemory, or let it evict (maxmemory-policy volatile-ttl)"),
+        ((errors.ReadOnlyError,), False, "the server is a read-only replica: point the URL at the primary"),
     )  # fmt: skip
-    return next((fix for kind, fix in fixes if isinstance(e, kind)), "see the Redis server's log for why")
 
 
 def _without_password(url) -> str:

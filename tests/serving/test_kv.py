@@ -327,6 +327,29 @@ def test_wrong_credentials_and_permissions_are_config_errors_at_once(redis_serve
     assert store.get_many(["a"]) == [None] and not spill.exists()
 
 
+
+@pytest.mark.parametrize("error, fix", [
+    ("AuthenticationError", "pass the right user and password in the URL"),
+    ("AuthorizationError", "pass the right user and password in the URL"),
+    ("AuthenticationWrongNumberOfArgsError", "pass the right user and password in the URL"),
+    ("NoPermissionError", "grant the URL's user the SET, MGET and DEL commands"),
+    ("AskError", "the server is a Redis Cluster node .* point the URL at a standalone one"),
+])  # fmt: skip
+def test_each_misconfiguration_is_a_config_error_at_once_with_its_fix(tmp_path, error, fix):
+    redis = pytest.importorskip("redis")
+    store = RedisKV(_unused_url(), spill_path=str(tmp_path / "spill"), backoff_s=10)  # a retry would take 10 s
+    calls = []
+
+    def mget(*keys):
+        calls.append(keys)
+        raise getattr(redis.exceptions, error)("3999 127.0.0.1:6381")  # AskError parses the slot and node
+
+    store.client.mget = mget
+    with pytest.raises(gp.ConfigError, match=rf"refused get_many \({error}: .*\); {fix}"):
+        store.get_many(["a"])
+    assert len(calls) == 1  # not retried
+
+
 def test_sqlite_put_many_purges_expired_rows_itself_now_and_then(tmp_path):
     clock, path = Clock(), str(tmp_path / "kv.sqlite")
     store = SqliteKV(path, clock=clock)  # purges at most once a minute

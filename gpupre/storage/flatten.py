@@ -146,7 +146,7 @@ def map_to_flat(table: pa.Table, layout: MapLayout, features=None, source: str =
     layout (labels, extras) are passed through.
 
     Raises:
-        DataError: a row holds the same key twice, or a scored feature a null score.
+        DataError: a row holds the same key twice, or a list a null id or score.
     """
     schema = layout.schema if features is None else layout.schema.select(features)
     _check_columns(table, [MAP_COLUMNS[f.kind] for f in schema.features] + list(schema.labels + schema.extras), source)
@@ -232,7 +232,13 @@ def _extract(arr: pa.MapArray, kind: str, names, keys, source):
         lengths[rows[group[a:b]]] = np.diff(item_offsets[a : b + 1])
         list_offsets = pa.array(offsets_of(lengths, np.int32))
         v0, v1 = int(item_offsets[a]), int(item_offsets[b])
-        out[name] = pa.ListArray.from_arrays(list_offsets, ids.slice(v0, v1 - v0))
+        mine = ids.slice(v0, v1 - v0)
+        if mine.null_count:  # the reader refuses them: say so now, naming where they come from
+            raise DataError(
+                f"{source}: sparse feature {name!r} (key {keys[i]} of {MAP_COLUMNS[kind]!r}) holds {mine.null_count} "
+                "null ids inside its lists; every list element needs an id: drop them or replace them in the source"
+            )
+        out[name] = pa.ListArray.from_arrays(list_offsets, mine)
         if scores is not None:
             mine = scores.slice(v0, v1 - v0)
             if mine.null_count:  # the reader refuses them: say so now, naming where they come from

@@ -321,6 +321,16 @@ def test_flatten_refuses_null_scores_naming_the_row_group_and_writes_nothing(tmp
     assert list(tmp_path.iterdir()) == [src]
 
 
+def test_flatten_refuses_null_ids_naming_the_row_group_and_writes_nothing(tmp_path):
+    """The reader refuses null ids inside a list: flatten must not write a file it cannot read."""
+    ids = pa.array([[(3, [1, 2])], [(3, [4, None])]], pa.map_(pa.int32(), INT64))
+    src = tmp_path / "legacy.parquet"
+    pq.write_table(pa.table({"id_list_features": ids, "label": [1.0, 0.0]}), src, row_group_size=1)
+    with pytest.raises(gp.DataError, match=r"legacy\.parquet row group 1: sparse feature 'id_list_3' .* 1 null ids"):
+        flatten(src, tmp_path / "out.parquet", progress=False)
+    assert list(tmp_path.iterdir()) == [src]
+
+
 def test_flat_to_map_takes_an_integer_sparse_column_and_refuses_null_ids_naming_the_feature():
     table = pa.table({"d": pa.array([1.0, None]), "s": pa.array([5, None], pa.int64()), "label": [1.0, 0.0]})
     mapped, layout = flat_to_map(table, gp.Schema.from_arrow(table.schema))

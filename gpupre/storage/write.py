@@ -152,7 +152,27 @@ class TableWriter:
         self._pending_rows = 0
 
     def write(self, table: pa.Table) -> None:
+        """Add `table`'s rows (any column types its features can be cast from).
+
+        Raises:
+            ConfigError: `table` is not a pyarrow Table.
+            SchemaError: a column the schema names is missing or cannot take its kind, or an
+                extra column's type is not the one this writer was made with (`extra_types`).
+        """
+        if not isinstance(table, pa.Table):
+            raise ConfigError(
+                f"{self.path}: TableWriter.write takes a pyarrow Table, got {type(table).__name__}; wrap columns "
+                "with pyarrow.table(...)"
+            )
         table = to_flat_table(table, self.schema).replace_schema_metadata(self._arrow_schema.metadata)
+        for found in table.schema:
+            expected = self._arrow_schema.field(found.name).type
+            if found.type != expected:  # only extras can differ: features and labels are cast above
+                raise SchemaError(
+                    f"{self.path}: column {found.name!r} has type {found.type}, but the writer was made for "
+                    f"{expected} (extra columns without an entry in extra_types are int64); pass "
+                    f"extra_types={{{found.name!r}: {found.type}}} to TableWriter, or cast the column"
+                )
         self._pending.append(table)
         self._pending_rows += table.num_rows
         while self._pending_rows >= self.row_group_rows:
@@ -167,8 +187,12 @@ class TableWriter:
         self.rows_written += rows
 
     def close(self) -> None:
-        if self._pending_rows:
-            self._flush(self._pending_rows)
+        try:
+            if self._pending_rows:
+                self._flush(self._pending_rows)
+        except BaseException:  # the last row group did not reach the file: leave no partial file behind
+            self._file.abort()
+            raise
         self._file.close()
 
     def abort(self) -> None:
@@ -209,7 +233,7 @@ def write_table(
     with TableWriter(
         path,
         schema,
-        {name: table.schema.field(name).type for name in schema.extras},
+        {name: table.schema.field(name).type for name in schema.extras if name in table.column_names},  # missing: a SchemaError on write
         row_group_rows,
         compression,
         write_statistics,

@@ -213,3 +213,40 @@ def test_a_path_that_cannot_be_written_is_a_config_error(tmp_path, monkeypatch, 
     with pytest.raises(gp.ConfigError):
         gp.storage.write_table(pa.table({"a": pa.array([1.0])}), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_extra_column_named_by_the_schema_but_missing_is_a_schema_error(tmp_path):
+    table = source_table().drop_columns(["row_id"])
+    with pytest.raises(gp.SchemaError, match=r"column 'row_id' named by the schema is not in the table"):
+        gp.storage.write_table(table, tmp_path / "t.parquet", SCHEMA)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_extra_column_of_another_type_than_the_writer_was_made_for_is_a_schema_error(tmp_path):
+    """extra_types default to int64; a string row_id is refused on write, naming the fix, and no file is left."""
+    path = tmp_path / "t.parquet"
+    with pytest.raises(gp.SchemaError, match=r"column 'row_id' has type string, but the writer was made for int64.*extra_types"):
+        with gp.storage.TableWriter(path, SCHEMA) as writer:
+            writer.write(source_table())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_whose_last_row_group_fails_on_close_leaves_no_file(tmp_path, monkeypatch):
+    def full_disk(self, table, **options):
+        raise OSError(28, "No space left on device")
+
+    path = tmp_path / "t.parquet"
+    writer = gp.storage.TableWriter(path, SCHEMA, {"row_id": pa.string()}, row_group_rows=100)
+    writer.write(source_table(7))  # buffered: written by close()
+    monkeypatch.setattr(gp.storage.write.HiddenParquetWriter, "write_table", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_table_writer_write_of_something_else_than_a_table_is_a_config_error(tmp_path):
+    with gp.storage.TableWriter(tmp_path / "t.parquet", SCHEMA, {"row_id": pa.string()}) as writer:
+        with pytest.raises(gp.ConfigError, match=r"TableWriter.write takes a pyarrow Table, got dict"):
+            writer.write({"price": [1.0]})
+        writer.write(source_table())
+    assert pq.read_table(tmp_path / "t.parquet").num_rows == 7

@@ -90,7 +90,20 @@ class LocalObjectStore:
         return pafs.S3FileSystem(**{**defaults, **options})
 
     def create_bucket(self, name: str) -> None:
-        self.filesystem(allow_bucket_creation=True).create_dir(name)
+        """Create the bucket `name` (nothing happens when it exists).
+
+        Raises:
+            BackendUnavailable: the server is not running.
+            ConfigError: the store refuses the name.
+        """
+        filesystem = self.filesystem(allow_bucket_creation=True)
+        try:
+            filesystem.create_dir(name)
+        except OSError as e:
+            raise ConfigError(
+                f"bucket {name!r} cannot be created ({e}); an S3 bucket name is 3 to 63 lowercase letters, digits, "
+                "dots and hyphens, such as 'train-data'"
+            ) from e
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -87,6 +87,13 @@ def test_a_second_start_keeps_the_running_server_and_stop_ends_it():
     assert not _running(first.pid)
 
 
+@pytest.mark.parametrize("name", ["b", "x" * 64])
+def test_a_bucket_name_the_store_refuses_is_a_config_error_naming_it(store, name):
+    with pytest.raises(gp.ConfigError, match=f"bucket '{name}' cannot be created .* 3 to 63 lowercase"):
+        store.create_bucket(name)
+    store.create_bucket("data")  # an existing bucket: nothing happens
+
+
 def test_a_store_that_is_not_running_says_so():
     with pytest.raises(gp.BackendUnavailable, match="start"):
         LocalObjectStore().filesystem()

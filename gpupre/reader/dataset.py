@@ -49,7 +49,8 @@ class Dataset:
     plain batch. `num_rows` and work units count impressions.
 
     Raises:
-        ConfigError: `filesystem` is not a pyarrow filesystem, or a URI pyarrow cannot open.
+        ConfigError: `filesystem` is not a pyarrow filesystem, a URI pyarrow cannot open, or a
+            file is in `path` twice (listed twice, or also inside a listed directory).
         DataError: a path does not exist, a file is not readable Parquet, a row group is empty.
         SchemaError: a projected feature does not exist, has an unsupported type, or files
             disagree on the type of a projected column or on whether they have it.
@@ -356,6 +357,14 @@ def _resolve(path, filesystem):
             files.extend(inside)
         else:
             files.append(p)
+    seen: set[str] = set()
+    for p in files:
+        if p in seen:  # each of its units would be read twice an epoch
+            raise ConfigError(
+                f"{p} is in the dataset twice (listed twice, or listed and inside a listed directory), so its "
+                "rows would be read twice an epoch; list each file once"
+            )
+        seen.add(p)
     return filesystem, files
 
 

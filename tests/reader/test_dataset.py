@@ -160,6 +160,14 @@ def test_an_empty_list_of_paths():
         gp.Dataset([])
 
 
+@pytest.mark.parametrize("twice", ["listed twice", "listed and in a listed directory"])
+def test_a_file_in_the_dataset_twice_is_a_config_error_not_rows_read_twice(synth_dir, twice):
+    first = os.path.join(synth_dir, "part-00000.parquet")
+    paths = [first, first] if twice == "listed twice" else [synth_dir, os.path.relpath(first)]
+    with pytest.raises(gp.ConfigError, match=rf"{first} is in the dataset twice .* list each file once"):
+        gp.Dataset(paths)
+
+
 def test_a_truncated_file(synth_file, tmp_path):
     data = open(synth_file, "rb").read()
     (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])

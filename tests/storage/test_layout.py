@@ -196,9 +196,9 @@ def test_reorder_of_files_with_different_columns_keeps_each_files_columns(tmp_pa
         assert after.column_names[0] == "b" and after.select(before.column_names).equals(before)
 
 
-@pytest.mark.parametrize("names", [["x", "x.parquet"], ["x.parquet", "x.parquet"]])
-def test_reorder_refuses_two_files_that_would_be_rewritten_under_one_name(tmp_path, names):
-    for name in set(names):
+def test_reorder_refuses_two_files_that_would_be_rewritten_under_one_name(tmp_path):
+    names = ["x", "x.parquet"]  # a file listed twice the Dataset itself refuses
+    for name in names:
         pq.write_table(pa.table({"a": pa.array([1.0, 2.0], pa.float32())}), tmp_path / name)
     source = gp.Dataset([str(tmp_path / n) for n in names])
     with pytest.raises(gp.ConfigError, match=r"would both be rewritten as x\.parquet"):

@@ -49,7 +49,8 @@ class Dataset:
     plain batch. `num_rows` and work units count impressions.
 
     Raises:
-        ConfigError: `filesystem` is not a pyarrow filesystem, a URI pyarrow cannot open, or a
+        ConfigError: a path or a column name is not a string (or os.PathLike path), `filesystem`
+            is not a pyarrow filesystem, a URI pyarrow cannot open, or a
             file is in `path` twice (listed twice, or also inside a listed directory).
         DataError: a path does not exist, a file is not readable Parquet, a row group is empty.
         SchemaError: a projected feature does not exist, has an unsupported type, or files
@@ -60,6 +61,9 @@ class Dataset:
                  cache_options: pa.CacheOptions | None = None, access_log=None):  # fmt: skip
         if cache_options is not None and not isinstance(cache_options, pa.CacheOptions):
             raise ConfigError(f"cache_options must be a pyarrow.CacheOptions, got {type(cache_options).__name__}")
+        features = None if features is None else list(_ensure_names(features, "features"))
+        labels = None if label is None else _ensure_names(label, "label")
+        passthrough = () if passthrough is None else _ensure_names(passthrough, "passthrough")
         self.filesystem, self.paths = _resolve(path, filesystem)
         self.cache_options, self.access_log = cache_options, access_log
         self._fragments: dict = {}
@@ -67,9 +71,6 @@ class Dataset:
         arrow_schemas = {p: md.schema.to_arrow_schema() for p, md in self._metadata.items()}
         first = self.paths[0]
         arrow_schema = arrow_schemas[first]
-        passthrough = (passthrough,) if isinstance(passthrough, str) else tuple(passthrough)
-        features = [features] if isinstance(features, str) else features
-        labels = None if label is None else ((label,) if isinstance(label, str) else tuple(label))
         not_features = (labels or ()) + passthrough
         _check_no_file_has_more(arrow_schemas, None if features is None else [*features, *not_features])
         for name in not_features:
@@ -312,10 +313,38 @@ class Dataset:
         )
 
 
+def _ensure_names(value, what: str) -> tuple[str, ...]:
+    """Column names given as one name or any iterable of them (a list, a generator, a numpy array),
+    read once."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ConfigError(
+            f"Dataset {what}={value!r} must be a column name or a list of them, such as {what}=['a', 'b']"
+        ) from None
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"Dataset {what} holds {name!r}, which is no column name; name the columns as strings")
+    return tuple(str(name) for name in names)  # numpy's str_ as plain str
+
+
 def _resolve(path, filesystem):
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if isinstance(path, (str, os.PathLike)):
+        paths = [path]
+    else:
+        try:
+            paths = list(path)
+        except TypeError:
+            paths = [path]  # named below
     if not paths:
         raise DataError("Dataset got an empty list of paths; pass a file, a directory or a list of files")
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise ConfigError(
+                f"Dataset path {p!r} is not a path; pass a file, a directory or a list of files, as str or os.PathLike"
+            )
     paths = [os.fspath(p) for p in paths]
     if filesystem is not None and not isinstance(filesystem, pafs.FileSystem):
         raise ConfigError(

@@ -218,6 +218,33 @@ def test_an_unknown_projected_feature_of_a_plain_file_suggests_close_names(tmp_p
         gp.Dataset(tmp_path / "plain.parquet", features=["pirce"])
 
 
+def test_names_given_as_a_generator_or_numpy_array_are_the_projection(synth_file):
+    wanted = ["sparse_001", "dense_000"]
+    for given in ((name for name in wanted), np.array(wanted)):
+        ds = gp.Dataset(synth_file, features=given, label=(n for n in ["label"]), passthrough=np.array(["row_id"]))
+        assert ds.schema.names == tuple(wanted) and ds.schema.labels == ("label",) and ds.schema.extras == ("row_id",)
+        assert ds.read(ds.units()[0]).dense_keys == ("dense_000",)
+    assert gp.Dataset(synth_file, passthrough=None).schema.extras == ()
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [({"features": 3}, r"features=3 must be a column name or a list of them"),
+     ({"features": ["dense_000", 3]}, r"features holds 3, which is no column name"),
+     ({"label": 1}, r"label=1 must be a column name"),
+     ({"passthrough": [None]}, r"passthrough holds None, which is no column name")],
+)  # fmt: skip
+def test_column_names_that_are_not_strings_are_config_errors(synth_file, kw, words):
+    with pytest.raises(gp.ConfigError, match=words):
+        gp.Dataset(synth_file, **kw)
+
+
+@pytest.mark.parametrize("path", [None, 5, [5], ["x.parquet", None]])
+def test_a_path_that_is_not_a_path_is_a_config_error(path):
+    with pytest.raises(gp.ConfigError, match=r"is not a path; pass a file, a directory or a list of files"):
+        gp.Dataset(path)
+
+
 def test_a_list_of_strings_names_the_file_and_feature(tmp_path):
     pq.write_table(pa.table({"x": [1.0], "tags": [["a", "b"]]}), tmp_path / "tags.parquet")
     with pytest.raises(gp.SchemaError, match=r"tags\.parquet: column 'tags' has type list<"):

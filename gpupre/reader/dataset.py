@@ -28,7 +28,8 @@ class Dataset:
     Args:
         path: a file, a directory (every Parquet file under it, recursively), or a list of files;
             a URI (s3://...) picks its filesystem.
-        features: the projection, a list of feature names; None reads every feature.
+        features: the projection, a list of feature names; None reads every feature, but for
+            the columns named as `label` or `passthrough`, which are read as those instead.
         filesystem: any `pyarrow.fs.FileSystem` (default: from the URI, or local).
         label: label column(s); None uses the stored schema's (a plain file's `label` column);
             () reads none.
@@ -83,6 +84,13 @@ class Dataset:
                 f"{first}: column {both[0]!r} is asked for as a feature and as {role}; a column is one or "
                 "the other: leave it out of features= or out of label= / passthrough="
             )
+        if labels is None:
+            stored = Schema.from_arrow(arrow_schema, first, columns=()).labels  # the file's own label
+            if clash := [n for n in passthrough if n in stored]:
+                raise SchemaError(
+                    f"{first}: column {clash[0]!r} is the file's label and is asked for as a pass-through column; "
+                    f"a column is one or the other: pass label=() (or another label column) to pass it through"
+                )
         full = Schema.from_arrow(arrow_schema, first, columns=features, extras=passthrough, labels=labels)
         labels = full.labels if labels is None else labels
         for name in labels:
@@ -99,7 +107,9 @@ class Dataset:
             for name in features:
                 if name not in known:
                     raise SchemaError(unknown_message(f"{first}: projected feature", name, known))
-        projected = full if features is None else full.select(features)
+        if features is None:  # every feature but the columns asked for as label or pass-through
+            features = [name for name in full.names if name not in not_features]
+        projected = full.select(features)
         dedup = (arrow_schema.metadata or {}).get(DEDUP_METADATA_KEY)
         self._dedup = None if dedup is None else json.loads(dedup)
         self.expand = bool(expand)

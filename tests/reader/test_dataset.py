@@ -143,6 +143,22 @@ def test_label_override_on_a_plain_file(tmp_path):
             gp.Dataset(tmp_path / "plain.parquet", features=["price"], **kw)
 
 
+@pytest.mark.parametrize("write", [pq.write_table, gp.storage.write_table], ids=["plain", "gpupre schema"])
+def test_every_feature_leaves_out_the_label_and_pass_through_columns_named(tmp_path, write):
+    table = pa.table({"clk": pa.array([0.0, 1.0], pa.float32()), "price": pa.array([1.0, 2.0], pa.float32()),
+                      "row_id": [7, 8], "label": [0, 1]})  # fmt: skip
+    write(table, tmp_path / "t.parquet")
+    ds = gp.Dataset(tmp_path / "t.parquet", label="clk", passthrough="row_id")
+    assert ds.schema.names[0] == "price" and not {"clk", "row_id"} & set(ds.schema.names)
+    assert ds.schema.labels == ("clk",) and ds.schema.extras == ("row_id",)
+    batch = ds.read(ds.units()[0])
+    np.testing.assert_array_equal(batch.labels, [0.0, 1.0])
+    np.testing.assert_array_equal(batch.extras["row_id"], [7, 8])
+    with pytest.raises(gp.SchemaError, match=r"t\.parquet: column 'label' is the file's label .* pass label=\(\)"):
+        gp.Dataset(tmp_path / "t.parquet", passthrough="label")
+    assert gp.Dataset(tmp_path / "t.parquet", passthrough="label", label=()).schema.extras == ("label",)
+
+
 # -- bad input --------------------------------------------------------------------------------------
 def test_a_path_that_does_not_exist(tmp_path):
     with pytest.raises(gp.DataError, match=r"nowhere\.parquet does not exist"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import is_integer
 from ..errors import ConfigError
 
 __all__ = ["WorkUnit", "mix64", "rekey", "row_keys", "salted", "shard"]
@@ -39,8 +40,11 @@ def shard(
     round-robin to its workers. Shares are disjoint and together cover every unit.
     """
     for name, index, count in (("rank", rank, world_size), ("worker", worker, num_workers)):
-        if not (isinstance(count, int) and count > 0 and isinstance(index, int) and 0 <= index < count):
-            raise ConfigError(f"{name}={index} must be in [0, {count}) with a positive count")
+        if not (is_integer(count) and count > 0 and is_integer(index) and 0 <= index < count):
+            raise ConfigError(f"{name}={index!r} must be in [0, {count!r}) with a positive integer count")
+    parts = seed if isinstance(seed, (tuple, list)) else (seed,)
+    if seed is not None and not (parts and all(is_integer(p) and p >= 0 for p in parts)):
+        raise ConfigError(f"seed={seed!r} must be None, an integer >= 0 or a tuple of them, such as seed=(seed, epoch)")
     ordered = sorted(units)
     if seed is not None:
         ordered = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]

@@ -56,6 +56,19 @@ def test_bad_rank_or_worker_is_a_config_error(args):
         shard(UNITS, *args)
 
 
+@pytest.mark.parametrize("seed", [-1, "7", 1.5, (3, -2), (), True])
+def test_a_bad_seed_is_a_config_error(seed):
+    with pytest.raises(gp.ConfigError, match=r"seed=.* must be None, an integer >= 0 or a tuple of them"):
+        shard(UNITS, seed=seed)
+
+
+def test_numpy_integers_are_ranks_and_seeds():
+    import numpy as np
+
+    assert shard(UNITS, np.int64(1), np.int64(2), seed=np.int64(3)) == shard(UNITS, 1, 2, seed=3)
+    assert shard(UNITS, seed=(np.int64(3), 1)) == shard(UNITS, seed=(3, 1))
+
+
 def test_dataset_units_and_shares(synth_dir):
     ds = gp.Dataset(synth_dir)
     units = ds.units()

@@ -136,6 +136,7 @@ class Dataset:
         self._units = []
         for p in self.paths:
             self._check_file(p, arrow_schemas[p], expected)
+        self._unit_set = frozenset(self._units)
 
     def _may_hold_nulls(self, name: str) -> bool:
         """Whether some row group holds a null in the top-level column `name`: by the files'
@@ -200,6 +201,7 @@ class Dataset:
 
         Raises:
             DataError: the row group cannot be decoded (names the file and row group).
+            ConfigError: `unit` is not one of this dataset's work units.
         """
         return self._keyed(self._batch(self.read_arrow(unit), str(unit)), unit, 0)
 
@@ -208,7 +210,9 @@ class Dataset:
 
         Raises:
             DataError: the row group cannot be decoded (names the file and row group).
+            ConfigError: `unit` is not one of this dataset's work units.
         """
+        self._ensure_unit(unit)
         if self._dedup is not None:  # rows of the file are requests: about `rows` impressions a slab
             rows = max(1, rows * self._metadata[unit.path].row_group(unit.row_group).num_rows // unit.num_rows)
         try:
@@ -236,6 +240,7 @@ class Dataset:
 
     def read_arrow(self, unit: WorkUnit) -> pa.Table:
         """One unit's projected columns as an Arrow table."""
+        self._ensure_unit(unit)
         try:
             table = self._fragment(unit).to_table(columns=self.columns, **self._scan_options())
         except (OSError, pa.ArrowException) as e:
@@ -255,6 +260,13 @@ class Dataset:
             self._check_unchanged(unit, fragment.metadata)
             whole = self._fragments[unit.path] = (self.filesystem, fragment)
         return whole[1].subset(row_group_ids=[unit.row_group])
+
+    def _ensure_unit(self, unit) -> None:
+        if not (isinstance(unit, WorkUnit) and unit in self._unit_set):
+            raise ConfigError(
+                f"{unit!r} is not a work unit of this dataset ({len(self.paths)} files, {len(self._units)} units); "
+                "read the units that its units() gives"
+            )
 
     def _check_unchanged(self, unit: WorkUnit, now: pq.FileMetaData) -> None:
         """The file still has the row groups (and rows in each) it had when the dataset was opened:

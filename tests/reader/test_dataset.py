@@ -261,6 +261,17 @@ def test_a_path_that_is_not_a_path_is_a_config_error(path):
         gp.Dataset(path)
 
 
+def test_reading_a_unit_of_another_dataset_is_a_config_error(synth_file, synth_dir):
+    ds, other = gp.Dataset(synth_file), gp.Dataset(synth_dir)
+    foreign = other.units()[0]
+    beyond = gp.reader.WorkUnit(synth_file, 7, 200)  # the file has row groups 0 to 2
+    for unit in (foreign, beyond, "part-00000.parquet row group 0"):
+        for read in (ds.read, ds.read_arrow, lambda u: next(ds.read_slabs(u, 10))):
+            with pytest.raises(gp.ConfigError, match=r"is not a work unit of this dataset .* units\(\) gives"):
+                read(unit)
+    assert ds.read(gp.Dataset(synth_file, features=["dense_000"]).units()[1]).num_rows == 200  # an equal unit reads
+
+
 def test_a_list_of_strings_names_the_file_and_feature(tmp_path):
     pq.write_table(pa.table({"x": [1.0], "tags": [["a", "b"]]}), tmp_path / "tags.parquet")
     with pytest.raises(gp.SchemaError, match=r"tags\.parquet: column 'tags' has type list<"):

@@ -2,7 +2,10 @@
 
 A worker packs a host `Batch` into one shared-memory segment and the client maps it: only a small
 description travels through the result queue; the arrays are never pickled. The client unlinks a
-segment once every row of its slab is in a staged batch.
+segment as soon as it maps it (the mapping outlives the name), so a name that is left is a slab in
+transit. Workers name their segments with their loader's prefix: once its workers have stopped
+and their queue is drained, the loader unlinks every name left with it, the slabs of a worker that
+died before their messages went out (or while it wrote them).
 
 The client gathers the rows of a batch from its slabs straight into one staging buffer (pinned
 when the batch goes to a GPU): one copy on the host, then one host-to-device transfer for the
@@ -12,6 +15,7 @@ whole batch, after which the same layout gives device views. Encoded images stay
 
 from __future__ import annotations
 
+import os
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -20,17 +24,18 @@ import pyarrow as pa
 from ..batch import Batch, KeyedJagged, binary_array, binary_parts, offsets_of
 
 ALIGN = 64
+SHM_DIR = "/dev/shm"  # where Linux lists the POSIX shared-memory segments
 
 
-def to_shared(batch: Batch) -> dict:
-    """Pack `batch` into a new shared-memory segment; returns its description."""
+def to_shared(batch: Batch, name: str | None = None) -> dict:
+    """Pack `batch` into a new shared-memory segment (named `name`, or at random); returns its description."""
     arrays, description = _arrays(batch, "")
     if batch.requests is not None:  # de-duplicated: the request rows travel in the same segment
         more, description["requests"] = _arrays(batch.requests, "requests.")
         arrays.update(more)
     arrays = {key: np.ascontiguousarray(a) for key, a in arrays.items()}
     layout, size = _layout({key: (a.dtype, a.shape) for key, a in arrays.items()})
-    shm = shared_memory.SharedMemory(create=True, size=size)
+    shm = shared_memory.SharedMemory(name=name, create=True, size=size)
     _untrack(shm)  # the client owns it from now on
     for (key, _, _, offset), a in zip(layout, arrays.values()):
         shm.buf[offset : offset + a.nbytes] = a.view(np.uint8).reshape(-1)
@@ -69,9 +74,8 @@ class Slab:
     """A slab mapped from shared memory, as a host `Batch` of views; `release()` frees it."""
 
     def __init__(self, description: dict, schema):
-        # attaching registers it with this process's resource tracker: it is unlinked by
-        # release(), or at exit should this process die first
         self.shm = shared_memory.SharedMemory(name=description["shm"])
+        self.shm.unlink()  # the mapping stays until release(): no name is left should this process die
         views = {
             key: np.ndarray(shape, np.dtype(dtype), buffer=self.shm.buf, offset=offset)
             for key, dtype, shape, offset in description["layout"]
@@ -90,9 +94,8 @@ class Slab:
         self.batch = None
         try:
             self.shm.close()
-        except BufferError:  # a view is still alive somewhere; the segment goes with the process
-            return
-        self.shm.unlink()
+        except BufferError:  # a view is still alive somewhere; the mapping goes with it, or with the process
+            pass
 
 
 class Staged:
@@ -278,3 +281,20 @@ def _untrack(shm) -> None:
         resource_tracker.unregister(shm._name, "shared_memory")
     except Exception:  # noqa: BLE001 - the tracker is an implementation detail; it may not know it
         pass
+
+
+def unlink_all(prefix: str) -> None:
+    """Unlink every segment whose name starts with `prefix` (where the system lists them: Linux).
+
+    Only for names no process will map: those of workers that have stopped, their queue drained.
+    """
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                pass

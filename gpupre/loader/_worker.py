@@ -9,6 +9,8 @@ queued message is lost when its process dies, and the client names the unit a cr
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 import traceback
 from dataclasses import replace
@@ -73,9 +75,11 @@ def read_unit(dataset, stage, task, read_batch_size: int):
 NOT_STARTED, BETWEEN_UNITS = -2, -1  # current[2 * worker + 1] when the worker reads no unit
 
 
-def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current) -> None:
+def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current,
+         names: str) -> None:
     """Worker loop: one task at a time until the None sentinel; current[2 * worker : 2 * worker + 2]
-    holds the (generation, position) key of the unit being read."""
+    holds the (generation, position) key of the unit being read. Its slabs' segments are named
+    `names` (the loader's prefix), this process's id and a count."""
     import numba
 
     from ..storage.iostats import CountingFileSystem
@@ -84,6 +88,7 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # share the cores
     counting = CountingFileSystem(dataset.filesystem)
     dataset.filesystem = counting
+    names, count = f"{names}{os.getpid()}_", itertools.count()  # the process id: a replacement's names differ
     while True:
         task = tasks.get()
         if task is None:
@@ -97,7 +102,7 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
             for batch, stats in read_unit(dataset, stage, task, read_batch_size):
                 stats["bytes_read"] = counting.bytes_read
                 counting.reset()
-                results.put(("slab", position, sent, to_shared(batch), stats))
+                results.put(("slab", position, sent, to_shared(batch, f"{names}{next(count)}"), stats))
                 sent += 1
                 if position[0] != generation.value:
                     break

@@ -11,6 +11,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import secrets
 import time
 import weakref
 
@@ -21,7 +22,7 @@ from ..reader import Dataset
 from ..storage.iostats import CountingFileSystem
 from ..transforms.pipeline import Pipeline
 from ..transforms.plan import resolve_device
-from ._slabs import Slab, Staged, stage
+from ._slabs import Slab, Staged, stage, unlink_all
 from ._worker import NOT_STARTED, read_unit
 from ._worker import main as worker_main
 
@@ -125,6 +126,7 @@ class DataLoader:
         self.epoch, self.delivered = 0, 0  # rows of this epoch already handed to the consumer, and gaps
         self.steps = 0  # batches of this epoch already handed to the consumer
         self._workers, self._generation = [], 0
+        self._shm_prefix = f"gpupre_{secrets.token_hex(4)}_"  # of its workers' slab segments
         self._stats = _new_stats()
         if self._source is not None:
             self._source.owner = self
@@ -543,7 +545,7 @@ class DataLoader:
             process = context.Process(
                 target=worker_main,
                 args=(self.dataset, self._stage, self.read_batch_size, self._task_queue, self._result_queue, index, threads,
-                      self._current_generation, self._current),
+                      self._current_generation, self._current, self._shm_prefix),
                 daemon=True,
                 name=f"gpupre-loader-{index}",
             )
@@ -569,6 +571,7 @@ class DataLoader:
                 process.terminate()
             process.join(timeout=1)
         self._drain(timeout=0.0)
+        unlink_all(self._shm_prefix)  # slabs whose messages died with their worker, or never went out
 
     def _drain(self, timeout: float) -> None:
         """Free the slabs left in the result queue."""

@@ -1,5 +1,7 @@
 """DataLoader: every row once per epoch, rebatching, the plan, exact resume, ranks, bad units."""
 
+import dataclasses
+import glob
 import os
 import re
 import time
@@ -243,6 +245,41 @@ def test_a_unit_that_kills_its_worker_once_is_read_again_and_every_row_delivered
     assert ids == epoch_ids(list(_loader(ds, shuffle=True)))  # every row once, in the same order
 
 
+def _segments(loader) -> list:
+    """The shared-memory segments of the loader's slabs that are still named."""
+    return glob.glob(f"/dev/shm/{loader._shm_prefix}*")
+
+
+class _ExitWhenSent:
+    """A column that ends its process when its message is pickled (in the queue's sending thread)."""
+
+    def __reduce__(self):
+        os._exit(3)
+
+
+class _DyingWithASlabInTransit(_CrashingDataset):
+    """Its worker dies sending the crashing unit's second slab, once: the segment was made, and its
+    message never goes out."""
+
+    def _crash(self, slabs):
+        slabs = iter(slabs)
+        yield next(slabs)
+        open(self.once, "w").close()
+        batch = next(slabs)
+        yield dataclasses.replace(batch, extras={**batch.extras, "exit": _ExitWhenSent()})
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="lists the shared-memory segments in /dev/shm")
+def test_a_worker_that_dies_with_a_slab_in_transit_leaves_no_shared_memory(ds, synth_dir, tmp_path):
+    crashing = _DyingWithASlabInTransit(synth_dir, once=str(tmp_path / "crashed"))
+    loader = _loader(crashing, num_workers=1)
+    ids = epoch_ids(list(loader))
+    assert os.path.exists(tmp_path / "crashed") and ids == epoch_ids(list(_loader(ds)))
+    assert _segments(loader) == []  # unlinked when the workers were replaced, not only at close
+    loader.close()
+    assert _segments(loader) == []
+
+
 def test_stats_report_rows_bytes_and_stage_times(ds):
     loader = _loader(ds, num_workers=2)
     list(loader)
@@ -372,15 +409,12 @@ def test_a_second_iteration_stops_the_first(ds):
 
 
 def test_stopping_early_and_closing_leaves_no_shared_memory(ds):
-    import glob
-
-    before = set(glob.glob("/dev/shm/psm_*"))
     loader = _loader(ds, num_workers=2, read_batch_size=5, batch_size=8)
     for i, _ in enumerate(loader):
         if i == 3:
             break
     loader.close()
-    assert not set(glob.glob("/dev/shm/psm_*")) - before
+    assert _segments(loader) == []
 
 
 def test_label_and_passthrough_arguments_choose_the_columns(synth_dir):

@@ -1,13 +1,17 @@
 """Slabs and the staging buffer: every array of a batch gathered into one buffer, rows intact."""
 
+import glob
+import os
+
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpupre as gp
-from gpupre.loader._slabs import Slab, stage, to_shared
+from gpupre.loader._slabs import Slab, stage, to_shared, unlink_all
 
 F = gp.Feature
 
@@ -76,6 +80,22 @@ def test_slabs_in_shared_memory_stage_like_host_batches():
     finally:
         for s in slabs:
             s.release()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="lists the shared-memory segments in /dev/shm")
+def test_a_slab_is_unnamed_once_mapped_and_the_names_left_with_a_prefix_are_unlinked():
+    """A name is a slab in transit: mapped, it goes (its rows stay); unmapped, unlink_all removes it."""
+    prefix = f"gpupre_test_{os.getpid()}_"
+    parts = [batch(5, 0), batch(4, 1)]
+    descriptions = [to_shared(b, f"{prefix}{i}") for i, b in enumerate(parts)]
+    slab = Slab(descriptions[0], parts[0].schema)
+    try:
+        assert sorted(glob.glob(f"/dev/shm/{prefix}*")) == [f"/dev/shm/{prefix}1"]
+        assert_equal_batches(slab.batch, parts[0])
+    finally:
+        slab.release()
+    unlink_all(prefix)
+    assert glob.glob(f"/dev/shm/{prefix}*") == []
 
 
 def test_a_numeric_extra_with_nulls_in_one_slab_stays_arrow():

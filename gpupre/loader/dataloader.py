@@ -418,12 +418,18 @@ class DataLoader:
 
         def restart(dead):
             """Replace the workers after deaths in units; the dispatched units not done are read
-            again, the one being delivered from its first row not yet delivered."""
+            again, the one being delivered from its first row not yet delivered. A unit whose
+            every row came (its worker died after the last slab) is done: that death is not counted."""
             nonlocal next_slab
             self.close()  # all of them: a dead process may hold a queue's lock, so the queues go too
+            unfinished = {key for key in order[next_at:dispatched] if key not in done}
+            for key in unfinished & {key for _, _, key in dead}:
+                received = [slab for (k, _), slab in slabs.items() if k == key]
+                if sum(slab.num_rows for slab in received) == rows_of[key]:  # died after the last slab
+                    done[key] = (next_slab if key == order[next_at] else 0) + len(received)
+                    unfinished.discard(key)
             for at in [at for at in slabs if at[0] not in done]:
                 slabs.pop(at).release()
-            unfinished = {key for key in order[next_at:dispatched] if key not in done}
             for index, code, key in (d for d in dead if d[2] in unfinished):  # else it died after its unit
                 deaths[key] += 1
                 if deaths[key] > RETRIES:

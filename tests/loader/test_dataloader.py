@@ -280,6 +280,29 @@ def test_a_worker_that_dies_with_a_slab_in_transit_leaves_no_shared_memory(ds, s
     assert _segments(loader) == []
 
 
+class _SlowFirstUnit(_CrashingDataset):
+    """Its first unit takes `slow` seconds, so that its other workers read ahead meanwhile."""
+
+    def __init__(self, path, slow, **kw):
+        super().__init__(path, **kw)
+        self.slow = slow
+
+    def read_slabs(self, unit, read_batch_size):
+        if unit == self.units()[0]:
+            time.sleep(self.slow)
+        return super().read_slabs(unit, read_batch_size)
+
+
+# slabs of 20 rows: the crashing unit's 50 rows are 3 slabs, then its worker exits
+@pytest.mark.parametrize("workers,slow", [(1, 0.0), (2, 2.0)])  # the unit being delivered, or one read ahead
+def test_a_worker_that_dies_after_its_units_last_slab_leaves_the_unit_whole(ds, synth_dir, workers, slow):
+    crashing = _SlowFirstUnit(synth_dir, slow, after=3, pause=0.5)
+    loader = _loader(crashing, num_workers=workers)
+    ids = epoch_ids(list(loader))  # it would die again each time, and raise after the third
+    loader.close()
+    assert ids == epoch_ids(list(_loader(ds))) and not loader.stats()["skipped_units"]
+
+
 def test_stats_report_rows_bytes_and_stage_times(ds):
     loader = _loader(ds, num_workers=2)
     list(loader)

@@ -60,12 +60,14 @@ class Dataset:
 
     def __init__(self, path, features=None, filesystem=None, label=None, passthrough=(), expand: bool = False,
                  cache_options: pa.CacheOptions | None = None, access_log=None):  # fmt: skip
+        if not isinstance(expand, (bool, np.bool_)):
+            raise ConfigError(f"Dataset expand={expand!r} must be True or False")
         if cache_options is not None and not isinstance(cache_options, pa.CacheOptions):
             raise ConfigError(f"cache_options must be a pyarrow.CacheOptions, got {type(cache_options).__name__}")
         features = None if features is None else list(_ensure_names(features, "features"))
         labels = None if label is None else _ensure_names(label, "label")
         passthrough = () if passthrough is None else _ensure_names(passthrough, "passthrough")
-        self.filesystem, self.paths = _resolve(path, filesystem)
+        self.filesystem, self.paths, self.directories = _resolve(path, filesystem)
         self.cache_options, self.access_log = cache_options, access_log
         self._fragments: dict = {}
         self._metadata = {p: _open_metadata(self.filesystem, p) for p in self.paths}
@@ -137,6 +139,18 @@ class Dataset:
         for p in self.paths:
             self._check_file(p, arrow_schemas[p], expected)
         self._unit_set = frozenset(self._units)
+
+    def check_outside(self, out: str, filesystem, what: str) -> None:
+        """Raise a ConfigError if `out` (a directory on `filesystem`) is inside a directory this
+        dataset was opened with: a later `gp.Dataset` of that directory would read both."""
+        if filesystem.type_name != self.filesystem.type_name:
+            return
+        for directory in self.directories:
+            if (out.rstrip("/") + "/").startswith(directory.rstrip("/") + "/"):
+                raise ConfigError(
+                    f"{what} would write {out} inside {directory}, a directory of the source dataset, so "
+                    "that gp.Dataset of it would read both; write to a directory outside it"
+                )
 
     def _may_hold_nulls(self, name: str) -> bool:
         """Whether some row group holds a null in the top-level column `name`: by the files'
@@ -390,7 +404,7 @@ def _resolve(path, filesystem):
         infos = filesystem.get_file_info(paths)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot look up {paths[0]} ({e}); check the path, and that its store is up") from e
-    files = []
+    files, directories = [], []
     for p, info in zip(paths, infos):
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"{p} does not exist; check the dataset path")
@@ -406,6 +420,7 @@ def _resolve(path, filesystem):
             if not inside:
                 raise DataError(f"{p} holds no Parquet files (*{', *'.join(PARQUET_SUFFIXES)})")
             files.extend(inside)
+            directories.append(p)
         else:
             files.append(p)
     seen: set[str] = set()
@@ -416,7 +431,7 @@ def _resolve(path, filesystem):
                 "rows would be read twice an epoch; list each file once"
             )
         seen.add(p)
-    return filesystem, files
+    return filesystem, files, tuple(directories)
 
 
 def _check_no_file_has_more(arrow_schemas: dict, wanted) -> None:

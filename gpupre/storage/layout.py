@@ -271,6 +271,7 @@ def reorder(source, out, workload: Workload, request_bytes: int = 1 << 20, files
         not_empty = not is_file and filesystem.get_file_info(pafs.FileSelector(out, allow_not_found=True))
     except OSError as e:
         raise DataError(f"{out}: cannot look there ({e}); check that the bucket or directory exists and can be written") from e
+    dataset.check_outside(out, filesystem, "reorder")
     if is_file:
         raise ConfigError(f"{out} is a file; reorder writes a new dataset, give it a new or empty directory")
     if not_empty:

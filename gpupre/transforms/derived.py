@@ -11,6 +11,7 @@ import os
 from dataclasses import replace
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -125,6 +126,7 @@ def _ensure_arguments(dataset, out, row_group_rows) -> str:
             "write the requests with gp.serving.TabularWriter and materialize that"
         )
     out = os.path.abspath(os.fspath(out))
+    dataset.check_outside(out, pafs.LocalFileSystem(), "materialize")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ConfigError(
             f"{out=} exists and is not an empty directory; remove it or choose another directory"

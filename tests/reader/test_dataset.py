@@ -378,3 +378,9 @@ def test_a_passthrough_column_without_statistics_is_numpy_unless_it_holds_nulls(
         ds = gp.Dataset(path, features=["x"], passthrough=["row_id"])
         kinds = {type(ds.read(u).extras["row_id"]) for u in ds.units()}
         assert kinds == ({pa.Int64Array} if nulls else {np.ndarray})
+
+
+@pytest.mark.parametrize("expand", ["no", 0, None])
+def test_expand_that_is_not_a_bool_is_a_config_error(synth_file, expand):
+    with pytest.raises(gp.ConfigError, match="expand=.* must be True or False"):  # "no" had meant True
+        gp.Dataset(synth_file, expand=expand)

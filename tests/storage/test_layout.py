@@ -186,13 +186,14 @@ def test_reorder_of_plain_parquet_keeps_the_feature_order(tmp_path):
 
 def test_reorder_of_files_with_different_columns_keeps_each_files_columns(tmp_path):
     two = {"a": pa.array([1.0, 2.0], pa.float32()), "b": pa.array([3.0, 4.0], pa.float32()), "label": [1.0, 0.0]}
-    pq.write_table(pa.table(two), tmp_path / "p0.parquet")
-    pq.write_table(pa.table({**two, "c": pa.array([5.0, 6.0], pa.float32())}), tmp_path / "p1.parquet")
-    source = gp.Dataset(tmp_path, features=["a", "b"])  # only the first two are in every file
+    (tmp_path / "src").mkdir()
+    pq.write_table(pa.table(two), tmp_path / "src" / "p0.parquet")
+    pq.write_table(pa.table({**two, "c": pa.array([5.0, 6.0], pa.float32())}), tmp_path / "src" / "p1.parquet")
+    source = gp.Dataset(tmp_path / "src", features=["a", "b"])  # only the first two are in every file
     out = reorder(source, tmp_path / "re", Workload().add("j", ["b"]), progress=False)
     assert out.schema == source.schema
     for name in ("p0.parquet", "p1.parquet"):
-        before, after = pq.read_table(tmp_path / name), pq.read_table(tmp_path / "re" / name)
+        before, after = pq.read_table(tmp_path / "src" / name), pq.read_table(tmp_path / "re" / name)
         assert after.column_names[0] == "b" and after.select(before.column_names).equals(before)
 
 
@@ -237,3 +238,14 @@ def test_arguments_of_the_layout_tools_are_checked(tmp_path):
         Workload().add("j", ["a"], "5")
     with pytest.raises(gp.ConfigError, match="probes=0"):
         measured_cache_options(pafs.LocalFileSystem(), str(tmp_path / "x"), probes=0)
+
+
+def test_reorder_into_the_source_directory_is_refused_as_it_would_be_read_twice(wide, tmp_path):
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "data.parquet").write_bytes(open(wide, "rb").read())
+    ds = gp.Dataset(str(source))
+    with pytest.raises(gp.ConfigError, match="inside .*data, a directory of the source dataset"):
+        reorder(ds, source / "reordered", jobs(list(ds.schema.names)), progress=False)
+    assert gp.Dataset(str(source)).num_rows == ds.num_rows  # nothing was written there
+    reorder(gp.Dataset(str(source / "data.parquet")), source / "beside", jobs(list(ds.schema.names)), progress=False)

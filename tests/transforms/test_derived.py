@@ -244,3 +244,11 @@ def test_plain_parquet_keeps_columns_that_are_no_feature(tmp_path):
     np.testing.assert_array_equal(batch.labels, [0, 1, 0])
     lengths, _, _ = batch.sparse.feature("pairs")
     np.testing.assert_array_equal(lengths, [2, 0, 1])
+
+
+def test_materializing_into_the_source_directory_is_refused(tmp_path, source, fitted):
+    shutil.copytree(source.directories[0], tmp_path / "data")
+    ops = [op for op in fitted.ops if op.out and op.out[0] == "cross"]
+    with pytest.raises(gp.ConfigError, match="a directory of the source dataset"):
+        gp.materialize(gp.Dataset(str(tmp_path / "data")), ops, tmp_path / "data" / "derived", progress=False)
+    assert not (tmp_path / "data" / "derived").exists()

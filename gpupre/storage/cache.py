@@ -29,6 +29,7 @@ import warnings
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .._checks import is_integer
 from ..errors import ConfigError, DataError
 from .iostats import DelegatingHandler, HandlerFileSystem
 
@@ -303,10 +304,11 @@ class CachedFileSystem(HandlerFileSystem):
     """
 
     def __init__(self, remote: pafs.FileSystem, directory, capacity_bytes: int, hole_size_limit: int = 1 << 20):
-        if not (isinstance(capacity_bytes, int) and capacity_bytes > 0):
+        if not (is_integer(capacity_bytes) and capacity_bytes > 0):
             raise ConfigError(f"{capacity_bytes=} must be a positive number of bytes")
-        if not (isinstance(hole_size_limit, int) and hole_size_limit >= 0):
+        if not (is_integer(hole_size_limit) and hole_size_limit >= 0):
             raise ConfigError(f"{hole_size_limit=} must be a number of bytes >= 0")
+        capacity_bytes, hole_size_limit = int(capacity_bytes), int(hole_size_limit)
         directory = os.path.abspath(os.fspath(directory))
         existing = directory
         while not os.path.exists(existing):

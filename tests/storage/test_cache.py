@@ -4,6 +4,7 @@ import multiprocessing as mp
 import os
 import pickle
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -128,9 +129,11 @@ def test_a_changed_remote_file_is_never_served_stale(tmp_path):
     assert read_all(path, fs, ["x"])[0].column("x").to_pylist() == [7.0, 8.0, 9.0]
 
 
-def test_capacity_must_be_positive(tmp_path):
-    with pytest.raises(gp.ConfigError, match="capacity_bytes"):
-        CachedFileSystem(pafs.LocalFileSystem(), tmp_path, 0)
+def test_capacity_must_be_a_positive_integer_of_any_kind(tmp_path):
+    for bad in (0, True, 1.5):
+        with pytest.raises(gp.ConfigError, match="capacity_bytes"):
+            CachedFileSystem(pafs.LocalFileSystem(), tmp_path, bad)
+    assert CachedFileSystem(pafs.LocalFileSystem(), tmp_path, np.int64(1 << 20)).handler.capacity_bytes == 1 << 20
 
 
 def _job(path, directory, capacity, features, queue):

@@ -273,12 +273,12 @@ class LabelJoiner:
         self._waiting -= len(missing)
         for r, user in zip(users, values[len(missing) :]):  # what came now is checked as at add
             self._open[r][1] = user
-            problem = self._check_bytes(None, user) if user is not None else ""
+            problem = self._check_bytes(None, user)
             if problem:
                 self._reject_open(r, list(self._open[r][2]), "corrupt", problem, rejected)
         for (r, item), value in zip(missing, values):
             if item in self._open[r][2]:  # not rejected with its request's user
-                problem = self._check_bytes(value, None) if value is not None else ""
+                problem = self._check_bytes(value, None)
                 if problem:
                     self._reject_open(r, [item], "corrupt", problem, rejected)
                 else:

@@ -232,23 +232,22 @@ def _extract(arr: pa.MapArray, kind: str, names, keys, source):
         lengths[rows[group[a:b]]] = np.diff(item_offsets[a : b + 1])
         list_offsets = pa.array(offsets_of(lengths, np.int32))
         v0, v1 = int(item_offsets[a]), int(item_offsets[b])
-        mine = ids.slice(v0, v1 - v0)
-        if mine.null_count:  # the reader refuses them: say so now, naming where they come from
-            raise DataError(
-                f"{source}: sparse feature {name!r} (key {keys[i]} of {MAP_COLUMNS[kind]!r}) holds {mine.null_count} "
-                "null ids inside its lists; every list element needs an id: drop them or replace them in the source"
-            )
-        out[name] = pa.ListArray.from_arrays(list_offsets, mine)
+        where = f"{name!r} (key {keys[i]} of {MAP_COLUMNS[kind]!r})"
+        out[name] = _list(ids.slice(v0, v1 - v0), list_offsets, f"{source}: sparse feature {where}",
+                          "null ids inside its lists; every list element needs an id: drop them or replace them in the source")  # fmt: skip
         if scores is not None:
-            mine = scores.slice(v0, v1 - v0)
-            if mine.null_count:  # the reader refuses them: say so now, naming where they come from
-                raise DataError(
-                    f"{source}: scored feature {name!r} (key {keys[i]} of {MAP_COLUMNS[kind]!r}) holds "
-                    f"{mine.null_count} null scores; every id needs a score: replace them in the source with a "
-                    "real score (or NaN, which ranks last)"
-                )
-            out[name + SCORE_SUFFIX] = pa.ListArray.from_arrays(list_offsets, mine)
+            out[name + SCORE_SUFFIX] = _list(scores.slice(v0, v1 - v0), list_offsets, f"{source}: scored feature {where}",
+                                             "null scores; every id needs a score: replace them in the source with a real "
+                                             "score (or NaN, which ranks last)")  # fmt: skip
     return out
+
+
+def _list(values: pa.Array, offsets: pa.Array, what: str, nulls: str) -> pa.ListArray:
+    """The list column of `values` at `offsets`; a null element is a DataError now, naming `what`
+    (the reader refuses them, where their source is no longer known)."""
+    if values.null_count:
+        raise DataError(f"{what} holds {values.null_count} {nulls}")
+    return pa.ListArray.from_arrays(offsets, values)
 
 
 def _ranges(starts, counts):

@@ -463,9 +463,9 @@ def op_from_dict(data: dict) -> Op:
     cls = OPS[name]
     if "features" not in data:
         raise ConfigError(f"saved op {name} has no 'features'; save ops with Op.to_dict(), which writes them")
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        known = [f.name for f in fields(cls)]
         raise ConfigError(f"saved op {name} has unknown parameters {unknown}; {name} takes {known}")
     features, out = data.pop("features"), data.pop("out", None)
     if cls.arity == 2:

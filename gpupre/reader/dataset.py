@@ -70,7 +70,8 @@ class Dataset:
         self.filesystem, self.paths, self.directories = _resolve(path, filesystem)
         self.cache_options, self.access_log = cache_options, access_log
         self._fragments: dict = {}
-        self._metadata = {p: _open_metadata(self.filesystem, p) for p in self.paths}
+        self._footers = {p: _open_metadata(self.filesystem, p) for p in self.paths}
+        self._row_counts = {p: [md.row_group(g).num_rows for g in range(md.num_row_groups)] for p, md in self._footers.items()}
         arrow_schemas = {p: md.schema.to_arrow_schema() for p, md in self._metadata.items()}
         first = self.paths[0]
         arrow_schema = arrow_schemas[first]
@@ -228,7 +229,7 @@ class Dataset:
         """
         self._ensure_unit(unit)
         if self._dedup is not None:  # rows of the file are requests: about `rows` impressions a slab
-            rows = max(1, rows * self._metadata[unit.path].row_group(unit.row_group).num_rows // unit.num_rows)
+            rows = max(1, rows * self._row_counts[unit.path][unit.row_group] // unit.num_rows)
         try:
             parts = self._fragment(unit).to_batches(columns=self.columns, batch_size=rows, **self._scan_options())
             start = 0
@@ -285,8 +286,7 @@ class Dataset:
     def _check_unchanged(self, unit: WorkUnit, now: pq.FileMetaData) -> None:
         """The file still has the row groups (and rows in each) it had when the dataset was opened:
         the work units, the loader's steps and its resume points all count them."""
-        then = self._metadata[unit.path]
-        before = [then.row_group(g).num_rows for g in range(then.num_row_groups)]
+        before = self._row_counts[unit.path]
         after = [now.row_group(g).num_rows for g in range(now.num_row_groups)]
         if before != after:
             raise DataError(
@@ -303,8 +303,15 @@ class Dataset:
             "use_threads": not isinstance(self.filesystem, pafs.PyFileSystem),
         }
 
-    def __getstate__(self):
-        return {**self.__dict__, "_fragments": {}}
+    def __getstate__(self):  # the footers are large (column statistics): a copy reads them again if it needs them
+        return {**self.__dict__, "_fragments": {}, "_footers": None}
+
+    @property
+    def _metadata(self) -> dict:
+        """{path: pq.FileMetaData} of the files."""
+        if self._footers is None:
+            self._footers = {p: _open_metadata(self.filesystem, p) for p in self.paths}
+        return self._footers
 
     def with_columns(self, label=None, passthrough=None, features=None) -> "Dataset":
         """The same files with another projection, label or pass-through columns (None keeps them).

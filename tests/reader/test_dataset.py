@@ -1,6 +1,7 @@
 """Dataset: files and directories, units, projection (values and bytes), inference, bad input."""
 
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -326,6 +327,23 @@ def test_bytes_per_column(synth_file):
     )
     assert sum(c for c, _ in sizes.values()) == total
     assert sizes["sparse_007"][0] > sizes["sparse_000"][0]  # a long-list feature against a one-id one
+
+
+def test_a_pickled_dataset_leaves_the_footers_behind_and_reads_the_same(tmp_path):
+    """Loader workers and Ray readers get a pickled copy: the files' footers (statistics of every
+    column chunk) are read again only where needed, so a copy's size does not grow with the row groups."""
+    sizes, datasets = [], []
+    for groups in (2, 20):
+        spec = gp.storage.SynthSpec(rows=groups * 50, num_dense=50, num_sparse=50, num_scored=0, row_group_rows=50)
+        gp.storage.synthesize(str(tmp_path / f"{groups}.parquet"), spec, progress=False)
+        datasets.append(gp.Dataset(str(tmp_path / f"{groups}.parquet")))
+        sizes.append(len(pickle.dumps(datasets[-1])))
+    assert (sizes[1] - sizes[0]) / 18 < 200, sizes  # a footer holds some 10 KB a row group here
+    ds = datasets[1]
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.bytes_per_column() == ds.bytes_per_column()
+    for unit in (ds.units()[0], ds.units()[-1]):
+        assert copy.read(unit).to_arrow().equals(ds.read(unit).to_arrow())
 
 
 def test_read_slabs_records_a_unit_whose_reader_stops_at_its_last_row(synth_file, tmp_path):

@@ -75,9 +75,10 @@ def read_unit(dataset, stage, task, read_batch_size: int):
 NOT_STARTED, BETWEEN_UNITS = -2, -1  # current[2 * worker + 1] when the worker reads no unit
 
 
-def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current,
+def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current,
          names: str) -> None:
-    """Worker loop: one task at a time until the None sentinel; current[2 * worker : 2 * worker + 2]
+    """Worker loop: takes its (dataset, stage) from `setup`, then one task at a time until the None
+    sentinel; current[2 * worker : 2 * worker + 2]
     holds the (generation, position) key of the unit being read. Its slabs' segments are named
     `names` (the loader's prefix), this process's id and a count."""
     import numba
@@ -86,6 +87,7 @@ def main(dataset, stage, read_batch_size: int, tasks, results, worker: int, thre
     from ._slabs import to_shared
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # share the cores
+    dataset, stage = setup.get()
     counting = CountingFileSystem(dataset.filesystem)
     dataset.filesystem = counting
     names, count = f"{names}{os.getpid()}_", itertools.count()  # the process id: a replacement's names differ

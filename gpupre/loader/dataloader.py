@@ -544,19 +544,26 @@ class DataLoader:
         self.close()
         context = mp.get_context("spawn")  # fork would copy numba's and torch's threads
         self._task_queue, self._result_queue = context.Queue(), context.Queue()
+        # The dataset and pipeline go through a queue, not the process arguments: a spawned process
+        # runs the script's main module before it reads its arguments, and the start of one with
+        # more than a pipe's buffer of them waits for that, one worker after another (for ever,
+        # when the script lacks its `__main__` guard and the worker fails there).
+        setup = self._setup_queue = context.Queue()  # kept: a worker maps its locks only once it has started
+        setup.cancel_join_thread()  # a worker that dies first leaves its copy unread
         self._current_generation = context.Value("q", 0, lock=False)  # workers skip older tasks
         self._current = context.Array("q", [0, NOT_STARTED] * self.num_workers, lock=False)  # the unit each reads
         threads = max(1, (os.cpu_count() or 1) // self.num_workers)
         for index in range(self.num_workers):
             process = context.Process(
                 target=worker_main,
-                args=(self.dataset, self._stage, self.read_batch_size, self._task_queue, self._result_queue, index, threads,
+                args=(setup, self.read_batch_size, self._task_queue, self._result_queue, index, threads,
                       self._current_generation, self._current, self._shm_prefix),
                 daemon=True,
                 name=f"gpupre-loader-{index}",
             )
             process.start()
             self._workers.append(process)
+            setup.put((self.dataset, self._stage))
         _WITH_WORKERS.add(self)
 
     def close(self) -> None:

@@ -126,19 +126,7 @@ class Batch:
             for i, f in enumerate(dense_features):
                 dense[i] = _float32(columns[f.name], f.name, source)
 
-        parts, scores = [], {}  # (lengths, ids) per feature; {feature index: scores}
-        for i, f in enumerate(schema.sparse):
-            ln, vals = _ids(columns[f.name], f.name, source)
-            parts.append((ln, vals))
-            if f.kind == SCORED:
-                score_name = f.name + SCORE_SUFFIX
-                score_lengths, scores[i] = _scores(columns[score_name], score_name, source)
-                if not np.array_equal(ln, score_lengths):
-                    row = int(np.flatnonzero(ln != score_lengths)[0])
-                    raise DataError(
-                        f"{source}: scored feature {f.name!r} row {row} has {ln[row]} ids but "
-                        f"{score_lengths[row]} scores; every id needs exactly one score"
-                    )
+        parts, scores = sparse_parts(columns, schema.sparse, source)
         sparse = KeyedJagged(tuple(f.name for f in schema.sparse), *_pack(parts, scores, n))
 
         labels = None
@@ -420,6 +408,30 @@ def _float32(arr: pa.Array, name: str, source: str) -> np.ndarray:
     if arr.null_count and not pa.types.is_floating(t):
         arr = arr.cast(pa.float32())  # so that nulls become NaN
     return arr.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+
+
+def sparse_parts(columns, features, source: str):
+    """([(lengths, ids)] of each sparse or scored feature, {its index: scores} of the scored ones),
+    viewed from the Arrow `columns` {name: array} (the arrays are the columns' own where they can be).
+
+    Raises:
+        SchemaError: a column's type does not fit its kind.
+        DataError: a null id or score inside a list, or a row whose ids and scores differ in number.
+    """
+    parts, scores = [], {}
+    for i, f in enumerate(features):
+        lengths, ids = _ids(columns[f.name], f.name, source)
+        parts.append((lengths, ids))
+        if f.kind == SCORED:
+            score_name = f.name + SCORE_SUFFIX
+            score_lengths, scores[i] = _scores(columns[score_name], score_name, source)
+            if not np.array_equal(lengths, score_lengths):
+                row = int(np.flatnonzero(lengths != score_lengths)[0])
+                raise DataError(
+                    f"{source}: scored feature {f.name!r} row {row} has {lengths[row]} ids but "
+                    f"{score_lengths[row]} scores; every id needs exactly one score"
+                )
+    return parts, scores
 
 
 def _ids(arr: pa.Array, name: str, source: str):

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._checks import is_integer
-from ..batch import offsets_of, one_array
+from ..batch import offsets_of, one_array, sparse_parts
 from ..errors import ConfigError, SchemaError
 from ..schema import METADATA_KEY, Schema
 
@@ -24,9 +24,15 @@ def to_flat_table(table: pa.Table, schema: Schema) -> pa.Table:
 
     dense -> float32; sparse -> list<int64> (an integer column becomes lists of one id, null ->
     empty list); scored -> list<int64> ids and list<float32> scores; labels -> float32.
+
+    Raises:
+        SchemaError: a column is missing or cannot be stored as its kind.
+        DataError: a null id or score inside a list, or a row of a scored feature whose ids and
+            scores differ in number: a file the reader would refuse.
     """
     target = schema.to_arrow({name: _get(table, name).type for name in schema.extras})
     arrays = [_canonical(_get(table, fld.name), fld.type, fld.name) for fld in target]
+    sparse_parts(dict(zip(target.names, arrays)), schema.sparse, "the table")  # what the reader would refuse
     return pa.Table.from_arrays(arrays, schema=target)
 
 
@@ -158,6 +164,7 @@ class TableWriter:
             ConfigError: `table` is not a pyarrow Table.
             SchemaError: a column the schema names is missing or cannot take its kind, or an
                 extra column's type is not the one this writer was made with (`extra_types`).
+            DataError: a null id or score inside a list, or a scored row with unequal ids and scores.
         """
         if not isinstance(table, pa.Table):
             raise ConfigError(
@@ -221,6 +228,9 @@ def write_table(
     Raises:
         ConfigError: `table` is not a pyarrow Table, `path` is a directory, or `row_group_rows` or
             `compression` is invalid.
+        SchemaError: a column the schema names is missing or cannot be stored as its kind.
+        DataError: a null id or score inside a list, or a scored row with unequal ids and scores;
+            nothing is written.
     """
     if not isinstance(table, pa.Table):
         raise ConfigError(

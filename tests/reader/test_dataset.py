@@ -308,7 +308,8 @@ def test_a_scored_feature_with_ids_and_scores_of_different_lengths(tmp_path):
             "sc.score": pa.array([[0.5], [0.5, 0.5], [0.5, 0.5]], pa.list_(pa.float32())),
         }
     )
-    gp.storage.write_table(table, tmp_path / "scored.parquet", gp.Schema((gp.Feature("sc", "scored"),)))
+    arrow_schema = gp.Schema((gp.Feature("sc", "scored"),)).to_arrow({})  # as write_table stores it; it refuses the table
+    pq.write_table(pa.Table.from_arrays(table.columns, schema=arrow_schema), tmp_path / "scored.parquet")
     ds = gp.Dataset(tmp_path / "scored.parquet")
     with pytest.raises(
         gp.DataError, match=r"scored\.parquet row group 0: scored feature 'sc' row 2 has 1 ids but 2"

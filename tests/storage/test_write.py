@@ -1,5 +1,7 @@
 """write_table / TableWriter: canonical flattened types, exact row groups, round trips."""
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -141,6 +143,23 @@ def test_a_column_missing_from_the_table_is_a_schema_error(tmp_path):
         gp.SchemaError, match=r"column 'terms\.score' named by the schema is not in the table"
     ):
         gp.storage.write_table(source_table().drop_columns(["terms.score"]), tmp_path / "t.parquet", SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [
+        ("history", pa.array([[1, None]] * 7, pa.list_(pa.int32())), "'history' holds 7 null ids inside its lists"),
+        ("terms.score", pa.array([[0.5, None]] * 7, pa.list_(pa.float64())), "'terms.score' holds 7 null scores"),
+        ("terms.score", pa.array([[0.5]] * 7, pa.list_(pa.float64())), "'terms' row 0 has 0 ids but 1 scores"),
+    ],
+)
+def test_lists_the_reader_would_refuse_are_a_data_error_and_no_file(tmp_path, column, value, words):
+    """Null ids or scores inside lists, or a scored row with more scores than ids: the file was
+    written, and every reading of it failed."""
+    table = source_table().set_column(source_table().schema.get_field_index(column), column, value)
+    with pytest.raises(gp.DataError, match=words):
+        gp.storage.write_table(table, tmp_path / "t.parquet", SCHEMA)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("rows", [0, -1, 2.5])

@@ -1,7 +1,10 @@
 """One buffer per batch: slabs in shared memory, and the staging buffer the client rebatches into.
 
-A worker packs a host `Batch` into one shared-memory segment and the client maps it: only a small
-description travels through the result queue; the arrays are never pickled. The client unlinks a
+A worker packs a host `Batch` into one shared-memory segment and the client maps it: the arrays,
+then the batch's description (its layout, keys and Arrow columns, pickled) at the segment's end.
+Only the segment's name and where its description lies travel through the result queue, so every
+message fits in one atomic pipe write: a worker killed while writing a longer one would leave half
+a message that the client's next read waits on for ever. The arrays are never pickled. The client unlinks a
 segment as soon as it maps it (the mapping outlives the name), so a name that is left is a slab in
 transit. Workers name their segments with their loader's prefix: once its workers have stopped
 and their queue is drained, the loader unlinks every name left with it, the slabs of a worker that
@@ -16,6 +19,7 @@ whole batch, after which the same layout gives device views. Encoded images stay
 from __future__ import annotations
 
 import os
+import pickle
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -28,20 +32,22 @@ SHM_DIR = "/dev/shm"  # where Linux lists the POSIX shared-memory segments
 
 
 def to_shared(batch: Batch, name: str | None = None) -> dict:
-    """Pack `batch` into a new shared-memory segment (named `name`, or at random); returns its description."""
+    """Pack `batch` into a new shared-memory segment (named `name`, or at random); returns what
+    `Slab` maps it from: {"shm": name, "description": (offset, size)}."""
     arrays, description = _arrays(batch, "")
     if batch.requests is not None:  # de-duplicated: the request rows travel in the same segment
         more, description["requests"] = _arrays(batch.requests, "requests.")
         arrays.update(more)
     arrays = {key: np.ascontiguousarray(a) for key, a in arrays.items()}
-    layout, size = _layout({key: (a.dtype, a.shape) for key, a in arrays.items()})
-    shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+    description["layout"], size = _layout({key: (a.dtype, a.shape) for key, a in arrays.items()})
+    header = pickle.dumps(description, pickle.HIGHEST_PROTOCOL)
+    shm = shared_memory.SharedMemory(name=name, create=True, size=size + len(header))
     _untrack(shm)  # the client owns it from now on
-    for (key, _, _, offset), a in zip(layout, arrays.values()):
+    for (key, _, _, offset), a in zip(description["layout"], arrays.values()):
         shm.buf[offset : offset + a.nbytes] = a.view(np.uint8).reshape(-1)
-    description.update(shm=shm.name, layout=layout)
+    shm.buf[size : size + len(header)] = header
     shm.close()
-    return description
+    return {"shm": shm.name, "description": (size, len(header))}
 
 
 def _arrays(batch: Batch, prefix: str) -> tuple[dict, dict]:
@@ -73,9 +79,11 @@ def _arrays(batch: Batch, prefix: str) -> tuple[dict, dict]:
 class Slab:
     """A slab mapped from shared memory, as a host `Batch` of views; `release()` frees it."""
 
-    def __init__(self, description: dict, schema):
-        self.shm = shared_memory.SharedMemory(name=description["shm"])
+    def __init__(self, where: dict, schema):
+        self.shm = shared_memory.SharedMemory(name=where["shm"])
         self.shm.unlink()  # the mapping stays until release(): no name is left should this process die
+        at, size = where["description"]
+        description = pickle.loads(bytes(self.shm.buf[at : at + size]))  # a copy: nothing of it keeps the mapping
         views = {
             key: np.ndarray(shape, np.dtype(dtype), buffer=self.shm.buf, offset=offset)
             for key, dtype, shape, offset in description["layout"]

@@ -1,8 +1,10 @@
 """The worker process: reads work units with projection, runs the host stage, emits slabs.
 
 Messages to the client (through the result queue), in order per unit:
-    ("slab", position, index, description, stats)    one per slab of up to read_batch_size rows
+    ("slab", position, index, where, stats)    one per slab of up to read_batch_size rows (`to_shared`)
     ("done", position, slabs sent)  or  ("error", position, message, traceback, slabs sent)
+Each fits in one atomic write to the queue's pipe (PIPE_BUF bytes, the error's text clipped):
+a worker killed in the middle of a longer one would leave the client waiting for its rest.
 The unit a worker is reading is also in shared memory (`current`), written before it starts: a
 queued message is lost when its process dies, and the client names the unit a crash was in.
 """
@@ -110,5 +112,14 @@ def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int,
                     break
             results.put(("done", position, sent))
         except Exception as e:  # noqa: BLE001 - every failure goes to the client, named
-            results.put(("error", position, describe(e), traceback.format_exc(), sent))
+            trace = _clipped(traceback.format_exc(), 2_000, keep_end=True)  # the innermost calls
+            results.put(("error", position, _clipped(describe(e), 1_500), trace, sent))
         current[2 * worker + 1] = BETWEEN_UNITS
+
+
+def _clipped(text: str, size: int, keep_end: bool = False) -> str:
+    """`text` in at most `size` bytes of UTF-8, its start (or end)."""
+    data = text.encode()
+    if len(data) <= size:
+        return text
+    return (data[-size:] if keep_end else data[:size]).decode(errors="ignore")

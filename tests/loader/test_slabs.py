@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -44,8 +45,10 @@ def assert_equal_batches(got: gp.Batch, want: gp.Batch) -> None:
     assert got.num_rows == want.num_rows and got.dense_keys == want.dense_keys and got.sparse.keys == want.sparse.keys
     for a, b in [(got.dense, want.dense), (got.sparse.lengths, want.sparse.lengths), (got.sparse.values, want.sparse.values),
                  (got.sparse.weights, want.sparse.weights), (got.labels, want.labels)]:  # fmt: skip
-        np.testing.assert_array_equal(a, b)
-        assert a.dtype == b.dtype
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
     for name, column in want.extras.items():
         other = got.extras[name]
         assert (other.to_pylist() if isinstance(other, pa.Array) else list(other)) == (
@@ -130,3 +133,53 @@ def test_images_and_row_keys_travel_through_shared_memory_and_staging():
     finally:
         for slab in slabs:
             slab.release()
+
+
+class _FailingDataset(gp.Dataset):
+    """Its second unit fails with a long message, as an error naming many columns would."""
+
+    def read_slabs(self, unit, rows):
+        if unit.row_group == 1:
+            raise ValueError("é" * 5_000)
+        yield from super().read_slabs(unit, rows)
+
+
+def test_every_worker_message_fits_in_one_atomic_pipe_write(tmp_path):
+    """A worker killed while writing a message longer than PIPE_BUF leaves half of it in the pipe,
+    and the client's next read waits for the rest for ever: a wide schema's keys, string extras
+    and long errors travel in the segment (or clipped), and the slabs still hold every row."""
+    import select
+    import types
+    from multiprocessing.reduction import ForkingPickler
+    from queue import Queue
+
+    import numba
+
+    from gpupre.loader._worker import NOT_STARTED
+    from gpupre.loader._worker import main as worker_main
+
+    rows = 600
+    columns = {f"a_rather_long_feature_name_{i:03d}": pa.array(np.arange(rows) + i, pa.int64()) for i in range(300)}
+    columns["request"] = pa.array([f"request-{i:010d}" for i in range(rows)])
+    pq.write_table(pa.table(columns), tmp_path / "wide.parquet", row_group_size=rows // 2)
+    ds = _FailingDataset(tmp_path / "wide.parquet", passthrough="request")
+    setup, tasks, results = Queue(), Queue(), Queue()
+    setup.put((ds, None))
+    for index, unit in enumerate(ds.units()):
+        tasks.put(((0, index), unit, 0, None, (0, 0)))
+    tasks.put(None)
+    prefix = f"gpupre_test_{os.getpid()}_"
+    worker_main(setup, rows, tasks, results, 0, numba.get_num_threads(), types.SimpleNamespace(value=0),
+                [0, NOT_STARTED], prefix)  # fmt: skip
+    messages = [results.get() for _ in range(results.qsize())]
+    assert [m[0] for m in messages] == ["slab", "done", "error"]
+    assert max(len(ForkingPickler.dumps(m)) + 4 for m in messages) <= select.PIPE_BUF  # with the length header
+    slab = Slab(messages[0][3], ds.schema)
+    try:
+        want = ds.read(ds.units()[0])
+        assert_equal_batches(slab.batch, want)
+        assert slab.batch.extras["request"].to_pylist()[-1] == f"request-{rows // 2 - 1:010d}"
+    finally:
+        slab.release()
+    assert messages[2][2].startswith("ValueError: éé") and messages[2][2].endswith("é")
+    unlink_all(prefix)

@@ -1,5 +1,9 @@
 """The gpupre command: synth, import, flatten, inspect, and clean errors."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -71,3 +75,10 @@ def test_inspect_of_a_map_layout_file_names_the_flatten_command(tmp_path, capsys
     assert "the map layout" in capsys.readouterr().err
     with pytest.raises(gp.SchemaError, match=r"gp.storage.flatten\(path, out\), or `gpupre flatten PATH OUT`"):
         gp.Dataset(maps)
+
+
+def test_python_dash_m_gpupre_is_the_command(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "gpupre", "synth", str(tmp_path / "s.parquet"), "--rows", "100"],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(gp.__file__)))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert gp.Dataset(tmp_path / "s.parquet").num_rows == 100

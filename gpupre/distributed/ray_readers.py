@@ -181,7 +181,10 @@ class RayReaders:
                 "close the loaders no longer in use (loader.close()), lower num_cpus or min_readers, or give "
                 "Ray more CPUs"
             )
-        self.target = max(self.min_readers, min(self.target, len(self._actors) + int(free // self.num_cpus)))
+        wanted, self.target = self.target, max(self.min_readers, min(self.target, len(self._actors) + int(free // self.num_cpus)))
+        if self.target < wanted:
+            log.warning("starting %d readers, not %d: the Ray cluster has %g CPUs free for readers of %g CPUs; "
+                        "autoscaling adds more as CPUs free up", self.target, wanted, free, self.num_cpus)  # fmt: skip
         while len(self._actors) < self.target:
             self._actors.append(self._new_actor())
         for actor, ref in [(a, a.ping.remote()) for a in self._actors]:  # one that died idle is no unit's fault

@@ -30,7 +30,8 @@ class Dataset:
             a URI (s3://...) picks its filesystem.
         features: the projection, a list of feature names; None reads every feature, but for
             the columns named as `label` or `passthrough`, which are read as those instead.
-        filesystem: any `pyarrow.fs.FileSystem` (default: from the URI, or local).
+        filesystem: any `pyarrow.fs.FileSystem` (default: from the URI, or local). This and the
+            arguments after it are keyword-only.
         label: label column(s); None uses the stored schema's (a plain file's `label` column);
             () reads none.
         passthrough: columns delivered untouched in `Batch.extras` (row ids, timestamps).
@@ -45,7 +46,7 @@ class Dataset:
             that `gp.storage.reorder` orders columns for.
 
     Reading de-dup tables, a batch has one row per impression (item features, labels, and the
-    per-impression extras such as item_id) and `batch.requests`, the user and context features
+    pass-through columns asked for, such as `passthrough="item_id"`) and `batch.requests`, the user and context features
     once per request, with `batch.inverse` mapping rows to requests; `batch.expand()` gives the
     plain batch. `num_rows` and work units count impressions.
 
@@ -58,7 +59,7 @@ class Dataset:
             disagree on the type of a projected column or on whether they have it.
     """
 
-    def __init__(self, path, features=None, filesystem=None, label=None, passthrough=(), expand: bool = False,
+    def __init__(self, path, features=None, *, filesystem=None, label=None, passthrough=(), expand: bool = False,
                  cache_options: pa.CacheOptions | None = None, access_log=None):  # fmt: skip
         if not isinstance(expand, (bool, np.bool_)):
             raise ConfigError(f"Dataset expand={expand!r} must be True or False")

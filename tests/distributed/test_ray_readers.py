@@ -202,6 +202,15 @@ def test_readers_that_do_not_fit_in_the_free_cpus_are_refused_not_waited_for(ds)
     second.close()
 
 
+def test_more_readers_than_free_cpus_start_as_many_as_fit_and_say_so(ds, caplog):
+    loader = _loader(RayReaders(ds, num_readers=4, min_readers=1))
+    with caplog.at_level("WARNING", logger="gpupre.distributed"):
+        assert len(epoch_ids(list(loader))) == 600
+    assert loader.stats()["readers"]["readers"] == 2
+    assert "starting 2 readers, not 4: the Ray cluster has 2 CPUs free" in caplog.text
+    loader.close()
+
+
 @pytest.mark.parametrize(
     ("kw", "words"),
     [({"num_cpus": "1"}, "num_cpus='1' must be a number"), ({"min_readers": "1"}, "min_readers='1' must be an integer"),

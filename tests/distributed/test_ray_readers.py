@@ -97,7 +97,8 @@ def test_readers_scale_up_for_a_fast_consumer_and_down_for_a_slow_one(synth_dir)
         ups = [d for d in fast.stats()["decisions"] if d["direction"] == "up"]
         assert ups and fast.stats()["readers"] > 1 and ups[0]["wait_share"] > 0.2
         loader.close()
-    slow = RayReaders(gp.Dataset(synth_dir, passthrough="row_id"), num_readers=3, min_readers=1, num_cpus=0.5, window=3)
+    slow = RayReaders(gp.Dataset(synth_dir, passthrough="row_id"), num_readers=3, min_readers=1, num_cpus=0.5, window=3,
+                      scale_up_wait=0.95)  # a loaded machine slows reading too: no scaling up again here
     loader = _loader(slow, batch_size=20)
     rows = 0
     for batch in loader:  # a consumer much slower than reading

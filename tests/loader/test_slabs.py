@@ -2,6 +2,7 @@
 
 import glob
 import os
+import secrets
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +89,7 @@ def test_slabs_in_shared_memory_stage_like_host_batches():
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="lists the shared-memory segments in /dev/shm")
 def test_a_slab_is_unnamed_once_mapped_and_the_names_left_with_a_prefix_are_unlinked():
     """A name is a slab in transit: mapped, it goes (its rows stay); unmapped, unlink_all removes it."""
-    prefix = f"gpupre_test_{os.getpid()}_"
+    prefix = f"gpupre_test_{secrets.token_hex(4)}_"  # not left by an earlier run
     parts = [batch(5, 0), batch(4, 1)]
     descriptions = [to_shared(b, f"{prefix}{i}") for i, b in enumerate(parts)]
     slab = Slab(descriptions[0], parts[0].schema)
@@ -168,7 +169,7 @@ def test_every_worker_message_fits_in_one_atomic_pipe_write(tmp_path):
     for index, unit in enumerate(ds.units()):
         tasks.put(((0, index), unit, 0, None, (0, 0)))
     tasks.put(None)
-    prefix = f"gpupre_test_{os.getpid()}_"
+    prefix = f"gpupre_test_{secrets.token_hex(4)}_"  # not left by an earlier run
     worker_main(setup, rows, tasks, results, 0, numba.get_num_threads(), types.SimpleNamespace(value=0),
                 [0, NOT_STARTED], prefix)  # fmt: skip
     messages = [results.get() for _ in range(results.qsize())]

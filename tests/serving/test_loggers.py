@@ -215,6 +215,7 @@ def test_a_failed_page_write_is_raised_on_the_callers_thread():
     with pytest.raises(gp.DataError, match=r"disk full \(2 pages, 23 items not logged"):
         logger.flush()
     assert (logger.stats["failed_pages"], logger.stats["items_not_logged"]) == (2, 23)
+    logger.close()
 
 
 def test_a_request_expires_from_the_buffer_on_pagination_and_a_rerank_is_the_newest():

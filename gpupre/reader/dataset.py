@@ -71,8 +71,8 @@ class Dataset:
         self.filesystem, self.paths, self.directories = _resolve(path, filesystem)
         self.cache_options, self.access_log = cache_options, access_log
         self._fragments: dict = {}
-        self._footers = {p: _open_metadata(self.filesystem, p) for p in self.paths}
-        self._row_counts = {p: [md.row_group(g).num_rows for g in range(md.num_row_groups)] for p, md in self._footers.items()}
+        self._footers = None  # read by _metadata
+        self._row_counts = {p: [md.row_group(g).num_rows for g in range(md.num_row_groups)] for p, md in self._metadata.items()}
         arrow_schemas = {p: md.schema.to_arrow_schema() for p, md in self._metadata.items()}
         first = self.paths[0]
         arrow_schema = arrow_schemas[first]

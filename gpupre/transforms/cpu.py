@@ -6,9 +6,11 @@ prefix sum between the lengths and values passes of a sparse level is a parallel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import threading
 import time
 
 import numba
@@ -52,6 +54,18 @@ log = logging.getLogger("gpupre")
 
 BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
 MIN_BLOCK = 256  # the fewest, in a batch too small to give every thread a block of BLOCK
+_turns = threading.Lock()
+
+
+def _launching():
+    """Held while a thread runs parallel kernels where numba's threading layer is `workqueue`
+    (chosen where neither OpenMP nor TBB is installed): that layer aborts the process when two
+    threads launch at once. Until the first launch picks a layer, launches take turns as well."""
+    try:
+        shared = numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel kernel has run in this process yet
+        shared = False
+    return contextlib.nullcontext() if shared else _turns
 
 
 def block_rows(n: int, threads: int) -> int:
@@ -565,10 +579,11 @@ class CpuExecutor:
         valid = np.empty((program.num_ids, n), np.bool_)
         if len(program.src) and n:
             threads = numba.get_num_threads()
-            _dense_pass(
-                x, program.src, program.steps, program.fparams, program.iparams, program.boundaries,
-                program.out_dense, program.out_id, dense_out, ids, valid, block_rows(n, threads), threads,
-            )  # fmt: skip
+            with _launching():
+                _dense_pass(
+                    x, program.src, program.steps, program.fparams, program.iparams, program.boundaries,
+                    program.out_dense, program.out_id, dense_out, ids, valid, block_rows(n, threads), threads,
+                )  # fmt: skip
         return dense_out, ids, valid
 
     @staticmethod
@@ -585,24 +600,25 @@ class CpuExecutor:
             ids, valid = np.empty((0, n), np.int64), np.empty((0, n), np.bool_)
         threads = numba.get_num_threads()
         rows = block_rows(n, threads)
-        in_tiles = _tile_offsets(lengths, n, rows)
-        out_tiles = np.zeros(level.num_outputs * -(-n // rows) + 1, np.int64)
-        args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
-        status = np.zeros(3, np.int64)
-        _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived, status,
-                       rows, threads)  # fmt: skip
-        if status[0]:
-            raise cross_too_long(int(status[0]), f"app {status[1]}, row {status[2]}")
-        _running_sum(out_tiles)
-        total = int(out_tiles[-1])
-        out_values = np.empty(total, np.int64)
-        if level.has_weights:
-            out_weights = np.empty(total, np.float32)
-        in_weights = weights if weights is not None else np.empty(0, np.float32)
-        _level_values(
-            *args, level.weighted, level.out, n, lengths, in_tiles, values, ids, valid, in_weights,
-            out_lengths, out_tiles, out_values, out_weights, level.has_weights, rows, threads,
-        )  # fmt: skip
+        with _launching():
+            in_tiles = _tile_offsets(lengths, n, rows)
+            out_tiles = np.zeros(level.num_outputs * -(-n // rows) + 1, np.int64)
+            args = (level.kind, level.a, level.b, level.params, _mappings(level.maps, level.map_params))
+            status = np.zeros(3, np.int64)
+            _level_lengths(*args, level.out, n, lengths, in_tiles, values, ids, valid, out_lengths, out_tiles, derived, status,
+                           rows, threads)  # fmt: skip
+            if status[0]:
+                raise cross_too_long(int(status[0]), f"app {status[1]}, row {status[2]}")
+            _running_sum(out_tiles)
+            total = int(out_tiles[-1])
+            out_values = np.empty(total, np.int64)
+            if level.has_weights:
+                out_weights = np.empty(total, np.float32)
+            in_weights = weights if weights is not None else np.empty(0, np.float32)
+            _level_values(
+                *args, level.weighted, level.out, n, lengths, in_tiles, values, ids, valid, in_weights,
+                out_lengths, out_tiles, out_values, out_weights, level.has_weights, rows, threads,
+            )  # fmt: skip
         return out_lengths, out_values, out_weights if level.has_weights else None
 
 

@@ -1,5 +1,9 @@
 """The numba executor equals the oracle on random jagged batches and random pipelines."""
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -141,6 +145,17 @@ def test_batches_of_other_sizes_one_after_another_and_from_several_threads_equal
     with ThreadPoolExecutor(4) as pool:
         for got, want in zip(pool.map(plan.run, batches * 4), expected * 4):
             assert_same(got, want)
+
+
+def test_threads_take_turns_on_numbas_workqueue_layer():
+    """Where neither OpenMP nor TBB is installed numba runs on its workqueue layer, which aborts
+    the process when two threads launch parallel kernels at once."""
+    test = f"{__file__}::test_batches_of_other_sizes_one_after_another_and_from_several_threads_equal_the_oracle"
+    code = (f"import numba, pytest, sys; rc = pytest.main(['-q', '-p', 'no:cacheprovider', {test!r}]); "
+            "print('layer:', numba.threading_layer()); sys.exit(rc)")  # fmt: skip
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "layer: workqueue" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("units, blocks, threads", [(47, 32, 2), (47, 32, 16), (5, 3, 2), (3, 2, 16), (4, 1, 1), (2, 7, 3), (3, 37, 16)])

@@ -444,12 +444,14 @@ def _resolve(path, filesystem):
 
 def _check_no_file_has_more(arrow_schemas: dict, wanted) -> None:
     """A SchemaError when a later file has a column the first lacks that the dataset would read
-    (`wanted`, or any with None): the projection comes from the first file, which would drop it.
+    (`wanted` or the score of one, or any with None): the projection comes from the first file,
+    which would drop it.
     The opposite, a later file missing a read column, `Dataset._check_file` names."""
     first, *rest = arrow_schemas
     have = set(arrow_schemas[first].names)
+    read = lambda n: wanted is None or n in wanted or score_owner(n, wanted) is not None  # noqa: E731
     for path in rest:
-        extra = [n for n in arrow_schemas[path].names if n not in have and (wanted is None or n in wanted)]
+        extra = [n for n in arrow_schemas[path].names if n not in have and read(n)]
         if extra:
             raise SchemaError(
                 f"{first}: column {extra[0]!r} is missing but {path} has it; every file of a dataset needs "

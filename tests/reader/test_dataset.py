@@ -368,6 +368,15 @@ def test_a_column_missing_from_the_first_file_is_a_schema_error_naming_both(tmp_
     assert gp.Dataset(tmp_path, features=["x"]).num_rows == 3  # projected out, it does not matter
 
 
+def test_scores_that_only_a_later_file_has_are_a_schema_error_not_dropped(tmp_path):
+    ids = pa.array([[1], [2, 3]])
+    gp.storage.write_table(pa.table({"y": ids, "label": [0.0, 1.0]}), tmp_path / "a.parquet")
+    scored = pa.table({"y": ids, "y.score": pa.array([[0.5], [0.25, 1.0]], pa.list_(pa.float32())), "label": [1.0, 0.0]})
+    gp.storage.write_table(scored, tmp_path / "b.parquet")
+    with pytest.raises(gp.SchemaError, match=r"a\.parquet: column 'y\.score' is missing but .*b\.parquet has it"):
+        gp.Dataset(tmp_path, features=["y"])
+
+
 @pytest.mark.parametrize(
     ("kw", "error", "words"),
     [({"filesystem": "s3"}, gp.ConfigError, "filesystem='s3' is not a pyarrow.fs.FileSystem"),

@@ -210,14 +210,14 @@ CRITEO_COLUMNS = {
 def import_criteo(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progress: bool = True) -> Schema:
     """Criteo display-ads text (label, I1..I13 counts, C1..C26 hex ids) -> flattened dataset.
 
-    Reads the original tab-separated files (no header) and comma-separated files with a header
-    line. I columns become dense features (empty -> missing); C columns sparse features whose id
+    Reads the original tab-separated files (no header) and files with a header line naming these
+    columns, in any order. I columns become dense features (empty -> missing); C columns sparse features whose id
     is the hex string read as a base-16 integer (empty -> empty list).
     """
     with _open_source(src) as f:
         first = f.readline().decode("utf-8-sig", "replace")  # without the byte-order mark of Windows tools
     delimiter = "\t" if "\t" in first else ","
-    header = first.split(delimiter)[0].strip() == "label"
+    header = any(field.strip() in CRITEO_COLUMNS for field in first.split(delimiter))  # data holds no such field
     names = None if header else list(CRITEO_COLUMNS)
     return import_csv(src, dst, CRITEO_COLUMNS, delimiter, names, row_group_rows, progress=progress)
 

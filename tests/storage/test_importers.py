@@ -44,6 +44,15 @@ def test_criteo_csv_and_tsv_give_identical_data(criteo):
     assert csv_table.equals(tsv_table, check_metadata=True)
 
 
+def test_a_criteo_header_in_another_order_is_read_by_name(criteo, tmp_path):
+    with open(criteo / "day.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(tmp_path / "moved.csv", "w", newline="") as f:
+        csv.writer(f).writerows(row[1:] + row[:1] for row in rows)  # the label last
+    import_criteo(tmp_path / "moved.csv", tmp_path / "moved.parquet", progress=False)
+    assert pq.read_table(tmp_path / "moved.parquet").equals(pq.read_table(criteo / "csv.parquet"), check_metadata=True)
+
+
 def test_criteo_values_match_the_text(criteo):
     with open(criteo / "day.csv", newline="") as f:
         rows = list(csv.DictReader(f))

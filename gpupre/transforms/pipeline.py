@@ -228,7 +228,7 @@ class Pipeline(JsonFile):
         return json.dumps(
             {
                 "ops": [op.to_dict() for op in self.ops],
-                "input_schema": json.loads(self.input_schema.to_json()) if self.input_schema else None,
+                "input_schema": None if self.input_schema is None else json.loads(self.input_schema.to_json()),
             },
             indent=1,
         )
@@ -237,7 +237,7 @@ class Pipeline(JsonFile):
     def _from_json(cls, text: str) -> Pipeline:
         data = json.loads(text)
         schema = data.get("input_schema")
-        return cls([op_from_dict(d) for d in data["ops"]], Schema.from_json(json.dumps(schema)) if schema else None)
+        return cls([op_from_dict(d) for d in data["ops"]], None if schema is None else Schema.from_json(json.dumps(schema)))
 
     def __eq__(self, other):
         return isinstance(other, Pipeline) and self.ops == other.ops

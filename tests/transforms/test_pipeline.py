@@ -187,6 +187,14 @@ def test_save_load_and_json_round_trip(table_ds, tmp_path):
     assert gp.Pipeline([gp.Log1p("a")]) != pipe
 
 
+def test_an_input_schema_of_labels_only_survives_a_round_trip():
+    """A pipeline that feature pruning leaves with no feature still knows its input: the labels."""
+    pipe = gp.Pipeline([], input_schema=gp.Schema((), labels=("label",)))
+    loaded = gp.Pipeline.from_json(pipe.to_json())
+    assert loaded.input_schema is not None and loaded.input_schema.labels == ("label",)
+    assert gp.Pipeline.from_json(gp.Pipeline([]).to_json()).input_schema is None
+
+
 # -- output schema ---------------------------------------------------------------------------------
 SCHEMA = gp.Schema(
     (

@@ -412,3 +412,11 @@ def test_a_passthrough_column_without_statistics_is_numpy_unless_it_holds_nulls(
 def test_expand_that_is_not_a_bool_is_a_config_error(synth_file, expand):
     with pytest.raises(gp.ConfigError, match="expand=.* must be True or False"):  # "no" had meant True
         gp.Dataset(synth_file, expand=expand)
+
+
+@pytest.mark.parametrize("dtype", [pa.float64(), pa.int64(), pa.bool_()])
+def test_a_null_label_reads_as_nan(tmp_path, dtype):
+    label = pa.array([1, None, 0], pa.int64()).cast(dtype)
+    pq.write_table(pa.table({"x": pa.array([1.0, 2.0, 3.0], pa.float32()), "label": label}), tmp_path / "x.parquet")
+    ds = gp.Dataset(tmp_path / "x.parquet")
+    np.testing.assert_array_equal(ds.read(ds.units()[0]).labels, [1.0, np.nan, 0.0])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import time
 import weakref
 
@@ -72,8 +73,9 @@ class _Reader:
         dataset.filesystem = self.counting
         self.dataset, self.stage, self.read_batch_size = dataset, stage, read_batch_size
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        """Its process id (it answers: it is alive)."""
+        return os.getpid()
 
     def read(self, task):
         from ..loader._worker import read_unit
@@ -159,7 +161,7 @@ class RayReaders:
     # -- actors ----------------------------------------------------------------------------------
     def _ensure(self, dataset, stage, read_batch_size: int) -> None:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import RayActorError
 
         if not ray.is_initialized():
             try:
@@ -187,13 +189,13 @@ class RayReaders:
                         "autoscaling adds more as CPUs free up", self.target, wanted, free, self.num_cpus)  # fmt: skip
         while len(self._actors) < self.target:
             self._actors.append(self._new_actor())
-        for actor, ref in [(a, a.ping.remote()) for a in self._actors]:  # one that died idle is no unit's fault
+        pings = {a.ping.remote(): a for a in self._actors}  # one that died idle is no unit's fault
+        answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=60)  # the rest: busy with a
+        for ref in answered:  # unit of an epoch left early, so alive
             try:
-                ray.get(ref, timeout=60)
+                ray.get(ref)
             except RayActorError:
-                self._replace(actor, collections.Counter())
-            except GetTimeoutError:  # still busy with a unit of an epoch left early: alive
-                pass
+                self._replace(pings[ref], collections.Counter())
 
     def _new_actor(self):
         import ray
@@ -220,15 +222,17 @@ class RayReaders:
         return {"readers": len(self._actors), "replaced": self._replaced, "decisions": list(self._decisions)}
 
     # -- the slabs ---------------------------------------------------------------------------------
-    def slabs(self, tasks, dataset, stage, read_batch_size: int, stats: dict):
+    def slabs(self, tasks, dataset, stage, read_batch_size: int, stats: dict, timeout: float = 0):
         """(task index, the unit's slabs or an error message) in task order.
 
         A unit whose reader died while reading it is read again by a new reader (up to `retries`
         times); the units queued behind it on that reader go to the others, with no try counted.
         A unit that cannot be read gives its error message (the loader raises or skips it).
+        A unit whose result takes more than `timeout` seconds (0: no limit) to come, once the
+        client waits for it, is a `DataError` and the readers are closed.
         """
         import ray
-        from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError
+        from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
 
         self._ensure(dataset, stage, read_batch_size)
         pending = collections.deque(enumerate(tasks))
@@ -295,7 +299,13 @@ class RayReaders:
                 start = time.perf_counter()
                 ready = bool(ray.wait([ref], timeout=0)[0])
                 try:
-                    slabs, unit_stats = ray.get(ref)
+                    slabs, unit_stats = ray.get(ref, timeout=timeout or None)
+                except GetTimeoutError:
+                    self.close()  # the stuck reader with the others: the next iteration starts new ones
+                    raise DataError(
+                        f"{task[1]}: its reader sent nothing in {timeout:g} s (timeout=); check the store (a stalled "
+                        "filesystem?) and the decoders, or pass a longer timeout"
+                    ) from None
                 except RayActorError as e:  # the reader is gone
                     reader_died(actor, e)
                     continue

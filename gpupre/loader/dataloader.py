@@ -15,7 +15,7 @@ import secrets
 import time
 import weakref
 
-from .._checks import ensure_integer
+from .._checks import ensure_integer, is_real
 from ..batch import Batch
 from ..errors import ConfigError, DataError, RemoteTraceback, describe
 from ..reader import Dataset
@@ -23,7 +23,7 @@ from ..storage.iostats import CountingFileSystem
 from ..transforms.pipeline import Pipeline
 from ..transforms.plan import resolve_device
 from ._slabs import Slab, Staged, stage, unlink_all
-from ._worker import NOT_STARTED, read_unit
+from ._worker import BETWEEN_UNITS, NOT_STARTED, read_unit
 from ._worker import main as worker_main
 
 __all__ = ["DataLoader"]
@@ -72,6 +72,11 @@ class DataLoader:
             its start, so that it still takes as many steps as the other ranks (trainers that
             synchronize every step would wait forever otherwise); `stats()["rows_repeated"]`
             counts the rows it delivered twice, as torch's DistributedSampler pads a share.
+        timeout: seconds to wait for the next data from the worker processes or readers (a Ray
+            reader sends a whole unit at once) before the epoch stops with a `DataError` naming
+            the units being read (a stalled store, a hung decoder); 0, as in torch, waits for
+            ever. The workers' start-up does not count. Needs workers or readers: with
+            num_workers=0 the read runs in this process.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -81,7 +86,7 @@ class DataLoader:
     def __init__(self, dataset: Dataset, batch_size: int, pipeline=None, device: str = "auto", shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, num_workers: int | None = None,
                  read_batch_size: int | None = None, prefetch: int = 2, rank: int = 0, world_size: int = 1,
-                 label=None, passthrough=None, on_bad_unit: str = "raise"):  # fmt: skip
+                 label=None, passthrough=None, on_bad_unit: str = "raise", timeout: float = 0):  # fmt: skip
         self._source = None  # a reader tier elsewhere (gp.distributed.RayReaders) instead of local workers
         if getattr(dataset, "is_slab_source", False):
             if dataset.owner is not None:
@@ -98,6 +103,12 @@ class DataLoader:
             raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
         if on_bad_unit not in ("raise", "skip"):
             raise ConfigError(f"on_bad_unit={on_bad_unit!r} must be 'raise' or 'skip'")
+        if not (is_real(timeout) and 0 <= timeout < math.inf):
+            raise ConfigError(f"timeout={timeout!r} must be a number of seconds >= 0 (0 waits for ever)")
+        if timeout and self._source is None and self.num_workers == 0:
+            raise ConfigError("timeout needs worker processes, as reads with num_workers=0 run in this process; "
+                              "pass num_workers >= 1, or leave timeout at 0")  # fmt: skip
+        self.timeout = float(timeout)
         if pipeline is not None and not isinstance(pipeline, Pipeline):
             raise ConfigError(
                 f"pipeline must be a gp.Pipeline or None, got {type(pipeline).__name__}; wrap the ops: "
@@ -369,7 +380,8 @@ class DataLoader:
 
     def _from_source(self, tasks, generation: int):
         wait = time.perf_counter()
-        for index, slabs in self._source.slabs(tasks, self.dataset, self._stage, self.read_batch_size, self._stats):
+        for index, slabs in self._source.slabs(tasks, self.dataset, self._stage, self.read_batch_size, self._stats,
+                                               self.timeout):  # fmt: skip
             self._stats["wait_s"] += time.perf_counter() - wait
             if self._generation != generation:
                 raise ConfigError("a newer iteration of this DataLoader started; iterate one at a time")
@@ -497,9 +509,10 @@ class DataLoader:
     def _receive(self, units: dict):
         """The next message, or ("died", [(worker, exit code, unit key)]) when workers died in units
         (of this loop, or read ahead by an earlier one that was left)."""
+        start = time.monotonic()
         while True:
             try:
-                return self._result_queue.get(timeout=0.5)
+                return self._result_queue.get(timeout=min(0.5, self.timeout or 0.5))
             except queue.Empty:
                 if not self._workers:
                     raise ConfigError(
@@ -514,6 +527,28 @@ class DataLoader:
                         self._worker_died(index, code, key)
                 if dead:
                     return ("died", dead)
+                if self.timeout:
+                    start = self._check_timeout(start, units)
+
+    def _check_timeout(self, start: float, units: dict) -> float:
+        """When the wait began (start-up, until a worker takes its first unit, does not count), or a
+        DataError naming what each worker reads once `timeout` seconds have passed."""
+        keys = [tuple(self._current[2 * index : 2 * index + 2]) for index in range(self.num_workers)]
+        if all(key[1] == NOT_STARTED for key in keys):
+            return time.monotonic()
+        if time.monotonic() - start < self.timeout:
+            return start
+        doing = {NOT_STARTED: "was starting", BETWEEN_UNITS: "had no unit"}
+        states = [f"worker {i} {doing[key[1]] if key[1] in doing else f'was reading {units.get(key, key)}'}"
+                  for i, key in enumerate(keys)]  # fmt: skip
+        for process, key in zip(self._workers, keys):
+            if key[1] >= 0:  # stuck in its unit: stopped at once, not given close()'s 10 s to finish
+                process.terminate()
+        self.close()
+        raise DataError(
+            f"no data came from the loader's workers in {self.timeout:g} s (timeout=): {', '.join(states)}; check "
+            "the store (a stalled filesystem?) and the decoders, or pass a longer timeout"
+        )
 
     @staticmethod
     def _worker_died(index: int, code, key):
@@ -583,6 +618,9 @@ class DataLoader:
             if process.is_alive():
                 process.terminate()
             process.join(timeout=1)
+            if process.is_alive():  # stopped, or ignoring SIGTERM
+                process.kill()
+                process.join(timeout=1)
         self._drain(timeout=0.0)
         unlink_all(self._shm_prefix)  # slabs whose messages died with their worker, or never went out
 

@@ -2,6 +2,7 @@
 resume, ranks, bad units, and autoscaling that follows the consumer."""
 
 import os
+import re
 import sys
 import time
 
@@ -126,11 +127,25 @@ class CrashingDataset(gp.Dataset):
         return super().read_slabs(unit, rows)
 
 
+class StuckDataset(gp.Dataset):
+    """Reading the second row group of its first file hangs (as a read from a stalled store would)."""
+
+    def read_slabs(self, unit, rows):
+        if unit.row_group == 1 and unit.path == self.paths[0]:
+            time.sleep(600)
+        return super().read_slabs(unit, rows)
+
+
 @pytest.fixture
-def crashing(synth_dir):
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the readers get the class itself
-    yield CrashingDataset(synth_dir, passthrough="row_id")
+def by_value():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the readers get the classes themselves
+    yield
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture
+def crashing(synth_dir, by_value):
+    return CrashingDataset(synth_dir, passthrough="row_id")
 
 
 def test_a_unit_that_kills_every_reader_is_a_bad_unit_not_an_endless_retry(crashing):
@@ -154,6 +169,15 @@ def test_only_the_unit_a_reader_died_in_counts_a_try_not_those_queued_behind_it(
     (skipped,) = loader.stats()["skipped_units"]
     assert "row group 1" in skipped and "died 1 times" in skipped
     loader.close()
+
+
+def test_a_reader_stuck_in_a_unit_past_the_timeout_stops_the_epoch_naming_it(synth_dir, by_value):
+    stuck = StuckDataset(synth_dir)
+    readers = RayReaders(stuck, num_readers=2)
+    start = time.monotonic()
+    with pytest.raises(gp.DataError, match=rf"^{re.escape(str(stuck.units()[1]))}: its reader sent nothing in 2 s"):
+        list(_loader(readers, timeout=2))
+    assert time.monotonic() - start < 60 and readers.readers() == []  # closed: the stuck reader is gone
 
 
 def test_a_reader_that_died_between_epochs_is_replaced_and_counts_against_no_unit(ds):

@@ -330,6 +330,25 @@ def test_a_worker_that_dies_after_its_units_last_slab_leaves_the_unit_whole(ds, 
     assert ids == epoch_ids(list(_loader(ds))) and not loader.stats()["skipped_units"]
 
 
+class _StuckFirstUnit(gp.Dataset):
+    """Reading its first unit hangs, as a read from a stalled store would."""
+
+    def read_slabs(self, unit, read_batch_size):
+        if unit == self.units()[0]:
+            time.sleep(600)
+        return super().read_slabs(unit, read_batch_size)
+
+
+def test_a_worker_stuck_in_a_unit_past_the_timeout_stops_the_epoch_naming_it(synth_dir):
+    stuck = _StuckFirstUnit(synth_dir)
+    loader = _loader(stuck, num_workers=2, timeout=1.5)
+    start = time.monotonic()
+    named = rf"^no data came .* in 1\.5 s .*worker \d was reading {re.escape(str(stuck.units()[0]))}\b"
+    with pytest.raises(gp.DataError, match=named):
+        next(iter(loader))
+    assert time.monotonic() - start < 60 and loader._workers == []  # the workers were stopped, not waited for
+
+
 def test_stats_report_rows_bytes_and_stage_times(ds):
     loader = _loader(ds, num_workers=2)
     list(loader)
@@ -344,7 +363,8 @@ def test_stats_report_rows_bytes_and_stage_times(ds):
     [({"batch_size": 0}, "batch_size=0"), ({"num_workers": -1}, "num_workers=-1"), ({"rank": 2, "world_size": 2}, "rank=2"),
      ({"on_bad_unit": "ignore"}, "on_bad_unit='ignore'"), ({"read_batch_size": 1.5}, "read_batch_size=1.5"),
      ({"read_batch_size": 0}, "read_batch_size=0"), ({"seed": "a"}, "seed='a'"), ({"device": "gpu"}, "device='gpu'"),
-     ({"pipeline": [gp.Hash("x", 10)]}, "wrap the ops: gp.Pipeline")],
+     ({"pipeline": [gp.Hash("x", 10)]}, "wrap the ops: gp.Pipeline"), ({"timeout": -1}, "timeout=-1"),
+     ({"timeout": 5}, "timeout needs worker processes")],
 )  # fmt: skip
 def test_bad_arguments_are_config_errors(ds, kw, words):
     with pytest.raises(gp.ConfigError, match=words.replace("[", r"\[")):

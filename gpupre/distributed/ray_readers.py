@@ -142,6 +142,7 @@ class RayReaders:
         self._owner = None  # a weak reference to the loader reading from it
         self._actors: list = []
         self._retiring: set = set()  # given no new units; killed when their last one is taken
+        self._starting: dict = {}  # actor -> its first ping, until a unit's wait has waited for it
         self._config = None  # (dataset, stage, read_batch_size) the actors were made for
         self._decisions: list[dict] = []
         self._replaced = 0
@@ -159,7 +160,7 @@ class RayReaders:
         self._owner = None if loader is None else weakref.ref(loader)
 
     # -- actors ----------------------------------------------------------------------------------
-    def _ensure(self, dataset, stage, read_batch_size: int) -> None:
+    def _ensure(self, dataset, stage, read_batch_size: int, timeout: float) -> None:
         import ray
         from ray.exceptions import RayActorError
 
@@ -189,12 +190,21 @@ class RayReaders:
                         "autoscaling adds more as CPUs free up", self.target, wanted, free, self.num_cpus)  # fmt: skip
         while len(self._actors) < self.target:
             self._actors.append(self._new_actor())
-        pings = {a.ping.remote(): a for a in self._actors}  # one that died idle is no unit's fault
-        answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=60)  # the rest: busy with a
-        for ref in answered:  # unit of an epoch left early, so alive
+        # one that died idle is no unit's fault; one that does not answer is busy with a unit of an
+        # epoch left early: alive, but stuck in it when it takes longer than the timeout
+        if starting := [self._starting.pop(a) for a in self._actors if a in self._starting]:
+            ray.wait(starting, num_returns=len(starting), timeout=60)  # start-up is no unit's time
+        pings = {a.ping.remote(): a for a in self._actors}
+        answered, busy = ray.wait(list(pings), num_returns=len(pings), timeout=min(timeout or 60, 60))
+        for ref in answered:
             try:
                 ray.get(ref)
             except RayActorError:
+                self._replace(pings[ref], collections.Counter())
+        if timeout:
+            for ref in busy:
+                log.warning("a reader still busy after %g s (timeout=) with a unit of an earlier loop; "
+                            "replacing it", timeout)  # fmt: skip
                 self._replace(pings[ref], collections.Counter())
 
     def _new_actor(self):
@@ -202,7 +212,9 @@ class RayReaders:
 
         dataset, stage, read_batch_size = self._config
         cls = ray.remote(num_cpus=self.num_cpus, max_restarts=0)(_Reader)
-        return cls.remote(dataset, stage, read_batch_size)
+        actor = cls.remote(dataset, stage, read_batch_size)
+        self._starting[actor] = actor.ping.remote()
+        return actor
 
     def readers(self) -> list:
         """The live reader actors (to inspect, or to kill in a test)."""
@@ -216,7 +228,7 @@ class RayReaders:
 
         for actor in [*self._actors, *self._retiring]:
             ray.kill(actor)
-        self._actors, self._retiring = [], set()
+        self._actors, self._retiring, self._starting = [], set(), {}
 
     def stats(self) -> dict:
         return {"readers": len(self._actors), "replaced": self._replaced, "decisions": list(self._decisions)}
@@ -229,12 +241,12 @@ class RayReaders:
         times); the units queued behind it on that reader go to the others, with no try counted.
         A unit that cannot be read gives its error message (the loader raises or skips it).
         A unit whose result takes more than `timeout` seconds (0: no limit) to come, once the
-        client waits for it, is a `DataError` and the readers are closed.
+        client waits for it and its reader has started, is a `DataError` and the readers are closed.
         """
         import ray
         from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
 
-        self._ensure(dataset, stage, read_batch_size)
+        self._ensure(dataset, stage, read_batch_size, timeout)
         pending = collections.deque(enumerate(tasks))
         # [index, task, actor, ref, tries, submitted (a count), failure or None], in task order
         flight: collections.deque = collections.deque()
@@ -298,6 +310,8 @@ class RayReaders:
                     continue
                 start = time.perf_counter()
                 ready = bool(ray.wait([ref], timeout=0)[0])
+                if (started := self._starting.pop(actor, None)) is not None and timeout:
+                    ray.wait([started], timeout=60)  # a new reader's start-up is not the unit's time
                 try:
                     slabs, unit_stats = ray.get(ref, timeout=timeout or None)
                 except GetTimeoutError:
@@ -347,6 +361,7 @@ class RayReaders:
 
         load.pop(dead, None)
         self._retiring.discard(dead)
+        self._starting.pop(dead, None)
         if dead in self._actors:
             ray.kill(dead)  # it may only be unreachable: make sure it is gone
             self._actors.remove(dead)
@@ -368,6 +383,7 @@ class RayReaders:
         elif all(r for _, _, r in self._waits) and len(self._actors) > self.min_readers:
             idle = min(self._actors, key=lambda a: load[a])
             self._actors.remove(idle)  # no new units; it goes when its last one is taken
+            self._starting.pop(idle, None)
             if load[idle] > 0:
                 self._retiring.add(idle)
             else:

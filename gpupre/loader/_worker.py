@@ -7,6 +7,8 @@ Each fits in one atomic write to the queue's pipe (PIPE_BUF bytes, the error's t
 a worker killed in the middle of a longer one would leave the client waiting for its rest.
 The unit a worker is reading is also in shared memory (`current`), written before it starts: a
 queued message is lost when its process dies, and the client names the unit a crash was in.
+`progress` counts the slabs each worker has read, those it skips on resume too: the client's
+timeout runs only while none comes.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def shuffled_rows(batch, rng: np.random.Generator) -> np.ndarray:
     return _segments(offsets_of(counts)[:-1][order], counts[order])
 
 
-def read_unit(dataset, stage, task, read_batch_size: int):
+def read_unit(dataset, stage, task, read_batch_size: int, tick=None):
     """The slabs of one task (key, unit, skip, shuffle, (seed, epoch)): (host batch, stats) pairs.
 
     stage: None, or (plan, whole): with whole, every stage of the plan runs here (CPU training:
@@ -47,13 +49,15 @@ def read_unit(dataset, stage, task, read_batch_size: int):
     shuffle is None or (seed, epoch, position): rows are permuted within each slab, the same way
     on every run, and `skip` counts rows in that order (so a resumed unit skips exactly the rows
     already delivered). Row keys (batches of image features) take in the seed and epoch, so
-    that random image ops draw anew each epoch.
+    that random image ops draw anew each epoch. tick: called for every slab read, skipped or not.
     """
     _, unit, skip, shuffle, (seed, epoch) = task
     stats = {"read_s": 0.0, "host_s": 0.0}  # of the slab just yielded (and any skipped before it)
     start = time.perf_counter()
     for index, batch in enumerate(dataset.read_slabs(unit, read_batch_size)):
         stats["read_s"] += time.perf_counter() - start
+        if tick is not None:
+            tick()
         if batch.row_keys is not None:
             batch = replace(batch, row_keys=rekey(batch.row_keys, seed, epoch))
         if shuffle is not None:
@@ -77,7 +81,7 @@ def read_unit(dataset, stage, task, read_batch_size: int):
 NOT_STARTED, BETWEEN_UNITS = -2, -1  # current[2 * worker + 1] when the worker reads no unit
 
 
-def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current,
+def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current, progress,
          names: str) -> None:
     """Worker loop: takes its (dataset, stage) from `setup`, then one task at a time until the None
     sentinel; current[2 * worker : 2 * worker + 2]
@@ -93,6 +97,10 @@ def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int,
     counting = CountingFileSystem(dataset.filesystem)
     dataset.filesystem = counting
     names, count = f"{names}{os.getpid()}_", itertools.count()  # the process id: a replacement's names differ
+
+    def tick():
+        progress[worker] += 1
+
     while True:
         task = tasks.get()
         if task is None:
@@ -103,7 +111,7 @@ def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int,
         current[2 * worker], current[2 * worker + 1] = position
         sent = 0
         try:
-            for batch, stats in read_unit(dataset, stage, task, read_batch_size):
+            for batch, stats in read_unit(dataset, stage, task, read_batch_size, tick):
                 stats["bytes_read"] = counting.bytes_read
                 counting.reset()
                 results.put(("slab", position, sent, to_shared(batch, f"{names}{next(count)}"), stats))

@@ -72,11 +72,10 @@ class DataLoader:
             its start, so that it still takes as many steps as the other ranks (trainers that
             synchronize every step would wait forever otherwise); `stats()["rows_repeated"]`
             counts the rows it delivered twice, as torch's DistributedSampler pads a share.
-        timeout: seconds to wait for the next data from the worker processes or readers (a Ray
-            reader sends a whole unit at once) before the epoch stops with a `DataError` naming
-            the units being read (a stalled store, a hung decoder); 0, as in torch, waits for
-            ever. The workers' start-up does not count. Needs workers or readers: with
-            num_workers=0 the read runs in this process.
+        timeout: seconds without progress (no slab read by a worker process; no unit's result
+            from a Ray reader) before the epoch stops with a `DataError` naming the units being
+            read (a stalled store, a hung decoder); 0, as in torch, waits for ever. Start-up
+            does not count. Needs workers or readers: with num_workers=0 the read runs here.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -509,7 +508,7 @@ class DataLoader:
     def _receive(self, units: dict):
         """The next message, or ("died", [(worker, exit code, unit key)]) when workers died in units
         (of this loop, or read ahead by an earlier one that was left)."""
-        start = time.monotonic()
+        waiting = (time.monotonic(), list(self._progress))
         while True:
             try:
                 return self._result_queue.get(timeout=min(0.5, self.timeout or 0.5))
@@ -528,16 +527,18 @@ class DataLoader:
                 if dead:
                     return ("died", dead)
                 if self.timeout:
-                    start = self._check_timeout(start, units)
+                    waiting = self._check_timeout(waiting, units)
 
-    def _check_timeout(self, start: float, units: dict) -> float:
-        """When the wait began (start-up, until a worker takes its first unit, does not count), or a
-        DataError naming what each worker reads once `timeout` seconds have passed."""
+    def _check_timeout(self, waiting: tuple, units: dict) -> tuple:
+        """The wait, (since when, slabs read by then), which starts again whenever a worker reads
+        a slab (one it skips on resume too) and while no worker has taken a unit (start-up); or a
+        DataError naming what each worker reads once it has lasted `timeout` seconds."""
         keys = [tuple(self._current[2 * index : 2 * index + 2]) for index in range(self.num_workers)]
-        if all(key[1] == NOT_STARTED for key in keys):
-            return time.monotonic()
-        if time.monotonic() - start < self.timeout:
-            return start
+        read = list(self._progress)
+        if read != waiting[1] or all(key[1] == NOT_STARTED for key in keys):
+            return time.monotonic(), read
+        if time.monotonic() - waiting[0] < self.timeout:
+            return waiting
         doing = {NOT_STARTED: "was starting", BETWEEN_UNITS: "had no unit"}
         states = [f"worker {i} {doing[key[1]] if key[1] in doing else f'was reading {units.get(key, key)}'}"
                   for i, key in enumerate(keys)]  # fmt: skip
@@ -587,12 +588,13 @@ class DataLoader:
         setup.cancel_join_thread()  # a worker that dies first leaves its copy unread
         self._current_generation = context.Value("q", 0, lock=False)  # workers skip older tasks
         self._current = context.Array("q", [0, NOT_STARTED] * self.num_workers, lock=False)  # the unit each reads
+        self._progress = context.Array("q", self.num_workers, lock=False)  # slabs each has read
         threads = max(1, (os.cpu_count() or 1) // self.num_workers)
         for index in range(self.num_workers):
             process = context.Process(
                 target=worker_main,
                 args=(setup, self.read_batch_size, self._task_queue, self._result_queue, index, threads,
-                      self._current_generation, self._current, self._shm_prefix),
+                      self._current_generation, self._current, self._progress, self._shm_prefix),
                 daemon=True,
                 name=f"gpupre-loader-{index}",
             )

@@ -77,7 +77,7 @@ class Dataset:
         first = self.paths[0]
         arrow_schema = arrow_schemas[first]
         not_features = (labels or ()) + passthrough
-        _check_no_file_has_more(arrow_schemas, None if features is None else [*features, *not_features])
+        _check_no_file_has_more(arrow_schemas, features, not_features)
         for name in not_features:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
@@ -442,14 +442,14 @@ def _resolve(path, filesystem):
     return filesystem, files, tuple(directories)
 
 
-def _check_no_file_has_more(arrow_schemas: dict, wanted) -> None:
+def _check_no_file_has_more(arrow_schemas: dict, features, not_features) -> None:
     """A SchemaError when a later file has a column the first lacks that the dataset would read
-    (`wanted` or the score of one, or any with None): the projection comes from the first file,
-    which would drop it.
+    (one of `features` or its score, or of `not_features`; any with features None): the
+    projection comes from the first file, which would drop it.
     The opposite, a later file missing a read column, `Dataset._check_file` names."""
     first, *rest = arrow_schemas
     have = set(arrow_schemas[first].names)
-    read = lambda n: wanted is None or n in wanted or score_owner(n, wanted) is not None  # noqa: E731
+    read = lambda n: features is None or n in features or n in not_features or score_owner(n, features)  # noqa: E731
     for path in rest:
         extra = [n for n in arrow_schemas[path].names if n not in have and read(n)]
         if extra:

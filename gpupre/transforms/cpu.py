@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
 import time
 
@@ -55,6 +56,14 @@ log = logging.getLogger("gpupre")
 BLOCK = 2048  # rows per parallel tile: big enough to amortize scheduling, small enough for L2
 MIN_BLOCK = 256  # the fewest, in a batch too small to give every thread a block of BLOCK
 _turns = threading.Lock()
+
+
+def _new_turns() -> None:  # a child forked while a thread of its parent held the lock would wait for ever
+    global _turns
+    _turns = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_turns)
 
 
 def _launching():

@@ -128,12 +128,32 @@ class CrashingDataset(gp.Dataset):
 
 
 class StuckDataset(gp.Dataset):
-    """Reading the second row group of its first file hangs (as a read from a stalled store would)."""
+    """Reading the second row group of its first file hangs (as a read from a stalled store would);
+    with `once` (a path), only the first time, leaving that file as the mark."""
+
+    def __init__(self, path, once=None):
+        super().__init__(path, passthrough="row_id")
+        self.once = once
 
     def read_slabs(self, unit, rows):
-        if unit.row_group == 1 and unit.path == self.paths[0]:
+        if unit.row_group == 1 and unit.path == self.paths[0] and not (self.once and os.path.exists(self.once)):
+            if self.once:
+                open(self.once, "w").close()
             time.sleep(600)
         return super().read_slabs(unit, rows)
+
+
+class SlowToStartDataset(gp.Dataset):
+    """A reader takes 4 s to start (to unpickle it), as on a new node that imports torch would."""
+
+    def __init__(self, path):
+        super().__init__(path, passthrough="row_id")
+        self.client = os.getpid()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if os.getpid() != self.client:
+            time.sleep(4)
 
 
 @pytest.fixture
@@ -178,6 +198,27 @@ def test_a_reader_stuck_in_a_unit_past_the_timeout_stops_the_epoch_naming_it(syn
     with pytest.raises(gp.DataError, match=rf"^{re.escape(str(stuck.units()[1]))}: its reader sent nothing in 2 s"):
         list(_loader(readers, timeout=2))
     assert time.monotonic() - start < 60 and readers.readers() == []  # closed: the stuck reader is gone
+
+
+def test_a_reader_still_stuck_in_a_unit_of_a_loop_left_early_is_replaced_when_the_next_loop_starts(synth_dir, by_value,
+                                                                                                  tmp_path, caplog):  # fmt: skip
+    readers = RayReaders(StuckDataset(synth_dir, once=tmp_path / "stuck"), num_readers=2)
+    loader = _loader(readers, batch_size=20, timeout=2)
+    first = next(iter(loader))  # from the first unit, while a reader hangs in the second
+    rest = list(loader)  # goes on from the state, with a new reader in place of the stuck one
+    assert sorted(epoch_ids([first, *rest])) == list(range(600)) and "still busy" in caplog.text
+    loader.close()
+
+
+def test_a_replacement_readers_start_up_does_not_count_against_the_timeout(synth_dir, by_value):
+    readers = RayReaders(SlowToStartDataset(synth_dir), num_readers=2)
+    loader = _loader(readers, shuffle=True, timeout=3)
+    it = iter(loader)
+    head = [next(it) for _ in range(2)]
+    for actor in readers.readers():
+        ray.kill(actor)
+    assert len(set(epoch_ids(head + list(it)))) == 600 and readers.stats()["replaced"] == 2
+    loader.close()
 
 
 def test_a_reader_that_died_between_epochs_is_replaced_and_counts_against_no_unit(ds):

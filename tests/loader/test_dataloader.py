@@ -349,6 +349,33 @@ def test_a_worker_stuck_in_a_unit_past_the_timeout_stops_the_epoch_naming_it(syn
     assert time.monotonic() - start < 60 and loader._workers == []  # the workers were stopped, not waited for
 
 
+class _SlowSlabs(gp.Dataset):
+    """Every slab takes 30 ms to read."""
+
+    def read_slabs(self, unit, read_batch_size):
+        for slab in super().read_slabs(unit, read_batch_size):
+            time.sleep(0.03)
+            yield slab
+
+
+def test_the_timeout_does_not_count_the_slabs_a_resumed_unit_reads_to_skip(tmp_path):
+    import pyarrow as pa
+
+    table = pa.table({"x": pa.array(np.arange(2000), pa.float32()), "label": np.zeros(2000)})
+    gp.storage.write_table(table, tmp_path / "one.parquet", row_group_rows=2000)
+    ds = _SlowSlabs(tmp_path / "one.parquet")
+    first = _loader(ds, batch_size=1900, num_workers=1)
+    head = next(iter(first))
+    state = first.state_dict()
+    first.close()
+    # the resumed worker reads 95 slabs (2.9 s) before it sends one: reading, not stuck
+    resumed = _loader(ds, batch_size=1900, num_workers=1, timeout=1.5)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    resumed.close()
+    assert sorted(np.concatenate([head.dense[0], *(b.dense[0] for b in rest)]).tolist()) == list(range(2000))
+
+
 def test_stats_report_rows_bytes_and_stage_times(ds):
     loader = _loader(ds, num_workers=2)
     list(loader)

@@ -171,9 +171,10 @@ def test_every_worker_message_fits_in_one_atomic_pipe_write(tmp_path):
     tasks.put(None)
     prefix = f"gpupre_test_{secrets.token_hex(4)}_"  # not left by an earlier run
     worker_main(setup, rows, tasks, results, 0, numba.get_num_threads(), types.SimpleNamespace(value=0),
-                [0, NOT_STARTED], prefix)  # fmt: skip
+                [0, NOT_STARTED], progress := [0], prefix)  # fmt: skip
     messages = [results.get() for _ in range(results.qsize())]
     assert [m[0] for m in messages] == ["slab", "done", "error"]
+    assert progress == [1]  # the slab read, counted for the loader's timeout
     assert max(len(ForkingPickler.dumps(m)) + 4 for m in messages) <= select.PIPE_BUF  # with the length header
     slab = Slab(messages[0][3], ds.schema)
     try:

@@ -375,6 +375,7 @@ def test_scores_that_only_a_later_file_has_are_a_schema_error_not_dropped(tmp_pa
     gp.storage.write_table(scored, tmp_path / "b.parquet")
     with pytest.raises(gp.SchemaError, match=r"a\.parquet: column 'y\.score' is missing but .*b\.parquet has it"):
         gp.Dataset(tmp_path, features=["y"])
+    assert gp.Dataset(tmp_path, features=[], passthrough="y").num_rows == 4  # a pass-through column has no scores
 
 
 @pytest.mark.parametrize(

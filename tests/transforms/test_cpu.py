@@ -158,6 +158,18 @@ def test_threads_take_turns_on_numbas_workqueue_layer():
     assert run.returncode == 0 and "layer: workqueue" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_child_forked_while_a_thread_launches_kernels_can_launch_its_own():
+    from gpupre.transforms import cpu
+
+    with cpu._turns:  # as a thread of the parent would hold it
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if cpu._turns.acquire(blocking=False) else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 @pytest.mark.parametrize("units, blocks, threads", [(47, 32, 2), (47, 32, 16), (5, 3, 2), (3, 2, 16), (4, 1, 1), (2, 7, 3), (3, 37, 16)])
 @pytest.mark.parametrize("rows", [BLOCK, MIN_BLOCK])
 def test_the_schedule_covers_every_tile_once_and_shares_every_unit_among_threads(units, blocks, threads, rows):

@@ -30,6 +30,7 @@ import urllib.parse
 import warnings
 
 from .._checks import ensure_integer, is_real
+from .._sqlite import connect
 from ..errors import BackendUnavailable, ConfigError, DataError, GpupreError
 from ._spill import SpillFile
 
@@ -152,8 +153,7 @@ class SqliteKV(KVStore):
         self.path, self.clock, self.purge_every_s = path, clock, float(purge_every_s)
         self._next_purge = -math.inf
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)")
             self._db.execute("CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires)")

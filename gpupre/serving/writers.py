@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from .._sqlite import connect
 from ..batch import offsets_of, one_array
 from ..errors import ConfigError, DataError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Feature, Schema
@@ -100,8 +101,7 @@ class _HourlyWriter:
         self._lock = _lock_path(self.path, type(self).__name__)
         ledger = os.path.join(self.path, "_ledger.sqlite")
         try:
-            self._ledger = sqlite3.connect(ledger)
-            self._ledger.execute("PRAGMA journal_mode=WAL")
+            self._ledger = connect(ledger)
             self._ledger.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
             self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
             self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")

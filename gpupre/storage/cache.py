@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .._checks import is_integer
+from .._sqlite import connect
 from ..errors import ConfigError, DataError
 from .iostats import DelegatingHandler, HandlerFileSystem
 
@@ -62,9 +63,7 @@ class _CacheHandler(DelegatingHandler):
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             os.makedirs(os.path.join(self.directory, "ranges"), exist_ok=True)
-            db = sqlite3.connect(os.path.join(self.directory, "index.sqlite"), timeout=60,
-                                 isolation_level=None, check_same_thread=False)  # fmt: skip
-            db.execute("PRAGMA journal_mode=WAL")
+            db = connect(os.path.join(self.directory, "index.sqlite"), isolation_level=None, check_same_thread=False)
             db.execute("CREATE TABLE IF NOT EXISTS extents (key TEXT, start INTEGER, stop INTEGER, "
                        "file TEXT PRIMARY KEY, bytes INTEGER, used REAL)")  # fmt: skip
             db.execute("CREATE INDEX IF NOT EXISTS by_key ON extents (key, start)")

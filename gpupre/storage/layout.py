@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .._checks import ensure_integer, is_real
+from .._sqlite import connect
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import METADATA_KEY, Schema, infer_kind, score_owner
 from .flatten import read_row_group
@@ -93,8 +94,7 @@ class AccessLog:
         if self._db is None:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
+                db = connect(self.path, isolation_level=None)
                 db.execute("CREATE TABLE IF NOT EXISTS reads (projection TEXT PRIMARY KEY, rows INTEGER, units INTEGER)")
             except (OSError, sqlite3.Error) as e:
                 raise DataError(

@@ -1,5 +1,8 @@
 """Feature reordering: the column order for a workload, the rewrite, and what a job then reads."""
 
+import sqlite3
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -157,6 +160,18 @@ def test_access_log_records_what_the_loader_workers_read(wide, tmp_path):
     assert set(columns) == set(ds.columns) and rows == ds.num_rows
     out = reorder(wide, tmp_path / "re", workload, HOLE, progress=False)
     assert runs(pq.read_schema(out.paths[0]).names, ds.columns) == 1
+
+
+def test_an_access_log_opened_while_another_process_makes_the_file_waits_for_it(tmp_path):
+    """Two loader workers opening a new access log at once: the one switching the file to WAL
+    holds a lock that SQLite reported to the other at once as "database is locked"."""
+    other = sqlite3.connect(tmp_path / "access.sqlite", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, other.execute, ["COMMIT"]).start()
+    log = AccessLog(tmp_path / "access.sqlite")
+    log.record(["a"], 5)
+    assert log.workload().jobs == {"projection-0": (("a",), 5)}
+    other.close()
 
 
 def test_reorder_of_a_dedup_table_still_reads_de_duplicated(dedup_tables, tmp_path):

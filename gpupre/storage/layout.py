@@ -99,7 +99,8 @@ class AccessLog:
             except (OSError, sqlite3.Error) as e:
                 raise DataError(
                     f"cannot open the access log {self.path} ({type(e).__name__}: {e}); pass a path in a "
-                    "writable directory, to a SQLite file or none yet"
+                    "writable directory, to a SQLite file or none yet (if it is locked: another process has "
+                    "held it for a minute; stop that process)"
                 ) from e
             self._db = db
         return self._db

@@ -18,7 +18,7 @@ def connect(path, **kwargs) -> sqlite3.Connection:
     Raises:
         sqlite3.Error: the file cannot be opened, or stays locked.
     """
-    db = sqlite3.connect(path, **{"timeout": WAIT_S, **kwargs})
+    db = sqlite3.connect(path, timeout=WAIT_S, **kwargs)
     deadline = time.monotonic() + WAIT_S
     while True:
         try:

@@ -15,7 +15,7 @@ import secrets
 import time
 import weakref
 
-from .._checks import ensure_integer, is_real
+from .._checks import ensure_integer, is_integer, is_real
 from ..batch import Batch
 from ..errors import ConfigError, DataError, RemoteTraceback, describe
 from ..reader import Dataset
@@ -98,7 +98,7 @@ class DataLoader:
                                               "read_batch_size")  # fmt: skip
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else ensure_integer(num_workers, "num_workers", 0)
         self.prefetch = ensure_integer(prefetch, "prefetch")
-        if not (isinstance(world_size, int) and world_size > 0 and isinstance(rank, int) and 0 <= rank < world_size):
+        if not (is_integer(world_size) and world_size > 0 and is_integer(rank) and 0 <= rank < world_size):
             raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
         if on_bad_unit not in ("raise", "skip"):
             raise ConfigError(f"on_bad_unit={on_bad_unit!r} must be 'raise' or 'skip'")
@@ -119,7 +119,7 @@ class DataLoader:
         self.seed = ensure_integer(seed, "seed", 0)
         self._local = copy.copy(dataset)  # in-process reads (num_workers=0), counted
         self._local.filesystem = CountingFileSystem(dataset.filesystem)
-        self.rank, self.world_size, self.on_bad_unit = rank, world_size, on_bad_unit
+        self.rank, self.world_size, self.on_bad_unit = int(rank), int(world_size), on_bad_unit
         self.device = resolve_device(device)
         if self.device.startswith("cuda"):
             from ..transforms.cuda import torch_device

@@ -81,7 +81,8 @@ def test_a_state_from_another_loader_is_refused(ds):
 
 
 def test_ranks_are_disjoint_and_take_the_same_number_of_steps(ds):
-    loaders = [_loader(ds, rank=r, world_size=3, batch_size=32, shuffle=True) for r in range(3)]
+    ranks = np.arange(3)  # numpy integers, as from a launcher's array, are integers too
+    loaders = [_loader(ds, rank=r, world_size=ranks.size, batch_size=32, shuffle=True) for r in ranks]
     epochs = [list(loader) for loader in loaders]
     assert len({len(e) for e in epochs}) == 1 == len({len(loader) for loader in loaders})
     ids = [set(epoch_ids(e)) for e in epochs]

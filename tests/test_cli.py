@@ -63,6 +63,10 @@ def test_import_errors_exit_2_with_one_line_naming_the_problem(tmp_path, capsys)
     gp.storage.write_criteo_text(text, rows=5, header=True)
     assert main(["import", "taobao", str(text), str(tmp_path / "x.parquet")]) == 2
     assert "use gp.storage.import_criteo (command line: gpupre import criteo)" in capsys.readouterr().err
+    movielens = tmp_path / "m.csv"
+    movielens.write_text(",".join(gp.storage.importers.MOVIELENS_COLUMNS) + "\n" + "1,2,5,978300760,Heat,Action,M,25,4,90210\n")
+    assert main(["import", "criteo", str(movielens), str(tmp_path / "x.parquet")]) == 2
+    assert "use gp.storage.import_movielens (command line: gpupre import movielens)" in capsys.readouterr().err
     assert main(["import", "criteo", str(text), str(tmp_path)]) == 2
     assert "is a directory; pass the path of a Parquet file to write" in capsys.readouterr().err
 

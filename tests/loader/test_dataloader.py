@@ -486,6 +486,12 @@ def test_more_ranks_than_units_is_a_config_error_not_empty_epochs(ds):
         list(loader)
 
 
+def test_drop_last_with_a_rank_short_of_one_batch_is_a_config_error_not_empty_epochs(ds):
+    loader = _loader(ds, rank=0, world_size=5, batch_size=120, drop_last=True)  # shares of 100 or 150 rows
+    with pytest.raises(gp.ConfigError, match="3 of world_size=5 ranks get fewer than batch_size=120 rows of epoch 0"):
+        list(loader)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_drop_last_with_a_skipped_unit_delivers_only_whole_batches(ds_with_a_bad_unit, workers):
     ds, _ = ds_with_a_bad_unit

@@ -99,6 +99,13 @@ def import_csv(
     extras = tuple(name for name, c in columns.items() if c.role in ("time", "extra"))
     schema = Schema(features, labels, extras)
     extra_types = {n: pa.int64() if columns[n].role == "time" else columns[n].arrow_type for n in extras}
+    found = _header(src, delimiter, column_names)
+    if repeated := [name for name in columns if found.count(name) > 1]:
+        raise DataError(
+            f"{src}: column {repeated[0]!r} appears {found.count(repeated[0])} times in its "
+            f"{'column_names' if column_names else 'header line'}, and only its first would be read; give each "
+            "column its own name (a repeated column holds a list: join its values into one column)"
+        )
     read_types = {n: _READ_TYPES.get(c.role, c.arrow_type) for n, c in columns.items()}
     with _open_source(src) as f:
         try:
@@ -147,10 +154,18 @@ def _open_source(src):
         raise DataError(f"cannot read {src}: {e.strerror}; pass the path of an existing text file") from e
 
 
+def _header(src, delimiter: str, column_names) -> list[str]:
+    """The column names: `column_names`, or the file's header line."""
+    if column_names:
+        return list(column_names)
+    with _open_source(src) as f:
+        first = f.readline().decode("utf-8-sig", "replace")
+    return next(csv.reader([first], delimiter=delimiter), [])
+
+
 def _missing_columns(src, columns, delimiter: str, column_names) -> DataError:
     """The error for `columns` absent from `src`: which are missing, which it has, which importer fits."""
-    with open(src, encoding="utf-8-sig", errors="replace", newline="") as f:
-        found = list(column_names or next(csv.reader(f, delimiter=delimiter), []))
+    found = _header(src, delimiter, column_names)
     missing = [name for name in columns if name not in found]
     shown = ", ".join(found[:12]) + (f", ... ({len(found)} in all)" if len(found) > 12 else "")
     fits = [name for name, wanted in _IMPORTER_COLUMNS.items() if set(wanted) <= set(found)]

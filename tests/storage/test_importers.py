@@ -309,6 +309,14 @@ def test_import_csv_names_a_column_the_file_lacks(tmp_path):
         import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", columns, progress=False)
 
 
+def test_import_csv_refuses_a_repeated_column_name_rather_than_read_its_first(tmp_path):
+    (tmp_path / "x.csv").write_text("a,seq,seq,seq\n1,7,8,9\n")  # a list spread over columns, as some exports do
+    with pytest.raises(gp.DataError, match="column 'seq' appears 3 times in its header line"):
+        import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", {"a": Column("label"), "seq": Column("id")}, progress=False)
+    assert not (tmp_path / "x.parquet").exists()
+    import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", {"a": Column("label")}, progress=False)  # not read: fine
+
+
 def test_a_parse_error_late_in_the_file_leaves_no_output(tmp_path):
     good = "".join(f"{i % 2},{i}.5\n" for i in range(2000))
     (tmp_path / "x.csv").write_text("label,price\n" + good + "0,abc\n")

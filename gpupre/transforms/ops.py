@@ -108,13 +108,22 @@ class Op:
             object.__setattr__(self, "out", _names(self.out, "out", name))
         if self.arity == 2:
             if len(self.features) != 2:
-                raise ConfigError(f"{name} takes exactly two features, got {self.features}")
+                raise ConfigError(
+                    f"{name} takes exactly two features, got {self.features}; name both: {name}('a', 'b', ..., out='ab')"
+                )
             if self.out is None or len(self.out) != 1:
                 raise ConfigError(f"{name}({self.features[0]!r}, {self.features[1]!r}) needs out='<name>'")
         elif self.out is not None and len(self.out) != len(self.features):
             raise ConfigError(
                 f"{name}: out={self.out} must name one output per feature ({len(self.features)} features)"
             )
+        else:
+            twice = sorted({f for f in self.features if self.features.count(f) > 1})
+            if twice:
+                raise ConfigError(
+                    f"{name}: features {twice} are listed more than once in {list(self.features)}, so the op "
+                    "would apply to them again; list each feature once"
+                )
         for f in fields(self):
             if f.name not in ("features", "out"):
                 object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
@@ -241,7 +250,8 @@ class Bucketize(Op):
     """torch.bucketize(x, boundaries, right=right) as one id per row; NaN -> len(boundaries) + 1.
 
     Boundaries are float32, non-decreasing and non-empty. With boundaries=None and num_buckets=k,
-    `Pipeline.fit` computes k-1 equal-frequency boundaries (see `Bucketize.fit`).
+    `Pipeline.fit` computes k-1 equal-frequency boundaries (see `Bucketize.fit`) and keeps k, which
+    ties can leave above len(boundaries) + 1; num_buckets is never below it.
     """
 
     boundaries: tuple[float, ...] | None = None
@@ -281,6 +291,11 @@ class Bucketize(Op):
             raise ConfigError(
                 f"Bucketize: boundaries must be non-decreasing; boundaries[{i - 1}]={b[i - 1]} > "
                 f"boundaries[{i}]={b[i]}; sort them"
+            )
+        if self.num_buckets is not None and self.num_buckets < len(b) + 1:
+            raise ConfigError(
+                f"Bucketize: {len(b)} boundaries make {len(b) + 1} buckets, more than num_buckets={self.num_buckets}; "
+                f"pass num_buckets={len(b) + 1} or leave it out"
             )
 
     def output_kind(self, kinds):
@@ -385,12 +400,19 @@ class Cross(Op):
     def output_kind(self, kinds):
         return SPARSE
 
-    def __init__(self, a, b, num_buckets: int = 0, salt: int = 0, *, out=None):
+    def __init__(self, a, b=None, num_buckets: int = 0, salt: int = 0, *, out=None):
         object.__setattr__(self, "num_buckets", num_buckets)
         object.__setattr__(self, "salt", salt)
-        object.__setattr__(self, "features", (a, b) if isinstance(a, str) else a)
+        object.__setattr__(self, "features", _pair(a, b))
         object.__setattr__(self, "out", out)
         self.__post_init__()
+
+
+def _pair(a, b):
+    """The inputs of a two-input op given as two names, or as one list of two (b left out)."""
+    if not isinstance(a, str):
+        return a
+    return (a,) if b is None else (a, b)
 
 
 @dataclass(frozen=True)
@@ -399,7 +421,7 @@ class _Pair(Op):
     accepts = LISTS
 
     def __init__(self, a, b=None, *, out=None):
-        object.__setattr__(self, "features", (a, b) if isinstance(a, str) else a)
+        object.__setattr__(self, "features", _pair(a, b))
         object.__setattr__(self, "out", out)
         self.__post_init__()
 

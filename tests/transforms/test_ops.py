@@ -194,6 +194,12 @@ def test_empty_batch(device):
         (lambda: gp.Bucketize("x", ["0.5"]), "must be a list of numbers"),
         (lambda: gp.Bucketize("x", [10**400]), "must be a list of numbers"),
         (lambda: gp.Bucketize("x", [1.0], num_buckets="a"), "num_buckets='a' must be an integer >= 2"),
+        (lambda: gp.Cross("a", num_buckets=10, out="o"), r"Cross takes exactly two features, got \('a',\)"),
+        (lambda: gp.Intersect("a", out="o"), r"Intersect takes exactly two features, got \('a',\)"),
+        (lambda: gp.Hash(["a", "b", "a"], 100), r"Hash: features \['a'\] are listed more than once"),
+        (lambda: gp.Log1p(["x", "x"], out=["y", "z"]), r"Log1p: features \['x'\] are listed more than once"),
+        (lambda: gp.Bucketize("x", [0.0, 1.0, 2.0], num_buckets=2),
+         "3 boundaries make 4 buckets, more than num_buckets=2; pass num_buckets=4"),
     ],
 )
 def test_bad_parameters_raise_config_error(make, message):

@@ -72,6 +72,18 @@ def _float_number(value) -> bool:
     return True
 
 
+def _float32(value: float, what: str, op: str) -> np.float32:
+    """`value` as the float32 in which the executors apply it; a finite value must stay finite."""
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    if math.isfinite(value) and not np.isfinite(single):
+        raise ConfigError(
+            f"{op}: {what}={value!r} is beyond float32's range (+-{np.finfo(np.float32).max:.8g}), in which "
+            "it is applied; give a value within it"
+        )
+    return single
+
+
 def _flag(value, what: str, op: str) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{op}: {what}={value!r} must be True or False")
@@ -172,6 +184,7 @@ class FillMissing(Op):
         _real(self.value, "value", "FillMissing")
         if math.isnan(self.value):
             raise ConfigError(f"FillMissing: value={self.value!r} must be a number (not NaN)")
+        _float32(self.value, "value", "FillMissing")
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,8 @@ class Clamp(Op):
         _real(self.hi, "hi", "Clamp")
         if math.isnan(self.lo) or math.isnan(self.hi) or self.lo > self.hi:
             raise ConfigError(f"Clamp: needs lo <= hi, got lo={self.lo!r}, hi={self.hi!r}")
+        _float32(self.lo, "lo", "Clamp")
+        _float32(self.hi, "hi", "Clamp")
 
 
 @dataclass(frozen=True)
@@ -212,6 +227,9 @@ class Normalize(Op):
             _real(self.std, "std", "Normalize")
         if self.std is not None and not (self.std >= 0 and math.isfinite(self.std) and math.isfinite(self.mean)):
             raise ConfigError(f"Normalize: mean={self.mean!r} and std={self.std!r} must be finite, std >= 0")
+        if self.mean is not None:
+            _float32(self.mean, "mean", "Normalize")
+            _float32(self.std, "std", "Normalize")
         if self.mean is not None and len(self.features) > 1:
             raise ConfigError("Normalize: explicit mean/std apply to one feature; use one op per feature")
 
@@ -238,6 +256,16 @@ class MinMax(Op):
             raise ConfigError(f"MinMax: needs finite min <= max, got min={self.min!r}, max={self.max!r}")
         if self.min is not None and len(self.features) > 1:
             raise ConfigError("MinMax: explicit min/max apply to one feature; use one op per feature")
+        if self.min is not None:
+            low, high = _float32(self.min, "min", "MinMax"), _float32(self.max, "max", "MinMax")
+            with np.errstate(over="ignore"):
+                overflows = not np.isfinite(high - low)
+            if overflows:
+                raise ConfigError(
+                    f"MinMax({self.features[0]!r}): the range max - min of min={self.min!r}, max={self.max!r} "
+                    f"overflows float32, in which it is applied; put gp.Clamp({self.features[0]!r}, lo, hi) "
+                    f"or gp.Log1p({self.features[0]!r}) before it to narrow the values"
+                )
 
     @property
     def fitted(self):

@@ -194,6 +194,14 @@ def test_empty_batch(device):
         (lambda: gp.Bucketize("x", ["0.5"]), "must be a list of numbers"),
         (lambda: gp.Bucketize("x", [10**400]), "must be a list of numbers"),
         (lambda: gp.Bucketize("x", [1.0], num_buckets="a"), "num_buckets='a' must be an integer >= 2"),
+        (lambda: gp.Normalize("x", mean=1e39, std=1.0), r"mean=1e\+39 is beyond float32's range"),
+        (lambda: gp.Normalize("x", mean=0.0, std=1e39), r"std=1e\+39 is beyond float32's range"),
+        (lambda: gp.MinMax("x", -1e39, 1e39), r"min=-1e\+39 is beyond float32's range"),
+        (lambda: gp.MinMax("x", 0.0, 1e39), r"max=1e\+39 is beyond float32's range"),
+        (lambda: gp.MinMax("x", -3e38, 3e38),
+         r"range max - min of min=-3e\+38, max=3e\+38 overflows float32.*gp.Clamp\('x', lo, hi\) or gp.Log1p\('x'\)"),
+        (lambda: gp.FillMissing("x", -1e39), r"value=-1e\+39 is beyond float32's range"),
+        (lambda: gp.Clamp("x", 0.0, 1e39), r"hi=1e\+39 is beyond float32's range"),
         (lambda: gp.Cross("a", num_buckets=10, out="o"), r"Cross takes exactly two features, got \('a',\)"),
         (lambda: gp.Intersect("a", out="o"), r"Intersect takes exactly two features, got \('a',\)"),
         (lambda: gp.Hash(["a", "b", "a"], 100), r"Hash: features \['a'\] are listed more than once"),
@@ -205,6 +213,15 @@ def test_empty_batch(device):
 def test_bad_parameters_raise_config_error(make, message):
     with pytest.raises(gp.ConfigError, match=message):
         make()
+
+
+def test_parameters_at_the_edge_of_float32_are_taken_and_applied(device):
+    top = float(np.finfo(np.float32).max)
+    ops = [gp.Normalize("x", 0.0, top), gp.MinMax("y", -top / 2, top / 2), gp.FillMissing("z", -top)]
+    out = run(ops, make_batch({"x": [-top, 0.0, top], "y": [-top / 2, 0.0, top / 2], "z": [NAN, 1.0, 2.0]}), device)
+    np.testing.assert_array_equal(dense_of(out, "x"), [-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(dense_of(out, "y"), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(dense_of(out, "z"), [-top, 1.0, 2.0])
 
 
 def test_ops_round_trip_through_dicts():

@@ -160,6 +160,16 @@ def test_fit_on_infinite_values_says_to_clamp_first(tmp_path):
     fitted = gp.Pipeline([gp.Clamp("x", -10.0, 10.0), gp.Normalize("x")]).fit(ds, progress=False)
     assert fitted.ops[1].mean == pytest.approx(np.mean([1, 10, 2, -10, 3]))
 
+def test_fit_minmax_whose_range_overflows_float32_says_to_clamp_or_log_first(tmp_path):
+    path = tmp_path / "wide.parquet"
+    gp.storage.write_table(pa.table({"x": pa.array([-3e38, 1.0, 2.0, 3e38], pa.float32())}), path)
+    ds = gp.Dataset(path)
+    with pytest.raises(gp.ConfigError, match=r"MinMax\('x'\): the range .* overflows float32.*gp.Clamp\('x'"):
+        gp.Pipeline([gp.MinMax("x")]).fit(ds, progress=False)
+    fitted = gp.Pipeline([gp.Clamp("x", -1e38, 1e38), gp.MinMax("x")]).fit(ds, progress=False)
+    out = fitted(ds.read(ds.units()[0]))
+    np.testing.assert_allclose(out.dense[0], [0.0, 0.5, 0.5, 1.0], rtol=1e-6)
+
 # -- persistence -----------------------------------------------------------------------------------
 def _mixed_pipeline(table_ds):
     ops = [

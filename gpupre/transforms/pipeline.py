@@ -225,25 +225,53 @@ class Pipeline(JsonFile):
 
     # -- persistence --------------------------------------------------------------------------
     def to_json(self) -> str:
+        """Strict JSON: infinite and NaN parameters (Clamp's default bounds) are the strings "inf",
+        "-inf" and "nan"."""
         return json.dumps(
             {
-                "ops": [op.to_dict() for op in self.ops],
+                "ops": [_json_op(op.to_dict(), _encode) for op in self.ops],
                 "input_schema": None if self.input_schema is None else json.loads(self.input_schema.to_json()),
             },
             indent=1,
+            allow_nan=False,
         )
 
     @classmethod
     def _from_json(cls, text: str) -> Pipeline:
-        data = json.loads(text)
+        data = json.loads(text)  # also reads the bare Infinity that files written before held
         schema = data.get("input_schema")
-        return cls([op_from_dict(d) for d in data["ops"]], None if schema is None else Schema.from_json(json.dumps(schema)))
+        ops = [op_from_dict(_json_op(d, _decode)) for d in data["ops"]]
+        return cls(ops, None if schema is None else Schema.from_json(json.dumps(schema)))
 
     def __eq__(self, other):
         return isinstance(other, Pipeline) and self.ops == other.ops
 
     def __repr__(self) -> str:
         return "Pipeline([\n" + "".join(f"  {op},\n" for op in self.ops) + "])"
+
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _json_op(data, convert):
+    """A saved op's dict with `convert` applied to its parameters (names are left as they are)."""
+    if not isinstance(data, dict):
+        return data  # op_from_dict names what is wrong
+    return {k: v if k in ("op", "features", "out") else convert(v) for k, v in data.items()}
+
+
+def _encode(value):
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf", "-inf" or "nan"
+    return value
+
+
+def _decode(value):
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
 
 
 def _independent_unfitted(ops, first: int) -> list[int]:

@@ -1,5 +1,8 @@
 """Pipeline: streaming fit on real files, JSON persistence, output schema, errors, eager runs."""
 
+import json
+import math
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -195,6 +198,22 @@ def test_save_load_and_json_round_trip(table_ds, tmp_path):
         batch = table_ds.read(table_ds.units()[2])
         assert_same(loaded(batch), pipe(batch), rtol=0)
     assert gp.Pipeline([gp.Log1p("a")]) != pipe
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def test_saved_infinities_are_strict_json_and_files_with_bare_infinity_still_load(table_ds):
+    pipe = gp.Pipeline([gp.Clamp("b", lo=0.0), gp.Bucketize("b", [-math.inf, 1.0, math.inf], out="bb"),
+                        gp.FillMissing("a", -math.inf), gp.Truncate("s", 1, keep="last")], table_ds.schema)  # fmt: skip
+    text = pipe.to_json()
+    data = json.loads(text, parse_constant=_no_constants)
+    assert data["ops"][0]["hi"] == "inf" and data["ops"][1]["boundaries"] == ["-inf", 1.0, "inf"]
+    loaded = gp.Pipeline.from_json(text)
+    assert loaded == pipe and loaded.input_schema == pipe.input_schema
+    old = json.dumps({"ops": [op.to_dict() for op in pipe.ops], "input_schema": None})  # bare Infinity
+    assert "Infinity" in old and gp.Pipeline.from_json(old) == pipe
 
 
 def test_an_input_schema_of_labels_only_survives_a_round_trip():

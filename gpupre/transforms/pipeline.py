@@ -12,9 +12,9 @@ from .._checks import ensure_integer
 from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
-from ..schema import IMAGE, Feature, Schema, unknown_message
+from ..schema import DENSE, IMAGE, Feature, Schema, unknown_message
 from .images import IMAGE_OPS
-from .ops import Bucketize, MinMax, Normalize, Op, op_from_dict, per_feature, with_params
+from .ops import Bucketize, MinMax, Normalize, Op, OverlapCount, op_from_dict, per_feature, with_params
 
 __all__ = ["Pipeline", "output_schema", "provenance", "skip_materialized"]
 
@@ -25,11 +25,13 @@ def output_schema(ops, schema: Schema) -> Schema:
     Raises:
         SchemaError: an op names a feature that does not exist at that point.
         ConfigError: an op is given a feature of a kind it does not take, or its out= names a
-            feature that exists (other than its input, or a stored derived feature to recompute).
+            feature that exists (other than its input, or a stored derived feature to recompute),
+            or it makes ids from an OverlapCount output (the plan counts after every list op).
     """
     features = list(schema.features)
     position = {f.name: i for i, f in enumerate(features)}
     written = set()
+    counted: dict[str, Op] = {}  # features whose values an OverlapCount computes: its op
     for op in ops:
         for inputs, out in op.applications():
             kinds = []
@@ -45,6 +47,15 @@ def output_schema(ops, schema: Schema) -> Schema:
                     )
                 kinds.append(kind)
             made = Feature(out, op.output_kind(tuple(kinds)), features[position[inputs[0]]].group)
+            source = next((name for name in inputs if name in counted), None)
+            if source is not None and made.kind != DENSE:
+                (a, b), count = counted[source].features, counted[source].out[0]
+                raise ConfigError(
+                    f"{op}: its input {source!r} comes from {counted[source]}, a count the plan computes after "
+                    f"every list op, so no op can make ids from it; use {source!r} as a dense feature, or store "
+                    f"the count with gp.materialize(dataset, [gp.OverlapCount({a!r}, {b!r}, out={count!r})], path) "
+                    "and run the pipeline on the dataset it returns"
+                )
             if out in position and out not in inputs and features[position[out]].derived is None:
                 who = "an earlier op writes" if out in written else "the schema has"
                 raise ConfigError(
@@ -52,6 +63,10 @@ def output_schema(ops, schema: Schema) -> Schema:
                     f"give the output a new name, or leave out= unset to transform {inputs[0]!r} in place"
                 )
             written.add(out)
+            if source is not None or isinstance(op, OverlapCount):
+                counted[out] = counted[source] if source is not None else op
+            else:
+                counted.pop(out, None)
             if out in position:
                 features[position[out]] = made
             else:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from parquet_data import corrupt_row_group
-from transforms.helpers import to_host
+from transforms.helpers import rows_of, to_host
 
 import gpupre as gp
 import gpupre.transforms.derived as derived_module
@@ -100,6 +100,21 @@ def test_plan_reads_materialized_columns_instead_of_their_sources(source, fitted
         for a, b in zip(source.units(), projected.units(), strict=True):
             got = columns(device_plan.run(projected.read(b)), names)
             assert got.equals(columns(full_plan.run(source.read(a)), names))
+
+
+def test_a_materialized_overlap_count_can_be_bucketized(tmp_path):
+    lists = pa.list_(pa.int64())
+    table = pa.table({"a": pa.array([[1, 2, 3], [4, 5], [6]], lists), "b": pa.array([[1, 3], [5], [7]], lists)})
+    gp.storage.write_table(table, tmp_path / "in.parquet")
+    source = gp.Dataset(tmp_path / "in.parquet")
+    count = gp.OverlapCount("a", "b", out="n")
+    pipe = gp.Pipeline([count, gp.Bucketize("n", [0.5, 1.5], out="n_bucket")])
+    with pytest.raises(gp.ConfigError, match="gp.materialize"):
+        pipe.output_schema(source.schema)
+    stored = gp.materialize(source, [count], tmp_path / "out", progress=False)
+    batch = stored.read(stored.units()[0])
+    for device in ("cpu", "reference"):
+        assert rows_of(pipe.compile(stored.schema, device).run(batch), "n_bucket") == [[2], [1], [0]]
 
 
 def test_dataloader_over_the_materialized_dataset(source, fitted, materialized):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -302,6 +303,22 @@ def test_an_output_never_overwrites_another_feature(ops, who):
     with pytest.raises(gp.ConfigError, match=rf"out='(y|cw)' names a feature that {who} already.*new name"):
         gp.Pipeline(ops).compile(SCHEMA)
     gp.Pipeline([gp.Log1p("x", out="x"), gp.Log1p("y")]).compile(SCHEMA)  # in place, by name or not
+
+
+@pytest.mark.parametrize(
+    "op",
+    [gp.Bucketize("n", [0.5, 1.5], out="o"), gp.Hash("n", 10, out="o"), gp.Modulo("n", 10, out="o"),
+     gp.Cross("c", "n", 10, out="o"), gp.Hash("m", 10, out="o")],
+    ids=["Bucketize", "Hash", "Modulo", "Cross", "Hash-after-FillMissing"],
+)  # fmt: skip
+def test_ids_from_an_overlap_count_are_refused_when_checked_naming_both_ops(op):
+    count = gp.OverlapCount("c", "w", out="n")
+    pipe = gp.Pipeline([count, gp.FillMissing("n", 0.0, out="m"), gp.Log1p("m"), op])
+    words = rf"{re.escape(str(op))}: its input '[nm]' comes from {re.escape(str(count))}.*gp.materialize"
+    for check in (pipe.output_schema, pipe.compile):
+        with pytest.raises(gp.ConfigError, match=words):
+            check(SCHEMA)
+    assert gp.Pipeline([count, gp.Normalize("n", 1.0, 2.0), gp.Bucketize("x", [1.0])]).compile(SCHEMA)
 
 
 def test_compiling_an_unfitted_pipeline_says_to_fit():

@@ -151,6 +151,14 @@ def test_auto_falls_back_to_the_cpu_without_a_gpu_and_says_so(monkeypatch, caplo
     assert "device='auto' chose 'cpu'" in caplog.text
 
 
+def test_more_than_four_hash_or_modulo_in_a_row_on_one_feature_is_a_config_error():
+    batch = _batch()
+    four = [gp.Hash("a", 100), gp.Modulo("a", 50), gp.Hash("a", 10), gp.Modulo("a", 7)]
+    _compiled(four, batch)
+    with pytest.raises(gp.ConfigError, match="more than 4 Hash/Modulo in a row on one feature"):
+        gp.Pipeline([*four, gp.Hash("a", 3)]).compile(batch.schema, "cpu")
+
+
 def test_an_unknown_device_is_a_config_error():
     with pytest.raises(gp.ConfigError, match="'tpu'"):
         gp.compile(gp.Pipeline([]), _batch().schema, "tpu")

@@ -40,13 +40,14 @@ def item_key(request_id, item_id) -> str:
 
 
 def _ensure_request_id(request_id) -> int | str:
-    """`request_id` as an int (any integer type) or a str, as the writers store it.
+    """`request_id` as a plain int (any integer type) or a plain str (`np.str_` too), as the
+    writers store it: the joiner tells a dataset's kind of id by its type.
 
     Raises:
         DataError: neither an integer in int64 range nor a string.
     """
     if isinstance(request_id, str):
-        return request_id
+        return str(request_id)
     if is_integer(request_id):
         if INT64_MIN <= request_id <= INT64_MAX:
             return operator.index(request_id)

@@ -327,3 +327,21 @@ def test_requests_closed_early_are_forgotten_after_their_window_whatever_a_clock
         joiner.add([(r, 10 * r, [0.0], T0 + 60)])
     assert joiner.stats["requests_closed_early"] == 7 and len(joiner._closed_early) == 1
     joiner.close()
+
+
+@pytest.mark.parametrize("logged, labelled", [(str, np.str_), (np.str_, str)])
+def test_numpy_string_request_ids_join_as_strings(tmp_path, logged, labelled):
+    """Ids from a numpy array or pandas `.values` are `np.str_`: the same ids as plain strings."""
+    clock = Clock()
+    rng = np.random.default_rng(1)
+    items = synthetic_features(10, 3, 2, 3, "item", rng)
+    store = SqliteKV(clock=clock)
+    logger = EagerLogger(store, items.schema, ttl_s=100)
+    for r in ("req-a", "req-b"):
+        logger.log_ranking(logged(r), np.arange(10), items)
+    joiner = LabelJoiner(store, DedupWriter(tmp_path, items.schema), ttl_s=100, window_s=0, clock=clock)
+    joiner.add([(logged("req-a"), 3, [1.0], T0)])  # written: it fixes the dataset's kind of id
+    joiner.add([(labelled("req-b"), 3, [1.0], T0)])
+    joiner.close()
+    assert joiner.stats["joined"] == 2 and joiner.stats["malformed"] == 0
+    assert sorted(rows(joiner).extras["request_id"].tolist()) == ["req-a", "req-b"]

@@ -125,6 +125,7 @@ def serving_to_training() -> None:
 
     from bench.dlrm import DLRM, train
 
+    shutil.rmtree(os.path.join(OUT, "serving-warm-up"), ignore_errors=True)  # simulate takes a new directory
     gp.serving.simulate(os.path.join(OUT, "serving-warm-up"), requests=5, progress=False)  # compiles the encoder
     reports = {}
     for logger, layout in (("eager", "tabular"), ("lazy", "dedup")):

@@ -49,7 +49,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     """Simulate `requests` requests and write their joined training data under `path`.
 
     Args:
-        path: output directory (hourly Parquet partitions that `gp.Dataset(path)` reads).
+        path: output directory, new or empty (hourly Parquet partitions that `gp.Dataset(path)` reads).
         items: ranked items per request; catalog: distinct items they are drawn from.
         head, page: the lazy logger's head and page sizes (the first screen, then pages).
         scroll: f(rng, head, page, size) -> items each of `size` users sees.
@@ -63,6 +63,9 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     Returns:
         What was measured: requests, impressions, events, the stats of the logger, KV store,
         joiner and writer, the peak requests buffered by the logger and the joiner, seconds.
+
+    Raises:
+        ConfigError: a bad argument, or `path` is a file or a directory that is not empty.
     """
     if logger not in ("lazy", "eager") or layout not in ("dedup", "tabular"):
         raise ConfigError(f"simulate logger={logger!r} must be 'lazy' or 'eager', layout={layout!r} 'dedup' or 'tabular'")
@@ -86,6 +89,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
         raise ConfigError(f"simulate scroll returned {seen.dtype} of shape {seen.shape}; it must return "
                           f"{requests} integers (the items each user sees), like default_scroll")  # fmt: skip
     seen = np.clip(seen, 1, items)
+    _check_new_directory(path)
     now = [START]
     clock = lambda: now[0]  # noqa: E731 - the simulation's time, shared by the store and the joiner
     os.makedirs(path, exist_ok=True)
@@ -144,6 +148,24 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
                   "joiner": dict(joiner.stats), "writer": dict(writer.stats), "peak_buffered_requests": peak,
                   "seconds": time.perf_counter() - started}  # fmt: skip
         return report
+
+
+def _check_new_directory(path) -> None:
+    """Refuse a path that holds anything: a second run's clock starts again at START, so the
+    ledger would have forgotten the first run's requests (older than ttl_s + window_s) and
+    write them again.
+
+    Raises:
+        ConfigError: `path` is a file or a directory that is not empty.
+    """
+    if os.path.isdir(path) and not os.listdir(path):
+        return
+    if os.path.exists(path):
+        what = "a directory that is not empty (an earlier run's dataset?)" if os.path.isdir(path) else "a file"
+        raise ConfigError(
+            f"simulate path {os.fspath(path)!r} is {what}; a run would write its requests next to what is there "
+            "(and an earlier run's again): pass a new or empty directory"
+        )
 
 
 def _labels(request, ranked, features: Batch, users: Batch, seen: int, head: int, served: float, item_weights,

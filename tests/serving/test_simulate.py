@@ -77,9 +77,23 @@ def test_a_failed_run_closes_what_it_opened(tmp_path, kw):
         return [t for t in threading.enumerate() if t.name == "gpupre-lazy-logger"]
 
     before = loggers()
-    for _ in range(3):
-        with pytest.raises(gp.ConfigError):
-            simulate(tmp_path, **{"requests": 20, "progress": False, **kw})
+    for run in range(3):
+        with pytest.raises(gp.ConfigError, match="ttl_s|window_s"):
+            simulate(tmp_path / str(run), **{"requests": 20, "progress": False, **kw})
     assert loggers() == before  # no lazy logger's thread left behind
-    kv = str(tmp_path / "_kv.sqlite")
+    kv = str(tmp_path)
     assert not any(os.path.realpath(f"/proc/self/fd/{fd}").startswith(kv) for fd in os.listdir("/proc/self/fd"))
+
+
+def test_a_path_that_holds_anything_is_refused(tmp_path):
+    """A second run on the same path would write the first run's requests again."""
+    simulate(tmp_path / "run", requests=20, duration_s=600, progress=False)
+    files = sorted(p for p in (tmp_path / "run").rglob("*"))
+    with pytest.raises(gp.ConfigError, match="is a directory that is not empty .* pass a new or empty directory"):
+        simulate(tmp_path / "run", requests=20, duration_s=600, progress=False)
+    assert sorted(p for p in (tmp_path / "run").rglob("*")) == files  # nothing written
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(gp.ConfigError, match="is a file; .* pass a new or empty directory"):
+        simulate(tmp_path / "file", requests=20, progress=False)
+    (tmp_path / "empty").mkdir()
+    assert simulate(tmp_path / "empty", requests=20, progress=False)["requests"] == 20

@@ -17,7 +17,8 @@ into place. A ledger (`<path>/_ledger.sqlite`) records every committed file and 
 in one transaction: a replayed request is recognized and not written twice. When the writer opens
 again, a file left by a process that died before its ledger commit is removed (its requests are
 not in the ledger, so replaying their events writes them once), and one that died between commit
-and rename is renamed into place. The ledger also keeps the dataset's type
+and rename is renamed into place; files not named as the writer names its own are left alone, and
+files under `hour=*/` without a ledger are an error, not a crash's leftovers. The ledger also keeps the dataset's type
 of request id (int or str), so a writer opened again refuses the other type (str "1" and int 1
 would be one request in the ledger and two types in the files).
 """
@@ -29,9 +30,11 @@ import fcntl
 import glob
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +51,7 @@ __all__ = ["DedupWriter", "JoinedRequest", "TabularWriter"]
 
 EXTRAS = ("request_id", "time", "item_id")
 HOUR_FORMAT = "%Y-%m-%dT%H"
+PART_TMP = re.compile(r"part-\d{20}-[0-9a-f]{8}\.parquet\.tmp")  # a file _commit has not renamed into place
 
 
 class JoinedRequest(NamedTuple):
@@ -100,6 +104,14 @@ class _HourlyWriter:
             raise ConfigError(f"{type(self).__name__} path {self.path!r} cannot be made a directory ({e}); pass another") from e
         self._lock = _lock_path(self.path, type(self).__name__)
         ledger = os.path.join(self.path, "_ledger.sqlite")
+        data = sorted(glob.glob(os.path.join(self.path, "hour=*", "*")))
+        if data and not os.path.exists(ledger):  # without it, committed files look like a crash's leftovers
+            self._lock.close()
+            raise ConfigError(
+                f"{type(self).__name__} path {self.path!r} holds {len(data)} files under hour=*/ (e.g. {data[0]}) but "
+                "no _ledger.sqlite, the ledger that records which files are committed; nothing was removed: "
+                "restore the ledger, or write to a new directory"
+            )
         try:
             self._ledger = connect(ledger)
             self._ledger.execute("CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY)")
@@ -118,18 +130,26 @@ class _HourlyWriter:
         self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
 
     def _recover(self) -> int:
-        """Rename committed files left under their .tmp name; remove files never committed."""
+        """Rename committed files left under their .tmp name; remove the .tmp files of this
+        writer's naming never committed (a crash before the commit), with a warning. Other files
+        are left alone: they are not a writer's leftovers."""
         committed = {name for (name,) in self._ledger.execute("SELECT name FROM files")}
         for name in committed:
             final = os.path.join(self.path, name)
             if not os.path.exists(final) and os.path.exists(final + ".tmp"):
                 os.replace(final + ".tmp", final)
-        removed = 0
-        for found in glob.glob(os.path.join(self.path, "hour=*", "*")):
-            if os.path.relpath(found, self.path) not in committed:
-                os.remove(found)
-                removed += 1
-        return removed
+        leftovers = [found for found in glob.glob(os.path.join(self.path, "hour=*", "part-*.parquet.tmp"))
+                     if PART_TMP.fullmatch(os.path.basename(found))
+                     and os.path.relpath(found, self.path)[: -len(".tmp")] not in committed]  # fmt: skip
+        for found in leftovers:
+            os.remove(found)
+        if leftovers:
+            warnings.warn(
+                f"{self.path}: removed {len(leftovers)} uncommitted files (.tmp) left by a writer that stopped before "
+                "committing them; their requests are not in the ledger, so replaying their events writes them once",
+                stacklevel=3,
+            )
+        return len(leftovers)
 
     def _open_ledger(self) -> sqlite3.Connection:
         if self._ledger is None:

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -51,11 +52,19 @@ def test_committed_requests_are_remembered_and_uncommitted_files_removed(tmp_pat
     with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
         writer.write(requests[:6])
         assert writer.contains(3) and not writer.contains(7)  # buffered counts as written
-    stray = tmp_path / "hour=2026-01-01T00" / "part-00099.parquet"  # a file whose commit never happened
-    stray.write_bytes(b"partial")
-    (tmp_path / "hour=2026-01-01T00" / "part-00100.parquet.tmp").write_bytes(b"partial")
-    writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
-    assert writer.stats["removed_uncommitted"] == 2 and not stray.exists()
+    hour = tmp_path / "hour=2026-01-01T00"
+    strays = [hour / f"part-{99 + i:020d}-0123abcd.parquet.tmp" for i in range(2)]  # files whose commit never happened
+    for stray in strays:
+        stray.write_bytes(b"partial")
+    foreign = [hour / "part-00099.parquet", hour / "notes.txt", hour / "part-00100.parquet.tmp"]  # not the writer's
+    for path in foreign:
+        path.write_bytes(b"the user's")
+    with pytest.warns(UserWarning, match="removed 2 uncommitted files"):
+        writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    assert writer.stats["removed_uncommitted"] == 2 and not any(stray.exists() for stray in strays)
+    assert all(path.read_bytes() == b"the user's" for path in foreign)
+    for path in foreign:
+        path.unlink()
     assert writer.contains(5) and not writer.contains(6)
     writer.write(requests[6:])
     writer.close()
@@ -185,3 +194,21 @@ def test_one_writer_per_path(tmp_path):
     with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as second:
         second.write(requests[1:])
     assert whole(str(tmp_path)).num_rows == sum(len(r.item_ids) for r in requests)
+
+
+def test_a_missing_ledger_with_data_under_the_path_is_an_error_and_nothing_is_removed(tmp_path):
+    item_schema, user_schema, requests = joined_requests(4)
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
+        writer.write(requests)
+    (tmp_path / "hour=2026-01-01T00" / "part-00000000000000000001-0123abcd.parquet.tmp").write_bytes(b"partial")
+    files = {p: p.read_bytes() for p in tmp_path.glob("hour=*/*")}
+    os.remove(tmp_path / "_ledger.sqlite")
+    with pytest.raises(gp.ConfigError, match="holds 3 files under hour=.* no _ledger.sqlite.* restore the ledger, or "
+                                             "write to a new directory"):  # fmt: skip
+        TabularWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    assert {p: p.read_bytes() for p in tmp_path.glob("hour=*/*")} == files
+    assert not (tmp_path / "_ledger.sqlite").exists()
+    for hour in tmp_path.glob("hour=*"):
+        shutil.rmtree(hour)
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:  # the path's lock was freed
+        writer.write(requests)

@@ -104,7 +104,12 @@ def _audit(args) -> None:
     if args.plot:
         check_plot_path(args.plot, "--plot")
     pipeline = Pipeline.load(args.pipeline) if args.pipeline else None
-    dataset = Dataset(args.path, features=args.features.split(",") if args.features else None)
+    dataset = Dataset(args.path, features=args.features.split(",") if args.features else None, label=args.label)
+    if len(dataset.schema.labels) != 1:
+        raise ConfigError(
+            f"{args.path} has labels {list(dataset.schema.labels)}; the audit scores one: pass --label NAME, "
+            "the label the model predicts"
+        )
     loader = DataLoader(dataset, args.batch_size, pipeline, device=args.device, num_workers=0)
     model = _load_model(args.model)
     if hasattr(model, "to"):
@@ -167,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="module:function returning the trained model (model(batch) -> logits)")
     p.add_argument("--pipeline", help="the fitted pipeline's JSON (Pipeline.save)")
     p.add_argument("--features", help="comma-separated projection the model was trained on (default: all)")
+    p.add_argument("--label", help="the label column the model predicts (default: the dataset's one label)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5, help="shuffles per feature")

@@ -59,3 +59,24 @@ def test_prune_options_are_checked_before_the_audit_runs(synth_file, tmp_path, m
     monkeypatch.chdir(tmp_path)
     assert main(["audit", synth_file, "--model", "no_such_module:load", *options]) == 2  # the model is never loaded
     assert words in capsys.readouterr().err
+
+
+def test_a_dataset_with_two_labels_is_audited_on_the_one_label_names(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    price = rng.normal(size=400).astype(np.float32)
+    click, like = (price > 0).astype(np.float32), rng.integers(0, 2, 400).astype(np.float32)
+    schema = gp.Schema((gp.Feature("price", "dense"), gp.Feature("noise", "dense")), ("click", "like"))
+    table = pa.table({"price": price, "noise": rng.normal(size=400).astype(np.float32), "click": click, "like": like})
+    gp.storage.write_table(table, tmp_path / "two.parquet", schema)
+    (tmp_path / "two_label_model.py").write_text("def load():\n    return lambda batch: 8 * batch.dense[0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    audit = ["audit", "two.parquet", "--model", "two_label_model:load", "--repeats", "2"]
+    assert main(audit) == 2
+    assert "has labels ['click', 'like']; the audit scores one: pass --label NAME" in capsys.readouterr().err
+    assert main([*audit, "--label", "click"]) == 0
+    ranked = [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 ")]
+    assert ranked == ["price"]  # click is price > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import reprlib
 
 from .errors import ConfigError
 
@@ -26,3 +27,15 @@ def ensure_integer(value, name: str, minimum: int = 1) -> int:
     if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
     return int(value)
+
+
+def ensure_instance(value, types, name: str, expected: str):
+    """`value` unchanged, once it is an instance of `types`.
+
+    Raises:
+        ConfigError: it is not; the message names it as `name`, what it is, and asks for `expected`.
+    """
+    if not isinstance(value, types):
+        shown = f"{name}={reprlib.repr(value)} ({type(value).__name__})"
+        raise ConfigError(f"{shown} is of the wrong type; pass {expected}")
+    return value

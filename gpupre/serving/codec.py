@@ -19,11 +19,19 @@ import struct
 import numba
 import numpy as np
 
+from .._checks import ensure_instance
 from ..batch import Batch, KeyedJagged, offsets_of, tensor_rows
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import SCORED, Schema
 
 __all__ = ["FeatureCodec", "encode_rows", "gather_rows"]
+
+
+def ensure_schemas(owner: str, item_schema, user_schema) -> None:
+    """Raises a ConfigError naming `owner`'s argument unless the schemas are gp.Schemas (user_schema: or None)."""
+    ensure_instance(item_schema, Schema, f"{owner} item_schema", "a gp.Schema of the items' features")
+    ensure_instance(user_schema, (Schema, type(None)), f"{owner} user_schema",
+                    "a gp.Schema of the user's (and context) features, or None")  # fmt: skip
 
 
 class FeatureCodec:

@@ -37,11 +37,11 @@ import time as _time
 
 import numpy as np
 
-from .._checks import is_real
+from .._checks import ensure_instance, is_real
 from ..errors import ConfigError, DataError
 from .kv import KVStore
 from .loggers import _ensure_item_id, _ensure_request_id, item_key, user_key
-from .writers import JoinedRequest, hour_of
+from .writers import JoinedRequest, _HourlyWriter, hour_of
 
 __all__ = ["LabelJoiner"]
 
@@ -67,6 +67,8 @@ class LabelJoiner:
 
     def __init__(self, store: KVStore, writer, ttl_s: float = 3600.0, window_s: float = 600.0, clock=_time.time,
                  max_open: int = 100_000):  # fmt: skip
+        ensure_instance(store, KVStore, "LabelJoiner store", "the KVStore (SqliteKV or RedisKV) the loggers wrote to")
+        ensure_instance(writer, _HourlyWriter, "LabelJoiner writer", "a DedupWriter or TabularWriter")
         if not (is_real(ttl_s) and ttl_s > 0 and is_real(window_s) and window_s >= 0):
             raise ConfigError(f"LabelJoiner ttl_s={ttl_s!r} must be > 0 and window_s={window_s!r} >= 0")
         if not isinstance(max_open, int) or max_open < 1:

@@ -29,7 +29,7 @@ import time
 import urllib.parse
 import warnings
 
-from .._checks import ensure_integer, is_real
+from .._checks import ensure_instance, ensure_integer, is_real
 from .._sqlite import connect
 from ..errors import BackendUnavailable, ConfigError, DataError, GpupreError
 from ._spill import SpillFile
@@ -255,6 +255,7 @@ class RedisKV(KVStore):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", spill_path: str | None = None, retries: int = 3,
                  backoff_s: float = 0.05):  # fmt: skip
         super().__init__()
+        ensure_instance(url, str, "RedisKV url", "a Redis URL such as 'redis://host:6379/0'")
         try:
             import redis
         except ImportError as e:

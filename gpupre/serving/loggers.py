@@ -20,10 +20,10 @@ import time
 import numpy as np
 
 from ..batch import Batch
-from .._checks import is_integer
+from .._checks import ensure_instance, is_integer
 from ..errors import ConfigError, DataError
 from ..schema import Schema
-from .codec import FeatureCodec, encode_rows
+from .codec import FeatureCodec, encode_rows, ensure_schemas
 from .kv import KVStore, _ttl
 
 __all__ = ["EagerLogger", "LazyLogger", "item_key", "user_key"]
@@ -97,6 +97,9 @@ class EagerLogger:
     """
 
     def __init__(self, store: KVStore, item_schema: Schema, user_schema: Schema | None = None, ttl_s: float = 3600.0):
+        name = type(self).__name__
+        ensure_instance(store, KVStore, f"{name} store", "a KVStore (SqliteKV or RedisKV) for the features")
+        ensure_schemas(name, item_schema, user_schema)
         self.store, self.ttl_s = store, _ttl(ttl_s)
         self.items_codec = FeatureCodec(item_schema)
         self.user_codec = None if user_schema is None else FeatureCodec(user_schema)

@@ -40,12 +40,13 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from .._checks import ensure_instance
 from .._sqlite import connect
 from ..batch import offsets_of, one_array
 from ..errors import ConfigError, DataError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Feature, Schema
 from ..storage.write import write_table
-from .codec import FeatureCodec
+from .codec import FeatureCodec, ensure_schemas
 
 __all__ = ["DedupWriter", "JoinedRequest", "TabularWriter"]
 
@@ -82,6 +83,8 @@ class _HourlyWriter:
 
     def __init__(self, path, item_schema: Schema, user_schema: Schema | None = None, labels=("click",),
                  requests_per_file: int = 20_000, row_group_rows: int = 4096):  # fmt: skip
+        ensure_instance(path, (str, os.PathLike), f"{type(self).__name__} path", "the output directory's path")
+        ensure_schemas(type(self).__name__, item_schema, user_schema)
         for name, value in (("requests_per_file", requests_per_file), ("row_group_rows", row_group_rows)):
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{type(self).__name__} {name}={value!r} must be a positive integer")

@@ -345,3 +345,24 @@ def test_numpy_string_request_ids_join_as_strings(tmp_path, logged, labelled):
     joiner.close()
     assert joiner.stats["joined"] == 2 and joiner.stats["malformed"] == 0
     assert sorted(rows(joiner).extras["request_id"].tolist()) == ["req-a", "req-b"]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p, s: gp.serving.RedisKV(None), r"RedisKV url=None \(NoneType\) .*; pass a Redis URL"),
+    (lambda p, s: gp.serving.RedisKV(42), r"RedisKV url=42 \(int\) is of the wrong type; pass a Redis URL"),
+    (lambda p, s: EagerLogger(None, s), r"EagerLogger store=None \(NoneType\) .*; pass a KVStore"),
+    (lambda p, s: LazyLogger("features.sqlite", s), r"LazyLogger store='features.sqlite' \(str\) .*; pass a KVStore"),
+    (lambda p, s: EagerLogger(SqliteKV(), ["price"]), r"item_schema=\['price'\] \(list\) .*; pass a gp.Schema"),
+    (lambda p, s: EagerLogger(SqliteKV(), s, "user"), r"EagerLogger user_schema='user' \(str\) .* or None"),
+    (lambda p, s: DedupWriter(p, None), r"DedupWriter item_schema=None \(NoneType\) .*; pass a gp.Schema"),
+    (lambda p, s: DedupWriter(None, s), r"DedupWriter path=None \(NoneType\) .*; pass the output directory's path"),
+    (lambda p, s: TabularWriter(p, s, ("age",)), r"TabularWriter user_schema=\('age',\) \(tuple\) .*; pass a gp.Schema"),
+    (lambda p, s: LabelJoiner(SqliteKV(), None), r"LabelJoiner writer=None \(NoneType\) .*; pass a DedupWriter or"),
+    (lambda p, s: LabelJoiner(None, DedupWriter(p, s)), r"LabelJoiner store=None \(NoneType\) .*; pass the KVStore"),
+], ids=["redis-none", "redis-int", "logger-store", "logger-path", "item-schema-list", "user-schema-str",
+        "writer-schema", "writer-path", "writer-user-schema", "joiner-writer", "joiner-store"])  # fmt: skip
+def test_arguments_of_the_wrong_type_are_config_errors_naming_them(tmp_path, make, words):
+    pytest.importorskip("redis")
+    schema = gp.Schema((gp.Feature("price", "dense", "item"),))
+    with pytest.raises(gp.ConfigError, match=words):
+        make(tmp_path / "out", schema)

@@ -20,7 +20,9 @@ not in the ledger, so replaying their events writes them once), and one that die
 and rename is renamed into place; files not named as the writer names its own are left alone, and
 files under `hour=*/` without a ledger are an error, not a crash's leftovers. The ledger also keeps the dataset's type
 of request id (int or str), so a writer opened again refuses the other type (str "1" and int 1
-would be one request in the ledger and two types in the files).
+would be one request in the ledger and two types in the files), and its layout (the writer's
+class), features and labels, so a writer opened again with others is a ConfigError (its files
+would make a dataset `gp.Dataset` refuses).
 """
 
 from __future__ import annotations
@@ -121,16 +123,36 @@ class _HourlyWriter:
             self._ledger.execute("CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, time REAL)")
             self._ledger.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (time)")
             self._ledger.execute("CREATE TABLE IF NOT EXISTS dataset (key TEXT PRIMARY KEY, value TEXT)")
-            stored = self._ledger.execute("SELECT value FROM dataset WHERE key = 'request_id_type'").fetchone()
+            stored = dict(self._ledger.execute("SELECT key, value FROM dataset"))
         except sqlite3.Error as e:
             self._lock.close()
             raise DataError(
                 f"{ledger}: the ledger of committed files cannot be opened ({e}); it is corrupt or not a ledger: "
                 "restore it, or write to a new path"
             ) from e
+        problem = self._layout_problem(stored)
+        if problem:
+            self._ledger.close()
+            self._lock.close()
+            raise ConfigError(f"{self.path} holds another dataset than this {type(self).__name__} writes: {problem}; "
+                              "open the writer the dataset was written with, or write to a new directory")  # fmt: skip
         self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
-        self.request_id_type = None if stored is None else {"int": int, "str": str}[stored[0]]
+        self.request_id_type = {"int": int, "str": str, None: None}[stored.get("request_id_type")]
         self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
+
+    def _layout_problem(self, stored: dict) -> str:
+        """How the dataset the ledger describes differs from what this writer writes ("" if it does not)."""
+        problems = []
+        if stored.get("layout", type(self).__name__) != type(self).__name__:
+            problems.append(f"it was written by a {stored['layout']}")
+        theirs = Schema.from_json(stored["schema"]) if "schema" in stored else self.schema
+        if theirs.labels != self.schema.labels:
+            problems.append(f"its labels are {list(theirs.labels)}, this writer's {list(self.schema.labels)}")
+        if theirs.features != self.schema.features:
+            there, here = _differing(theirs, self.schema), _differing(self.schema, theirs)
+            problems.append(f"its features differ: the dataset has {there or 'no others'}, this writer {here or 'no others'}"
+                            if there or here else "its features are in another order")  # fmt: skip
+        return "; ".join(problems)
 
     def _recover(self) -> int:
         """Rename committed files left under their .tmp name; remove the .tmp files of this
@@ -251,7 +273,9 @@ class _HourlyWriter:
             ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
             ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",
                                [(str(r.request_id), float(r.time)) for r in requests])  # fmt: skip
-            ledger.execute("INSERT OR IGNORE INTO dataset VALUES ('request_id_type', ?)", (self.request_id_type.__name__,))
+            ledger.executemany("INSERT OR IGNORE INTO dataset VALUES (?, ?)", [
+                ("request_id_type", self.request_id_type.__name__), ("layout", type(self).__name__),
+                ("schema", self.schema.to_json())])  # fmt: skip
         # Only now, and now already: a failure before the commit keeps the requests buffered; a
         # failed rename after it is finished by _recover, and a retry must not write them again.
         del self._pending[hour]
@@ -290,6 +314,11 @@ class _HourlyWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _differing(a: Schema, b: Schema) -> str:
+    """The features of `a` that `b` lacks or has with another kind or group, in words."""
+    return ", ".join(f"{f.name} ({f.kind}, {f.group})" for f in a.features if f.name not in b or b[f.name] != f)
 
 
 def _lock_path(path: str, writer: str):

@@ -212,3 +212,25 @@ def test_a_missing_ledger_with_data_under_the_path_is_an_error_and_nothing_is_re
         shutil.rmtree(hour)
     with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:  # the path's lock was freed
         writer.write(requests)
+
+
+def test_a_reopened_writer_refuses_another_layout_labels_or_schema(tmp_path):
+    item_schema, user_schema, requests = joined_requests(2)
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:
+        writer.write(requests)
+    files = sorted(tmp_path.glob("hour=*/*"))
+    other_items = gp.Schema(item_schema.features[1:] + (gp.Feature("extra", "dense", "item"),))
+    for make, words in [
+        (lambda: TabularWriter(tmp_path, item_schema, user_schema, ("click", "like")), "it was written by a DedupWriter"),
+        (lambda: DedupWriter(tmp_path, item_schema, user_schema, ("click",)),
+         r"its labels are \['click', 'like'\], this writer's \['click'\]"),
+        (lambda: DedupWriter(tmp_path, other_items, user_schema, ("click", "like")),
+         rf"features differ: the dataset has {item_schema.features[0].name} \(dense, item\), this writer extra"),
+        (lambda: DedupWriter(tmp_path, item_schema, None, ("click", "like")), r"features differ: the dataset has user_"),
+    ]:  # fmt: skip
+        with pytest.raises(gp.ConfigError, match=f"holds another dataset than this .*{words}.*write to a new directory"):
+            make()
+    assert sorted(tmp_path.glob("hour=*/*")) == files
+    with DedupWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:  # its own: the lock was freed
+        writer.write(joined_requests(4)[2][2:])
+    assert whole(str(tmp_path)).num_rows == sum(len(r.item_ids) for r in joined_requests(4)[2])

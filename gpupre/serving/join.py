@@ -38,7 +38,7 @@ import time as _time
 import numpy as np
 
 from .._checks import ensure_instance, is_real
-from ..errors import ConfigError, DataError
+from ..errors import BackendUnavailable, ConfigError, DataError
 from .kv import KVStore
 from .loggers import _ensure_item_id, _ensure_request_id, item_key, user_key
 from .writers import JoinedRequest, _HourlyWriter, hour_of
@@ -96,7 +96,7 @@ class LabelJoiner:
             ConfigError: the joiner is closed, or `events` is not an iterable of events.
             BackendUnavailable: the store failed: on the events' look-up, no count changed and the
                 batch can be given again; on the due requests' second look-up, the events were
-                taken and those requests stay open.
+                taken (the message says not to give them again) and those requests stay open.
         """
         self._check_open()
         if not isinstance(events, collections.abc.Iterable) or isinstance(events, (str, bytes)):
@@ -112,7 +112,17 @@ class LabelJoiner:
             self.stats.update(counted)
             raise
         self._reject(rejected, now)
-        self._write_due(now)
+        try:
+            self._write_due(now)
+        except BackendUnavailable as e:
+            taken = self.stats["events"] - counted["events"]
+            if not taken:
+                raise
+            raise BackendUnavailable(
+                f"{e} (when the due requests' missing features were looked up again); the {taken} events of this call "
+                "were taken, so do not give them again (they would count as duplicates): the due requests stay open "
+                "and a later add, flush or close writes them"
+            ) from e
 
     def _add(self, events, now: float, fresh: list, rejected: list, written: dict) -> None:
         for event in events:

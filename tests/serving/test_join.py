@@ -366,3 +366,24 @@ def test_arguments_of_the_wrong_type_are_config_errors_naming_them(tmp_path, mak
     schema = gp.Schema((gp.Feature("price", "dense", "item"),))
     with pytest.raises(gp.ConfigError, match=words):
         make(tmp_path / "out", schema)
+
+
+def test_a_store_that_fails_after_the_events_were_taken_says_not_to_give_them_again(served):
+    clock, store, _, _, joiner = served
+    store.delete([item_key(1, 11)])
+    joiner.add([(1, 11, [1.0], T0)])  # waits for its features: looked up again when its request is due
+    read, calls = store.get_many, []
+
+    def first_only(keys):  # the events' look-up answers, the due requests' second one fails
+        calls.append(keys)
+        if len(calls) > 1:
+            raise gp.BackendUnavailable("the store is down")
+        return read(keys)
+
+    store.get_many = first_only
+    clock.now = T0 + 10
+    with pytest.raises(gp.BackendUnavailable, match="the 1 events of this call were taken, so do not give them again"):
+        joiner.add([(1, 10, [1.0], T0)])
+    store.get_many = read
+    joiner.close()
+    assert (joiner.stats["events"], joiner.stats["joined"], joiner.stats["duplicates"]) == (2, 1, 0)

@@ -430,3 +430,15 @@ def test_a_password_in_the_url_query_is_not_shown(tmp_path):
     with pytest.raises(gp.BackendUnavailable) as e:
         store.get_many(["a"])
     assert "secret" not in str(e.value) and "password=***" in str(e.value)
+
+
+def test_a_database_number_the_server_lacks_is_an_error_that_points_to_the_url(redis_server, tmp_path):
+    url = redis_server.url.rsplit("/", 1)[0] + "/99"  # the server has 16 databases
+    store = RedisKV(url, spill_path=str(tmp_path / "spill"), retries=1)
+    uses = {"put_many": lambda: store.put_many({"a": b"1"}, ttl_s=60), "get_many": lambda: store.get_many(["a"])}
+    for what, use in uses.items():
+        with pytest.raises(gp.DataError, match=rf"rejected {what} \(ResponseError: DB index is out of range\).* the database "
+                                               r"number at the end of the URL .* must be below") as raised:  # fmt: skip
+            use()
+        assert "ttl_s" not in str(raised.value)
+    assert store.stats["spilled"] == 0

@@ -108,7 +108,8 @@ class _CacheHandler(DelegatingHandler):
             a, b, name, first = segments[i]
             if name is not None:
                 data = _read_range(os.path.join(self.directory, "ranges", name), a - first, b - a)
-                if data is None:  # evicted by another process since the lookup
+                if data is None:  # evicted by another process since the lookup, or the file was lost
+                    self._forget(name)
                     data = self._fetch(remote, key, a, b, [(a, b)])
                 else:
                     with self.lock:
@@ -137,6 +138,15 @@ class _CacheHandler(DelegatingHandler):
             except (OSError, sqlite3.Error) as e:
                 self._broken(e)
         return b"".join(pieces)
+
+    def _forget(self, name: str) -> None:
+        """Drop the extent of the range file `name`, which is gone: storing the range again would
+        otherwise find the range held and keep the file missing."""
+        try:
+            with self.lock:
+                self.db().execute("DELETE FROM extents WHERE file = ?", (name,))
+        except (OSError, sqlite3.Error) as e:
+            self._broken(e)
 
     def _broken(self, error) -> None:
         warnings.warn(f"gpupre cache {self.directory}: {error}; reading from the remote store (remove the "

@@ -117,6 +117,11 @@ def test_a_range_evicted_by_another_process_is_fetched_again(synth_file, tmp_pat
     remote.reset()
     assert all(a.equals(b) for a, b in zip(read_all(synth_file, fs), want))
     assert remote.bytes_read > 0
+    stored = fs.usage()  # the ranges fetched again are stored again, in the place of the lost ones
+    assert stored[1] == sum(os.path.getsize(os.path.join(r, n)) for r, _, f in os.walk(tmp_path / "cache" / "ranges") for n in f)
+    remote.reset()
+    assert all(a.equals(b) for a, b in zip(read_all(synth_file, fs), want))
+    assert remote.read_requests == 0
 
 
 def test_a_changed_remote_file_is_never_served_stale(tmp_path):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..batch import Batch, _jagged_take
 from .._checks import ensure_integer, is_integer
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, GpupreError
 
 __all__ = ["METRICS", "auc", "permutation_importance", "permuted", "weight_scores"]
 
@@ -80,7 +80,7 @@ def permuted(batch: Batch, name: str, perm: torch.Tensor) -> Batch:
 
 def _evaluate(model, batches, labels, metric) -> float:
     with torch.no_grad():
-        logits = [_logits(model(b), labels.device) for b in batches]
+        logits = [_logits(_call(model, b), labels.device) for b in batches]
     if any(len(x) != b.num_rows for x, b in zip(logits, batches)):
         raise ConfigError("model(batch) must give one logit per row of the batch")
     logits = torch.cat(logits)
@@ -91,6 +91,21 @@ def _evaluate(model, batches, labels, metric) -> float:
             "makes them (a NaN input feature? fill it: gp.FillMissing) before auditing it"
         )
     return metric(logits, labels)
+
+
+def _call(model, batch):
+    """model(batch), with a model's failure (on features other than it was trained on, say) a
+    ConfigError naming the batch's features."""
+    try:
+        return model(batch)
+    except GpupreError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"model(batch) raised {type(e).__name__}: {e}; the batch had dense features {list(batch.dense_keys)} "
+            f"and sparse features {list(batch.sparse.keys)}: give the model the features and pipeline it was "
+            "trained on (features= and pipeline=; on the command line --features and --pipeline)"
+        ) from e
 
 
 def _logits(output, device) -> torch.Tensor:

@@ -80,3 +80,15 @@ def test_a_dataset_with_two_labels_is_audited_on_the_one_label_names(tmp_path, m
     assert main([*audit, "--label", "click"]) == 0
     ranked = [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 ")]
     assert ranked == ["price"]  # click is price > 0
+
+
+def test_a_model_that_fails_on_the_batches_is_an_error_naming_their_features(synth_file, tmp_path, monkeypatch, capsys):
+    (tmp_path / "four_dense_model.py").write_text(
+        "import torch\n\n\ndef load():\n    linear = torch.nn.Linear(4, 1)\n    return lambda batch: linear(batch.dense.T)\n"
+    )
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    audit = ["audit", synth_file, "--model", "four_dense_model:load", "--features", "dense_000,dense_001"]
+    assert main(audit) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpupre audit: error: model(batch) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+    assert "the batch had dense features ['dense_000', 'dense_001']" in err and "--features and --pipeline" in err

@@ -68,9 +68,7 @@ class Dataset:
         features = None if features is None else list(_ensure_names(features, "features"))
         labels = None if label is None else _ensure_names(label, "label")
         passthrough = () if passthrough is None else _ensure_names(passthrough, "passthrough")
-        self.filesystem, stamps, self.directories = _resolve(path, filesystem)
-        self.paths = list(stamps)
-        self._stamps = stamps  # each file's (size, modification time) when opened
+        self.filesystem, self.paths, self.directories = _resolve(path, filesystem)
         self.cache_options, self.access_log = cache_options, access_log
         self._fragments: dict = {}
         self._footers = None  # read by _metadata
@@ -271,12 +269,30 @@ class Dataset:
             self.access_log.record(self.columns, unit.num_rows)
 
     def _fragment(self, unit: WorkUnit):
-        """The unit's row group as a pyarrow fragment, whose reads coalesce per `cache_options`."""
-        self._check_unchanged(unit)  # a look-up per unit: the footer below is read once per file and process
+        """The unit's row group as a pyarrow fragment, whose reads coalesce per `cache_options`.
+
+        The footer is read once per file and process; each later unit first looks the file up
+        (a HEAD request on an object store) to check that it is still the file of that footer.
+        """
+        try:
+            info = self.filesystem.get_file_info(unit.path)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{unit}: cannot be looked up ({e}); check that its store is up") from e
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{unit}: the file was deleted after the Dataset was opened; open a new Dataset (and loader)")
         whole = self._fragments.get(unit.path)
         if whole is None or whole[0] is not self.filesystem:
             fragment = pds.ParquetFileFormat().make_fragment(unit.path, filesystem=self.filesystem)
-            whole = self._fragments[unit.path] = (self.filesystem, fragment)
+            self._check_row_groups(unit, fragment.metadata)
+            whole = self._fragments[unit.path] = (self.filesystem, fragment, _stamp(info))
+        elif _stamp(info) != whole[2]:  # replaced since: the cached footer is another file's layout
+            said = [f"{'of unknown size' if size is None else f'{size:,} bytes'}, modified "
+                    f"{'at an unknown time' if ns is None else np.datetime64(ns, 'ns')}"
+                    for size, ns in (whole[2], _stamp(info))]  # fmt: skip
+            raise DataError(
+                f"{unit}: the file was {said[0]} when this process first read it, and is {said[1]} now; it was "
+                "changed: open a new Dataset (and loader) over it"
+            )
         return whole[1].subset(row_group_ids=[unit.row_group])
 
     def _ensure_unit(self, unit) -> None:
@@ -286,18 +302,15 @@ class Dataset:
                 "read the units that its units() gives"
             )
 
-    def _check_unchanged(self, unit: WorkUnit) -> None:
-        """The file has the size and modification time it had when the dataset was opened: a file
-        replaced since then would be read with the footer cached before, another file's layout."""
-        info = self.filesystem.get_file_info(unit.path)
-        if info.type == pafs.FileType.NotFound:
-            raise DataError(f"{unit}: the file was deleted after the Dataset was opened; open a new Dataset (and loader)")
-        if _stamp(info) != self._stamps[unit.path]:
-            said = ["{:,} bytes, modified {}".format(size, "at an unknown time" if ns is None else np.datetime64(ns, "ns"))
-                    for size, ns in (self._stamps[unit.path], _stamp(info))]  # fmt: skip
+    def _check_row_groups(self, unit: WorkUnit, now: pq.FileMetaData) -> None:
+        """The file still has the row groups (and rows in each) it had when the dataset was opened:
+        the work units, the loader's steps and its resume points all count them."""
+        before = self._row_counts[unit.path]
+        after = [now.row_group(g).num_rows for g in range(now.num_row_groups)]
+        if before != after:
             raise DataError(
-                f"{unit}: the file was {said[0]} when the Dataset was opened, and is {said[1]} now; it was "
-                "changed: open a new Dataset (and loader) over it"
+                f"{unit}: the file had {len(before)} row groups of {sum(before):,} rows when the Dataset was opened, and "
+                f"has {len(after)} of {sum(after):,} rows now; it was changed: open a new Dataset (and loader) over it"
             )
 
     def _scan_options(self) -> dict:
@@ -417,39 +430,38 @@ def _resolve(path, filesystem):
         infos = filesystem.get_file_info(paths)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot look up {paths[0]} ({e}); check the path, and that its store is up") from e
-    files, directories = {}, []
+    files, directories = [], []
     for p, info in zip(paths, infos):
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"{p} does not exist; check the dataset path")
         if info.type == pafs.FileType.Directory:
             found = filesystem.get_file_info(pafs.FileSelector(p, recursive=True))
             inside = sorted(
-                (
-                    i
-                    for i in found
-                    if i.type == pafs.FileType.File
-                    and i.base_name.endswith(PARQUET_SUFFIXES)
-                    and not i.base_name.startswith(("_", "."))
-                ),
-                key=lambda i: i.path,
+                i.path
+                for i in found
+                if i.type == pafs.FileType.File
+                and i.base_name.endswith(PARQUET_SUFFIXES)
+                and not i.base_name.startswith(("_", "."))
             )
             if not inside:
                 raise DataError(f"{p} holds no Parquet files (*{', *'.join(PARQUET_SUFFIXES)})")
+            files.extend(inside)
             directories.append(p)
         else:
-            inside = [info]
-        for file in inside:
-            if file.path in files:  # each of its units would be read twice an epoch
-                raise ConfigError(
-                    f"{file.path} is in the dataset twice (listed twice, or listed and inside a listed directory), "
-                    "so its rows would be read twice an epoch; list each file once"
-                )
-            files[file.path] = _stamp(file)
+            files.append(p)
+    seen: set[str] = set()
+    for p in files:
+        if p in seen:  # each of its units would be read twice an epoch
+            raise ConfigError(
+                f"{p} is in the dataset twice (listed twice, or listed and inside a listed directory), so its "
+                "rows would be read twice an epoch; list each file once"
+            )
+        seen.add(p)
     return filesystem, files, tuple(directories)
 
 
 def _stamp(info: pafs.FileInfo) -> tuple:
-    """(size, modification time in ns, None where the store keeps none): what tells a changed file."""
+    """(size, modification time in ns; None where the store keeps none): what tells a replaced file."""
     return info.size, info.mtime_ns
 
 

@@ -207,8 +207,6 @@ class Clamp(Op):
         _real(self.hi, "hi", "Clamp")
         if math.isnan(self.lo) or math.isnan(self.hi) or self.lo > self.hi:
             raise ConfigError(f"Clamp: needs lo <= hi, got lo={self.lo!r}, hi={self.hi!r}")
-        _float32(self.lo, "lo", "Clamp")
-        _float32(self.hi, "hi", "Clamp")
 
 
 @dataclass(frozen=True)

@@ -493,7 +493,8 @@ def _dense_table(programs, num_dense, num_ids) -> DenseProgram:
     for i, (node, _, _) in enumerate(programs):
         for j, (code, fp, ip, bounds) in enumerate(node.steps):
             steps[i, j] = code
-            fparams[i, j] = fp
+            with np.errstate(over="ignore"):  # a Clamp bound beyond float32 is +-inf, which clamps as it would
+                fparams[i, j] = fp
             iparams[i, j] = ip
             if code == D_BUCKETIZE:
                 iparams[i, j, 0] = len(boundaries)

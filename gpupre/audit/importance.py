@@ -94,8 +94,8 @@ def _evaluate(model, batches, labels, metric) -> float:
 
 
 def _call(model, batch):
-    """model(batch), with a model's failure (on features other than it was trained on, say) a
-    ConfigError naming the batch's features."""
+    """model(batch), with a model's failure a ConfigError naming the batch's features (the usual
+    cause: other features than it was trained on), chained to the model's own error."""
     try:
         return model(batch)
     except GpupreError:
@@ -103,8 +103,8 @@ def _call(model, batch):
     except Exception as e:
         raise ConfigError(
             f"model(batch) raised {type(e).__name__}: {e}; the batch had dense features {list(batch.dense_keys)} "
-            f"and sparse features {list(batch.sparse.keys)}: give the model the features and pipeline it was "
-            "trained on (features= and pipeline=; on the command line --features and --pipeline)"
+            f"and sparse features {list(batch.sparse.keys)}: if the model was trained on others, give it those "
+            "features and that pipeline (features= and pipeline=; on the command line --features and --pipeline)"
         ) from e
 
 

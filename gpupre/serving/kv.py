@@ -316,6 +316,9 @@ class RedisKV(KVStore):
 
     def _fix(self, e) -> str:
         """How to fix a Redis error that retrying does not: a misconfiguration, or a refusal that lasts."""
+        if _BAD_DB in str(e):  # the SELECT of the URL's database, on connecting
+            return ("the database number at the end of the URL (redis://host:port/db) must be below the server's "
+                    "`databases` setting (16 by default): pass one that is")  # fmt: skip
         fixes = (fix for kinds, _, fix in self._fixes if isinstance(e, kinds))
         return next(fixes, "see the Redis server's log for why")
 
@@ -324,10 +327,10 @@ class RedisKV(KVStore):
         for attempt in range(self.retries):
             try:
                 return fn()
-            except self._misconfigured as e:
-                raise ConfigError(f"Redis at {self._shown_url} refused {what} ({type(e).__name__}: {e}); "
-                                  f"{self._fix(e)}") from e  # fmt: skip
             except self._redis.RedisError as e:
+                if isinstance(e, self._misconfigured) or _BAD_DB in str(e):
+                    raise ConfigError(f"Redis at {self._shown_url} refused {what} ({type(e).__name__}: {e}); "
+                                      f"{self._fix(e)}") from e  # fmt: skip
                 if attempt == self.retries - 1 or not self._passing(e):
                     raise
                 time.sleep(self.backoff_s * 2**attempt)
@@ -342,7 +345,7 @@ class RedisKV(KVStore):
         except self._redis.RedisError as e:
             if not self._passing(e):
                 raise DataError(f"Redis at {self._shown_url} rejected {what} ({type(e).__name__}: {e}); "
-                                f"{_rejection_fix(e)}") from e  # fmt: skip
+                                "see the Redis server's log for why") from e  # fmt: skip
             raise BackendUnavailable(f"Redis at {self._shown_url} refused {what} after {self.retries} attempts "
                                      f"({type(e).__name__}: {e}); {self._fix(e)}") from e  # fmt: skip
 
@@ -363,8 +366,8 @@ class RedisKV(KVStore):
             except self._redis.RedisError as e:
                 if not self._passing(e):  # a command Redis rejects: not spilled, every replay would be rejected
                     raise DataError(f"Redis at {self._shown_url} rejected put_many ({type(e).__name__}: {e}); it was not "
-                                    "spilled, and keys before the rejected one may be written: "
-                                    f"{_rejection_fix(e)}") from e  # fmt: skip
+                                    "spilled, and keys before the rejected one may be written: check ttl_s and the "
+                                    "sizes of the keys and values") from e  # fmt: skip
                 self._spill(pairs, ttl_ms)  # refused for now, not lost: SETs replayed later overwrite any that landed
                 if not isinstance(e, self._unreachable) and not self._refusing:
                     self._refusing = True
@@ -476,15 +479,8 @@ class RedisKV(KVStore):
                           "once Redis takes writes (until then readers do not find them)", stacklevel=2)  # fmt: skip
 
 
+_BAD_DB = "DB index is out of range"  # Redis's answer to the SELECT of a database number it lacks
 _PASSING = re.compile(r"(?:^|error: )(?:MISCONF|BUSY|NOREPLICAS)\b")  # refusals that pass, by their error code
-
-
-def _rejection_fix(e) -> str:
-    """How to fix a command Redis rejects (its own words, in the message before this, say why)."""
-    if "DB index is out of range" in str(e):  # the SELECT of the URL's database, on connecting
-        return ("the database number at the end of the URL (redis://host:port/db) must be below the server's "
-                "`databases` setting (16 by default): pass one that is")  # fmt: skip
-    return "see the Redis server's log for why"
 
 
 def _redis_fixes(redis) -> tuple:

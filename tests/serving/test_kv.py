@@ -437,7 +437,7 @@ def test_a_database_number_the_server_lacks_is_an_error_that_points_to_the_url(r
     store = RedisKV(url, spill_path=str(tmp_path / "spill"), retries=1)
     uses = {"put_many": lambda: store.put_many({"a": b"1"}, ttl_s=60), "get_many": lambda: store.get_many(["a"])}
     for what, use in uses.items():
-        with pytest.raises(gp.DataError, match=rf"rejected {what} \(ResponseError: DB index is out of range\).* the database "
+        with pytest.raises(gp.ConfigError, match=rf"refused {what} \(ResponseError: DB index is out of range\).* the database "
                                                r"number at the end of the URL .* must be below") as raised:  # fmt: skip
             use()
         assert "ttl_s" not in str(raised.value)

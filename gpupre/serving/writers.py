@@ -174,6 +174,15 @@ class _HourlyWriter:
                 "committing them; their requests are not in the ledger, so replaying their events writes them once",
                 stacklevel=3,
             )
+        foreign = [found for found in glob.glob(os.path.join(self.path, "hour=*", "*.parquet"))
+                   if os.path.relpath(found, self.path) not in committed]  # fmt: skip
+        if foreign:
+            warnings.warn(
+                f"{self.path}: {len(foreign)} Parquet files under hour=*/ are not in the ledger, so no writer wrote "
+                f"them (e.g. {foreign[0]}); gp.Dataset({self.path!r}) reads them as training data: move them out "
+                "if they are not",
+                stacklevel=3,
+            )
         return len(leftovers)
 
     def _open_ledger(self) -> sqlite3.Connection:

@@ -59,8 +59,11 @@ def test_committed_requests_are_remembered_and_uncommitted_files_removed(tmp_pat
     foreign = [hour / "part-00099.parquet", hour / "notes.txt", hour / "part-00100.parquet.tmp"]  # not the writer's
     for path in foreign:
         path.write_bytes(b"the user's")
-    with pytest.warns(UserWarning, match="removed 2 uncommitted files"):
+    with pytest.warns(UserWarning) as warned:
         writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
+    said = [str(w.message) for w in warned]
+    assert any("removed 2 uncommitted files" in m for m in said)
+    assert any("1 Parquet files under hour=*/ are not in the ledger" in m and "part-00099.parquet" in m for m in said)
     assert writer.stats["removed_uncommitted"] == 2 and not any(stray.exists() for stray in strays)
     assert all(path.read_bytes() == b"the user's" for path in foreign)
     for path in foreign:

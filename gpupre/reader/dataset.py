@@ -495,8 +495,13 @@ def _open_metadata(filesystem, path: str) -> pq.FileMetaData:
 
 
 def _dedup_parts(schema: Schema, dedup: dict, arrow_schema: pa.Schema):
-    """(request schema, item schema, the column whose list lengths count impressions)."""
-    item_extras = set(dedup.get("item_extras", ()))
+    """(request schema, item schema, the column whose list lengths count impressions).
+
+    A pass-through column is per impression when the writer says so (`item_id`), or when it is a
+    stored label or a column of a stored item feature (a second label, a feature passed through)."""
+    stored = Schema.from_arrow(arrow_schema)
+    item_extras = {*dedup.get("item_extras", ()), *stored.labels,
+                   *Schema(tuple(f for f in stored if f.group not in REQUEST_GROUPS)).column_names()}  # fmt: skip
     request_schema = Schema(tuple(f for f in schema if f.group in REQUEST_GROUPS), (),
                             tuple(e for e in schema.extras if e not in item_extras))  # fmt: skip
     item_schema = Schema(tuple(f for f in schema if f.group not in REQUEST_GROUPS), schema.labels,

@@ -23,6 +23,18 @@ def test_units_count_impressions_and_batches_carry_their_requests(dedup_tables):
     assert dedup.schema.names[:5] == ("user_dense_0", "user_dense_1", "user_list_0", "user_list_1", "user_list_2")
 
 
+def test_a_label_or_a_feature_passed_through_keeps_its_level(dedup_tables):
+    extras = (*EXTRAS, "like", "item_dense_1", "user_dense_0")  # a second label, an item and a user feature
+    dedup, tabular = (gp.Dataset(path, label="click", passthrough=extras) for path in dedup_tables)
+    b = dedup.read(dedup.units()[0])
+    assert list(b.extras) == ["item_id", "like", "item_dense_1"] and list(b.requests.extras) == ["request_id", "user_dense_0"]
+    a = gp.Batch.concat([dedup.read(u).expand() for u in dedup.units()])
+    b = gp.Batch.concat([tabular.read(u) for u in tabular.units()])
+    a, b = (x.take(np.argsort(np.asarray(x.extras["item_id"]), kind="stable")) for x in (a, b))
+    for name in extras:
+        assert np.array_equal(np.asarray(a.extras[name]), np.asarray(b.extras[name]), equal_nan=True), name
+
+
 def test_projection_and_expand_read_the_same_rows_as_tabular(dedup_tables):
     names = ["item_list_1", "user_dense_1", "item_dense_0"]
     dedup = gp.Dataset(dedup_tables[0], features=names, passthrough=EXTRAS, expand=True)

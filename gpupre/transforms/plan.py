@@ -554,6 +554,12 @@ def _check_batch(plan: Plan, batch) -> None:
     expected_sparse = tuple(f.name for f in schema.sparse)
     expected_images = sorted(f.name for f in schema.images)
     if batch.dense_keys != expected_dense or batch.sparse.keys != expected_sparse or sorted(batch.images) != expected_images:
+        if batch.requests is not None:  # the plan of a plain batch's schema, given a de-duplicated batch
+            raise DataError(
+                "the batch is de-duplicated (its requests' user features are in batch.requests, once each), and this "
+                "plan is for plain batches: compile the pipeline with dedup=True (pipeline.compile(schema, device, "
+                "dedup=True)), or run pipeline(batch), or pass batch.expand() (or read gp.Dataset(path, expand=True))"
+            )
         raise DataError(
             f"batch features (dense {list(batch.dense_keys)}, sparse {list(batch.sparse.keys)}, images "
             f"{sorted(batch.images)}) differ from the plan's (dense {list(expected_dense)}, sparse "

@@ -34,6 +34,13 @@ def test_dedup_plan_equals_the_plan_on_expanded_rows(dedup_tables, device):
     assert dedup_plan.launches == dedup_plan.requests.launches + dedup_plan.items.launches
 
 
+def test_a_plain_plan_given_a_dedup_batch_says_to_compile_with_dedup(dedup_tables):
+    ds = gp.Dataset(dedup_tables[0])
+    plan = gp.Pipeline([gp.Hash(["user_list_0"], 10)]).compile(ds.schema, "reference")
+    with pytest.raises(gp.DataError, match=r"the batch is de-duplicated .* compile the pipeline with dedup=True"):
+        plan.run(ds.read(ds.units()[0]))
+
+
 def test_eager_pipeline_on_a_dedup_batch_uses_the_dedup_plan(dedup_tables):
     ds = gp.Dataset(dedup_tables[0])
     pipe = pipeline(ds)

@@ -46,9 +46,9 @@ class Dataset:
             that `gp.storage.reorder` orders columns for.
 
     Reading de-dup tables, a batch has one row per impression (item features, labels, and the
-    pass-through columns asked for, such as `passthrough="item_id"`) and `batch.requests`, the user and context features
-    once per request, with `batch.inverse` mapping rows to requests; `batch.expand()` gives the
-    plain batch. `num_rows` and work units count impressions.
+    pass-through columns of that level, such as `item_id`) and `batch.requests`, the user and
+    context features (and pass-through columns such as `request_id`) once per request, with
+    `batch.inverse` mapping rows to requests; `batch.expand()` gives the plain batch. `num_rows` and work units count impressions.
 
     Raises:
         ConfigError: a path or a column name is not a string (or os.PathLike path), `filesystem`
@@ -132,7 +132,7 @@ class Dataset:
                 "holds no image features; project it out, or write the images to a plain table"
             )
         if self._dedup is not None:
-            self._parts = _dedup_parts(self.schema, self._dedup, arrow_schema)
+            self._parts = _dedup_parts(self.schema, full, self._dedup, arrow_schema)
             if self._parts[2] not in self.columns:  # the column that counts impressions
                 self.columns.append(self._parts[2])
         expected = {c: arrow_schema.field(c).type for c in self.columns}
@@ -494,12 +494,12 @@ def _open_metadata(filesystem, path: str) -> pq.FileMetaData:
         ) from e
 
 
-def _dedup_parts(schema: Schema, dedup: dict, arrow_schema: pa.Schema):
+def _dedup_parts(schema: Schema, stored: Schema, dedup: dict, arrow_schema: pa.Schema):
     """(request schema, item schema, the column whose list lengths count impressions).
 
     A pass-through column is per impression when the writer says so (`item_id`), or when it is a
-    stored label or a column of a stored item feature (a second label, a feature passed through)."""
-    stored = Schema.from_arrow(arrow_schema)
+    label or a column of an item feature of the `stored` schema (a second label, a feature passed
+    through)."""
     item_extras = {*dedup.get("item_extras", ()), *stored.labels,
                    *Schema(tuple(f for f in stored if f.group not in REQUEST_GROUPS)).column_names()}  # fmt: skip
     request_schema = Schema(tuple(f for f in schema if f.group in REQUEST_GROUPS), (),

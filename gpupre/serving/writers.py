@@ -18,11 +18,11 @@ in one transaction: a replayed request is recognized and not written twice. When
 again, a file left by a process that died before its ledger commit is removed (its requests are
 not in the ledger, so replaying their events writes them once), and one that died between commit
 and rename is renamed into place; files not named as the writer names its own are left alone, and
-files under `hour=*/` without a ledger are an error, not a crash's leftovers. The ledger also keeps the dataset's type
-of request id (int or str), so a writer opened again refuses the other type (str "1" and int 1
-would be one request in the ledger and two types in the files), and its layout (the writer's
-class), features and labels, so a writer opened again with others is a ConfigError (its files
-would make a dataset `gp.Dataset` refuses).
+files under `hour=*/` without a ledger are an error, not a crash's leftovers. The ledger also
+keeps the dataset's type of request id (int or str), so a writer opened again refuses the other
+type (str "1" and int 1 would be one request in the ledger and two types in the files), and its
+layout (the writer's class), features and labels, so a writer opened again with others is a
+ConfigError (its files would make a dataset `gp.Dataset` refuses).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class _HourlyWriter:
                               "open the writer the dataset was written with, or write to a new directory")  # fmt: skip
         self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
         self.request_id_type = {"int": int, "str": str, None: None}[stored.get("request_id_type")]
-        self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover()}
+        self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover(data)}
 
     def _layout_problem(self, stored: dict) -> str:
         """How the dataset the ledger describes differs from what this writer writes ("" if it does not)."""
@@ -154,18 +154,17 @@ class _HourlyWriter:
                             if there or here else "its features are in another order")  # fmt: skip
         return "; ".join(problems)
 
-    def _recover(self) -> int:
-        """Rename committed files left under their .tmp name; remove the .tmp files of this
-        writer's naming never committed (a crash before the commit), with a warning. Other files
-        are left alone: they are not a writer's leftovers."""
+    def _recover(self, found: list[str]) -> int:
+        """Rename committed files left under their .tmp name; of the files `found` under hour=*/,
+        remove the .tmp files of this writer's naming never committed (a crash before the commit),
+        with a warning. Other files are left alone: they are not a writer's leftovers."""
         committed = {name for (name,) in self._ledger.execute("SELECT name FROM files")}
         for name in committed:
             final = os.path.join(self.path, name)
             if not os.path.exists(final) and os.path.exists(final + ".tmp"):
                 os.replace(final + ".tmp", final)
-        leftovers = [found for found in glob.glob(os.path.join(self.path, "hour=*", "part-*.parquet.tmp"))
-                     if PART_TMP.fullmatch(os.path.basename(found))
-                     and os.path.relpath(found, self.path)[: -len(".tmp")] not in committed]  # fmt: skip
+        unknown = [f for f in found if os.path.relpath(f, self.path).removesuffix(".tmp") not in committed]
+        leftovers = [f for f in unknown if PART_TMP.fullmatch(os.path.basename(f))]
         for found in leftovers:
             os.remove(found)
         if leftovers:
@@ -174,8 +173,7 @@ class _HourlyWriter:
                 "committing them; their requests are not in the ledger, so replaying their events writes them once",
                 stacklevel=3,
             )
-        foreign = [found for found in glob.glob(os.path.join(self.path, "hour=*", "*.parquet"))
-                   if os.path.relpath(found, self.path) not in committed]  # fmt: skip
+        foreign = [f for f in unknown if f.endswith(".parquet")]
         if foreign:
             warnings.warn(
                 f"{self.path}: {len(foreign)} Parquet files under hour=*/ are not in the ledger, so no writer wrote "

@@ -180,7 +180,8 @@ def audit(model, batches, dataset: Dataset | None = None, pipeline: Pipeline | N
             mode and without gradients.
         batches: held-out batches with labels: a `gp.DataLoader` over held-out data, or a list.
             They are kept in memory for the `repeats` x features passes.
-        dataset: the dataset the batches come from (its bytes per column give the costs).
+        dataset: the dataset whose bytes per column give the costs: usually the training data (any
+            dataset that stores the batches' features).
         pipeline: the pipeline that made the model's features from the stored ones.
         repeats: shuffles per feature (at least 2); the interval is mean +- 1.96 standard errors.
         metric: "logloss" (importance: how much the loss rises) or "auc" (how much it falls).

@@ -232,7 +232,7 @@ def import_criteo(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progre
     with _open_source(src) as f:
         first = f.readline().decode("utf-8-sig", "replace")  # without the byte-order mark of Windows tools
     delimiter = "\t" if "\t" in first else ","
-    fields = {field.strip() for field in first.split(delimiter)}
+    fields = {field.strip() for field in next(csv.reader([first], delimiter=delimiter), [])}  # "label" quoted too
     header = not fields.isdisjoint(CRITEO_COLUMNS)  # data holds no such field
     if not header and any(fields >= set(other) for other in _IMPORTER_COLUMNS.values()):
         raise _missing_columns(src, CRITEO_COLUMNS, delimiter, None)  # another importer's file

@@ -353,3 +353,12 @@ def test_import_csv_arguments_are_config_errors(tmp_path, kw, words):
     args = {"src": tmp_path / "x.csv", "dst": tmp_path / "x.parquet", "columns": {"a": Column("dense")}, **kw}
     with pytest.raises(gp.ConfigError, match=words):
         import_csv(**args, progress=False)
+
+
+def test_a_criteo_header_with_quoted_names_is_read_as_a_header(criteo, tmp_path):
+    with open(criteo / "day.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(tmp_path / "quoted.csv", "w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)  # as spreadsheet tools and R's write.csv save it
+    import_criteo(tmp_path / "quoted.csv", tmp_path / "quoted.parquet", progress=False)
+    assert pq.read_table(tmp_path / "quoted.parquet").equals(pq.read_table(criteo / "csv.parquet"), check_metadata=True)

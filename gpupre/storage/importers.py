@@ -84,7 +84,7 @@ def import_csv(
     Raises:
         DataError: the file cannot be read, lacks one of `columns`, or cannot be parsed (names the
             file and what was wrong).
-        ConfigError: `dst` is a directory, or `columns` is not a dict of `Column`s.
+        ConfigError: `dst` is a directory or `src` itself, or `columns` is not a dict of `Column`s.
     """
     _ensure_columns(columns)
     if not isinstance(src, (str, os.PathLike)):
@@ -92,6 +92,10 @@ def import_csv(
     if not (isinstance(delimiter, str) and len(delimiter) == 1):
         raise ConfigError(f"delimiter={delimiter!r} must be one character, such as ',' or '\\t'")
     ensure_integer(block_size, "block_size")
+    if isinstance(dst, (str, os.PathLike)) and os.path.isfile(dst) and os.path.isfile(src) and os.path.samefile(src, dst):
+        raise ConfigError(
+            f"dst={os.fspath(dst)!r} is the source text file, which the import would replace; pass another path"
+        )
     features = tuple(
         Feature(name, c.kind, c.group) for name, c in columns.items() if c.role not in ("label", "time", "extra")
     )

@@ -362,3 +362,11 @@ def test_a_criteo_header_with_quoted_names_is_read_as_a_header(criteo, tmp_path)
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)  # as spreadsheet tools and R's write.csv save it
     import_criteo(tmp_path / "quoted.csv", tmp_path / "quoted.parquet", progress=False)
     assert pq.read_table(tmp_path / "quoted.parquet").equals(pq.read_table(criteo / "csv.parquet"), check_metadata=True)
+
+
+def test_a_destination_that_is_the_source_is_a_config_error_and_keeps_the_source(tmp_path):
+    gp.storage.write_criteo_text(tmp_path / "day.tsv", rows=5, header=False)
+    text = (tmp_path / "day.tsv").read_bytes()
+    with pytest.raises(gp.ConfigError, match=r"day\.tsv'? is the source text file"):
+        import_criteo(tmp_path / "day.tsv", tmp_path / "." / "day.tsv", progress=False)
+    assert (tmp_path / "day.tsv").read_bytes() == text

@@ -150,12 +150,31 @@ def _ensure_columns(columns) -> None:
         )
 
 
+# how files that are not text begin: compressed text (Criteo's days come as .gz), or Parquet
+_NOT_TEXT = (
+    (b"\x1f\x8b", "gzip-compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"PAR1", "a Parquet file"),
+)
+
+
 def _open_source(src):
-    """`open(src, "rb")`, with a DataError naming the path when it is missing or unreadable."""
+    """`open(src, "rb")`, with a DataError naming the path when it is missing, unreadable or not text."""
     try:
-        return open(src, "rb")
+        f = open(src, "rb")
     except OSError as e:
         raise DataError(f"cannot read {src}: {e.strerror}; pass the path of an existing text file") from e
+    start = f.peek(8)[:8]
+    what = next((what for magic, what in _NOT_TEXT if start.startswith(magic)), None)
+    if what is None and start[:3] == b"BZh" and start[3:4].isdigit():
+        what = "bzip2-compressed"
+    if what is not None:
+        f.close()
+        fix = "read it with gp.Dataset" if what == "a Parquet file" else "decompress it first (gunzip, zstd -d, ...)"
+        raise DataError(f"{src} is {what}, not delimited text; {fix}")
+    return f
 
 
 def _header(src, delimiter: str, column_names) -> list[str]:

@@ -1,6 +1,8 @@
 """Importers: Criteo text (CSV and TSV), Taobao and MovieLens CSV, and import_csv's errors."""
 
 import csv
+import gzip
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -370,3 +372,14 @@ def test_a_destination_that_is_the_source_is_a_config_error_and_keeps_the_source
     with pytest.raises(gp.ConfigError, match=r"day\.tsv'? is the source text file"):
         import_criteo(tmp_path / "day.tsv", tmp_path / "." / "day.tsv", progress=False)
     assert (tmp_path / "day.tsv").read_bytes() == text
+
+
+@pytest.mark.parametrize("importer", [import_criteo, import_taobao])
+def test_a_compressed_or_parquet_source_is_a_data_error_saying_what_it_is(criteo, tmp_path, importer):
+    with open(criteo / "day.tsv", "rb") as f, gzip.open(tmp_path / "day.tsv.gz", "wb") as g:
+        shutil.copyfileobj(f, g)  # as Criteo's days are published
+    with pytest.raises(gp.DataError, match=r"day\.tsv\.gz is gzip-compressed, not delimited text; decompress it"):
+        importer(tmp_path / "day.tsv.gz", tmp_path / "gz.parquet", progress=False)
+    with pytest.raises(gp.DataError, match=r"csv\.parquet is a Parquet file, not delimited text; read it with gp\.Dataset"):
+        importer(criteo / "csv.parquet", tmp_path / "again.parquet", progress=False)
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,13 +178,27 @@ def _open_source(src):
     return f
 
 
+def _first_line(src) -> str:
+    """The file's first line, without the byte-order mark of Windows tools; lines may end in
+    LF, CRLF or CR alone."""
+    with _open_source(src) as f:
+        head = f.readline(1 << 20)  # bounded: a file whose lines end in CR alone is one line to readline
+    return re.split("\r\n?|\n", head.decode("utf-8-sig", "replace"), maxsplit=1)[0]
+
+
+def _fields(src, line: str, delimiter: str) -> list[str]:
+    """The fields of a line of `src`, quotes removed."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error as e:
+        raise DataError(f"{src}: cannot read its first line as {delimiter!r}-separated text ({e}); fix the file") from e
+
+
 def _header(src, delimiter: str, column_names) -> list[str]:
     """The column names: `column_names`, or the file's header line."""
     if column_names:
         return list(column_names)
-    with _open_source(src) as f:
-        first = f.readline().decode("utf-8-sig", "replace")
-    return next(csv.reader([first], delimiter=delimiter), [])
+    return _fields(src, _first_line(src), delimiter)
 
 
 def _missing_columns(src, columns, delimiter: str, column_names) -> DataError:
@@ -252,10 +267,9 @@ def import_criteo(src, dst, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, progre
     columns, in any order. I columns become dense features (empty -> missing); C columns sparse features whose id
     is the hex string read as a base-16 integer (empty -> empty list).
     """
-    with _open_source(src) as f:
-        first = f.readline().decode("utf-8-sig", "replace")  # without the byte-order mark of Windows tools
+    first = _first_line(src)
     delimiter = "\t" if "\t" in first else ","
-    fields = {field.strip() for field in next(csv.reader([first], delimiter=delimiter), [])}  # "label" quoted too
+    fields = {field.strip() for field in _fields(src, first, delimiter)}  # "label" quoted too
     header = not fields.isdisjoint(CRITEO_COLUMNS)  # data holds no such field
     if not header and any(fields >= set(other) for other in _IMPORTER_COLUMNS.values()):
         raise _missing_columns(src, CRITEO_COLUMNS, delimiter, None)  # another importer's file

@@ -383,3 +383,9 @@ def test_a_compressed_or_parquet_source_is_a_data_error_saying_what_it_is(criteo
     with pytest.raises(gp.DataError, match=r"csv\.parquet is a Parquet file, not delimited text; read it with gp\.Dataset"):
         importer(criteo / "csv.parquet", tmp_path / "again.parquet", progress=False)
 
+
+def test_a_csv_whose_lines_end_in_cr_alone_imports_like_one_with_lf(criteo, tmp_path):
+    text = (criteo / "day.csv").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r")  # classic Mac OS
+    (tmp_path / "cr.csv").write_bytes(text)
+    import_criteo(tmp_path / "cr.csv", tmp_path / "cr.parquet", progress=False)
+    assert pq.read_table(tmp_path / "cr.parquet").equals(pq.read_table(criteo / "csv.parquet"), check_metadata=True)

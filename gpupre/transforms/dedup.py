@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .._checks import ensure_instance
+from ..batch import Batch
 from ..errors import ConfigError, DataError
 from ..schema import REQUEST_GROUPS, Schema
 from .ops import per_feature
@@ -77,6 +79,7 @@ class DedupPlan:
 
 
 def _check_dedup(batch) -> None:
+    ensure_instance(batch, Batch, "batch", "a gp.Batch, such as dataset.read(unit)")
     if batch.requests is None or batch.inverse is None:
         raise DataError(
             "a de-dup plan got a batch without requests; compile the pipeline with dedup=False for "

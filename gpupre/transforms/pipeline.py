@@ -8,10 +8,11 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._checks import ensure_integer
+from .._checks import ensure_instance, ensure_integer
 from .._jsonfile import JsonFile
 from ..batch import Batch
 from ..errors import ConfigError, SchemaError
+from ..reader import Dataset
 from ..schema import DENSE, IMAGE, Feature, Schema, unknown_message
 from .images import IMAGE_OPS
 from .ops import Bucketize, MinMax, Normalize, Op, OverlapCount, op_from_dict, per_feature, with_params
@@ -168,7 +169,7 @@ class Pipeline(JsonFile):
         schema = self.input_schema if schema is None else schema  # an empty Schema is falsy
         if schema is None:
             raise ConfigError("this pipeline has no input schema yet; pass one or fit it on a dataset first")
-        return schema
+        return ensure_instance(schema, Schema, "schema", "a gp.Schema, such as dataset.schema or batch.schema")
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, dataset, max_rows: int | None = None, sample_size: int = 200_000, seed: int = 0, progress=True):
@@ -179,6 +180,7 @@ class Pipeline(JsonFile):
         Bucketize boundaries are equal-frequency quantiles of a uniform sample of sample_size values
         (exact when the data are smaller), cut between distinct values (`equal_frequency`).
         """
+        ensure_instance(dataset, Dataset, "fit dataset", "a gp.Dataset: gp.Dataset(path, features=...)")
         if max_rows is not None:
             ensure_integer(max_rows, "fit max_rows")
         ensure_integer(sample_size, "fit sample_size")
@@ -232,6 +234,7 @@ class Pipeline(JsonFile):
 
     def __call__(self, batch: Batch) -> Batch:
         """Run eagerly on a host batch with the CPU executor (plans are cached per schema)."""
+        ensure_instance(batch, Batch, "batch", "a gp.Batch, such as dataset.read(unit)")
         schema = batch.schema if batch.schema is not None else self._schema(None)
         key = (schema, batch.requests is not None)
         if key not in self._plans:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..batch import KeyedJagged
+from .._checks import ensure_instance
+from ..batch import Batch, KeyedJagged
 from ..errors import ConfigError, DataError
 from ..schema import SCORED, Schema
 from . import ops as O
@@ -190,6 +191,7 @@ def compile(pipeline, schema: Schema, device: str = "cpu", host_stage: bool | No
         ConfigError: unfitted ops, or a combination the plan does not support.
         BackendUnavailable: the device's executor cannot run here, or image ops without DALI.
     """
+    ensure_instance(schema, Schema, "schema", "a gp.Schema, such as dataset.schema or batch.schema")
     unfitted = [str(op) for op in pipeline.ops if not op.fitted]
     if unfitted:
         raise ConfigError(f"pipeline has unfitted ops {unfitted}; call pipeline.fit(dataset) first")
@@ -549,6 +551,7 @@ def _fill_maps(codes, params, maps):
 
 def _check_batch(plan: Plan, batch) -> None:
     """The batch holds what the plan was compiled for, with consistent offsets."""
+    ensure_instance(batch, Batch, "batch", "a gp.Batch, such as dataset.read(unit)")
     schema = plan.input_schema
     expected_dense = tuple(f.name for f in schema.dense)
     expected_sparse = tuple(f.name for f in schema.sparse)

@@ -423,3 +423,21 @@ def test_saving_into_a_missing_directory_or_onto_a_directory_is_a_config_error(t
 def test_fit_arguments_are_checked(table_ds, kw, words):
     with pytest.raises(gp.ConfigError, match=words):
         gp.Pipeline([gp.Normalize("b")]).fit(table_ds, progress=False, **kw)
+
+
+def test_a_path_given_for_the_dataset_a_dataset_for_the_schema_or_a_table_for_the_batch_is_a_config_error(
+    table_ds, tmp_path
+):  # fmt: skip
+    pipe = gp.Pipeline([gp.Normalize("b", 0.0, 1.0)])
+    with pytest.raises(gp.ConfigError, match=r"fit dataset='.*' \(str\) is of the wrong type; pass a gp\.Dataset"):
+        pipe.fit(str(tmp_path), progress=False)
+    for call in (pipe.compile, pipe.output_schema, pipe.features_to_read):
+        with pytest.raises(gp.ConfigError, match=r"schema=.* \(Dataset\) is of the wrong type; pass a gp\.Schema"):
+            call(table_ds)
+    with pytest.raises(gp.ConfigError, match=r"\(Dataset\) is of the wrong type; pass a gp\.Schema"):
+        gp.transforms.compile(pipe, table_ds)
+    table = table_ds.read_arrow(table_ds.units()[0])
+    plan = pipe.compile(table_ds.schema, "reference")
+    for run in (pipe, plan.run, pipe.compile(table_ds.schema, dedup=True).run):
+        with pytest.raises(gp.ConfigError, match=r"batch=.* \(Table\) is of the wrong type; pass a gp\.Batch"):
+            run(table)

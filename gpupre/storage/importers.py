@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..batch import one_array
 from .._checks import ensure_integer
 from ..errors import ConfigError, DataError
-from ..schema import DENSE, SPARSE, Feature, Schema
+from ..schema import DENSE, GROUPS, SPARSE, Feature, Schema
 from ._convert import hex_to_ids, split_to_ids, strings_to_ids
 from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
 
@@ -60,6 +60,10 @@ class Column:
             raise ConfigError(f"Column role {self.role!r} is not one of {sorted((*_READ_TYPES, 'extra'))}")
         if self.role in ("ids", "names") and not self.separator:
             raise ConfigError(f"Column role {self.role!r} needs a separator")
+        if self.separator is not None and not (isinstance(self.separator, str) and self.separator):
+            raise ConfigError(f"Column separator={self.separator!r} must be a non-empty string, such as '|' or '^'")
+        if self.group is not None and self.group not in GROUPS:
+            raise ConfigError(f"Column group={self.group!r} must be one of {GROUPS} or None")
 
     @property
     def kind(self):

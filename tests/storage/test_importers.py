@@ -249,7 +249,13 @@ def test_only_an_empty_field_is_missing_and_a_missing_label_is_a_data_error(tmp_
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [({"role": "category"}, "'category'"), ({"role": "ids"}, "needs a separator")]
+    "kwargs, match",
+    [
+        ({"role": "category"}, "'category'"),
+        ({"role": "ids"}, "needs a separator"),
+        ({"role": "names", "separator": 5}, "separator=5 must be a non-empty string"),
+        ({"role": "dense", "group": "users"}, "group='users' must be one of"),
+    ],
 )
 def test_column_rejects_bad_roles(kwargs, match):
     with pytest.raises(gp.ConfigError, match=match):

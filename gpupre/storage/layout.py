@@ -41,7 +41,10 @@ class Workload:
     def add(self, name: str, columns, weight: float = 1.0) -> Workload:
         """Add a job that reads `columns` (feature or column names; a gp.Dataset: its projection)."""
         columns = getattr(columns, "columns", columns)
-        columns = (columns,) if isinstance(columns, str) else tuple(dict.fromkeys(() if columns is None else columns))
+        try:
+            columns = (columns,) if isinstance(columns, str) else tuple(dict.fromkeys(() if columns is None else columns))
+        except TypeError:  # neither a name nor a list of them
+            raise ConfigError(f"job {name!r} reads {columns!r}; give it a column name or a list of names") from None
         if not columns:
             raise ConfigError(f"job {name!r} reads no columns; give it the names of what it projects")
         if not all(isinstance(c, str) for c in columns):

@@ -230,6 +230,7 @@ def test_reorder_refuses_two_files_that_would_be_rewritten_under_one_name(tmp_pa
      (lambda d, p: reorder(d, p / "o", Workload(), progress=False), gp.ConfigError, "workload has no jobs"),
      (lambda d, p: Workload.from_json("{not json"), gp.DataError, "not a Workload's JSON"),
      (lambda d, p: Workload().add("j", None), gp.ConfigError, "reads no columns"),
+     (lambda d, p: Workload().add("j", 5), gp.ConfigError, "reads 5; give it a column name or a list of names"),
      (lambda d, p: Workload().add("j", ["x"], True), gp.ConfigError, "weight=True"),
      (lambda d, p: Workload().add("j", ["x"], float("inf")), gp.ConfigError, "weight=inf"),
      (lambda d, p: gp.storage.measured_cache_options(pa.fs.LocalFileSystem(), str(p / "nope.parquet")), gp.DataError,

@@ -85,6 +85,8 @@ class AccessLog:
     """
 
     def __init__(self, path):
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"AccessLog path={path!r} must be the path of a SQLite file, such as 'stats/access.sqlite'")
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise ConfigError(

@@ -237,6 +237,7 @@ def test_reorder_refuses_two_files_that_would_be_rewritten_under_one_name(tmp_pa
       "nope.parquet: cannot be read"),
      (lambda d, p: gp.storage.measured_cache_options("local", d.paths[0]), gp.ConfigError, "got str"),
      (lambda d, p: AccessLog(p), gp.ConfigError, "is a directory; pass the path of a SQLite file"),
+     (lambda d, p: AccessLog(None), gp.ConfigError, "path=None must be the path of a SQLite file"),
      (lambda d, p: AccessLog(p / "afile" / "log.sqlite").workload(), gp.DataError, "cannot open the access log")],
 )  # fmt: skip
 def test_bad_arguments_are_gpupre_errors_naming_them(tmp_path, call, error, words):

@@ -118,6 +118,13 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
         except OSError as e:
             raise ConfigError(f"{path}: cannot be the directory of {spec.num_files} files ({e}); pass another path") from e
         paths = [os.path.join(path, f"part-{i:05d}.parquet") for i in range(spec.num_files)]
+        others = _other_parquet_files(path, paths)
+        if others:
+            raise ConfigError(
+                f"{path} holds {len(others)} Parquet files besides the {spec.num_files} it would write (such as "
+                f"{others[0]}, from an earlier run with more files?), which gp.Dataset({str(path)!r}) would read "
+                "with them; remove them or pass a new directory"
+            )
     k, files = spec.items_per_request, spec.num_files  # files split whole requests, as _generate assumes
     requests = -(-spec.rows // k)
     bounds = [min(spec.rows, (i * requests // files) * k) for i in range(files + 1)]
@@ -137,6 +144,21 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
                     bar.update(table.num_rows)
                     chunk += 1
     return schema
+
+
+def _other_parquet_files(directory, paths) -> list[str]:
+    """The files under `directory` that gp.Dataset(directory) would read, other than `paths`."""
+    from ..reader.dataset import PARQUET_SUFFIXES  # storage writes what the reader reads
+
+    mine = {os.path.abspath(p) for p in paths}
+    return sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(directory)
+        for name in names
+        if name.endswith(PARQUET_SUFFIXES)
+        and not name.startswith(("_", "."))
+        and os.path.abspath(os.path.join(folder, name)) not in mine
+    )
 
 
 def _writer(path, schema, spec, layout, meta):

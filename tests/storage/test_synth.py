@@ -182,3 +182,12 @@ def test_an_interrupted_map_synthesis_leaves_no_file(tmp_path, monkeypatch):
         synthesize(path, SynthSpec(rows=100, row_group_rows=10, num_dense=2, num_sparse=2, num_scored=0, num_planted=1),
                    layout="map", progress=False)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synthesizing_fewer_files_into_a_directory_of_an_earlier_run_is_refused(tmp_path):
+    spec = SynthSpec(rows=40, num_dense=2, num_sparse=1, num_scored=0, num_planted=1, items_per_request=10, num_files=3)
+    synthesize(tmp_path / "d", spec, progress=False)
+    synthesize(tmp_path / "d", spec, progress=False)  # the same files again
+    with pytest.raises(gp.ConfigError, match=r"holds 1 Parquet files besides the 2 it would write .*part-00002\.parquet"):
+        synthesize(tmp_path / "d", SynthSpec(**{**spec.__dict__, "num_files": 2, "seed": 1}), progress=False)
+    assert gp.Dataset(tmp_path / "d").num_rows == 40

@@ -155,13 +155,12 @@ def _ensure_columns(columns) -> None:
         )
 
 
-# how files that are not text begin: compressed text (Criteo's days come as .gz), or Parquet
+# how compressed files begin (Criteo's days come as .gz)
 _NOT_TEXT = (
     (b"\x1f\x8b", "gzip-compressed"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
     (b"\xfd7zXZ\x00", "xz-compressed"),
     (b"PK\x03\x04", "a zip archive"),
-    (b"PAR1", "a Parquet file"),
 )
 
 
@@ -175,11 +174,24 @@ def _open_source(src):
     what = next((what for magic, what in _NOT_TEXT if start.startswith(magic)), None)
     if what is None and start[:3] == b"BZh" and start[3:4].isdigit():
         what = "bzip2-compressed"
+    if what is None and start[:4] == b"PAR1" and _ends_with(f, b"PAR1"):  # a header "PAR1_x,..." is text
+        what = "a Parquet file"
     if what is not None:
         f.close()
         fix = "read it with gp.Dataset" if what == "a Parquet file" else "decompress it first (gunzip, zstd -d, ...)"
         raise DataError(f"{src} is {what}, not delimited text; {fix}")
     return f
+
+
+def _ends_with(f, tail: bytes) -> bool:
+    """Whether the file object `f` ends with `tail`; `f` is left at its start."""
+    try:
+        f.seek(-len(tail), os.SEEK_END)
+        found = f.read(len(tail))
+        f.seek(0)
+    except OSError:  # shorter than tail, or not seekable
+        return False
+    return found == tail
 
 
 def _first_line(src) -> str:

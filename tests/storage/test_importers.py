@@ -395,3 +395,10 @@ def test_a_csv_whose_lines_end_in_cr_alone_imports_like_one_with_lf(criteo, tmp_
     (tmp_path / "cr.csv").write_bytes(text)
     import_criteo(tmp_path / "cr.csv", tmp_path / "cr.parquet", progress=False)
     assert pq.read_table(tmp_path / "cr.parquet").equals(pq.read_table(criteo / "csv.parquet"), check_metadata=True)
+
+
+def test_a_csv_whose_header_starts_like_parquet_is_still_text(tmp_path):
+    (tmp_path / "x.csv").write_text("PAR1_score,label\n0.5,1\n")
+    import_csv(tmp_path / "x.csv", tmp_path / "x.parquet", {"PAR1_score": Column("dense"), "label": Column("label")},
+               progress=False)  # fmt: skip
+    assert pq.read_table(tmp_path / "x.parquet").column("PAR1_score").to_pylist() == [0.5]

@@ -14,6 +14,7 @@ missing dense value or an empty list.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -349,7 +350,12 @@ def flatten(
     Raises:
         DataError: a row group cannot be read, or holds what `map_to_flat` refuses (names the row
             group); nothing is written to `dst`.
+        ConfigError: `dst` is `src` itself.
     """
+    if isinstance(dst, (str, os.PathLike)) and os.path.isfile(dst) and os.path.isfile(src) and os.path.samefile(src, dst):
+        raise ConfigError(
+            f"dst={os.fspath(dst)!r} is the source map-layout file, which flattening would replace; pass another path"
+        )
     layout = MapLayout.of_file(src, progress=progress)
     schema = layout.schema if features is None else layout.schema.select(features)
     pf = open_parquet(src)

@@ -350,8 +350,10 @@ def flatten(
     Raises:
         DataError: a row group cannot be read, or holds what `map_to_flat` refuses (names the row
             group); nothing is written to `dst`.
-        ConfigError: `dst` is `src` itself.
+        ConfigError: `src` is no path, or `dst` is `src` itself.
     """
+    if not isinstance(src, (str, os.PathLike)):
+        raise ConfigError(f"src={src!r} must be the path of a map-layout Parquet file")
     if isinstance(dst, (str, os.PathLike)) and os.path.isfile(dst) and os.path.isfile(src) and os.path.samefile(src, dst):
         raise ConfigError(
             f"dst={os.fspath(dst)!r} is the source map-layout file, which flattening would replace; pass another path"

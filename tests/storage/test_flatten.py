@@ -353,3 +353,8 @@ def test_flattening_onto_the_source_file_is_a_config_error_and_keeps_it(synth_ma
     with pytest.raises(gp.ConfigError, match="is the source map-layout file, which flattening would replace"):
         flatten(synth_map_file, synth_map_file, progress=False)
     assert open(synth_map_file, "rb").read() == data
+
+
+def test_flatten_of_no_path_is_a_config_error(tmp_path):
+    with pytest.raises(gp.ConfigError, match="src=None must be the path of a map-layout Parquet file"):
+        flatten(None, tmp_path / "out.parquet", progress=False)

@@ -308,8 +308,8 @@ class CachedFileSystem(HandlerFileSystem):
     `cached_bytes`, `remote_bytes` and `remote_requests` count this process's reads.
 
     Raises:
-        ConfigError: `remote` is not a pyarrow filesystem, `directory` (or a parent) is a file, or
-            a size is out of range.
+        ConfigError: `remote` is not a pyarrow filesystem, `directory` is no path, or it (or a parent)
+            is a file, or a size is out of range.
     """
 
     def __init__(self, remote: pafs.FileSystem, directory, capacity_bytes: int, hole_size_limit: int = 1 << 20):
@@ -318,6 +318,8 @@ class CachedFileSystem(HandlerFileSystem):
         if not (is_integer(hole_size_limit) and hole_size_limit >= 0):
             raise ConfigError(f"{hole_size_limit=} must be a number of bytes >= 0")
         capacity_bytes, hole_size_limit = int(capacity_bytes), int(hole_size_limit)
+        if not isinstance(directory, (str, os.PathLike)):
+            raise ConfigError(f"cache directory={directory!r} must be the path of a directory on a local SSD")
         directory = os.path.abspath(os.fspath(directory))
         existing = directory
         while not os.path.exists(existing):

@@ -197,6 +197,8 @@ def test_a_cache_directory_that_is_a_file_is_a_config_error_naming_it(tmp_path):
             CachedFileSystem(pafs.LocalFileSystem(), directory, 1 << 30)
     with pytest.raises(gp.ConfigError, match="must be a pyarrow.fs.FileSystem, got str"):
         CachedFileSystem("s3", tmp_path / "cache", 1 << 30)
+    with pytest.raises(gp.ConfigError, match="cache directory=None must be the path of a directory"):
+        CachedFileSystem(pafs.LocalFileSystem(), None, 1 << 30)
 
 
 def test_a_broken_index_costs_speed_not_data(synth_file, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 import reprlib
 
 from .errors import ConfigError
@@ -16,6 +17,17 @@ def is_integer(value) -> bool:
 def is_real(value) -> bool:
     """A real number of any type (NaN and inf included), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def ensure_path(value, name: str, expected: str) -> str:
+    """`value` as a str, once it is a path (a str or an os.PathLike).
+
+    Raises:
+        ConfigError: it is not; the message names it as `name` and asks for `expected`.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name}={reprlib.repr(value)} must be {expected}")
+    return os.fspath(value)
 
 
 def ensure_integer(value, name: str, minimum: int = 1) -> int:

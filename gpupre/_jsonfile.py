@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
+from ._checks import ensure_path
 from .errors import ConfigError, DataError, GpupreError, describe
 
 
 def ensure_output_path(path, what: str) -> None:
     """A ConfigError unless `path` can be a file to write: its directory exists and it is no directory."""
-    _ensure_path(path, what)
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(ensure_path(path, f"{what} path", "a str or os.PathLike, such as 'pipeline.json'"))
     if os.path.isdir(path):
         raise ConfigError(f"the {what} path {path} is a directory; pass the path of a file in it")
     if not os.path.isdir(os.path.dirname(path)):
@@ -18,11 +18,6 @@ def ensure_output_path(path, what: str) -> None:
             f"the {what} path {path}: its directory {os.path.dirname(path)} does not exist; create it or "
             "write elsewhere"
         )
-
-
-def _ensure_path(path, what: str) -> None:
-    if not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"the {what} path {path!r} must be a str or os.PathLike, such as 'pipeline.json'")
 
 
 class JsonFile:
@@ -58,7 +53,7 @@ class JsonFile:
             DataError: the file cannot be read, or does not hold what `save` writes.
             ConfigError: `path` is no path.
         """
-        _ensure_path(path, cls.__name__)
+        ensure_path(path, f"{cls.__name__} path", "a str or os.PathLike, such as 'pipeline.json'")
         try:
             with open(path) as f:
                 text = f.read()

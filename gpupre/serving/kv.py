@@ -29,7 +29,7 @@ import time
 import urllib.parse
 import warnings
 
-from .._checks import ensure_instance, ensure_integer, is_real
+from .._checks import ensure_instance, ensure_integer, ensure_path, is_real
 from .._sqlite import connect
 from ..errors import BackendUnavailable, ConfigError, DataError, GpupreError
 from ._spill import SpillFile
@@ -148,8 +148,7 @@ class SqliteKV(KVStore):
             raise ConfigError(f"SqliteKV purge_every_s={purge_every_s!r} must be a finite number of seconds >= 0")
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigError(f"synchronous={synchronous!r} must be 'NORMAL' or 'FULL'")
-        if not isinstance(path, (str, os.PathLike)):
-            raise ConfigError(f"SqliteKV path={path!r} must be a file path (or ':memory:')")
+        ensure_path(path, "SqliteKV path", "a file path (or ':memory:')")
         self.path, self.clock, self.purge_every_s = path, clock, float(purge_every_s)
         self._next_purge = -math.inf
         try:

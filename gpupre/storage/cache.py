@@ -29,7 +29,7 @@ import warnings
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .._checks import is_integer
+from .._checks import ensure_path, is_integer
 from .._sqlite import connect
 from ..errors import ConfigError, DataError
 from .iostats import DelegatingHandler, HandlerFileSystem
@@ -318,9 +318,7 @@ class CachedFileSystem(HandlerFileSystem):
         if not (is_integer(hole_size_limit) and hole_size_limit >= 0):
             raise ConfigError(f"{hole_size_limit=} must be a number of bytes >= 0")
         capacity_bytes, hole_size_limit = int(capacity_bytes), int(hole_size_limit)
-        if not isinstance(directory, (str, os.PathLike)):
-            raise ConfigError(f"cache directory={directory!r} must be the path of a directory on a local SSD")
-        directory = os.path.abspath(os.fspath(directory))
+        directory = os.path.abspath(ensure_path(directory, "cache directory", "the path of a directory on a local SSD"))
         existing = directory
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)

@@ -14,7 +14,6 @@ missing dense value or an empty list.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +23,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..batch import _ids, _scores, offsets_of, one_array
-from .._checks import is_integer
+from .._checks import ensure_path, is_integer
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import DENSE, SCORE_SUFFIX, SCORED, SPARSE, Feature, Schema
-from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
+from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter, ensure_not_source
 
 __all__ = ["MAP_COLUMNS", "MapLayout", "flat_to_map", "flatten", "map_to_flat"]
 
@@ -352,12 +351,8 @@ def flatten(
             group); nothing is written to `dst`.
         ConfigError: `src` is no path, or `dst` is `src` itself.
     """
-    if not isinstance(src, (str, os.PathLike)):
-        raise ConfigError(f"src={src!r} must be the path of a map-layout Parquet file")
-    if isinstance(dst, (str, os.PathLike)) and os.path.isfile(dst) and os.path.isfile(src) and os.path.samefile(src, dst):
-        raise ConfigError(
-            f"dst={os.fspath(dst)!r} is the source map-layout file, which flattening would replace; pass another path"
-        )
+    ensure_path(src, "src", "the path of a map-layout Parquet file")
+    ensure_not_source(src, ensure_path(dst, "dst", "the path of the Parquet file to write"), "map-layout file")
     layout = MapLayout.of_file(src, progress=progress)
     schema = layout.schema if features is None else layout.schema.select(features)
     pf = open_parquet(src)

@@ -19,11 +19,11 @@ import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
 
 from ..batch import one_array
-from .._checks import ensure_integer
+from .._checks import ensure_integer, ensure_path
 from ..errors import ConfigError, DataError
 from ..schema import DENSE, GROUPS, SPARSE, Feature, Schema
 from ._convert import hex_to_ids, split_to_ids, strings_to_ids
-from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter
+from .write import DEFAULT_ROW_GROUP_ROWS, TableWriter, ensure_not_source
 
 __all__ = ["Column", "CRITEO_COLUMNS", "import_criteo", "import_csv", "import_movielens", "import_taobao"]
 
@@ -92,15 +92,11 @@ def import_csv(
         ConfigError: `dst` is a directory or `src` itself, or `columns` is not a dict of `Column`s.
     """
     _ensure_columns(columns)
-    if not isinstance(src, (str, os.PathLike)):
-        raise ConfigError(f"src={src!r} must be the path of a text file")
+    ensure_path(src, "src", "the path of a text file")
     if not (isinstance(delimiter, str) and len(delimiter) == 1):
         raise ConfigError(f"delimiter={delimiter!r} must be one character, such as ',' or '\\t'")
     ensure_integer(block_size, "block_size")
-    if isinstance(dst, (str, os.PathLike)) and os.path.isfile(dst) and os.path.isfile(src) and os.path.samefile(src, dst):
-        raise ConfigError(
-            f"dst={os.fspath(dst)!r} is the source text file, which the import would replace; pass another path"
-        )
+    ensure_not_source(src, ensure_path(dst, "dst", "the path of the Parquet file to write"), "text file")
     features = tuple(
         Feature(name, c.kind, c.group) for name, c in columns.items() if c.role not in ("label", "time", "extra")
     )

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .._checks import ensure_integer, is_real
+from .._checks import ensure_integer, ensure_path, is_real
 from .._sqlite import connect
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import METADATA_KEY, Schema, infer_kind, score_owner
@@ -85,9 +85,7 @@ class AccessLog:
     """
 
     def __init__(self, path):
-        if not isinstance(path, (str, os.PathLike)):
-            raise ConfigError(f"AccessLog path={path!r} must be the path of a SQLite file, such as 'stats/access.sqlite'")
-        self.path = os.fspath(path)
+        self.path = ensure_path(path, "AccessLog path", "the path of a SQLite file, such as 'stats/access.sqlite'")
         if os.path.isdir(self.path):
             raise ConfigError(
                 f"AccessLog path {self.path} is a directory; pass the path of a SQLite file in it, such as "

@@ -36,6 +36,12 @@ def to_flat_table(table: pa.Table, schema: Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=target)
 
 
+def ensure_not_source(src, dst, what: str) -> None:
+    """A ConfigError when `dst` is the existing file `src` (`what`), which writing `dst` would replace."""
+    if os.path.isfile(dst) and os.path.isfile(src) and os.path.samefile(src, dst):
+        raise ConfigError(f"dst={os.fspath(dst)!r} is the source {what}, which writing it would replace; pass another path")
+
+
 def _get(table: pa.Table, name: str) -> pa.Array:
     if table.schema.get_field_index(name) < 0:
         raise SchemaError(

@@ -350,7 +350,7 @@ def test_numpy_map_keys_are_stored_as_ints():
 
 def test_flattening_onto_the_source_file_is_a_config_error_and_keeps_it(synth_map_file, tmp_path):
     data = open(synth_map_file, "rb").read()
-    with pytest.raises(gp.ConfigError, match="is the source map-layout file, which flattening would replace"):
+    with pytest.raises(gp.ConfigError, match="is the source map-layout file, which writing it would replace"):
         flatten(synth_map_file, synth_map_file, progress=False)
     assert open(synth_map_file, "rb").read() == data
 

@@ -417,7 +417,7 @@ def test_saving_into_a_missing_directory_or_onto_a_directory_is_a_config_error(t
     pipe.save(tmp_path / "pipe.json")
     assert gp.Pipeline.load(tmp_path / "pipe.json") == pipe
     for call in (pipe.save, gp.Pipeline.load):
-        with pytest.raises(gp.ConfigError, match="the Pipeline path None must be a str or os.PathLike"):
+        with pytest.raises(gp.ConfigError, match="Pipeline path=None must be a str or os.PathLike"):
             call(None)
 
 

@@ -144,11 +144,13 @@ class Dataset:
 
     def check_outside(self, out: str, filesystem, what: str) -> None:
         """Raise a ConfigError if `out` (a directory on `filesystem`) is inside a directory this
-        dataset was opened with: a later `gp.Dataset` of that directory would read both."""
+        dataset was opened with: a later `gp.Dataset` of that directory would read both. On a local
+        disk the paths are compared with their links resolved."""
         if filesystem.type_name != self.filesystem.type_name:
             return
+        resolve = os.path.realpath if filesystem.type_name == "local" else str
         for directory in self.directories:
-            if (out.rstrip("/") + "/").startswith(directory.rstrip("/") + "/"):
+            if (resolve(out).rstrip("/") + "/").startswith(resolve(directory).rstrip("/") + "/"):
                 raise ConfigError(
                     f"{what} would write {out} inside {directory}, a directory of the source dataset, so "
                     "that gp.Dataset of it would read both; write to a directory outside it"

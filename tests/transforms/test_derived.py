@@ -267,3 +267,7 @@ def test_materializing_into_the_source_directory_is_refused(tmp_path, source, fi
     with pytest.raises(gp.ConfigError, match="a directory of the source dataset"):
         gp.materialize(gp.Dataset(str(tmp_path / "data")), ops, tmp_path / "data" / "derived", progress=False)
     assert not (tmp_path / "data" / "derived").exists()
+    (tmp_path / "link").symlink_to(tmp_path / "data")  # the same directory, reached through a link
+    with pytest.raises(gp.ConfigError, match="a directory of the source dataset"):
+        gp.materialize(gp.Dataset(str(tmp_path / "data")), ops, tmp_path / "link" / "derived", progress=False)
+    assert not (tmp_path / "data" / "derived").exists()

@@ -19,7 +19,7 @@ class SchemaError(GpupreError):
 
 
 class DataError(GpupreError):
-    """The data itself is bad: unreadable file, empty row group, malformed value."""
+    """The data itself is bad: unreadable file, malformed value."""
 
 
 class ConfigError(GpupreError):

@@ -196,12 +196,8 @@ class Dataset:
                 )
         for rg in range(md.num_row_groups):
             rows = md.row_group(rg).num_rows if impressions is None else int(impressions[rg])
-            if rows == 0:
-                raise DataError(
-                    f"{path}: row group {rg} has zero rows; rewrite the file with "
-                    "gp.storage.write_table (it never writes empty row groups)"
-                )
-            self._units.append(WorkUnit(path, rg, rows))
+            if rows:  # an empty row group (pyarrow writes one for an empty table) has nothing to read
+                self._units.append(WorkUnit(path, rg, rows))
 
     # -- public -------------------------------------------------------------------------------
     @property

@@ -280,16 +280,18 @@ def test_a_list_of_strings_names_the_file_and_feature(tmp_path):
     assert gp.Dataset(tmp_path / "tags.parquet", features=["x"]).num_rows == 1
 
 
-def test_a_zero_row_row_group(tmp_path):
+def test_zero_row_row_groups_and_files_are_read_as_nothing(tmp_path):
     table = pa.table({"x": pa.array([1.0, 2.0], pa.float32())})
     path = tmp_path / "empty_group.parquet"
     with pq.ParquetWriter(path, table.schema) as writer:
-        writer.write_table(table)
         writer.write_table(table.slice(0, 0))
+        writer.write_table(table)
     md = pq.ParquetFile(path).metadata
-    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [2, 0]
-    with pytest.raises(gp.DataError, match=r"empty_group\.parquet: row group 1 has zero rows"):
-        gp.Dataset(path)
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [0, 2]
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")  # one empty row group
+    ds = gp.Dataset(tmp_path)
+    assert ds.num_rows == 2 and [(u.path, u.row_group) for u in ds.units()] == [(str(path), 1)]
+    assert ds.read(ds.units()[0]).dense.tolist() == [[1.0, 2.0]]
 
 
 def test_a_null_id_inside_a_list_names_the_file_and_row_group(tmp_path):

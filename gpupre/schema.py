@@ -221,8 +221,16 @@ class Schema:
         for fld in arrow_schema:
             if fld.name not in wanted or fld.name in extras or fld.name in labels:
                 continue
-            if score_owner(fld.name, names) is not None:
-                continue  # the score column of a scored feature, handled with its ids
+            owner = score_owner(fld.name, names)
+            if owner is not None:  # the score column of a scored feature, handled with its ids
+                ids = arrow_schema.field(owner).type
+                if not (_is_list(ids) and pa.types.is_integer(ids.value_type)):
+                    raise SchemaError(
+                        f"{source}: column {fld.name!r} is named as the scores of {owner!r}, but {owner!r} is "
+                        f"{ids}, not a list of ids, so the scores would be dropped; rename one of them or leave "
+                        f"{fld.name!r} out of the projection"
+                    )
+                continue
             features.append(Feature(fld.name, infer_kind(fld, names, source)))
         return cls(tuple(features), tuple(labels), extras)
 

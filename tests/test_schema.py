@@ -162,3 +162,11 @@ def test_stored_schema_naming_a_missing_column_is_rejected():
     altered = arrow.remove(arrow.get_field_index("terms.score"))
     with pytest.raises(gp.SchemaError, match=r"f\.parquet: column 'terms\.score'.*not in the file"):
         gp.Schema.from_arrow(altered, "f.parquet")
+
+
+def test_a_score_column_beside_a_column_that_is_not_an_id_list_is_a_schema_error(tmp_path):
+    path = tmp_path / "stray.parquet"
+    pq.write_table(pa.table({"x": [1.5], "x.score": [[1.0]], "label": [1.0]}), path)
+    with pytest.raises(gp.SchemaError, match=r"'x\.score' is named as the scores of 'x', but 'x' is double"):
+        gp.Dataset(path)
+    assert gp.Dataset(path, features=["x"]).schema.names == ("x",)  # the scores left out: nothing dropped unasked

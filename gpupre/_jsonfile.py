@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from ._checks import ensure_path
 from .errors import ConfigError, DataError, GpupreError, describe
 
 
 def ensure_output_path(path, what: str) -> None:
-    """A ConfigError unless `path` can be a file to write: its directory exists and it is no directory."""
+    """A ConfigError unless `path` can be a file to write: its directory exists, takes files, and
+    it is no directory."""
     path = os.path.abspath(ensure_path(path, f"{what} path", "a str or os.PathLike, such as 'pipeline.json'"))
+    directory = os.path.dirname(path)
     if os.path.isdir(path):
         raise ConfigError(f"the {what} path {path} is a directory; pass the path of a file in it")
-    if not os.path.isdir(os.path.dirname(path)):
+    if not os.path.isdir(directory):
         raise ConfigError(
-            f"the {what} path {path}: its directory {os.path.dirname(path)} does not exist; create it or "
-            "write elsewhere"
+            f"the {what} path {path}: its directory {directory} does not exist; create it or write elsewhere"
         )
+    try:  # a file made and removed at once: permissions alone do not tell (root, read-only mounts, /proc)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise ConfigError(
+            f"the {what} path {path}: its directory {directory} takes no new files ({e}); write elsewhere"
+        ) from e
 
 
 class JsonFile:

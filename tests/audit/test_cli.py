@@ -1,5 +1,6 @@
 """`gpupre audit`: the report, the plot and the pruned pipeline from the command line."""
 
+import os
 import sys
 
 import pytest
@@ -41,6 +42,13 @@ def test_an_output_path_in_a_missing_directory_fails_before_the_audit_runs(synth
     assert main(["audit", synth_file, "--model", "no_such_module:load", "--json", "/nonexistent/a.json"]) == 2
     err = capsys.readouterr().err
     assert "--json path /nonexistent/a.json: its directory /nonexistent does not exist" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a directory that takes no files (even as root)")
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_an_output_path_in_a_directory_that_takes_no_files_fails_before_the_audit_runs(synth_file, capsys, option):
+    assert main(["audit", synth_file, "--model", "no_such_module:load", option, "/proc/audit.png"]) == 2
+    assert f"{option} path /proc/audit.png: its directory /proc takes no new files" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, words", [("audit.xyz", "ends in .xyz"), ("audit", "has no extension")])

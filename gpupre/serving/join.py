@@ -269,9 +269,14 @@ class LabelJoiner:
             del self._open[request]
         self._reject(rejected, now)
         if joined:
-            self.writer.write(joined)
-            self.stats["joined"] += sum(len(j.item_ids) for j in joined)
-            self.stats["requests_written"] += len(joined)
+            try:
+                self.writer.write(joined)
+            except BaseException:  # a commit that failed keeps them buffered: written by a later one, counted now
+                joined = [j for j in joined if self.writer.contains(j.request_id)]
+                raise
+            finally:
+                self.stats["joined"] += sum(len(j.item_ids) for j in joined)
+                self.stats["requests_written"] += len(joined)
             self.writer.forget_before(self.clock() - self.ttl_s - self.window_s)
 
     def _look_up_again(self, requests, rejected: list) -> None:

@@ -182,6 +182,26 @@ def test_a_store_that_fails_when_requests_are_written_keeps_them_open(served):
     assert (joiner.stats["joined"], joiner.stats["unknown"], joiner.stats["requests_written"]) == (1, 1, 1)
 
 
+def test_requests_whose_commit_failed_are_counted_as_written_once_a_later_commit_writes_them(served):
+    clock, store, _, _, joiner = served
+    writer = joiner.writer
+    writer.requests_per_file = 1
+    write_file = writer._write_file
+    writer._write_file = lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    joiner.add([(1, 10, [1.0], T0), (1, 11, [0.0], T0)])
+    clock.now = T0 + 10
+    with pytest.raises(OSError, match="No space left"):
+        joiner.add([(2, 20, [1.0], T0)])  # request 1 is due: taken by the writer, its commit fails
+    writer._write_file = write_file
+    clock.now = T0 + 20
+    joiner.add([(1, 12, [1.0], T0)])  # a replay: request 1 is the writer's now
+    joiner.close()
+    assert rows(joiner).num_rows == 3
+    s = joiner.stats
+    assert (s["joined"], s["requests_written"], s["already_written"]) == (3, 2, 1)
+    assert s["events"] == s["joined"] + s["duplicates"] + s["already_written"]
+
+
 def test_events_waiting_for_features_are_bounded_by_max_open(tmp_path, served):
     clock, store, items, user, _ = served
     joiner = LabelJoiner(store, DedupWriter(tmp_path / "w", items.schema, user.schema, ("click",)), ttl_s=100,

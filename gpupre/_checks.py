@@ -51,3 +51,17 @@ def ensure_instance(value, types, name: str, expected: str):
         shown = f"{name}={reprlib.repr(value)} ({type(value).__name__})"
         raise ConfigError(f"{shown} is of the wrong type; pass {expected}")
     return value
+
+
+def ensure_clock(clock, name: str):
+    """`clock` unchanged, once it can be called for the time now.
+
+    Raises:
+        ConfigError: it cannot; the message names it as `name`.
+    """
+    if not callable(clock):
+        raise ConfigError(
+            f"{name}={reprlib.repr(clock)} ({type(clock).__name__}) must be a function that returns the time now "
+            "in seconds, such as time.time"
+        )
+    return clock

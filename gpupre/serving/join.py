@@ -37,7 +37,7 @@ import time as _time
 
 import numpy as np
 
-from .._checks import ensure_instance, is_real
+from .._checks import ensure_clock, ensure_instance, is_real
 from ..errors import BackendUnavailable, ConfigError, DataError
 from .kv import KVStore
 from .loggers import _ensure_item_id, _ensure_request_id, item_key, user_key
@@ -74,7 +74,7 @@ class LabelJoiner:
         if not isinstance(max_open, int) or max_open < 1:
             raise ConfigError(f"LabelJoiner max_open={max_open!r} must be a positive integer")
         self.store, self.writer, self.ttl_s, self.window_s = store, writer, float(ttl_s), float(window_s)
-        self.clock, self.max_open = clock, max_open
+        self.clock, self.max_open = ensure_clock(clock, "LabelJoiner clock"), max_open
         self._id_type = writer.request_id_type  # int or str: the dataset's, or the first valid event's
         self.num_labels = len(writer.labels)
         self.needs_user = writer.user_codec is not None

@@ -29,7 +29,7 @@ import time
 import urllib.parse
 import warnings
 
-from .._checks import ensure_instance, ensure_integer, ensure_path, is_real
+from .._checks import ensure_clock, ensure_instance, ensure_integer, ensure_path, is_real
 from .._sqlite import connect
 from ..errors import BackendUnavailable, ConfigError, DataError, GpupreError
 from ._spill import SpillFile
@@ -149,7 +149,7 @@ class SqliteKV(KVStore):
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigError(f"synchronous={synchronous!r} must be 'NORMAL' or 'FULL'")
         ensure_path(path, "SqliteKV path", "a file path (or ':memory:')")
-        self.path, self.clock, self.purge_every_s = path, clock, float(purge_every_s)
+        self.path, self.clock, self.purge_every_s = path, ensure_clock(clock, "SqliteKV clock"), float(purge_every_s)
         self._next_purge = -math.inf
         try:
             self._db = connect(path, check_same_thread=False, isolation_level=None)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from ..batch import Batch
-from .._checks import ensure_instance, is_integer
+from .._checks import ensure_clock, ensure_instance, is_integer
 from ..errors import ConfigError, DataError
 from ..schema import Schema
 from .codec import FeatureCodec, encode_rows, ensure_schemas
@@ -229,7 +229,7 @@ class LazyLogger(EagerLogger):
         self.head, self.page, self.max_items, self.max_pending, self.max_queued_pages = map(
             operator.index, (head, page, max_items, max_pending, max_queued_pages)
         )
-        self.clock = clock
+        self.clock = ensure_clock(clock, "LazyLogger clock")
         self._pending = collections.OrderedDict()  # request -> [item ids, items, rows logged so far, ranked at]
         self._complete = collections.OrderedDict()  # request -> None: the last max_pending logged to their end
         self._lock = threading.Lock()

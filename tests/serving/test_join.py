@@ -379,8 +379,12 @@ def test_numpy_string_request_ids_join_as_strings(tmp_path, logged, labelled):
     (lambda p, s: TabularWriter(p, s, ("age",)), r"TabularWriter user_schema=\('age',\) \(tuple\) .*; pass a gp.Schema"),
     (lambda p, s: LabelJoiner(SqliteKV(), None), r"LabelJoiner writer=None \(NoneType\) .*; pass a DedupWriter or"),
     (lambda p, s: LabelJoiner(None, DedupWriter(p, s)), r"LabelJoiner store=None \(NoneType\) .*; pass the KVStore"),
+    (lambda p, s: SqliteKV(clock=None), r"SqliteKV clock=None \(NoneType\) must be a function that returns the time"),
+    (lambda p, s: LazyLogger(SqliteKV(), s, clock=T0), r"LazyLogger clock=1767225600.0 \(float\) must be a function"),
+    (lambda p, s: LabelJoiner(SqliteKV(), DedupWriter(p, s), clock="now"), r"LabelJoiner clock='now' \(str\) must be"),
 ], ids=["redis-none", "redis-int", "logger-store", "logger-path", "item-schema-list", "user-schema-str",
-        "writer-schema", "writer-path", "writer-user-schema", "joiner-writer", "joiner-store"])  # fmt: skip
+        "writer-schema", "writer-path", "writer-user-schema", "joiner-writer", "joiner-store", "store-clock",
+        "logger-clock", "joiner-clock"])  # fmt: skip
 def test_arguments_of_the_wrong_type_are_config_errors_naming_them(tmp_path, make, words):
     pytest.importorskip("redis")
     schema = gp.Schema((gp.Feature("price", "dense", "item"),))

@@ -260,8 +260,8 @@ class RedisKV(KVStore):
         except ImportError as e:
             raise BackendUnavailable(f"RedisKV needs redis-py ({e}); install it with `pip install 'gpupre[redis]'`") from e
         self._redis = redis
-        if not (is_real(backoff_s) and backoff_s >= 0):
-            raise ConfigError(f"RedisKV backoff_s={backoff_s!r} must be a number of seconds >= 0")
+        if not (is_real(backoff_s) and 0 <= backoff_s < math.inf):  # an infinite wait would fail, not spill
+            raise ConfigError(f"RedisKV backoff_s={backoff_s!r} must be a finite number of seconds >= 0")
         self.url, self.retries, self.backoff_s = url, ensure_integer(retries, "RedisKV retries"), float(backoff_s)
         self._shown_url = _without_password(url)
         try:

@@ -214,6 +214,7 @@ def test_a_deleted_key_does_not_come_back_from_the_spill_file(redis_server, tmp_
 def test_redis_arguments_spill_files_and_a_closed_store(tmp_path):
     pytest.importorskip("redis")
     for kw, words in (({"retries": 0}, "retries=0"), ({"retries": "3"}, "retries='3'"), ({"backoff_s": -1}, "backoff_s=-1"),
+                      ({"backoff_s": float("inf")}, "backoff_s=inf must be a finite number"),
                       ({"spill_path": str(tmp_path / "no" / "spill")}, "directory does not exist")):  # fmt: skip
         with pytest.raises(gp.ConfigError, match=words):
             RedisKV(_unused_url(), **kw)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import math
 import operator
 import os
 import time
@@ -33,6 +32,7 @@ from .writers import DedupWriter, TabularWriter
 __all__ = ["default_scroll", "simulate", "synthetic_features"]
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+LAST = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last time the writers file under an hour
 ITEM_FEATURES, USER_FEATURES = (8, 4, 4), (4, 6, 16)  # (dense, id lists, mean ids per list)
 PAGINATION_DELAY_S, JOIN_EVERY_S = 2.0, 60.0  # label events are joined a minute at a time
 
@@ -75,8 +75,16 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
             f"simulate needs integers requests={requests!r} > 0 and 0 < items={items!r} <= catalog={catalog!r}"
         )
     requests, items, catalog = map(operator.index, counts)
-    if not (is_real(duration_s) and math.isfinite(duration_s) and duration_s >= 0):
-        raise ConfigError(f"simulate duration_s={duration_s!r} must be a finite number of seconds >= 0")
+    if not (is_real(duration_s) and 0 <= duration_s <= LAST - START):  # every request filed under an hour
+        raise ConfigError(f"simulate duration_s={duration_s!r} must be a number of seconds in [0, {LAST - START:.0f}] "
+                          "(the requests start on 2026-01-01 and must be served before the year 10000)")  # fmt: skip
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"simulate path={path!r} must be the path of a new or empty directory")
+    if not (is_integer(seed) and seed >= 0):
+        raise ConfigError(f"simulate seed={seed!r} must be an integer >= 0")
+    if not callable(scroll):
+        raise ConfigError(f"simulate scroll={scroll!r} must be a function f(rng, head, page, size) -> items each of "
+                          "`size` users sees, like default_scroll")  # fmt: skip
     for name, rate in (("duplicate_rate", duplicate_rate), ("late_rate", late_rate)):
         if not (is_real(rate) and 0 <= rate <= 1):
             raise ConfigError(f"simulate {name}={rate!r} must be a share of the label events, in [0, 1]")

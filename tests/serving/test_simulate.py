@@ -58,10 +58,19 @@ def test_bad_arguments_are_config_errors(tmp_path):
     ({"late_rate": True}, r"late_rate=True must be .* in \[0, 1\]"),
     ({"scroll": lambda rng, head, page, size: np.full(size, 7.5)}, "scroll returned float64 of shape"),
     ({"scroll": lambda rng, head, page, size: 5}, r"scroll returned int64 of shape \(\)"),
-], ids=["bool-requests", "negative-duration", "duplicate-rate", "late-rate", "bool-rate", "float-scroll", "scalar-scroll"])  # fmt: skip
+    ({"duration_s": 1e12}, r"duration_s=1000000000000.0 must be .* before the year 10000"),
+    ({"seed": -1}, "seed=-1 must be an integer >= 0"),
+    ({"scroll": None}, "scroll=None must be a function"),
+], ids=["bool-requests", "negative-duration", "duplicate-rate", "late-rate", "bool-rate", "float-scroll", "scalar-scroll",
+        "duration-past-9999", "negative-seed", "no-scroll"])  # fmt: skip
 def test_bad_counts_rates_and_scroll_functions_are_config_errors(tmp_path, kw, words):
     with pytest.raises(gp.ConfigError, match=words):
         simulate(tmp_path, **{"requests": 20, "progress": False, **kw})
+
+
+def test_a_path_that_is_no_path_is_a_config_error():
+    with pytest.raises(gp.ConfigError, match="path=5 must be the path of a new or empty directory"):
+        simulate(5, requests=20, progress=False)
 
 
 def test_numpy_integer_counts_are_accepted(tmp_path):

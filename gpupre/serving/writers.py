@@ -90,9 +90,13 @@ class _HourlyWriter:
         for name, value in (("requests_per_file", requests_per_file), ("row_group_rows", row_group_rows)):
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{type(self).__name__} {name}={value!r} must be a positive integer")
-        self.labels = (labels,) if isinstance(labels, str) else tuple(labels)
-        if not self.labels:
-            raise ConfigError(f"{type(self).__name__} needs at least one label name, got {labels!r}")
+        try:
+            self.labels = (labels,) if isinstance(labels, str) else tuple(labels)
+        except TypeError:  # not a name nor names: refused below
+            self.labels = ()
+        if not self.labels or not all(isinstance(name, str) for name in self.labels):
+            raise ConfigError(f"{type(self).__name__} needs at least one label name, and names are strings: "
+                              f"got labels={labels!r}")  # fmt: skip
         self.path = os.path.abspath(os.fspath(path))
         self.requests_per_file, self.row_group_rows = requests_per_file, row_group_rows
         self.items_codec = FeatureCodec(item_schema)

@@ -85,7 +85,7 @@ def test_the_ledger_forgets_requests_whose_features_expired(tmp_path):
 
 def test_bad_arguments_are_config_errors(tmp_path):
     item_schema, user_schema, _ = joined_requests(1)
-    for kw in ({"labels": ()}, {"requests_per_file": 0}, {"row_group_rows": -1}):
+    for kw in ({"labels": ()}, {"labels": (1, 2)}, {"labels": None}, {"requests_per_file": 0}, {"row_group_rows": -1}):
         try:
             DedupWriter(tmp_path, item_schema, user_schema, **kw)
         except gp.ConfigError as e:

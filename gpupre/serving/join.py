@@ -83,6 +83,7 @@ class LabelJoiner:
         self._open: collections.OrderedDict = collections.OrderedDict()
         self._waiting = 0  # items in _open whose bytes were not found yet
         self._rejects_path = os.path.join(writer.path, "_rejected.jsonl")
+        self._rejects_unchecked = True  # whether the file may end in a line cut short
         # requests written early whose window is still open: request -> served, and a heap of (served, order, request)
         self._closed_early, self._closed_early_heap, self._closed_order = {}, [], itertools.count()
         self.stats = {"events": 0, "joined": 0, "duplicates": 0, "already_written": 0, "requests_closed_early": 0,
@@ -223,10 +224,18 @@ class LabelJoiner:
     def _reject(self, rejected: list, now: float) -> None:
         if not rejected:
             return
-        with open(self._rejects_path, "a") as f:
-            for reason, event, why in rejected:
-                self.stats[reason] += 1
-                f.write(json.dumps({"reason": reason, "why": why, "event": _jsonable(event), "seen_at": now}) + "\n")
+        lines = []
+        for reason, event, why in rejected:
+            self.stats[reason] += 1
+            lines.append(json.dumps({"reason": reason, "why": why, "event": _jsonable(event), "seen_at": now}) + "\n")
+        with open(self._rejects_path, "a+b") as f:
+            if self._rejects_unchecked:  # a line cut short (a process killed while writing it) is ended first,
+                # so that the next line is not appended to it
+                self._rejects_unchecked = False
+                end = f.seek(0, os.SEEK_END)
+                if end and (f.seek(end - 1), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
+            f.write("".join(lines).encode())
 
     def _write_due(self, now: float) -> None:
         due = [r for r, entry in self._open.items() if now - entry[0] >= self.window_s]

@@ -97,6 +97,19 @@ def test_late_unknown_malformed_and_corrupt_events_are_counted_and_kept(served):
     assert "not joined" in joiner.report() and "_rejected.jsonl" in joiner.report()
 
 
+def test_a_rejected_line_cut_short_by_a_killed_joiner_does_not_swallow_the_next_joiners_lines(served):
+    clock, store, _, _, joiner = served
+    with open(joiner._rejects_path, "w") as f:
+        f.write('{"reason": "late", "why": "came af')  # the process was killed while writing this line
+    joiner.add([(1, 99, [1.0], T0 - 200), "junk"])
+    joiner.add(["more junk"])
+    joiner.close()
+    with open(joiner._rejects_path) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == '{"reason": "late", "why": "came af'
+    assert [json.loads(line)["reason"] for line in lines[1:]] == ["late", "malformed", "malformed"]
+
+
 def test_requests_wait_for_their_window_and_memory_is_bounded(tmp_path, served):
     clock, store, items, user, joiner = served
     joiner.add([(1, 10, [0.0], T0)])

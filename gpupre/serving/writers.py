@@ -27,6 +27,7 @@ ConfigError (its files would make a dataset `gp.Dataset` refuses).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import glob
@@ -278,8 +279,14 @@ class _HourlyWriter:
         os.makedirs(directory, exist_ok=True)
         final = os.path.join(directory, f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")  # in commit order
         tmp = final + ".tmp"
-        rows = self._write_file(requests, tmp)
-        _fsync(tmp)  # the data is on disk before the ledger says it is there
+        try:
+            rows = self._write_file(requests, tmp)
+            _fsync(tmp)  # the data is on disk before the ledger says it is there
+        except BaseException:  # the requests stay buffered for the next commit; its part file goes (a full
+            # disk would fill up with one per retry)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         with ledger:  # the commit makes the file count; readers see it once renamed, next
             ledger.execute("INSERT INTO files VALUES (?)", (os.path.relpath(final, self.path),))
             ledger.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?)",

@@ -98,10 +98,17 @@ def test_a_failed_write_keeps_its_requests_and_mixed_id_types_are_refused(tmp_pa
     item_schema, user_schema, requests = joined_requests(3)
     writer = DedupWriter(tmp_path, item_schema, user_schema, ("click", "like"))
     writer.write(requests)
-    monkeypatch.setattr(writer, "_write_file", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
-        writer.flush()
+    def write_file(requests, path):  # the disk fills up halfway through the file
+        with open(path, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "_write_file", write_file)
+    for attempt in range(3):
+        with pytest.raises(OSError):
+            writer.flush()
     assert writer.contains(1)
+    assert not list(tmp_path.glob("hour=*/*.tmp"))  # no part file left per attempt
     monkeypatch.undo()
     writer.flush()
     assert writer.stats["requests"] == 3

@@ -82,6 +82,9 @@ def _load_model(spec: str):
         load = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"--model {spec!r}: {e}; the module must be importable from the working directory") from e
+    if not callable(load):
+        raise ConfigError(f"--model {spec!r} names a {type(load).__name__}, not a function; name the function that "
+                          "returns the trained model")  # fmt: skip
     return load()
 
 

@@ -35,6 +35,8 @@ def test_gpupre_audit_prints_the_report_and_writes_the_pruned_pipeline(trained, 
 def test_a_model_that_cannot_be_loaded_is_an_error_naming_it(trained, capsys):
     assert main(["audit", trained.held_out.paths[0], "--model", "no_such_module:load"]) == 2
     assert "no_such_module" in capsys.readouterr().err
+    assert main(["audit", trained.held_out.paths[0], "--model", "os:sep"]) == 2
+    assert "--model 'os:sep' names a str, not a function" in capsys.readouterr().err
 
 
 def test_an_output_path_in_a_missing_directory_fails_before_the_audit_runs(synth_file, capsys):

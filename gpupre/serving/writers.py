@@ -143,7 +143,8 @@ class _HourlyWriter:
                               "open the writer the dataset was written with, or write to a new directory")  # fmt: skip
         self._pending: dict[str, dict] = {}  # hour -> {request id: JoinedRequest}
         self.request_id_type = {"int": int, "str": str, None: None}[stored.get("request_id_type")]
-        self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "removed_uncommitted": self._recover(data)}
+        self.stats = {"files": 0, "requests": 0, "rows": 0, "bytes": 0, "already_written": 0,
+                      "removed_uncommitted": self._recover(data)}  # fmt: skip
 
     def _layout_problem(self, stored: dict) -> str:
         """How the dataset the ledger describes differs from what this writer writes ("" if it does not)."""
@@ -203,6 +204,9 @@ class _HourlyWriter:
     def write(self, requests) -> None:
         """Buffer joined requests; an hour whose buffer is full is committed.
 
+        A request the writer already holds (committed, or buffered by this or an earlier call) is
+        a replay: it is skipped, counted in `stats["already_written"]`, and the first one stays.
+
         Raises:
             ConfigError: the writer is closed.
             DataError: request ids of both types (integers and strings) in one dataset, or a
@@ -220,11 +224,27 @@ class _HourlyWriter:
             )
         if kinds:
             self.request_id_type = kinds.pop()
-        for request, hour in zip(requests, hours):  # all buffered before any commit, which may fail
-            self._pending.setdefault(hour, {})[str(request.request_id)] = request
+        keys = [str(request.request_id) for request in requests]
+        held = self._held(keys)
+        for request, hour, key in zip(requests, hours, keys):  # all buffered before any commit, which may fail
+            if key in held:  # written twice, its rows would be in the dataset twice
+                self.stats["already_written"] += 1
+                continue
+            held.add(key)
+            self._pending.setdefault(hour, {})[key] = request
         for hour in dict.fromkeys(hours):
-            if len(self._pending[hour]) >= self.requests_per_file:
+            if len(self._pending.get(hour, ())) >= self.requests_per_file:
                 self._commit(hour)
+
+    def _held(self, keys: list[str]) -> set[str]:
+        """Those of the request `keys` that are committed or buffered."""
+        held = {key for key in keys if any(key in pending for pending in self._pending.values())}
+        ledger, keys = self._open_ledger(), list(set(keys) - held)
+        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[start : start + 500]
+            query = f"SELECT id FROM requests WHERE id IN ({','.join('?' * len(chunk))})"
+            held.update(key for (key,) in ledger.execute(query, chunk))
+        return held
 
     def _hour(self, r) -> str:
         """The hour `r` is filed under, once it is a JoinedRequest this writer can write.

@@ -74,6 +74,24 @@ def test_committed_requests_are_remembered_and_uncommitted_files_removed(tmp_pat
     assert sorted(set(whole(str(tmp_path)).extras["request_id"].tolist())) == list(range(10))
 
 
+@pytest.mark.parametrize("cls", [DedupWriter, TabularWriter])
+def test_a_request_written_again_is_a_replay_and_keeps_its_first_rows(tmp_path, cls):
+    item_schema, user_schema, requests = joined_requests(3)
+    shorter = requests[2]._replace(item_ids=requests[2].item_ids[:1], items=requests[2].items[:1],
+                                   labels=requests[2].labels[:1])  # fmt: skip
+    with cls(tmp_path, item_schema, user_schema, ("click", "like")) as first:
+        first.write(requests[:2])
+        first.flush()
+        first.write(requests[:1])  # committed already
+        first.write([requests[2], shorter])  # twice in one call
+        first.write([shorter])  # buffered already
+    with cls(tmp_path, item_schema, user_schema, ("click", "like")) as second:  # the ledger remembers
+        second.write(requests)
+    ids, counts = np.unique(whole(str(tmp_path)).extras["request_id"], return_counts=True)
+    assert ids.tolist() == [0, 1, 2] and counts.tolist() == [len(r.item_ids) for r in requests]
+    assert first.stats["already_written"] == second.stats["already_written"] == 3
+
+
 def test_the_ledger_forgets_requests_whose_features_expired(tmp_path):
     item_schema, user_schema, requests = joined_requests(4)
     with TabularWriter(tmp_path, item_schema, user_schema, ("click", "like")) as writer:

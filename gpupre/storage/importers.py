@@ -161,11 +161,17 @@ _NOT_TEXT = (
 
 
 def _open_source(src):
-    """`open(src, "rb")`, with a DataError naming the path when it is missing, unreadable or not text."""
+    """`open(src, "rb")`, with a DataError naming the path when it is missing, unreadable, not
+    text, or a pipe: the importers read a file more than once (its first line, then all of it), and
+    a pipe's second read would start where the first stopped, without the rows that read took."""
     try:
         f = open(src, "rb")
     except OSError as e:
         raise DataError(f"cannot read {src}: {e.strerror}; pass the path of an existing text file") from e
+    if not f.seekable():
+        f.close()
+        raise DataError(f"{src} is a pipe, which the importer cannot read twice (its first line, then its rows); "
+                        "save it to a file and pass that file")  # fmt: skip
     start = f.peek(8)[:8]
     what = next((what for magic, what in _NOT_TEXT if start.startswith(magic)), None)
     if what is None and start[:3] == b"BZh" and start[3:4].isdigit():

@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import os
 import shutil
 
 import numpy as np
@@ -281,6 +282,20 @@ def test_a_missing_source_is_a_data_error_naming_it(tmp_path, importer):
     (tmp_path / "src").mkdir()
     with pytest.raises(gp.DataError, match=r"cannot read .*src"):
         importer(tmp_path / "src", tmp_path / "x.parquet", progress=False)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="names a pipe by /dev/fd")
+def test_a_pipe_is_a_data_error_not_read_twice(tmp_path):
+    gp.storage.write_criteo_text(tmp_path / "day.tsv", rows=5, header=False)
+    read, write = os.pipe()
+    os.write(write, (tmp_path / "day.tsv").read_bytes())  # `cat day.tsv | gpupre import criteo /dev/stdin ...`
+    os.close(write)
+    try:
+        with pytest.raises(gp.DataError, match=f"/dev/fd/{read} is a pipe, which the importer cannot read twice"):
+            import_criteo(f"/dev/fd/{read}", tmp_path / "x.parquet", progress=False)
+    finally:
+        os.close(read)
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_a_destination_directory_is_a_config_error(tmp_path):

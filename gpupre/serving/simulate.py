@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..batch import Batch, KeyedJagged
-from .._checks import is_integer, is_real
+from .._checks import ensure_path, is_integer, is_real
 from ..errors import ConfigError
 from ..schema import Feature, Schema
 from .join import LabelJoiner
@@ -78,8 +78,7 @@ def simulate(path, requests: int = 2000, items: int = 100, catalog: int = 5000, 
     if not (is_real(duration_s) and 0 <= duration_s <= LAST - START):  # every request filed under an hour
         raise ConfigError(f"simulate duration_s={duration_s!r} must be a number of seconds in [0, {LAST - START:.0f}] "
                           "(the requests start on 2026-01-01 and must be served before the year 10000)")  # fmt: skip
-    if not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"simulate path={path!r} must be the path of a new or empty directory")
+    ensure_path(path, "simulate path", "the path of a new or empty directory")
     if not (is_integer(seed) and seed >= 0):
         raise ConfigError(f"simulate seed={seed!r} must be an integer >= 0")
     if not callable(scroll):

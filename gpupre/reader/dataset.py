@@ -335,18 +335,19 @@ class Dataset:
         Columns named as the new label or pass-through columns leave the kept projection.
 
         Raises:
+            ConfigError: a label or pass-through column is not named as a string.
             SchemaError: a named column does not exist.
         """
+        label = self.schema.labels if label is None else _ensure_names(label, "label")  # read once: a generator too
+        passthrough = self.schema.extras if passthrough is None else _ensure_names(passthrough, "passthrough")
         if features is None:
-            moved = {label} if isinstance(label, str) else set(label or ())
-            moved |= {passthrough} if isinstance(passthrough, str) else set(passthrough or ())
-            features = [name for name in self.schema.names if name not in moved]
+            features = [name for name in self.schema.names if name not in {*label, *passthrough}]
         return Dataset(
             self.paths,
             features=features,
             filesystem=self.filesystem,
-            label=self.schema.labels if label is None else label,
-            passthrough=self.schema.extras if passthrough is None else passthrough,
+            label=label,
+            passthrough=passthrough,
             expand=self.expand,
             cache_options=self.cache_options,
             access_log=self.access_log,

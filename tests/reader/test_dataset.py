@@ -244,6 +244,17 @@ def test_names_given_as_a_generator_or_numpy_array_are_the_projection(synth_file
     assert gp.Dataset(synth_file, passthrough=None).schema.extras == ()
 
 
+def test_with_columns_takes_names_given_as_a_generator_and_refuses_names_that_are_not_strings(synth_file):
+    ds = gp.Dataset(synth_file, features=["dense_000", "dense_001"])
+    moved = ds.with_columns(label=(n for n in ["dense_001"]), passthrough=(n for n in ["row_id"]))
+    assert moved.schema.names == ("dense_000",) and moved.schema.labels == ("dense_001",)
+    assert moved.schema.extras == ("row_id",)
+    with pytest.raises(gp.ConfigError, match=r"label=1 must be a column name"):
+        ds.with_columns(label=1)
+    with pytest.raises(gp.ConfigError, match=r"passthrough=5 must be a column name"):
+        ds.with_columns(passthrough=5)
+
+
 @pytest.mark.parametrize(
     ("kw", "words"),
     [({"features": 3}, r"features=3 must be a column name or a list of them"),

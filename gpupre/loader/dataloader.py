@@ -15,6 +15,8 @@ import secrets
 import time
 import weakref
 
+import numpy as np
+
 from .._checks import ensure_integer, is_integer, is_real
 from ..batch import Batch
 from ..errors import ConfigError, DataError, RemoteTraceback, describe
@@ -100,6 +102,9 @@ class DataLoader:
         self.prefetch = ensure_integer(prefetch, "prefetch")
         if not (is_integer(world_size) and world_size > 0 and is_integer(rank) and 0 <= rank < world_size):
             raise ConfigError(f"rank={rank!r} must be in [0, world_size={world_size!r}) with world_size >= 1")
+        for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(value, (bool, np.bool_)):  # bool("false") is True: a string from a config would shuffle
+                raise ConfigError(f"{name}={value!r} must be True or False")
         if on_bad_unit not in ("raise", "skip"):
             raise ConfigError(f"on_bad_unit={on_bad_unit!r} must be 'raise' or 'skip'")
         if not (is_real(timeout) and 0 <= timeout < math.inf):

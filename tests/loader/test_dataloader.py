@@ -392,7 +392,8 @@ def test_stats_report_rows_bytes_and_stage_times(ds):
      ({"on_bad_unit": "ignore"}, "on_bad_unit='ignore'"), ({"read_batch_size": 1.5}, "read_batch_size=1.5"),
      ({"read_batch_size": 0}, "read_batch_size=0"), ({"seed": "a"}, "seed='a'"), ({"device": "gpu"}, "device='gpu'"),
      ({"pipeline": [gp.Hash("x", 10)]}, "wrap the ops: gp.Pipeline"), ({"timeout": -1}, "timeout=-1"),
-     ({"timeout": 5}, "timeout needs worker processes")],
+     ({"timeout": 5}, "timeout needs worker processes"), ({"shuffle": "false"}, "shuffle='false' must be True or False"),
+     ({"drop_last": None}, "drop_last=None must be True or False")],
 )  # fmt: skip
 def test_bad_arguments_are_config_errors(ds, kw, words):
     with pytest.raises(gp.ConfigError, match=words.replace("[", r"\[")):

@@ -81,6 +81,12 @@ class Dataset:
         for name in not_features:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
+        twice = [n for i, n in enumerate(not_features) if n in not_features[:i]]
+        if twice:
+            raise SchemaError(
+                f"{first}: column {twice[0]!r} is named twice in label={labels!r} and passthrough={passthrough!r}; "
+                "name each column once, as a label or as a pass-through column"
+            )
         both = [n for n in features or () if n in not_features]
         if both:
             role = "a label" if both[0] in (labels or ()) else "a pass-through column"

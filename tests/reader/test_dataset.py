@@ -244,6 +244,14 @@ def test_names_given_as_a_generator_or_numpy_array_are_the_projection(synth_file
     assert gp.Dataset(synth_file, passthrough=None).schema.extras == ()
 
 
+@pytest.mark.parametrize("kw", [{"label": "label", "passthrough": "label"}, {"label": ["label", "label"]},
+                                {"passthrough": ["row_id", "row_id"]}])  # fmt: skip
+def test_a_column_named_twice_as_label_or_pass_through_is_refused_naming_it(synth_file, kw):
+    name = "label" if "label" in kw else "row_id"
+    with pytest.raises(gp.SchemaError, match=rf"column '{name}' is named twice in label=.*name each column once"):
+        gp.Dataset(synth_file, **kw)
+
+
 def test_with_columns_takes_names_given_as_a_generator_and_refuses_names_that_are_not_strings(synth_file):
     ds = gp.Dataset(synth_file, features=["dense_000", "dense_001"])
     moved = ds.with_columns(label=(n for n in ["dense_001"]), passthrough=(n for n in ["row_id"]))

@@ -446,7 +446,7 @@ def _resolve(path, filesystem):
                 for i in found
                 if i.type == pafs.FileType.File
                 and i.base_name.endswith(PARQUET_SUFFIXES)
-                and not i.base_name.startswith(("_", "."))
+                and not _hidden(i.path, p)
             )
             if not inside:
                 raise DataError(f"{p} holds no Parquet files (*{', *'.join(PARQUET_SUFFIXES)})")
@@ -463,6 +463,15 @@ def _resolve(path, filesystem):
             )
         seen.add(p)
     return filesystem, files, tuple(directories)
+
+
+def _hidden(path: str, directory: str) -> bool:
+    """Whether a file found under `directory` is hidden (its name, or a directory's between them,
+    starts with "_" or "."), as pyarrow, Spark and Hive take it: marker files, a job's `_temporary/`
+    output, notebooks' `.ipynb_checkpoints/` copies."""
+    base = directory.rstrip("/") + "/"
+    relative = path[len(base) :] if path.startswith(base) else path.rsplit("/", 1)[-1]
+    return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
 def _stamp(info: pafs.FileInfo) -> tuple:

@@ -24,6 +24,9 @@ def test_directory_and_list_of_paths_give_the_same_units(synth_dir, tmp_path):
     (tmp_path / "copy" / "_SUCCESS").write_text("")
     (tmp_path / "copy" / "notes.txt").write_text("not parquet")
     shutil.copy(os.path.join(synth_dir, "part-00000.parquet"), tmp_path / "copy" / ".hidden.parquet")
+    for hidden in ("_temporary/0", ".ipynb_checkpoints"):  # a job's uncommitted output, a notebook's copies
+        (tmp_path / "copy" / hidden).mkdir(parents=True)
+        shutil.copy(os.path.join(synth_dir, "part-00000.parquet"), tmp_path / "copy" / hidden / "part-00000.parquet")
 
     by_dir = gp.Dataset(tmp_path / "copy")
     files = [tmp_path / "copy" / f"part-0000{i}.parquet" for i in range(3)]

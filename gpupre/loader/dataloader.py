@@ -219,6 +219,7 @@ class DataLoader:
                     "restore the dict that state_dict() returned, unchanged"
                 )
         self.epoch, self.delivered, self.steps = epoch, delivered, steps
+        self._generation += 1  # a loop begun before goes no further: it would move this cursor from its own
 
     def stats(self) -> dict:
         """Rows/s, bytes read and staged (what goes to a GPU), the consumer's wait, time per stage (s)."""
@@ -239,21 +240,23 @@ class DataLoader:
         epoch, cursor = self.epoch, self.delivered
         units = self._units(epoch, self.rank)
         self._generation += 1
+        generation = self._generation
         # rows still to deliver; without padding a skipped unit's rows count as delivered
         pad = self._pads
         remaining = target - min(target, self.steps * self.batch_size) if pad else target - cursor
         start = time.perf_counter()
         in_flight = collections.deque()  # (batch, cursor advance): staged and sent to the device
         try:
-            slabs = self._passes(units, cursor, epoch, self._generation, pad)
+            slabs = self._passes(units, cursor, epoch, generation, pad)
             for staged, advance in self._rebatch(slabs, remaining, pad):
                 in_flight.append((self._device_stage(staged), advance))
                 if len(in_flight) > self._ahead:
-                    yield self._deliver(*in_flight.popleft(), start)
+                    yield self._deliver(*in_flight.popleft(), start, generation)
             while in_flight:
-                yield self._deliver(*in_flight.popleft(), start)
+                yield self._deliver(*in_flight.popleft(), start, generation)
         finally:
             self._stats["wall_s"] = time.perf_counter() - start
+        self._ensure_current(generation)  # else its end would end the epoch of the newer loop
         self._stats["rows_left_for_balance"] = max(0, sum(u.num_rows for u in units) - target)
         self.epoch, self.delivered, self.steps = epoch + 1, 0, 0
 
@@ -288,7 +291,17 @@ class DataLoader:
                 )
             skip = 0
 
-    def _deliver(self, batch: Batch, advance: int, start: float) -> Batch:
+    def _ensure_current(self, generation: int) -> None:
+        """Raise if a newer loop began, or load_state_dict moved the cursor, since this loop's start."""
+        if self._generation != generation:
+            raise ConfigError(
+                "a newer iteration of this DataLoader started (or load_state_dict moved its cursor), so this "
+                "one cannot go on; iterate one at a time"
+            )
+
+    def _deliver(self, batch: Batch, advance: int, start: float, generation: int) -> Batch:
+        # checked here, not only where slabs are taken: a batch may come from slabs already held
+        self._ensure_current(generation)
         if self._streams is not None:  # the consumer's stream waits for the batch's work
             import torch
 
@@ -393,8 +406,7 @@ class DataLoader:
         for index, slabs in self._source.slabs(tasks, self.dataset, self._stage, self.read_batch_size, self._stats,
                                                self.timeout):  # fmt: skip
             self._stats["wait_s"] += time.perf_counter() - wait
-            if self._generation != generation:
-                raise ConfigError("a newer iteration of this DataLoader started; iterate one at a time")
+            self._ensure_current(generation)
             if isinstance(slabs, str):  # the unit could not be read: nothing of it was delivered
                 _, unit, skip = tasks[index][:3]
                 self._bad_unit(unit, slabs)
@@ -474,8 +486,7 @@ class DataLoader:
         dispatch()
         try:
             while next_at < len(order):
-                if self._generation != generation:
-                    raise ConfigError("a newer iteration of this DataLoader started; iterate one at a time")
+                self._ensure_current(generation)
                 key = order[next_at]
                 if (key, next_slab) in slabs:
                     slab = slabs.pop((key, next_slab))

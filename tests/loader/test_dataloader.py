@@ -502,15 +502,45 @@ def test_drop_last_with_a_skipped_unit_delivers_only_whole_batches(ds_with_a_bad
     assert sizes == [64] * 8  # 550 readable rows
 
 
-def test_a_second_iteration_stops_the_first(ds):
-    loader = _loader(ds, num_workers=2)
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("read_batch_size", [20, 50])  # 50: the first's next batch is in a slab it holds
+def test_a_second_iteration_stops_the_first(ds, workers, read_batch_size):
+    loader = _loader(ds, num_workers=workers, read_batch_size=read_batch_size, batch_size=16)
     first = iter(loader)
-    next(first)
+    ids = epoch_ids([next(first)])
     second = iter(loader)
-    assert next(second).num_rows == 64
+    ids += epoch_ids([next(second)])
     with pytest.raises(gp.ConfigError, match="a newer iteration"):
-        list(first)
+        for batch in first:
+            ids += epoch_ids([batch])
+    ids += epoch_ids(list(second))
     loader.close()
+    assert sorted(ids) == list(range(600))  # nothing twice, nothing left out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_load_state_dict_stops_a_loop_begun_before_it(ds, workers):
+    loader = _loader(ds, num_workers=workers, batch_size=16, read_batch_size=50)
+    start = loader.state_dict()
+    loop = iter(loader)
+    next(loop)
+    loader.load_state_dict(start)
+    with pytest.raises(gp.ConfigError, match="load_state_dict moved its cursor"):
+        next(loop)
+    assert sorted(epoch_ids(list(loader))) == list(range(600))
+    loader.close()
+
+
+def test_a_loop_left_at_its_last_batch_does_not_end_the_epoch_of_a_newer_one(ds):
+    loader = _loader(ds)
+    old = iter(loader)
+    for _ in range(len(loader)):
+        next(old)  # the epoch's last batch: the next loop starts epoch 1
+    new = iter(loader)
+    next(new)
+    with pytest.raises(gp.ConfigError, match="a newer iteration"):
+        next(old)
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["steps"] == 1
 
 
 def test_stopping_early_and_closing_leaves_no_shared_memory(ds):

@@ -12,6 +12,7 @@ import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .._checks import ensure_integer
 from ..batch import Batch, list_parts, one_array
 from ..errors import ConfigError, DataError, SchemaError
 from ..schema import DEDUP_METADATA_KEY, METADATA_KEY, REQUEST_GROUPS, Schema, is_number_type, score_owner, unknown_message
@@ -230,9 +231,10 @@ class Dataset:
 
         Raises:
             DataError: the row group cannot be decoded (names the file and row group).
-            ConfigError: `unit` is not one of this dataset's work units.
+            ConfigError: `unit` is not one of this dataset's work units, or `rows` is not an integer >= 1.
         """
         self._ensure_unit(unit)
+        rows = ensure_integer(rows, "read_slabs rows")  # pyarrow would blame the file for a bad one, or round it
         if self._dedup is not None:  # rows of the file are requests: about `rows` impressions a slab
             rows = max(1, rows * self._row_counts[unit.path][unit.row_group] // unit.num_rows)
         try:

@@ -381,6 +381,13 @@ def test_read_slabs_records_a_unit_whose_reader_stops_at_its_last_row(synth_file
     assert rows == ds.num_rows
 
 
+@pytest.mark.parametrize("rows", [0, -1, 1.5, True, None])
+def test_read_slabs_of_a_bad_number_of_rows_is_a_config_error_not_a_corrupt_file(synth_file, rows):
+    ds = gp.Dataset(synth_file, features=["dense_000"])
+    with pytest.raises(gp.ConfigError, match=rf"read_slabs rows={rows!r} must be an integer >= 1"):
+        next(ds.read_slabs(ds.units()[0], rows))
+
+
 def test_a_column_missing_from_the_first_file_is_a_schema_error_naming_both(tmp_path):
     with_y = pa.table({"x": pa.array([1.0, 2.0], pa.float32()), "y": pa.array([[1], [2, 3]]), "label": [0.0, 1.0]})
     without_y = pa.table({"x": pa.array([3.0], pa.float32()), "label": [1.0]})

@@ -472,7 +472,10 @@ def _hidden(path: str, directory: str) -> bool:
     starts with "_" or "."), as pyarrow, Spark and Hive take it: marker files, a job's `_temporary/`
     output, notebooks' `.ipynb_checkpoints/` copies."""
     base = directory.rstrip("/") + "/"
-    relative = path[len(base) :] if path.startswith(base) else path.rsplit("/", 1)[-1]
+    if base == "/":  # the root of its filesystem (a SubTreeFileSystem's, say): every part counts
+        relative = path
+    else:
+        relative = path[len(base) :] if path.startswith(base) else path.rsplit("/", 1)[-1]
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 

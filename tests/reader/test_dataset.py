@@ -238,6 +238,17 @@ def test_an_unknown_projected_feature_of_a_plain_file_suggests_close_names(tmp_p
         gp.Dataset(tmp_path / "plain.parquet", features=["pirce"])
 
 
+@pytest.mark.parametrize("root", ["", "/"])
+def test_a_dataset_of_its_filesystems_root_skips_hidden_directories(synth_file, tmp_path, root):
+    import pyarrow.fs as pafs
+
+    for directory in ("data", "_temporary/0"):
+        (tmp_path / directory).mkdir(parents=True)
+        shutil.copy(synth_file, tmp_path / directory / "part-0.parquet")
+    ds = gp.Dataset(root, filesystem=pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()))
+    assert ds.paths == ["data/part-0.parquet"]
+
+
 def test_names_given_as_a_generator_or_numpy_array_are_the_projection(synth_file):
     wanted = ["sparse_001", "dense_000"]
     for given in ((name for name in wanted), np.array(wanted)):

@@ -14,6 +14,7 @@ import queue
 import secrets
 import time
 import weakref
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 
@@ -600,6 +601,13 @@ class DataLoader:
         if self._workers and all(p.is_alive() for p in self._workers):
             return
         self.close()
+        try:  # as the setup queue will: its feeder thread would only print the error, and the workers wait for ever
+            ForkingPickler.dumps((self.dataset, self._stage))
+        except Exception as e:  # noqa: BLE001 - any pickling failure, named
+            raise ConfigError(
+                f"the dataset and pipeline go to the worker processes pickled, and cannot be ({describe(e)}); "
+                "pass a filesystem= (and ops) that pickle, or num_workers=0 to read in this process"
+            ) from e
         context = mp.get_context("spawn")  # fork would copy numba's and torch's threads
         self._task_queue, self._result_queue = context.Queue(), context.Queue()
         # The dataset and pipeline go through a queue, not the process arguments: a spawned process

@@ -7,15 +7,18 @@ import pickle
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
 from resume import check_resume, epoch_ids, interrupted
 
 import gpupre as gp
+from gpupre.storage.iostats import DelegatingHandler
 
 
 @pytest.fixture(scope="module")
@@ -440,6 +443,21 @@ def test_loaders_with_workers_are_closed_at_exit(ds):
     workers = list(loader._workers)
     dataloader._close_at_exit()  # what atexit runs
     assert workers and loader._workers == [] and not any(p.is_alive() for p in workers)
+
+
+class _SessionHandler(DelegatingHandler):
+    def __init__(self, base):
+        super().__init__(base)
+        self.session = threading.Lock()  # a store's client session, say: it does not pickle
+
+
+def test_a_dataset_that_cannot_be_pickled_for_the_workers_is_a_config_error_not_a_hang(tmp_path):
+    ds = gp.Dataset(_plain_file(tmp_path), filesystem=pafs.PyFileSystem(_SessionHandler(pafs.LocalFileSystem())))
+    assert sum(b.num_rows for b in _loader(ds)) == 300  # read in this process, nothing is pickled
+    loader = _loader(ds, num_workers=1)
+    with pytest.raises(gp.ConfigError, match=r"cannot be \(TypeError: cannot pickle '_thread.lock'.*num_workers=0"):
+        next(iter(loader))
+    assert loader._workers == []
 
 
 def test_a_dataset_is_required():

@@ -219,8 +219,9 @@ class DataLoader:
                     f"state_dict {key}={value} is more than epoch {epoch}'s {limit} {'steps' if key == 'steps' else 'rows'}; "
                     "restore the dict that state_dict() returned, unchanged"
                 )
-        self.epoch, self.delivered, self.steps = epoch, delivered, steps
-        self._generation += 1  # a loop begun before goes no further: it would move this cursor from its own
+        if (epoch, delivered, steps) != (self.epoch, self.delivered, self.steps):
+            self.epoch, self.delivered, self.steps = epoch, delivered, steps
+            self._generation += 1  # a loop begun before goes no further: it would move this cursor from its own
 
     def stats(self) -> dict:
         """Rows/s, bytes read and staged (what goes to a GPU), the consumer's wait, time per stage (s)."""

@@ -549,6 +549,15 @@ def test_load_state_dict_stops_a_loop_begun_before_it(ds, workers):
     loader.close()
 
 
+def test_load_state_dict_of_the_cursor_where_the_loader_stands_leaves_its_loop_going(ds):
+    loader = _loader(ds, batch_size=16)
+    loop = iter(loader)
+    ids = epoch_ids([next(loop)])
+    loader.load_state_dict(loader.state_dict())  # a checkpoint's round trip, say
+    ids += epoch_ids(list(loop))
+    assert sorted(ids) == list(range(600))
+
+
 def test_a_loop_left_at_its_last_batch_does_not_end_the_epoch_of_a_newer_one(ds):
     loader = _loader(ds)
     old = iter(loader)

@@ -170,7 +170,7 @@ class DataLoader:
             )
         per_rank = [r // self.batch_size if self.drop_last else math.ceil(r / self.batch_size) for r in rows]
         steps = min(per_rank)
-        if steps == 0 < max(per_rank):  # drop_last, and a rank's share is under one batch
+        if steps == 0 < max(rows):  # drop_last, and a rank's share (or the only rank's) is under one batch
             raise ConfigError(
                 f"with drop_last, {per_rank.count(0)} of world_size={self.world_size} ranks get fewer than "
                 f"batch_size={self.batch_size} rows of epoch {epoch} (the fewest: {min(rows)}), so every rank would "

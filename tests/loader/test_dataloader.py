@@ -509,6 +509,9 @@ def test_drop_last_with_a_rank_short_of_one_batch_is_a_config_error_not_empty_ep
     loader = _loader(ds, rank=0, world_size=5, batch_size=120, drop_last=True)  # shares of 100 or 150 rows
     with pytest.raises(gp.ConfigError, match="3 of world_size=5 ranks get fewer than batch_size=120 rows of epoch 0"):
         list(loader)
+    loader = _loader(ds, batch_size=10_000, drop_last=True)  # one rank, every row short of one batch
+    with pytest.raises(gp.ConfigError, match="1 of world_size=1 ranks get fewer than batch_size=10000 rows"):
+        list(loader)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

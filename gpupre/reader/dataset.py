@@ -67,6 +67,9 @@ class Dataset:
         if cache_options is not None and not isinstance(cache_options, pa.CacheOptions):
             raise ConfigError(f"cache_options must be a pyarrow.CacheOptions, got {type(cache_options).__name__}")
         features = None if features is None else list(_ensure_names(features, "features"))
+        if features is not None and len(set(features)) < len(features):
+            name = next(n for i, n in enumerate(features) if n in features[:i])
+            raise ConfigError(f"Dataset features= names {name!r} twice; name each feature once")
         labels = None if label is None else _ensure_names(label, "label")
         passthrough = () if passthrough is None else _ensure_names(passthrough, "passthrough")
         self.filesystem, self.paths, self.directories = _resolve(path, filesystem)

@@ -463,3 +463,9 @@ def test_a_null_label_reads_as_nan(tmp_path, dtype):
     pq.write_table(pa.table({"x": pa.array([1.0, 2.0, 3.0], pa.float32()), "label": label}), tmp_path / "x.parquet")
     ds = gp.Dataset(tmp_path / "x.parquet")
     np.testing.assert_array_equal(ds.read(ds.units()[0]).labels, [1.0, np.nan, 0.0])
+
+
+def test_a_feature_named_twice_is_a_config_error_naming_it(synth_file):
+    name = gp.Dataset(synth_file).schema.names[0]
+    with pytest.raises(gp.ConfigError, match=f"features= names '{name}' twice; name each feature once"):
+        gp.Dataset(synth_file, features=[name, name])

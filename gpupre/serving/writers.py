@@ -196,10 +196,7 @@ class _HourlyWriter:
 
     def contains(self, request_id) -> bool:
         """Whether the request is already written (or buffered to be): its events are replays."""
-        key = str(request_id)
-        if any(key in pending for pending in self._pending.values()):
-            return True
-        return self._open_ledger().execute("SELECT 1 FROM requests WHERE id = ?", (key,)).fetchone() is not None
+        return bool(self._held([str(request_id)]))
 
     def write(self, requests) -> None:
         """Buffer joined requests; an hour whose buffer is full is committed.

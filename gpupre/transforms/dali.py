@@ -156,8 +156,9 @@ def _build(chain: ImageChain, device: str):
             shape = fn.peek_image_shape(encoded, dtype=types.FLOAT)  # reads the header only
             height, width = shape[0], shape[1]
             area, ratio = window[0] * height * width, window[1]
-            w = dmath.min(dmath.sqrt(area * ratio), width) / width  # fractions of the image's sides
-            h = dmath.min(dmath.sqrt(area / ratio), height) / height
+            # fractions of the image's sides, at least one pixel: a tiny image's window would round to none
+            w = dmath.max(dmath.min(dmath.sqrt(area * ratio), width), 1.0) / width
+            h = dmath.max(dmath.min(dmath.sqrt(area / ratio), height), 1.0) / height
             anchor = fn.stack(window[3] * (1.0 - h), window[2] * (1.0 - w))
             image = fn.decoders.image_slice(
                 encoded, anchor, fn.stack(h, w), device=decoder, output_type=types.RGB, axis_names="HW"

@@ -173,6 +173,16 @@ def test_crops_are_deterministic_under_a_seed_differ_across_seeds_and_follow_the
     assert (decode_ids(first) == np.arange(12)).all()  # a crop of row i is still row i's picture
 
 
+def test_crops_of_tiny_images_keep_at_least_one_pixel():
+    rows = 200  # enough draws that some windows cover under half a pixel of each side
+    for height, width in ((1, 1), (2, 2), (3, 3), (1, 5)):
+        pixels = np.full((height, width, 3), (200, 40, 90), np.uint8)
+        encoded = [encode(pixels, fmt) for fmt in ("PNG", "JPEG")] * (rows // 2)
+        out = _run([gp.RandomResizedCrop("thumb", size=4)], _batch(encoded))
+        assert out.shape == (rows, 3, 4, 4)
+        np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), (200, 40, 90), atol=3)
+
+
 def test_crop_windows_follow_scale_and_ratio():
     op = RandomResizedCrop("t", scale=(0.2, 0.6), ratio=(0.5, 2.0), seed=5)
     windows = op.windows(np.arange(20_000, dtype=np.int64))

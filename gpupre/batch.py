@@ -369,7 +369,9 @@ class Batch:
                 f"to_torchrec() needs torchrec ({e}); install it with `pip install torchrec`"
             ) from e
         t = self.to_torch().sparse
-        return KeyedJaggedTensor(keys=list(t.keys), values=t.values, lengths=t.lengths, weights=t.weights)
+        # the stride is given, not inferred from len(lengths) // len(keys): a batch without sparse
+        # features still has num_rows rows
+        return KeyedJaggedTensor(keys=list(t.keys), values=t.values, lengths=t.lengths, weights=t.weights, stride=self.num_rows)
 
     def __repr__(self) -> str:
         return (

@@ -425,6 +425,14 @@ def test_to_torchrec_is_a_real_keyed_jagged_tensor_over_the_same_memory():
     assert kjt.to_dict()["a"].values().tolist() == [1, 2]
 
 
+def test_to_torchrec_strides_by_the_batch_rows_even_without_sparse_features():
+    pytest.importorskip("torchrec", reason="make test installs torchrec 1.9.2 with fbgemm-gpu-cpu")
+    from transforms.helpers import make_batch
+
+    assert make_batch({"x": [1.0, 2.0, 3.0]}, {}).to_torchrec().stride() == 3  # torchrec would infer 0
+    assert make_batch({"x": [1.0, 2.0]}, {"a": [[1, 2], []]}).to_torchrec().stride() == 2
+
+
 # -- de-duplicated batches ----------------------------------------------------------------------
 def _dedup_batch():
     """3 requests (user features) and 5 rows (item features): rows 0-1 request 0, 2 request 1, 3-4 request 2."""

@@ -227,7 +227,8 @@ class Batch:
 
         Raises:
             ConfigError: no batches, or batches that differ in their features, in which parts
-                (labels, extras, scores, ...) they have, or in their device.
+                (labels, extras, scores, ...) they have, in the size or dtype of their decoded
+                images, or in their device.
         """
         batches = list(batches)
         if not batches:
@@ -651,11 +652,19 @@ def _parts(b: Batch) -> dict:
         "scored": b.sparse.weights is not None,
         "num_labels": labels,
         "extras": sorted(b.extras),
-        "images": sorted(b.images),
+        "images": sorted((name, _image_kind(column)) for name, column in b.images.items()),
         "inverse": b.inverse is not None,
         "requests": b.requests is not None,
         "row_keys": b.row_keys is not None,
     }
+
+
+def _image_kind(column) -> str:
+    """'encoded', or the dtype and shape of one decoded image: batches of other sizes, or uint8
+    beside normalized float32 pixels, do not concatenate into one tensor."""
+    if isinstance(column, pa.Array):
+        return "encoded"
+    return f"{str(column.dtype).removeprefix('torch.')} {list(column.shape[1:])}"
 
 
 def _concat_inverse(batches):

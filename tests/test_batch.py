@@ -538,3 +538,18 @@ def test_images_follow_their_rows_through_take_concat_and_to_arrow():
     assert taken.images["thumb"].tolist() == pixels.images["thumb"][[2, 1]].tolist() and taken.row_keys.tolist() == [9, 8]
     stored = pixels.to_arrow().column("thumb").combine_chunks()
     assert stored.type.shape == [3, 2, 2] and (stored.to_numpy_ndarray() == pixels.images["thumb"]).all()
+
+
+def test_concat_of_decoded_images_of_another_size_or_dtype_is_a_config_error():
+    schema = gp.Schema((F("thumb", "image"),))
+    b = Batch.from_arrow(pa.table({"thumb": pa.array([b"a", b"bb"], pa.binary())}), schema)
+    pixels = replace(b, images={"thumb": np.full((2, 3, 4, 4), 200, np.uint8)})
+    normalized = replace(b, images={"thumb": np.full((2, 3, 4, 4), 0.5, np.float32)})  # NormalizeImage's output
+    with pytest.raises(gp.ConfigError, match=r"batch 1 has images=\[\('thumb', 'float32 \[3, 4, 4\]'\)\] but batch 0 has "
+                                             r"images=\[\('thumb', 'uint8 \[3, 4, 4\]'\)\]"):  # fmt: skip
+        Batch.concat([pixels, normalized])  # would mix 0..255 levels with normalized floats
+    with pytest.raises(gp.ConfigError, match=r"'uint8 \[3, 2, 2\]'"):
+        Batch.concat([pixels, replace(b, images={"thumb": np.zeros((2, 3, 2, 2), np.uint8)})])
+    with pytest.raises(gp.ConfigError, match="'encoded'"):
+        Batch.concat([pixels, b])
+    assert Batch.concat([pixels, pixels.to_torch().take([1]).map_arrays(lambda t: t.numpy())]).images["thumb"].shape == (3, 3, 4, 4)

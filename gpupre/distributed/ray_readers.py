@@ -45,6 +45,17 @@ def _ensure_number(name: str, value, low: float, high: float | None, meaning: st
     return float(value)
 
 
+def _session():
+    """The Ray session this process is connected to, or None: actors live no longer than it (a
+    handle of one made before `ray.shutdown()` cannot be used or killed in the next one)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return context.get_job_id(), context.get_node_id()
+
+
 def _free_cpus(wanted: float) -> float:
     """The CPUs of the Ray cluster not reserved now, waiting a moment for `wanted` of them: those of
     readers just killed (a closed or dropped loader's) come back about 0.1 s after the kill."""
@@ -142,6 +153,7 @@ class RayReaders:
         self._retiring: set = set()  # given no new units; killed when their last one is taken
         self._starting: dict = {}  # actor -> its first ping, until a unit's wait has waited for it
         self._config = None  # (dataset, stage, read_batch_size) the actors were made for
+        self._session = None  # the Ray session the actors were made in
         self._decisions: list[dict] = []
         self._replaced = 0
         self._waits = collections.deque(maxlen=window)  # (when the wait began, seconds, ready) per unit
@@ -168,6 +180,9 @@ class RayReaders:
                          logging_level=logging.WARNING)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as e:  # ValueError: a ray:// address without ray[client]
                 raise BackendUnavailable(f"cannot start or join the Ray cluster {self.address!r}: {e}") from e
+        if self._session != _session():  # Ray was shut down since: its actors went with it
+            self._forget()
+            self._session = _session()
         config = (dataset, stage, read_batch_size)
         if self._config is None or any(a is not b for a, b in zip(self._config, config)):
             self.close()
@@ -224,8 +239,12 @@ class RayReaders:
             return
         import ray
 
-        for actor in [*self._actors, *self._retiring]:
-            ray.kill(actor)
+        if self._session == _session():  # else they ended with the session they were made in
+            for actor in [*self._actors, *self._retiring]:
+                ray.kill(actor)
+        self._forget()
+
+    def _forget(self) -> None:
         self._actors, self._retiring, self._starting = [], set(), {}
 
     def stats(self) -> dict:

@@ -285,3 +285,17 @@ def test_more_readers_than_free_cpus_start_as_many_as_fit_and_say_so(ds, caplog)
 def test_arguments_of_the_wrong_type_are_config_errors(ds, kw, words):
     with pytest.raises(gp.ConfigError, match=words):
         RayReaders(ds, **kw)
+
+
+def test_readers_made_before_ray_was_shut_down_are_started_again_in_the_next_session(ds):
+    loader = _loader(RayReaders(ds, num_readers=1))
+    assert len(set(epoch_ids(list(loader)))) == 600
+    ray.shutdown()  # its actor ends with the session
+    loader.close()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert len(set(epoch_ids(list(loader)))) == 600
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ids = epoch_ids(list(loader))
+    assert len(ids) == len(set(ids)) == 600
+    loader.close()

@@ -140,6 +140,11 @@ class RayReaders:
         prefetch = ensure_integer(prefetch, "RayReaders prefetch")
         window = ensure_integer(window, "RayReaders window", 2)
         retries = ensure_integer(retries, "RayReaders retries", 0)
+        if address is not None and not isinstance(address, str):
+            raise ConfigError(
+                f"RayReaders address={address!r} must be a str naming the Ray cluster to join, such as "
+                "'ray://head:10001' or 'auto', or None (the running cluster, or a local one started here)"
+            )
         try:
             import ray  # noqa: F401
         except ImportError as e:

@@ -280,7 +280,8 @@ def test_more_readers_than_free_cpus_start_as_many_as_fit_and_say_so(ds, caplog)
 @pytest.mark.parametrize(
     ("kw", "words"),
     [({"num_cpus": "1"}, "num_cpus='1' must be a number"), ({"min_readers": "1"}, "min_readers='1' must be an integer"),
-     ({"max_readers": 2.0}, "max_readers=2.0 must be an integer"), ({"scale_up_wait": None}, "scale_up_wait=None")],
+     ({"max_readers": 2.0}, "max_readers=2.0 must be an integer"), ({"scale_up_wait": None}, "scale_up_wait=None"),
+     ({"address": 6379}, "address=6379 must be a str")],
 )  # fmt: skip
 def test_arguments_of_the_wrong_type_are_config_errors(ds, kw, words):
     with pytest.raises(gp.ConfigError, match=words):

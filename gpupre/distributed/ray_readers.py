@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import time
 import weakref
 
@@ -35,6 +36,7 @@ __all__ = ["RayReaders"]
 log = logging.getLogger("gpupre.distributed")
 
 _RELEASE_S = 2.0  # the longest wait for the CPUs of killed actors to be free again
+_MIN_CPUS = 0.0001  # Ray refuses a finer share of a CPU
 
 
 def _ensure_number(name: str, value, low: float, high: float | None, meaning: str) -> float:
@@ -136,6 +138,11 @@ class RayReaders:
                 f"max_readers ({high}); change the one out of order"
             )
         num_cpus = _ensure_number("num_cpus", num_cpus, 0, None, "the CPUs each reader reserves, such as 1")
+        if not _MIN_CPUS <= num_cpus < math.inf:
+            raise ConfigError(
+                f"RayReaders num_cpus={num_cpus!r} must be a finite number of CPUs >= {_MIN_CPUS} (the finest "
+                "share Ray reserves), such as 1 or 0.5"
+            )
         scale_up_wait = _ensure_number("scale_up_wait", scale_up_wait, 0, 1, "a share of time, such as 0.2")
         prefetch = ensure_integer(prefetch, "RayReaders prefetch")
         window = ensure_integer(window, "RayReaders window", 2)

@@ -244,7 +244,9 @@ def test_a_cluster_that_cannot_be_joined_is_backend_unavailable(ds, monkeypatch)
 
 def test_bad_arguments_are_config_errors(ds):
     for kw, words in (({"num_readers": 3, "max_readers": 2}, "max_readers"), ({"prefetch": 0}, "prefetch=0"),
-                      ({"window": 1}, "window=1"), ({"num_cpus": 0}, "num_cpus=0")):  # fmt: skip
+                      ({"window": 1}, "window=1"), ({"num_cpus": 0}, "num_cpus=0"),
+                      ({"num_cpus": 1e-5}, "num_cpus=1e-05 must be a finite number of CPUs >= 0.0001"),
+                      ({"num_cpus": float("inf")}, "num_cpus=inf must be a finite")):  # fmt: skip
         with pytest.raises(gp.ConfigError, match=words):
             RayReaders(ds, **kw)
     with pytest.raises(gp.ConfigError, match="do not fit"):

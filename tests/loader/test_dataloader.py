@@ -602,10 +602,11 @@ def _memory_kib(pid: int, field: str) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads memory from /proc")
 def test_memory_does_not_grow_with_the_dataset(tmp_path):
-    """Resident memory at the end of the first epoch and of the third, with the same workers (idle
+    """Resident memory at the end of the first epoch and of the fourth, with the same workers (idle
     then): the same, within a margin far below the ~80 MB that an epoch's rows take in memory, which
-    memory kept per row would add twice. (The first epoch grows with one-off costs: the allocators'
-    pools, code compiled on first use; a worker's peak varies by tens of MB on a loaded machine.)"""
+    memory kept per row would add three times. (The first epoch grows with one-off costs: the
+    allocators' pools, code compiled on first use; a worker's peak varies by up to about 30 MB
+    between epochs on a loaded machine.)"""
     spec = gp.storage.SynthSpec(rows=60_000, num_dense=20, num_sparse=20, num_scored=0, mean_list_length=20,
                                 row_group_rows=1_000, num_planted=2)  # fmt: skip
     gp.storage.synthesize(str(tmp_path / "long.parquet"), spec, progress=False)
@@ -614,16 +615,16 @@ def test_memory_does_not_grow_with_the_dataset(tmp_path):
     assert in_memory * 10 > 60 * 2**20  # the whole epoch would be noticed
     loader = _loader(ds, batch_size=2_048, read_batch_size=512, num_workers=2)
     marks = []
-    for _ in range(3):
+    for _ in range(4):
         for step, batch in enumerate(loader):
             if step == len(loader) - 1:  # every unit read: the workers wait for the next epoch
                 workers = {p.pid: _memory_kib(p.pid, "VmRSS") for p in loader._workers}
                 marks.append((_memory_kib(os.getpid(), "VmRSS"), workers))
     loader.close()
-    (client_a, workers_a), _, (client_b, workers_b) = marks
+    (client_a, workers_a), *_, (client_b, workers_b) = marks
     assert workers_a.keys() == workers_b.keys()  # the same processes
-    assert client_b - client_a < 25 * 1024, f"client grew by {(client_b - client_a) // 1024} MB"
-    assert max(workers_b[p] - workers_a[p] for p in workers_a) < 25 * 1024, f"workers {workers_a} -> {workers_b} KiB"
+    assert client_b - client_a < 50 * 1024, f"client grew by {(client_b - client_a) // 1024} MB"
+    assert max(workers_b[p] - workers_a[p] for p in workers_a) < 50 * 1024, f"workers {workers_a} -> {workers_b} KiB"
 
 
 def test_a_loader_that_fails_validation_leaves_its_readers_to_the_corrected_call(ds):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import time
 import traceback
 from dataclasses import replace
@@ -83,7 +84,7 @@ NOT_STARTED, BETWEEN_UNITS = -2, -1  # current[2 * worker + 1] when the worker r
 
 def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int, generation, current, progress,
          names: str) -> None:
-    """Worker loop: takes its (dataset, stage) from `setup`, then one task at a time until the None
+    """Worker loop: takes its (dataset, stage) from `setup` (pickled), then one task at a time until the None
     sentinel; current[2 * worker : 2 * worker + 2]
     holds the (generation, position) key of the unit being read. Its slabs' segments are named
     `names` (the loader's prefix), this process's id and a count."""
@@ -93,7 +94,7 @@ def main(setup, read_batch_size: int, tasks, results, worker: int, threads: int,
     from ._slabs import to_shared
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # share the cores
-    dataset, stage = setup.get()
+    dataset, stage = pickle.loads(setup.get())
     counting = CountingFileSystem(dataset.filesystem)
     dataset.filesystem = counting
     names, count = f"{names}{os.getpid()}_", itertools.count()  # the process id: a replacement's names differ

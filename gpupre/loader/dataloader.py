@@ -602,8 +602,9 @@ class DataLoader:
         if self._workers and all(p.is_alive() for p in self._workers):
             return
         self.close()
-        try:  # as the setup queue will: its feeder thread would only print the error, and the workers wait for ever
-            ForkingPickler.dumps((self.dataset, self._stage))
+        try:  # once for every worker, and here: a queue's feeder thread would only print the error, and the
+            # workers would wait for ever
+            setup_bytes = bytes(ForkingPickler.dumps((self.dataset, self._stage)))  # a memoryview does not pickle
         except Exception as e:  # noqa: BLE001 - any pickling failure, named
             raise ConfigError(
                 f"the dataset and pipeline go to the worker processes pickled, and cannot be ({describe(e)}); "
@@ -631,7 +632,7 @@ class DataLoader:
             )
             process.start()
             self._workers.append(process)
-            setup.put((self.dataset, self._stage))
+            setup.put(setup_bytes)
         _WITH_WORKERS.add(self)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import pickle
 import secrets
 
 import numpy as np
@@ -165,7 +166,7 @@ def test_every_worker_message_fits_in_one_atomic_pipe_write(tmp_path):
     pq.write_table(pa.table(columns), tmp_path / "wide.parquet", row_group_size=rows // 2)
     ds = _FailingDataset(tmp_path / "wide.parquet", passthrough="request")
     setup, tasks, results = Queue(), Queue(), Queue()
-    setup.put((ds, None))
+    setup.put(pickle.dumps((ds, None)))  # as the loader sends it: pickled once for every worker
     for index, unit in enumerate(ds.units()):
         tasks.put(((0, index), unit, 0, None, (0, 0)))
     tasks.put(None)

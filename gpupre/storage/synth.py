@@ -148,16 +148,13 @@ def synthesize(path, spec: SynthSpec | None = None, layout: str = "flat", progre
 
 def _other_parquet_files(directory, paths) -> list[str]:
     """The files under `directory` that gp.Dataset(directory) would read, other than `paths`."""
-    from ..reader.dataset import PARQUET_SUFFIXES  # storage writes what the reader reads
+    from ..reader.dataset import PARQUET_SUFFIXES, _hidden  # storage writes what the reader reads
 
     mine = {os.path.abspath(p) for p in paths}
+    found = (os.path.join(folder, name) for folder, _, names in os.walk(directory) for name in names)
     return sorted(
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(directory)
-        for name in names
-        if name.endswith(PARQUET_SUFFIXES)
-        and not name.startswith(("_", "."))
-        and os.path.abspath(os.path.join(folder, name)) not in mine
+        f for f in found
+        if f.endswith(PARQUET_SUFFIXES) and not _hidden(f, os.fspath(directory)) and os.path.abspath(f) not in mine
     )
 
 

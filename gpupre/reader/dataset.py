@@ -67,9 +67,8 @@ class Dataset:
         if cache_options is not None and not isinstance(cache_options, pa.CacheOptions):
             raise ConfigError(f"cache_options must be a pyarrow.CacheOptions, got {type(cache_options).__name__}")
         features = None if features is None else list(_ensure_names(features, "features"))
-        if features is not None and len(set(features)) < len(features):
-            name = next(n for i, n in enumerate(features) if n in features[:i])
-            raise ConfigError(f"Dataset features= names {name!r} twice; name each feature once")
+        if twice := _repeated(features or ()):
+            raise ConfigError(f"Dataset features= names {twice!r} twice; name each feature once")
         labels = None if label is None else _ensure_names(label, "label")
         passthrough = () if passthrough is None else _ensure_names(passthrough, "passthrough")
         self.filesystem, self.paths, self.directories = _resolve(path, filesystem)
@@ -85,10 +84,9 @@ class Dataset:
         for name in not_features:
             if arrow_schema.get_field_index(name) < 0:
                 raise SchemaError(unknown_message(f"{first}: column", name, arrow_schema.names))
-        twice = [n for i, n in enumerate(not_features) if n in not_features[:i]]
-        if twice:
+        if twice := _repeated(not_features):
             raise SchemaError(
-                f"{first}: column {twice[0]!r} is named twice in label={labels!r} and passthrough={passthrough!r}; "
+                f"{first}: column {twice!r} is named twice in label={labels!r} and passthrough={passthrough!r}; "
                 "name each column once, as a label or as a pass-through column"
             )
         both = [n for n in features or () if n in not_features]
@@ -468,6 +466,16 @@ def _resolve(path, filesystem):
             )
         seen.add(p)
     return filesystem, files, tuple(directories)
+
+
+def _repeated(names) -> str | None:
+    """The first of `names` named again, or None."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _hidden(path: str, directory: str) -> bool:

@@ -192,9 +192,10 @@ class RayReaders:
                          logging_level=logging.WARNING)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as e:  # ValueError: a ray:// address without ray[client]
                 raise BackendUnavailable(f"cannot start or join the Ray cluster {self.address!r}: {e}") from e
-        if self._session != _session():  # Ray was shut down since: its actors went with it
+        session = _session()
+        if self._session != session:  # Ray was shut down since: its actors went with it
             self._forget()
-            self._session = _session()
+            self._session = session
         config = (dataset, stage, read_batch_size)
         if self._config is None or any(a is not b for a, b in zip(self._config, config)):
             self.close()
